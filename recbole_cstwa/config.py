@@ -1,0 +1,177 @@
+"""RecBole's ``Config``, taught where this plugin's models and YAML defaults are.
+
+Priority stays RecBole's: command line > ``config_dict`` > ``config_file_list`` > this plugin's
+``properties/`` (overall, model, dataset) > RecBole's own defaults.
+"""
+
+import os
+
+from recbole.config import Config as RecBoleConfig
+from recbole.evaluator import metric_types, smaller_metrics
+
+from recbole_cstwa.utils import get_model, is_multitask_model
+
+#: Task names: the prefixes of every reported metric (``click_auc``, ``purchase_logloss``).
+TASKS = ("click", "purchase")
+#: The config key naming each task's label field.
+TASK_LABEL_KEYS = {"click": "CLICK_FIELD", "purchase": "PURCHASE_FIELD"}
+#: Name of the dataset that ships with the plugin under ``dataset/``.
+EMBEDDED_DATASET = "synthetic-ccp"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_REPOSITORY_DIR = os.path.dirname(_PACKAGE_DIR)
+
+
+def properties_dir():
+    """The YAML defaults: inside the installed package, else at the top of a source checkout."""
+    for candidate in (
+        os.path.join(_PACKAGE_DIR, "properties"),
+        os.path.join(_REPOSITORY_DIR, "properties"),
+    ):
+        if os.path.isfile(os.path.join(candidate, "overall.yaml")):
+            return candidate
+    raise FileNotFoundError(
+        "recbole-cstwa's YAML defaults (properties/overall.yaml) are missing: reinstall with "
+        "`pip install -e .` from the repository."
+    )
+
+
+def embedded_data_path():
+    """The folder holding the embedded dataset (the repository's ``dataset/``)."""
+    return os.path.join(_REPOSITORY_DIR, "dataset")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot give correct results, with the key to change."""
+
+
+class Config(RecBoleConfig):
+    """RecBole ``Config`` that finds plugin models and loads the plugin's YAML defaults.
+
+    Besides RecBole's keys it knows ``CLICK_FIELD`` and ``PURCHASE_FIELD`` (the two label columns)
+    and fills ``eval_tasks``: ``{task: label field}`` for the tasks the model is scored on
+    (both for the multi-task models; the one named by ``LABEL_FIELD`` for RecBole's models).
+    """
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            try:
+                model = self.external_config_dict["model"]
+            except KeyError:
+                raise KeyError(
+                    "model needs to be given in one of: the model argument, a config file, "
+                    "config_dict or the command line (--model=CSTWA)."
+                ) from None
+        if isinstance(model, str):
+            final_model_class = get_model(model)
+            final_model = final_model_class.__name__
+        else:
+            final_model_class = model
+            final_model = model.__name__
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset", EMBEDDED_DATASET)
+        return final_model, final_model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        root = properties_dir()
+        for path, is_dataset_file in (
+            (os.path.join(root, "overall.yaml"), False),
+            (os.path.join(root, "model", model + ".yaml"), False),
+            (os.path.join(root, "dataset", dataset + ".yaml"), True),
+        ):
+            if os.path.isfile(path):
+                loaded = self._update_internal_config_dict(path) or {}
+                if is_dataset_file:
+                    self.parameters["Dataset"] += [
+                        key for key in loaded if key not in self.parameters["Dataset"]
+                    ]
+        self.internal_config_dict["MODEL_TYPE"] = model_class.type
+
+    def _set_default_parameters(self):
+        # The embedded dataset is found wherever the command runs from, unless data_path is set.
+        if (
+            self.dataset == EMBEDDED_DATASET
+            and "data_path" not in self.external_config_dict
+            and not os.path.isdir(os.path.join(self.final_config_dict["data_path"], self.dataset))
+        ):
+            self.final_config_dict["data_path"] = embedded_data_path()
+        self._resolve_tasks()
+        super()._set_default_parameters()
+        self.final_config_dict["valid_metric_bigger"] = (
+            self.final_config_dict["valid_metric"].split("_", 1)[1].lower() not in smaller_metrics
+        )
+
+    def _resolve_tasks(self):
+        """Checks the label keys and sets ``eval_tasks`` and a task-prefixed ``valid_metric``."""
+        config = self.final_config_dict
+        self.notes = []  # messages for the log, written once the logger exists (quick_start)
+        labels = {task: config.get(key) for task, key in TASK_LABEL_KEYS.items()}
+        for task, key in TASK_LABEL_KEYS.items():
+            if not isinstance(labels[task], str) or not labels[task]:
+                raise ConfigError(f"{key} must name the {task} label column, got {labels[task]!r}.")
+        if labels["click"] == labels["purchase"]:
+            raise ConfigError(
+                f"CLICK_FIELD and PURCHASE_FIELD are both [{labels['click']}]: name two columns."
+            )
+        for field in labels.values():
+            if field in (config.get("numerical_features") or []):
+                raise ConfigError(
+                    f"Label [{field}] is listed in numerical_features: a label must never be a "
+                    "feature. Remove it from numerical_features."
+                )
+        if config.get("threshold"):
+            raise ConfigError(
+                "threshold must be unset (threshold: ~): the click and purchase columns already "
+                "hold 0/1 labels."
+            )
+
+        if config.get("invalid_purchase") not in ("drop", "error"):
+            raise ConfigError(
+                f"invalid_purchase must be 'drop' or 'error', got {config.get('invalid_purchase')!r}."
+            )
+
+        label_field = config.get("LABEL_FIELD")
+        if is_multitask_model(self.model_class):
+            if label_field != labels["purchase"]:
+                raise ConfigError(
+                    f"{self.model} trains on both labels and its predict() gives the purchase "
+                    f"head, so LABEL_FIELD must equal PURCHASE_FIELD [{labels['purchase']}], "
+                    f"got [{label_field}]. Remove the LABEL_FIELD setting."
+                )
+            tasks = dict(labels)
+        else:
+            trained = [task for task, field in labels.items() if field == label_field]
+            if not trained:
+                raise ConfigError(
+                    f"LABEL_FIELD [{label_field}] is neither CLICK_FIELD [{labels['click']}] nor "
+                    f"PURCHASE_FIELD [{labels['purchase']}]: set --LABEL_FIELD to one of them."
+                )
+            tasks = {trained[0]: label_field}
+        config["eval_tasks"] = tasks
+
+        metrics = config["metrics"]
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        for metric in metrics:
+            if metric_types.get(metric.lower()) is None:
+                raise ConfigError(f"metrics: there is no RecBole metric named [{metric}].")
+        metric_names = [metric.lower() for metric in metrics]
+        valid_metric = str(config["valid_metric"]).lower()
+        task, _, metric = valid_metric.partition("_")
+        if task not in TASKS:
+            # A RecBole-style name ("AUC") means that metric on the main task scored.
+            task, metric = ("purchase" if "purchase" in tasks else next(iter(tasks))), valid_metric
+        if task not in tasks:
+            fallback = next(iter(tasks))
+            self.notes.append(
+                f"valid_metric [{valid_metric}] is not computed for {self.model} trained on "
+                f"[{label_field}]: early stopping uses {fallback}_{metric} instead."
+            )
+            task = fallback
+        if metric not in metric_names:
+            raise ConfigError(
+                f"valid_metric [{config['valid_metric']}] needs metric [{metric}] in metrics "
+                f"{metrics}: add it to metrics or choose one of "
+                f"{[f'{t}_{m}' for t in tasks for m in metric_names]}."
+            )
+        config["valid_metric"] = f"{task}_{metric}"

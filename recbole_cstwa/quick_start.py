@@ -1,0 +1,68 @@
+"""RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers."""
+
+import sys
+from logging import getLogger
+
+from recbole.data import data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_cstwa.config import Config
+from recbole_cstwa.data import create_dataset
+from recbole_cstwa.utils import get_model, get_trainer
+
+
+def run_recbole_cstwa(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Trains ``model`` on ``dataset``, early-stops on ``valid_metric`` and scores the test set.
+
+    Args:
+        model (str or class): a plugin model (CSTWA, ESMM, ...) or a RecBole context-aware model.
+        dataset (str): dataset name; default: the embedded ``synthetic-ccp``.
+        config_file_list (list): YAML files; config_dict (dict): parameters; both under the
+            command line in priority, as in RecBole.
+        saved (bool): save the best checkpoint and reload it for the test set.
+
+    Returns:
+        dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+        ``test_result`` (metric name -> value, e.g. ``purchase_auc``) and, when the trainer ran
+        stages, ``stage_times`` (seconds).
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    for note in config.notes:
+        logger.warning(note)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")
+    logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")
+    result = {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    if getattr(trainer, "stage_times", None):
+        result["stage_times"] = dict(trainer.stage_times)
+    return result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """One trial for RecBole's ``HyperTuning``: trains with ``config_dict`` and reports results."""
+    return run_recbole_cstwa(config_dict=config_dict, config_file_list=config_file_list, saved=saved)

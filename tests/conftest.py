@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny generated dataset and a one-epoch run helper.
+
+Runs happen inside a temporary working directory, because RecBole writes ``log/`` and
+``log_tensorboard/`` into the current directory.
+"""
+
+import pytest
+
+from recbole_cstwa.data.generator import generate
+from recbole_cstwa.quick_start import run_recbole_cstwa
+
+TINY = "tiny-ccp"
+
+
+@pytest.fixture(scope="session")
+def tiny_data_path(tmp_path_factory):
+    """A 4,000-impression generated dataset, pre-split into train/valid/test files."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root, name=TINY, n_impressions=4000, cvr=0.3, seed=7)
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def tiny_config(tiny_data_path, tmp_path, **overrides):
+    config = {
+        "dataset": TINY,
+        "data_path": tiny_data_path,
+        "benchmark_filename": ["train", "valid", "test"],
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "epochs": 1,
+        "train_batch_size": 500,
+        "show_progress": False,
+        "state": "ERROR",
+        "use_gpu": False,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_config(tiny_data_path, tmp_path):
+    """``make_config(model, **config)``: the plugin ``Config`` for the tiny dataset."""
+    from recbole_cstwa.config import Config
+
+    def make(model, **overrides):
+        return Config(model=model, config_dict=tiny_config(tiny_data_path, tmp_path, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def run_tiny(tiny_data_path, tmp_path):
+    """``run_tiny(model, **config)``: one epoch of ``model`` on the tiny dataset."""
+
+    def run(model, **overrides):
+        return run_recbole_cstwa(model=model, config_dict=tiny_config(tiny_data_path, tmp_path, **overrides))
+
+    return run

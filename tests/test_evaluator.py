@@ -1,0 +1,43 @@
+"""The two-task metrics are RecBole's and equal sklearn's on fixed scores."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recbole_cstwa.evaluator import TaskEvaluator
+
+
+def test_two_task_metrics_equal_sklearn(make_config):
+    config = make_config("ESMM")
+    rng = np.random.default_rng(0)
+    n = 3000
+    click = (rng.random(n) < 0.2).astype(np.float32)
+    purchase = click * (rng.random(n) < 0.3)
+    p_click = np.clip(0.2 + 0.3 * click + 0.2 * rng.standard_normal(n), 0.01, 0.99)
+    p_purchase = np.clip(0.05 + 0.2 * purchase + 0.1 * rng.standard_normal(n), 0.001, 0.99)
+    p_click[::7] = p_click[0]  # ties, which AUC must average
+
+    evaluator = TaskEvaluator(config, config["eval_tasks"])
+    for start in range(0, n, 1000):  # several batches, as the trainer feeds them
+        batch = slice(start, start + 1000)
+        interaction = Interaction(
+            {"click": torch.tensor(click[batch]), "purchase": torch.tensor(purchase[batch])}
+        )
+        evaluator.collect(
+            interaction,
+            {"click": torch.tensor(p_click[batch]), "purchase": torch.tensor(p_purchase[batch])},
+        )
+    result = evaluator.evaluate()
+    assert list(result) == ["click_auc", "click_logloss", "purchase_auc", "purchase_logloss"]
+    assert result["click_auc"] == pytest.approx(roc_auc_score(click, p_click), abs=1e-4)
+    assert result["purchase_auc"] == pytest.approx(roc_auc_score(purchase, p_purchase), abs=1e-4)
+    assert result["click_logloss"] == pytest.approx(log_loss(click, p_click), abs=1e-4)
+    assert result["purchase_logloss"] == pytest.approx(log_loss(purchase, p_purchase), abs=1e-4)
+    # A second evaluation starts from an empty collection.
+    evaluator.collect(
+        interaction, {"click": torch.tensor(p_click[batch]), "purchase": torch.tensor(p_purchase[batch])}
+    )
+    again = evaluator.evaluate()
+    assert again["click_auc"] == pytest.approx(roc_auc_score(click[batch], p_click[batch]), abs=1e-4)
