@@ -1,5 +1,7 @@
 """The two-label impressions dataset: RecBole's ``Dataset`` with checked click and purchase labels."""
 
+import os
+
 import numpy as np
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
@@ -34,6 +36,41 @@ class MultiTaskDataset(Dataset):
         self.purchase_field = self.config["PURCHASE_FIELD"]
         self.label_fields = (self.click_field, self.purchase_field)
         self.dropped_invalid_purchases = 0
+
+    def _load_data(self, token, dataset_path):
+        if not os.path.isdir(dataset_path):
+            # RecBole would try to download a dataset it knows by name; ours are local files.
+            raise DataFormatError(
+                f"Dataset folder [{dataset_path}] does not exist: put the atomic files "
+                f"({token}.inter or {token}.<split>.inter, {token}.user, {token}.item) there, or "
+                "set data_path to the folder that holds the dataset's folder."
+            )
+        super()._load_data(token, dataset_path)
+
+    def _load_inter_feat(self, token, dataset_path):
+        single_file = os.path.join(dataset_path, f"{token}.inter")
+        if self.benchmark_filename_list is None and not os.path.isfile(single_file):
+            split_files = [
+                name
+                for name in SPLIT_NAMES
+                if os.path.isfile(os.path.join(dataset_path, f"{token}.{name}.inter"))
+            ]
+            hint = (
+                f"; pre-split files for {split_files} are there: set benchmark_filename: "
+                f"{split_files} (command line: --benchmark_filename=\"{split_files}\")"
+                if split_files
+                else ""
+            )
+            raise DataFormatError(f"Interaction file [{single_file}] does not exist{hint}.")
+        if self.benchmark_filename_list is not None:
+            for name in self.benchmark_filename_list:
+                path = os.path.join(dataset_path, f"{token}.{name}.inter")
+                if not os.path.isfile(path):
+                    raise DataFormatError(
+                        f"Interaction file [{path}] named by benchmark_filename "
+                        f"{list(self.benchmark_filename_list)} does not exist."
+                    )
+        super()._load_inter_feat(token, dataset_path)
 
     def _load_feat(self, filepath, source):
         try:
