@@ -563,3 +563,34 @@ def test_cli_raw_writes_the_dataset(tmp_path, capsys):
     assert summary["rows"] == {"train": 14, "valid": 0, "test": 3}
     _, rows = read_table(tmp_path / "cli" / "cli" / "cli.train.inter")
     assert rows_as_text(rows) == EXPECTED_TRAIN_ROWS
+
+
+@pytest.mark.parametrize("model", ["ESMM", "DeepFM"])
+def test_converted_sample_trains_one_epoch(tmp_path, model):
+    from recbole_cstwa.quick_start import run_recbole_cstwa
+
+    output = tmp_path / "datasets"
+    convert_csv(
+        SAMPLE_FILES["train"],
+        SAMPLE_FILES["valid"],
+        SAMPLE_FILES["test"],
+        output=str(output),
+        name="ali-ccp-sample",
+        show_progress=False,
+    )
+    label = {"LABEL_FIELD": "click"} if model == "DeepFM" else {}
+    result = run_recbole_cstwa(
+        model=model,
+        dataset="ali-ccp-sample",
+        config_file_list=[str(output / "ali-ccp-sample" / "ali-ccp-sample.yaml")],
+        config_dict={
+            "data_path": str(output),
+            "epochs": 1,
+            "show_progress": False,
+            "state": "ERROR",
+            "checkpoint_dir": str(tmp_path / "saved"),
+            **label,
+        },
+    )
+    task = "click" if label else "purchase"
+    assert 0.0 <= result["test_result"][f"{task}_auc"] <= 1.0
