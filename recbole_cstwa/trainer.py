@@ -5,15 +5,29 @@ checkpoint reloaded for the test set), report task-prefixed metrics (``click_auc
 checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.compat`).
 """
 
+import random
+from contextlib import contextmanager
 from time import time
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
+from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from recbole_cstwa.compat import SafeCheckpointMixin
 from recbole_cstwa.evaluator import TaskEvaluator
+from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
+from recbole_cstwa.model.structure import (
+    ArtifactCache,
+    build_graph,
+    dataset_fingerprint,
+    graph_from_state,
+    graph_summary,
+    graph_to_state,
+    group_representations,
+)
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer):
@@ -94,3 +108,233 @@ class MultiTaskTrainer(TaskTrainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.on_epoch_start(epoch_idx)
         return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+
+
+class CSTWATrainer(MultiTaskTrainer):
+    """CSTWA's three stages: pre-train a CTR MLP, mine the user / item graphs, train CSTWA.
+
+    - ``pretrain`` (Section 3.3.1): a plain CTR model (its own embedding layer -> the Eq. 7
+      input, as CSTWA's CTR side -> Click Tower -> Click Layer; ``ClickPretrainModel``) trained
+      with BCE on the click label over every training impression, for
+      ``pretrain_epochs`` epochs at ``pretrain_learning_rate`` (the configured ``learner``,
+      ``weight_decay`` and ``train_batch_size``); only its embedding is kept. It runs under its
+      own random state (seeded with ``seed``) and restores the global and data-loader states
+      afterwards, so the main training is the same whether this stage ran or was read from cache.
+      Each epoch logs its mean loss, its time and (given validation data) the click AUC.
+    - ``graphs`` (Sections 3.3.2-3.3.3): the user and item graphs (Eqs. 2-5) from the
+      pre-trained embedding, given to the model with ``set_graphs``.
+
+    Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
+    keyed by a content fingerprint of the training data and user / item features and by the
+    settings they depend on; a change of a graph setting alone (say ``graph_top_k``) reuses the
+    pre-trained embedding and rebuilds the graphs. With ``use_sm: False`` neither stage runs.
+    """
+
+    PRETRAIN_SETTINGS = (
+        "embedding_size",
+        "embedding_init_std",
+        "context_pooling",
+        "tower_hidden_size",
+        "tower_dropout",
+        "learner",
+        "weight_decay",
+        "train_batch_size",
+        "pretrain_epochs",
+        "pretrain_learning_rate",
+        "seed",
+    )
+    GRAPH_SETTINGS = ("graph_top_k", "graph_self_loop", "graph_symmetric", "graph_index")
+    INDEX_SETTINGS = {
+        "ivf": ("graph_ivf_nlist", "graph_nprobe"),
+        "hnsw": ("graph_hnsw_m", "graph_hnsw_ef_search"),
+    }
+    #: Bump when the cached artifacts' meaning changes.
+    CACHE_FORMAT = 1
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.pretrained_embedding = None
+        self.cache_events = []  # ("pretrain" / "graphs", "loaded" / "computed", path): for tests and logs
+        self._data_fingerprint = None
+
+    def pre_training_stages(self):
+        if not self.model.use_sm:
+            self.logger.info(
+                "use_sm is False: the Structure Migrator is off, so the CTR pre-training and the "
+                "graph building are skipped."
+            )
+            return []
+        return [("pretrain", self._pretrain_stage), ("graphs", self._graph_stage)]
+
+    # ----- cache keys ----------------------------------------------------------------------
+    def _cache(self):
+        return ArtifactCache(self.config["checkpoint_dir"], f"CSTWA-{self.config['dataset']}")
+
+    def _pretrain_settings(self, dataset):
+        if self._data_fingerprint is None:
+            self._data_fingerprint = dataset_fingerprint(dataset)
+        groups = self.model.field_groups
+        settings = {key: self.config[key] for key in self.PRETRAIN_SETTINGS}
+        settings.update(
+            cache_format=self.CACHE_FORMAT,
+            dataset=self.config["dataset"],
+            data_fingerprint=self._data_fingerprint,
+            fields={group: [field for field, _ in fields] for group, fields in groups.items()},
+            field_sizes={field: dataset.num(field) for fields in groups.values() for field, _ in fields},
+        )
+        return settings
+
+    def _graph_settings(self, dataset):
+        settings = self._pretrain_settings(dataset)
+        keys = self.GRAPH_SETTINGS + self.INDEX_SETTINGS.get(self.config["graph_index"], ())
+        settings.update({key: self.config[key] for key in keys})
+        return settings
+
+    # ----- stage 1: pre-training -------------------------------------------------------------
+    def _pretrain_stage(self, train_data, valid_data, show_progress):
+        dataset = train_data._dataset
+        settings = self._pretrain_settings(dataset)
+        with isolated_random_state(self.config["seed"], train_data):
+            model = ClickPretrainModel(self.model, dataset).to(self.device)
+            if self.config["cstwa_cache"]:
+                cached, path, reason = self._cache().load("pretrain", settings)
+                if cached is not None:
+                    model.embedding.load_state_dict(cached["embedding"])
+                    self.pretrained_embedding = model.embedding.eval()
+                    self.cache_events.append(("pretrain", "loaded", path))
+                    self.logger.info(f"loaded cached pre-trained CTR embedding from {path}")
+                    return
+                self.logger.info(f"pre-training the CTR model: {reason}")
+            self._pretrain(model, train_data, valid_data, show_progress)
+        self.pretrained_embedding = model.embedding.eval()
+        path = None
+        if self.config["cstwa_cache"]:
+            state = {name: tensor.detach().cpu() for name, tensor in model.embedding.state_dict().items()}
+            path = self._cache().save("pretrain", settings, {"embedding": state})
+            self.logger.info(f"saved the pre-trained CTR embedding to {path}")
+        self.cache_events.append(("pretrain", "computed", path))
+
+    def _pretrain(self, model, train_data, valid_data, show_progress):
+        epochs = self.config["pretrain_epochs"]
+        optimizer = self._build_optimizer(
+            params=model.parameters(), learning_rate=self.config["pretrain_learning_rate"]
+        )
+        click_field = self.config["CLICK_FIELD"]
+        for epoch in range(epochs):
+            start, total, batches = time(), 0.0, 0
+            model.train()
+            iterator = (
+                tqdm(
+                    train_data,
+                    total=len(train_data),
+                    ncols=100,
+                    desc=set_color(f"Pretrain {epoch:>3}", "pink"),
+                )
+                if show_progress
+                else train_data
+            )
+            for interaction in iterator:
+                interaction = interaction.to(self.device)
+                optimizer.zero_grad()
+                loss = self.model.bce(model(interaction), interaction[click_field].float())
+                self._check_nan(loss)
+                loss.backward()
+                optimizer.step()
+                total, batches = total + loss.item(), batches + 1
+            message = (
+                f"pretrain epoch {epoch} [{time() - start:.2f}s]: click BCE {total / max(batches, 1):.4f}"
+            )
+            if valid_data:
+                message += f", valid click AUC {self._click_auc(model, valid_data):.4f}"
+            self.logger.info(set_color(message, "blue"))
+
+    @torch.no_grad()
+    def _click_auc(self, model, data):
+        """Click AUC of the pre-trained CTR model (progress only; ties get average ranks)."""
+        model.eval()
+        scores, labels = [], []
+        for batch in data:
+            interaction = batch[0].to(self.device)
+            scores.append(model(interaction).cpu())
+            labels.append(interaction[self.config["CLICK_FIELD"]].cpu())
+        labels = torch.cat(labels).numpy()
+        if labels.min() == labels.max():
+            return float("nan")
+        return float(roc_auc_score(labels, torch.cat(scores).numpy()))
+
+    # ----- stage 2: graphs -------------------------------------------------------------------
+    def _graph_stage(self, train_data, valid_data, show_progress):
+        dataset = train_data._dataset
+        settings = self._graph_settings(dataset)
+        graphs = None
+        if self.config["cstwa_cache"]:
+            cached, path, reason = self._cache().load("graphs", settings)
+            if cached is not None:
+                graphs = {group: graph_from_state(cached[group]) for group in ("user", "item")}
+                self.cache_events.append(("graphs", "loaded", path))
+                self.logger.info(f"loaded cached user and item graphs from {path}")
+            else:
+                self.logger.info(f"building the user and item graphs: {reason}")
+        if graphs is None:
+            if self.pretrained_embedding is None:
+                raise RuntimeError("the graphs stage needs the pretrain stage's embedding first.")
+            graphs = {}
+            for group in ("user", "item"):
+                start = time()
+                with torch.no_grad():
+                    representations = group_representations(
+                        self.pretrained_embedding, self.model.entity_features(group), group
+                    )
+                graphs[group] = build_graph(
+                    representations,
+                    self.config["graph_top_k"],
+                    self_loop=self.config["graph_self_loop"],
+                    symmetric=self.config["graph_symmetric"],
+                    index_type=self.config["graph_index"],
+                    ivf_nlist=self.config["graph_ivf_nlist"],
+                    nprobe=self.config["graph_nprobe"],
+                    hnsw_m=self.config["graph_hnsw_m"],
+                    hnsw_ef_search=self.config["graph_hnsw_ef_search"],
+                )
+                self.logger.info(f"{group} graph built in {time() - start:.2f}s")
+            path = None
+            if self.config["cstwa_cache"]:
+                state = {group: graph_to_state(graph) for group, graph in graphs.items()}
+                path = self._cache().save("graphs", settings, state)
+                self.logger.info(f"saved the user and item graphs to {path}")
+            self.cache_events.append(("graphs", "computed", path))
+        for group, graph in graphs.items():
+            self.logger.info(f"{group} graph: {graph_summary(graph)}")
+        self.model.set_graphs(graphs["user"], graphs["item"])
+
+
+@contextmanager
+def isolated_random_state(seed, data_loader=None):
+    """Runs a block under its own seeded random state, then restores the previous one.
+
+    Covers torch (CPU and CUDA), numpy, ``random`` and the data loader's shuffling generator, so
+    that a stage run before training (or skipped because it was cached) does not shift the
+    random numbers the training itself draws.
+    """
+    generator = getattr(data_loader, "generator", None)
+    saved = (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        np.random.get_state(),
+        random.getstate(),
+        generator.get_state() if generator is not None else None,
+    )
+    torch.manual_seed(seed)
+    if generator is not None:
+        generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch_state, cuda_states, numpy_state, random_state, generator_state = saved
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(numpy_state)
+        random.setstate(random_state)
+        if generator_state is not None:
+            generator.set_state(generator_state)

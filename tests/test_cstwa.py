@@ -1,0 +1,377 @@
+"""CSTWA: graph building, the three components, the switches, the trainer's cache, end to end."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from recbole_cstwa.data import create_dataset
+from recbole_cstwa.model.multitask.cstwa import (
+    CSTWA,
+    PredictionWindow,
+    curse_escaper_weights,
+)
+from recbole_cstwa.model.multitask.mlp import MLP
+from recbole_cstwa.model.structure import (
+    ArtifactCache,
+    RowGraph,
+    build_graph,
+    group_representations,
+    nearest_neighbours,
+    propagate_all,
+    propagate_rows,
+)
+from recbole_cstwa.trainer import CSTWATrainer
+
+
+# ----- helpers ---------------------------------------------------------------------------------
+def _cosine(vectors):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def _dense_graph(vectors, k, self_loop=True):
+    """The graph of Eqs. 3-5 computed densely with numpy (no faiss): the reference."""
+    similarity = _cosine(vectors)
+    n = len(vectors)
+    adjacency = np.zeros((n, n))
+    for row in range(n):
+        others = [j for j in np.argsort(-similarity[row], kind="stable") if j != row]
+        chosen = ([row] + others[: k - 1]) if self_loop else others[:k]
+        adjacency[row, chosen] = np.maximum(similarity[row, chosen], 0)
+    degree = adjacency.sum(axis=1)
+    scale = np.where(degree > 0, degree, 1) ** -0.5 * (degree > 0)
+    return scale[:, None] * adjacency * scale[None, :]
+
+
+def _vectors(n, dim, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+@pytest.fixture
+def build(make_config):
+    """``build(**config)`` -> ``(model, train_data, config)``: a CSTWA model on the tiny data."""
+
+    def make(model_class=CSTWA, **overrides):
+        config = make_config(model_class.__name__, **overrides)
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        init_seed(config["seed"], True)
+        model = model_class(config, train_data._dataset)
+        return model, train_data, config
+
+    return make
+
+
+def _give_graphs(model, k=4):
+    """Graphs from the model's own CVR embedding (any graph will do for these tests)."""
+    graphs = []
+    for group in ("user", "item"):
+        with torch.no_grad():
+            rows = group_representations(model.purchase_embedding, model.entity_features(group), group)
+        graphs.append(build_graph(rows, k))
+    model.set_graphs(*graphs)
+    return graphs
+
+
+# ----- graphs ----------------------------------------------------------------------------------
+def test_graph_rows_hold_at_most_k_nonnegative_edges():
+    k = 5
+    graph = build_graph(_vectors(60, 6), k)
+    rows, _ = graph.indices()
+    assert graph.shape == (60, 60) and graph.is_coalesced()
+    assert torch.bincount(rows, minlength=60).max().item() <= k
+    assert (graph.values() > 0).all()
+
+
+@pytest.mark.parametrize("self_loop", [True, False])
+def test_graph_normalisation_equals_dense_numpy(self_loop):
+    vectors = _vectors(9, 3, seed=3)  # 3 dimensions: many negative cosines among 9 vectors
+    graph = build_graph(vectors, 4, self_loop=self_loop, padding_rows=0)
+    expected = _dense_graph(vectors, 4, self_loop=self_loop)
+    assert (_cosine(vectors) < 0).any()
+    np.testing.assert_allclose(graph.to_dense().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("self_loop", [True, False])
+def test_exact_faiss_neighbours_equal_brute_force(self_loop):
+    vectors = _vectors(300, 10, seed=1)
+    neighbours, similarities = nearest_neighbours(vectors, 8, self_loop=self_loop)
+    similarity = _cosine(vectors)
+    np.fill_diagonal(similarity, -np.inf)
+    brute = np.argsort(-similarity, axis=1)[:, : 7 if self_loop else 8]
+    found = neighbours[:, 1:] if self_loop else neighbours
+    if self_loop:
+        assert (neighbours[:, 0] == np.arange(300)).all()
+        np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-5)
+    assert (np.sort(found, axis=1) == np.sort(brute, axis=1)).all()
+    np.testing.assert_allclose(similarities[:, -1], similarity[np.arange(300), brute[:, -1]], atol=1e-5)
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_approximate_index_returns_k_neighbours(index_type):
+    vectors = _vectors(3000, 8, seed=2)
+    settings = {"ivf_nlist": 16, "nprobe": 4, "hnsw_m": 16, "hnsw_ef_search": 32}
+    neighbours, _ = nearest_neighbours(vectors, 8, index_type=index_type, **settings)
+    exact, _ = nearest_neighbours(vectors, 8)
+    assert neighbours.shape == (3000, 8) and (neighbours >= 0).all()
+    recall = np.mean([len(set(a) & set(b)) / 8 for a, b in zip(neighbours, exact)])
+    assert recall > 0.7
+    graph = build_graph(vectors, 8, index_type=index_type, **settings)
+    assert torch.bincount(graph.indices()[0]).max().item() <= 8
+
+
+def test_padding_row_is_only_its_own_neighbour():
+    graph = build_graph(_vectors(20, 4), 4, padding_rows=1).to_dense()
+    assert graph[0, 0] == 1 and graph[0, 1:].abs().sum() == 0 and graph[1:, 0].abs().sum() == 0
+
+
+def test_symmetric_switch_gives_a_symmetric_graph():
+    vectors = _vectors(40, 4, seed=5)
+    directed = build_graph(vectors, 3).to_dense()
+    symmetric = build_graph(vectors, 3, symmetric=True).to_dense()
+    assert not torch.allclose(directed, directed.T)
+    torch.testing.assert_close(symmetric, symmetric.T)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_row_propagation_equals_dense_product(layers):
+    graph = build_graph(_vectors(30, 4), 4)
+    features = torch.randn(30, 6, dtype=torch.float64)
+    dense = torch.linalg.matrix_power(graph.to_dense().double(), layers) @ features
+    row_graph = RowGraph.from_sparse(graph)
+    rows = torch.tensor([3, 7, 3, 29, 0])
+    torch.testing.assert_close(
+        propagate_rows(row_graph, rows, lambda ids: features[ids], layers), dense[rows]
+    )
+    torch.testing.assert_close(propagate_all(row_graph, features, layers), dense)
+
+
+def test_bad_graph_settings_are_rejected(build):
+    with pytest.raises(ValueError, match="graph_index"):
+        build(graph_index="annoy")
+    with pytest.raises(ValueError, match="sm_mode"):
+        build(sm_mode="step")
+
+
+# ----- Curse Escaper -------------------------------------------------------------------------------
+def test_curse_escaper_weights_equal_hand_computed_values():
+    # tau_low = 0.1, tau_high = 0.9; alpha = 3, w_max = 4.
+    p_ctr = torch.tensor([0.95, 0.95, 0.05, 0.05, 0.5, 0.99, 0.0])
+    purchase = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    weights = curse_escaper_weights(p_ctr, purchase, 0.1, 0.9, alpha=3, max_weight=4)
+    expected = [1 + 3 * 0.05 / 0.1, 1, 1 + 3 * 0.05 / 0.1, 1, 1, 1 + 3 * 0.09 / 0.1, 4]
+    torch.testing.assert_close(weights, torch.tensor(expected))  # 3.7 stays under the cap, 4 at it
+
+
+def test_prediction_window_keeps_the_last_n():
+    window = PredictionWindow(5)
+    assert len(window) == 0 and window.percentiles(10, 99) is None
+    window.push(torch.tensor([1.0, 2.0, 3.0]))
+    assert sorted(window.held().tolist()) == [1.0, 2.0, 3.0]
+    window.push(torch.tensor([4.0, 5.0, 6.0, 7.0]))
+    assert sorted(window.held().tolist()) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    window.push(torch.arange(10.0, 22.0))
+    assert sorted(window.held().tolist()) == [17.0, 18.0, 19.0, 20.0, 21.0]
+
+
+def test_model_weights_use_the_previous_window_only(build):
+    model, train_data, _ = build(use_sm=False, ce_window=1000)
+    batch = next(iter(train_data))
+    click, purchase = model.labels(batch)
+    p_ctr = torch.linspace(0, 1, len(batch))
+    # Empty window: every weight is 1.
+    assert (model.sample_weights(p_ctr, purchase) == 1).all()
+    # Partly filled (101 of 1000): percentiles of what it holds, tau_low 0.1 and tau_high 0.99.
+    model.ctr_window.push(torch.linspace(0, 1, 101))
+    expected = curse_escaper_weights(p_ctr, purchase, 0.1, 0.99, 3, 4)
+    torch.testing.assert_close(model.sample_weights(p_ctr, purchase), expected)
+    assert (expected != 1).any()
+    # calculate_loss weighs with the window as it was, then adds the batch (in training only).
+    model.train()
+    torch.manual_seed(0)
+    output = model.forward(batch)
+    weights = model.sample_weights(output["click"].detach(), purchase)
+    expected_loss = model.bce(output["purchase"], purchase, weight=weights)
+    torch.manual_seed(0)
+    losses = model.calculate_loss(batch)
+    torch.testing.assert_close(losses[1], expected_loss)
+    assert len(model.ctr_window) == 101 + len(batch)
+    model.eval()
+    model.calculate_loss(batch)
+    assert len(model.ctr_window) == 101 + len(batch)
+
+
+def test_curse_escaper_off_gives_unit_weights(build):
+    model, train_data, _ = build(use_sm=False, use_ce=False)
+    batch = next(iter(train_data))
+    assert model.ctr_window is None
+    assert (model.sample_weights(torch.rand(len(batch)), model.labels(batch)[1]) == 1).all()
+
+
+# ----- Click Perceptron ---------------------------------------------------------------------------
+def test_click_perceptron_scales_the_conversion_input(build):
+    model, train_data, _ = build(use_sm=False)
+    model.eval()
+    output = model(next(iter(train_data)))
+    info = output["info"]
+    assert info.shape == output["conversion_input"].shape
+    assert (info > 0).all() and (info < 2).all()
+    torch.testing.assert_close(output["conversion_tower_input"], output["conversion_input"] * info)
+
+
+def test_click_perceptron_off_feeds_x_cvr_unchanged(build):
+    model, train_data, _ = build(use_sm=False, use_cp=False)
+    output = model(next(iter(train_data)))
+    assert model.info_layer is None and output["info"] is None
+    assert output["conversion_tower_input"] is output["conversion_input"]
+
+
+# ----- Structure Migrator --------------------------------------------------------------------------
+def test_structure_migrator_mix_equals_its_formula(build):
+    model, train_data, _ = build(sm_lambda=0.3)
+    user_graph, _ = _give_graphs(model)
+    batch = next(iter(train_data))
+    model.train()
+    model.on_epoch_start(0)
+    with torch.no_grad():
+        everyone = group_representations(model.purchase_embedding, model.entity_features("user"), "user")
+        propagated = user_graph.to_dense() @ everyone
+        live = model.purchase_embedding(batch, "user")[0].flatten(1)
+        expected = 0.7 * live + 0.3 * propagated[batch["user_id"]]
+        width = live.shape[1]
+        torch.testing.assert_close(model.conversion_input(batch)[:, :width], expected)
+    assert not torch.allclose(expected, live)
+
+
+def test_structure_migrator_off_keeps_live_rows(build):
+    model, train_data, _ = build(use_sm=False)
+    batch = next(iter(train_data))
+    live = model.purchase_embedding(batch, "user")[0].flatten(1)
+    torch.testing.assert_close(model.conversion_input(batch)[:, : live.shape[1]], live)
+    torch.testing.assert_close(
+        model.conversion_input(batch), model.embed_input(batch, model.purchase_embedding)
+    )
+
+
+def test_batch_mode_equals_epoch_mode_and_trains_neighbours(build):
+    model, train_data, _ = build()
+    _give_graphs(model)
+    batch = next(iter(train_data))
+    model.eval()
+    with torch.no_grad():
+        by_epoch = model.conversion_input(batch)
+        model.sm_mode = "batch"
+        by_batch = model.conversion_input(batch)
+    torch.testing.assert_close(by_batch, by_epoch)
+    # Batch mode: gradients reach the table rows of neighbours outside the batch.
+    model.train()
+    model.conversion_input(batch).sum().backward()
+    table = model.purchase_embedding.token_table.weight.grad
+    touched_batch_mode = int((table.abs().sum(1) > 0).sum())
+    model.zero_grad()
+    model.sm_mode = "epoch"
+    model.on_epoch_start(0)
+    model.conversion_input(batch).sum().backward()
+    touched_epoch_mode = int((model.purchase_embedding.token_table.weight.grad.abs().sum(1) > 0).sum())
+    assert touched_batch_mode > touched_epoch_mode
+
+
+def test_epoch_mode_holds_p_in_training_and_refreshes_for_evaluation(build):
+    model, train_data, _ = build()
+    _give_graphs(model)
+    batch = next(iter(train_data))
+    model.train()
+    model.on_epoch_start(0)
+    with torch.no_grad():
+        before = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
+            0
+        ].flatten(1)
+        model.purchase_embedding.token_table.weight.mul_(2.0)  # an "optimizer step"
+        held = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[0].flatten(
+            1
+        )
+        torch.testing.assert_close(held, before)  # P fixed during the epoch
+        model.eval()
+        refreshed = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
+            0
+        ].flatten(1)
+    torch.testing.assert_close(refreshed, 2 * before)  # P recomputed from the new parameters
+    # Loading other parameters while in eval mode is noticed too.
+    state = {name: value * 0.5 for name, value in model.state_dict().items()}
+    model.load_state_dict(state)
+    with torch.no_grad():
+        reloaded = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
+            0
+        ].flatten(1)
+    torch.testing.assert_close(reloaded, before)
+
+
+# ----- all switches off = MLP ---------------------------------------------------------------------
+def test_all_switches_off_is_the_mlp(build):
+    off = {"use_sm": False, "use_cp": False, "use_ce": False, "use_calibration": False}
+    cstwa, train_data, _ = build(**off)
+    mlp, _, _ = build(MLP)
+    cstwa_state, mlp_state = cstwa.state_dict(), mlp.state_dict()
+    assert {k: v.shape for k, v in cstwa_state.items()} == {k: v.shape for k, v in mlp_state.items()}
+    for name, value in mlp_state.items():  # same seed, same construction order: same values
+        torch.testing.assert_close(cstwa_state[name], value)
+    batch = next(iter(train_data))
+    cstwa.eval()
+    mlp.eval()
+    cstwa_losses, mlp_losses = cstwa.calculate_loss(batch), mlp.calculate_loss(batch)
+    assert len(cstwa_losses) == len(mlp_losses) == 2
+    for ours, theirs in zip(cstwa_losses, mlp_losses):
+        torch.testing.assert_close(ours, theirs)
+    # The ablation rows keep the calibration term: a third loss part.
+    assert len(build(**{**off, "use_calibration": True})[0].calculate_loss(batch)) == 3
+
+
+# ----- trainer: stages and cache ---------------------------------------------------------------------
+def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(make_config):
+    def stages(**overrides):
+        config = make_config("CSTWA", **overrides)
+        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+        model = CSTWA(config, train_data._dataset)
+        trainer = CSTWATrainer(config, model)
+        for _, stage in trainer.pre_training_stages():
+            stage(train_data, valid_data, False)
+        return trainer, model
+
+    first, first_model = stages()
+    assert [event[:2] for event in first.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
+    again, again_model = stages()
+    assert [event[:2] for event in again.cache_events] == [("pretrain", "loaded"), ("graphs", "loaded")]
+    for group in ("user", "item"):
+        torch.testing.assert_close(first_model.graph(group).values, again_model.graph(group).values)
+    other_k, _ = stages(graph_top_k=4)
+    assert [event[:2] for event in other_k.cache_events] == [("pretrain", "loaded"), ("graphs", "computed")]
+    uncached, _ = stages(cstwa_cache=False)
+    assert [event[:2] for event in uncached.cache_events] == [
+        ("pretrain", "computed"),
+        ("graphs", "computed"),
+    ]
+    off, _ = stages(use_sm=False)
+    assert off.pre_training_stages() == [] and off.cache_events == []
+
+
+def test_cache_miss_names_the_changed_setting(tmp_path):
+    cache = ArtifactCache(str(tmp_path), "CSTWA-x")
+    cache.save("graphs", {"graph_top_k": 8, "seed": 1}, {"values": torch.ones(2)})
+    artifact, _, _ = cache.load("graphs", {"graph_top_k": 8, "seed": 1})
+    torch.testing.assert_close(artifact["values"], torch.ones(2))
+    artifact, _, reason = cache.load("graphs", {"graph_top_k": 4, "seed": 1})
+    assert artifact is None and "graph_top_k: 8 -> 4" in reason and "seed" not in reason
+
+
+# ----- end to end ---------------------------------------------------------------------------------
+def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
+    first = run_tiny("CSTWA")
+    assert set(first["stage_times"]) == {"pretrain", "graphs", "train"}
+    second = run_tiny("CSTWA")  # pre-trained embedding and graphs now read from the cache
+    assert second["test_result"] == first["test_result"]
+
+
+def test_one_epoch_batch_mode_two_layers(run_tiny):
+    result = run_tiny("CSTWA", sm_mode="batch", sm_layers=2)
+    assert 0.0 <= result["test_result"]["purchase_auc"] <= 1.0
