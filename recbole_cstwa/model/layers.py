@@ -149,6 +149,22 @@ class MLPTower(nn.Module):
         return self.layers(x)
 
 
+class SoftmaxGate(nn.Linear):
+    """A gate: a linear map of its input to one weight per expert, softmax-normalised.
+
+    A ``nn.Linear`` subclass, so its parameters keep a linear layer's names and initialisation.
+    Returns ``(B, num_experts)`` weights that sum to 1.
+    """
+
+    def forward(self, x):
+        return torch.softmax(super().forward(x), dim=-1)
+
+
+def mix_experts(weights, expert_outputs):
+    """Gate-weighted sum of experts: ``(B, E)`` weights, ``(B, E, H)`` outputs -> ``(B, H)``."""
+    return torch.einsum("be,beh->bh", weights, expert_outputs)
+
+
 class ExpertMixture(nn.Module):
     """Expert-Bottom sharing: MLP experts mixed by softmax gates (MMoE, OMoE).
 
@@ -160,18 +176,72 @@ class ExpertMixture(nn.Module):
     def __init__(self, input_size, num_experts, num_gates, hidden_sizes, dropouts):
         super().__init__()
         self.experts = nn.ModuleList(MLPTower(input_size, hidden_sizes, dropouts) for _ in range(num_experts))
-        self.gates = nn.ModuleList(nn.Linear(input_size, num_experts) for _ in range(num_gates))
+        self.gates = nn.ModuleList(SoftmaxGate(input_size, num_experts) for _ in range(num_gates))
         self.output_size = self.experts[0].output_size
 
     def gate_weights(self, x):
         """``(num_gates, B, num_experts)`` softmax weights."""
-        return torch.stack([torch.softmax(gate(x), dim=-1) for gate in self.gates])
+        return torch.stack([gate(x) for gate in self.gates])
 
     def forward(self, x):
         """Returns a list with each gate's mixture, ``(B, output_size)``."""
         expert_outputs = torch.stack([expert(x) for expert in self.experts], dim=1)
-        weights = self.gate_weights(x)
-        return [torch.einsum("be,beh->bh", w, expert_outputs) for w in weights]
+        return [mix_experts(w, expert_outputs) for w in self.gate_weights(x)]
+
+
+class ExtractionLayer(nn.Module):
+    """One level of Progressive Layered Extraction (PLE's CGC layer): shared and task-specific
+    MLP experts, one softmax gate per task.
+
+    Task ``t``'s gate reads task ``t``'s input and mixes its own specific experts with the shared
+    experts. Below the last level a shared gate also reads the shared input and mixes every
+    expert (all tasks' specific ones and the shared ones): the next level's shared input. Stacking
+    these layers is PLE; one layer alone is CGC.
+    """
+
+    def __init__(
+        self, input_size, num_tasks, num_shared, num_specific, hidden_sizes, dropouts, shared_output
+    ):
+        super().__init__()
+        if num_tasks < 1 or num_shared < 0 or num_specific < 0 or num_shared + num_specific < 1:
+            raise ValueError(
+                f"ExtractionLayer needs at least one task and one expert per task's gate, got "
+                f"num_tasks={num_tasks}, num_shared={num_shared}, num_specific={num_specific}."
+            )
+
+        def experts(count):
+            return nn.ModuleList(MLPTower(input_size, hidden_sizes, dropouts) for _ in range(count))
+
+        self.shared_experts = experts(num_shared)
+        self.specific_experts = nn.ModuleList(experts(num_specific) for _ in range(num_tasks))
+        self.task_gates = nn.ModuleList(
+            SoftmaxGate(input_size, num_specific + num_shared) for _ in range(num_tasks)
+        )
+        self.shared_gate = (
+            SoftmaxGate(input_size, num_tasks * num_specific + num_shared) if shared_output else None
+        )
+        self.output_size = [*self.shared_experts, *self.specific_experts[0]][0].output_size
+
+    def forward(self, inputs):
+        """``inputs``: each task's input then the shared input, each ``(B, input_size)``.
+
+        Returns:
+            list: each task's mixture, then (below the last level) the shared mixture, each
+            ``(B, output_size)``: the next level's ``inputs``.
+        """
+        *task_inputs, shared_input = inputs
+        shared = [expert(shared_input) for expert in self.shared_experts]
+        specific = [
+            [expert(x) for expert in experts] for experts, x in zip(self.specific_experts, task_inputs)
+        ]
+        outputs = [
+            mix_experts(gate(x), torch.stack(own + shared, dim=1))
+            for gate, x, own in zip(self.task_gates, task_inputs, specific)
+        ]
+        if self.shared_gate is not None:
+            every_expert = [output for own in specific for output in own] + shared
+            outputs.append(mix_experts(self.shared_gate(shared_input), torch.stack(every_expert, dim=1)))
+        return outputs
 
 
 class ProbabilityHead(nn.Module):

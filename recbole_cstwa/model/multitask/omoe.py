@@ -1,0 +1,19 @@
+r"""OMoE
+################################################
+Reference:
+    Jiaqi Ma et al. "Modeling Task Relationships in Multi-task Learning with Multi-gate
+    Mixture-of-Experts." in KDD 2018 (OMoE, the one-gate baseline of its experiments).
+"""
+
+from recbole_cstwa.model.multitask.mmoe import MMoE
+
+
+class OMoE(MMoE):
+    r"""Expert-Bottom sharing with a single softmax gate shared by both tasks.
+
+    The MMoE model with one gate: every task's output layer reads the same mixture of the
+    ``num_experts`` MLP experts (as MTReclib's ``omoe.py``). Experts, ``num_experts = 8`` and
+    the losses (BCE of each head over all impressions) are MMoE's.
+    """
+
+    num_gates = 1

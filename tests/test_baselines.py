@@ -1,0 +1,260 @@
+"""The baselines' losses and structures: AITM, ESCM2 (IPS, DR), OMoE, MMoE, PLE.
+
+Losses are checked against hand computations on a tiny batch with fixed labels, with the
+models in eval mode so that ``forward`` is deterministic (dropout off).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import data_preparation
+
+from recbole_cstwa.data import create_dataset
+from recbole_cstwa.model.layers import ExtractionLayer
+from recbole_cstwa.model.multitask.escm2 import dr_counterfactual_risk, ips_counterfactual_risk
+from recbole_cstwa.utils import get_model
+
+#: Labels of the crafted batch: clicks with and without purchase, and no-click rows.
+CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+PURCHASES = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+@pytest.fixture
+def build(make_config):
+    """``build(model, **config)`` -> (model in eval mode, an 8-row batch with fixed labels)."""
+
+    def make(model_name, **overrides):
+        torch.manual_seed(0)
+        config = make_config(model_name, **overrides)
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        model = get_model(model_name)(config, train_data._dataset)
+        model.eval()
+        batch = next(iter(train_data))[: len(CLICKS)]
+        batch["click"] = torch.tensor(CLICKS)
+        batch["purchase"] = torch.tensor(PURCHASES)
+        return model, batch
+
+    return make
+
+
+def _bce(p, y):
+    return -(y * p.log() + (1 - y) * (1 - p).log())
+
+
+# ----- AITM ----------------------------------------------------------------------------------
+def test_aitm_loss_parts_match_hand_computation(build):
+    model, batch = build("AITM")
+    assert model.config["weight_decay"] == 0.0  # the L2 term is the model's own
+    output = model(batch)
+    p_click, p_purchase = output["click"].double(), output["purchase"].double()
+    click_loss, purchase_loss, calibration, l2 = model.calculate_loss(batch)
+    clicks, purchases = torch.tensor(CLICKS).double(), torch.tensor(PURCHASES).double()
+    assert click_loss.item() == pytest.approx(_bce(p_click, clicks).mean().item(), rel=1e-5)
+    assert purchase_loss.item() == pytest.approx(_bce(p_purchase, purchases).mean().item(), rel=1e-5)
+    violations = [max(b - a, 0.0) for a, b in zip(p_click.tolist(), p_purchase.tolist())]
+    assert calibration.item() == pytest.approx(0.6 * sum(violations) / len(violations), abs=1e-7)
+    squares = sum(float(w.detach().double().pow(2).sum()) for w in model.embedding.parameters())
+    squares += sum(float(w.detach().double().pow(2).sum()) for w in model.transfer.projection_weights())
+    assert l2.item() == pytest.approx(1e-6 * squares / 2, rel=1e-5)
+
+
+def test_aitm_calibrator_is_the_batch_mean_of_violations(build):
+    model, batch = build("AITM")
+    # Force p_purchase > p_click on every row: purchase head bias up, click head bias down.
+    with torch.no_grad():
+        model.purchase_head.linear.bias.fill_(5.0)
+        model.click_head.linear.bias.fill_(-5.0)
+    output = model(batch)
+    calibration = model.calculate_loss(batch)[2]
+    expected = 0.6 * (output["purchase"] - output["click"]).mean()
+    assert (output["purchase"] > output["click"]).all()
+    assert calibration.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_aitm_l2_covers_only_embeddings_and_attention_projections(build):
+    model, batch = build("AITM")
+    l2 = model.calculate_loss(batch)[3].item()
+    with torch.no_grad():
+        for module in (model.click_tower, model.purchase_tower, model.info_layer, model.click_head):
+            for weight in module.parameters():
+                weight.mul_(3.0)
+    assert model.calculate_loss(batch)[3].item() == pytest.approx(l2, rel=1e-7)
+    with torch.no_grad():
+        model.transfer.query.weight.mul_(3.0)
+    assert model.calculate_loss(batch)[3].item() > l2
+    with torch.no_grad():
+        model.transfer.query.weight.div_(3.0)
+        model.embedding.token_table.weight.mul_(3.0)
+    assert model.calculate_loss(batch)[3].item() > l2
+
+
+def test_ait_attention_weights_sum_to_one_over_the_two_items(build):
+    model, batch = build("AITM")
+    items, _ = model.transfer_items(batch)
+    assert items.shape == (len(batch), 2, model.transfer.size)
+    weights = model.transfer.attention_weights(items)
+    assert weights.shape == (len(batch), 2)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(len(batch)), atol=1e-6)
+    # z is the weighted sum of the values
+    z = model.transfer(items)
+    expected = weights[:, 0:1] * model.transfer.value(items[:, 0]) + weights[:, 1:2] * model.transfer.value(
+        items[:, 1]
+    )
+    assert torch.allclose(z, expected, atol=1e-6)
+    for projection in (model.transfer.query, model.transfer.key, model.transfer.value):
+        assert projection.bias is None
+        assert projection.weight.std().item() == pytest.approx(0.01, rel=0.3)
+
+
+# ----- ESCM2 ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["mlp", "mmoe"])
+def test_escm2_ips_loss_matches_hand_computation(build, backbone):
+    model, batch = build("ESCM2", escm2_mode="ips", escm2_backbone=backbone)
+    output = model(batch)
+    assert "imputation" not in output
+    ctr_loss, counterfactual, ctcvr_loss = model.calculate_loss(batch)
+    p_ctr, p_cvr, p_ctcvr = (output[k].double().tolist() for k in ("click", "cvr", "purchase"))
+    n, n_clicks = len(CLICKS), sum(CLICKS)
+    expected = 0.0
+    for p, q, o, y in zip(p_ctr, p_cvr, CLICKS, PURCHASES):
+        e = -(y * math.log(q) + (1 - y) * math.log(1 - q))
+        w = n * min(1 / max(p * n_clicks, 1e-6), 15)
+        expected += o * w * e / n
+    assert counterfactual.item() == pytest.approx(0.5 * expected, rel=1e-5)
+    bce = [-(o * math.log(p) + (1 - o) * math.log(1 - p)) for p, o in zip(p_ctr, CLICKS)]
+    assert ctr_loss.item() == pytest.approx(sum(bce) / n, rel=1e-5)
+    bce = [-(y * math.log(p) + (1 - y) * math.log(1 - p)) for p, y in zip(p_ctcvr, PURCHASES)]
+    assert ctcvr_loss.item() == pytest.approx(0.5 * sum(bce) / n, rel=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "mmoe"])
+def test_escm2_dr_loss_matches_hand_computation(build, backbone):
+    model, batch = build("ESCM2", escm2_mode="dr", escm2_backbone=backbone)
+    output = model(batch)
+    counterfactual = model.calculate_loss(batch)[1]
+    p_ctr, p_cvr, p_imp = (output[k].double().tolist() for k in ("click", "cvr", "imputation"))
+    expected = 0.0
+    for p, q, imputed, o, y in zip(p_ctr, p_cvr, p_imp, CLICKS, PURCHASES):
+        e = -(y * math.log(q) + (1 - y) * math.log(1 - q))
+        w = min(o / max(p, 1e-6), 15)
+        expected += (imputed + w * (e - imputed) + w * (e - imputed) ** 2) / len(CLICKS)
+    assert counterfactual.item() == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def test_escm2_weights_clip_and_floor():
+    # IPS: 1 / (p * N_c) clipped at 15, times B; DR: o / max(p, 1e-6) clipped at 15.
+    p_ctr = torch.tensor([1e-9, 0.5, 0.01, 0.9])
+    click = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    e = torch.ones(4)
+    ips = ips_counterfactual_risk(p_ctr, e, click, max_weight=15)
+    n_clicks = 3
+    assert ips.item() == pytest.approx(15 + 1 / (0.5 * n_clicks) + 15, rel=1e-6)
+    dr = dr_counterfactual_risk(p_ctr, torch.zeros(4), e, click, max_weight=15)
+    assert dr.item() == pytest.approx((2 * 15 + 2 * 2 + 2 * 15) / 4, rel=1e-6)
+    # no click in the batch: finite, zero risk
+    zero = ips_counterfactual_risk(p_ctr, e, torch.zeros(4), max_weight=15)
+    assert zero.item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["ips", "dr"])
+def test_escm2_propensity_weights_pass_no_gradient(mode):
+    p_ctr = torch.tensor([0.2, 0.6, 0.05, 0.9], requires_grad=True)
+    p_cvr = torch.tensor([0.3, 0.1, 0.5, 0.2], requires_grad=True)
+    p_imp = torch.tensor([0.4, 0.2, 0.3, 0.1], requires_grad=True)
+    click, purchase = torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    e = F.binary_cross_entropy(p_cvr, purchase, reduction="none")
+    if mode == "ips":
+        risk = ips_counterfactual_risk(p_ctr, e, click, max_weight=15)
+        inputs = (p_ctr, p_cvr)
+    else:
+        risk = dr_counterfactual_risk(p_ctr, p_imp, e, click, max_weight=15)
+        inputs = (p_ctr, p_cvr, p_imp)
+    grads = torch.autograd.grad(risk, inputs, allow_unused=True)
+    assert grads[0] is None  # the propensity enters only through detached weights
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[1:])
+
+
+@pytest.mark.parametrize("mode", ["ips", "dr"])
+def test_escm2_counterfactual_risk_does_not_train_the_ctr_tower(build, mode):
+    model, batch = build("ESCM2", escm2_mode=mode, escm2_backbone="mlp")
+    model.train()
+    counterfactual = model.calculate_loss(batch)[1]
+    ctr_parameters = [*model.towers["click"].parameters(), *model.heads["click"].parameters()]
+    grads = torch.autograd.grad(counterfactual, ctr_parameters, allow_unused=True)
+    assert all(g is None for g in grads)
+    cvr_grads = torch.autograd.grad(counterfactual, list(model.heads["conversion"].parameters()))
+    assert all(g.abs().sum() > 0 for g in cvr_grads)
+
+
+def test_escm2_purchase_output_is_pctcvr(build):
+    model, batch = build("ESCM2")
+    assert model.mode == "dr" and model.backbone == "mlp"
+    output = model(batch)
+    assert torch.allclose(output["purchase"], output["click"] * output["cvr"])
+    assert torch.equal(model.predict(batch), output["purchase"])
+
+
+def test_escm2_mmoe_backbone_has_one_gate_per_task(build):
+    assert len(build("ESCM2", escm2_backbone="mmoe", escm2_mode="dr")[0].experts.gates) == 3
+    assert len(build("ESCM2", escm2_backbone="mmoe", escm2_mode="ips")[0].experts.gates) == 2
+
+
+@pytest.mark.parametrize(
+    "key, value", [("escm2_mode", "ipw"), ("escm2_backbone", "ple"), ("escm2_max_weight", 0)]
+)
+def test_escm2_bad_settings_name_the_key(build, key, value):
+    with pytest.raises(ValueError, match=key):
+        build("ESCM2", **{key: value})
+
+
+# ----- Expert-Bottom models ------------------------------------------------------------------
+def test_omoe_has_one_gate_mmoe_one_per_task(build):
+    omoe, batch = build("OMoE")
+    mmoe, _ = build("MMoE")
+    assert len(omoe.experts.gates) == 1 and len(mmoe.experts.gates) == 2
+    assert len(omoe.experts.experts) == len(mmoe.experts.experts) == 8
+    weights = omoe.experts.gate_weights(omoe.embed_input(batch, omoe.embedding))
+    assert weights.shape == (1, len(batch), 8)
+    assert torch.allclose(weights.sum(-1), torch.ones(1, len(batch)))
+
+
+def test_ple_has_shared_and_specific_experts(build):
+    model, batch = build("PLE")
+    (level,) = model.levels
+    assert isinstance(level, ExtractionLayer)
+    assert len(level.shared_experts) == 4
+    assert [len(experts) for experts in level.specific_experts] == [4, 4]
+    assert len(level.task_gates) == 2 and level.shared_gate is None  # last level: no shared gate
+    assert level.task_gates[0].out_features == 8
+
+
+def test_ple_levels_chain_shared_gates(build):
+    model, batch = build("PLE", ple_num_levels=2, ple_shared_experts=1, ple_specific_experts=2)
+    first, last = model.levels
+    assert first.shared_gate is not None and first.shared_gate.out_features == 2 * 2 + 1
+    assert last.shared_gate is None
+    assert first.shared_experts[0].layers[0].in_features == model.input_size()
+    assert last.shared_experts[0].layers[0].in_features == first.output_size
+    output = model(batch)
+    assert output["click"].shape == output["purchase"].shape == (len(batch),)
+
+
+def test_ple_task_mixture_reads_only_its_own_and_shared_experts(build):
+    model, batch = build("PLE")
+    (level,) = model.levels
+    x = model.embed_input(batch, model.embedding)
+    before = level([x, x, x])
+    with torch.no_grad():  # change task 1's (purchase) specific experts only
+        for expert in level.specific_experts[1]:
+            expert.layers[0].bias.add_(1.0)
+    after = level([x, x, x])
+    assert torch.allclose(before[0], after[0])
+    assert not torch.allclose(before[1], after[1])
+
+
+@pytest.mark.parametrize("key, value", [("ple_num_levels", 0), ("ple_shared_experts", -1)])
+def test_ple_bad_settings_name_the_key(build, key, value):
+    with pytest.raises(ValueError, match=key):
+        build("PLE", **{key: value})
