@@ -1,6 +1,7 @@
 """RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers."""
 
 import sys
+import time
 from logging import getLogger
 
 from recbole.data import data_preparation
@@ -23,8 +24,8 @@ def run_recbole_cstwa(model=None, dataset=None, config_file_list=None, config_di
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
-        ``test_result`` (metric name -> value, e.g. ``purchase_auc``) and, when the trainer ran
-        stages, ``stage_times`` (seconds).
+        ``test_result`` (metric name -> value, e.g. ``purchase_auc``), ``epochs_trained``,
+        ``fit_seconds`` and, when the trainer ran stages, ``stage_times`` (seconds).
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -44,9 +45,11 @@ def run_recbole_cstwa(model=None, dataset=None, config_file_list=None, config_di
     logger.info(model)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    fit_start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    fit_seconds = time.perf_counter() - fit_start
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     logger.info(set_color("best valid ", "yellow") + f": {dict(best_valid_result or {})}")
@@ -57,6 +60,8 @@ def run_recbole_cstwa(model=None, dataset=None, config_file_list=None, config_di
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "epochs_trained": len(trainer.train_loss_dict),  # fewer than `epochs` after early stopping
+        "fit_seconds": fit_seconds,  # trainer.fit: stages, training and per-epoch validation
     }
     if getattr(trainer, "stage_times", None):
         result["stage_times"] = dict(trainer.stage_times)

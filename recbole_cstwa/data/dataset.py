@@ -57,7 +57,7 @@ class MultiTaskDataset(Dataset):
             ]
             hint = (
                 f"; pre-split files for {split_files} are there: set benchmark_filename: "
-                f"{split_files} (command line: --benchmark_filename=\"{split_files}\")"
+                f'{split_files} (command line: --benchmark_filename="{split_files}")'
                 if split_files
                 else ""
             )

@@ -1,0 +1,621 @@
+"""One command to compare models: plugin models, RecBole's built-in context models and variants.
+
+Every model of the list (and every named variant: a model with config overrides, e.g. the CSTWA
+paper's ablations) is trained on the same dataset and split with each seed. Results are test-set
+metrics of the best validation epoch.
+
+* Plugin models (MLP, ESMM, CSTWA, ...) have a click and a purchase head: one run per seed.
+* RecBole's built-in models (DeepFM, WideDeep, DCN, xDeepFM, ...) learn one label: each is trained
+  twice per seed, with ``LABEL_FIELD`` = the click label and = the purchase label, on the same
+  split, and scored on the same test impressions. Its row joins the two runs: click metrics
+  from the click run, purchase metrics from the purchase run, and its time is both runs' time.
+
+Seeds and splits: each run sets ``seed`` (RecBole's ``init_seed``: weights, batch order,
+dropout). A pre-split dataset (``benchmark_filename``, as the embedded synthetic-ccp) has the
+same train/valid/test files in every run. Otherwise RecBole splits by ``eval_args``; with
+``order: RO`` it shuffles with the run's seed before splitting, so one seed gives every model the
+same split (the comparison stays paired) and each seed a different split (the spread over seeds
+then includes the split).
+
+The summary gives, per row, the mean and sample standard deviation (n - 1) over seeds of click
+AUC, click LogLoss, purchase AUC, purchase LogLoss, the run time, and a paired t-test
+(``scipy.stats.ttest_rel``) of the per-seed purchase AUC and click AUC against a reference row.
+With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
+that two models are equal, and only large, consistent gaps come out significant. When the dataset
+has the generator's truth files, an oracle row gives the AUC of scoring with the true
+probabilities.
+
+Files in the output folder: ``runs.jsonl`` (one line per finished run, appended as it finishes;
+a rerun skips the runs already there with the same settings), ``summary.md``, ``summary.csv`` and
+``summary.html`` (an interactive plot; plotly.js inline by default, so it opens offline).
+"""
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recbole_cstwa.hyper import isolated_argv, parse_literal
+
+#: The table's metrics, task-prefixed as the plugin's trainers report them.
+METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss")
+#: Metrics tested against the reference row.
+TESTED_METRICS = ("purchase_auc", "click_auc")
+METRIC_TITLES = {
+    "click_auc": "click AUC",
+    "click_logloss": "click LogLoss",
+    "purchase_auc": "purchase AUC",
+    "purchase_logloss": "purchase LogLoss",
+}
+RUNS_FILE = "runs.jsonl"
+DEFAULT_OUTPUT_DIR = os.path.join("results", "compare")
+#: Settings the comparison sets itself in every run.
+RESERVED_KEYS = ("seed", "LABEL_FIELD", "model", "dataset")
+
+
+class CompareError(ValueError):
+    """A comparison that cannot run as asked, with what to change."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A row of the comparison: ``model`` trained with ``overrides`` (a variant if any)."""
+
+    name: str
+    model: str
+    overrides: dict = field(default_factory=dict)
+
+
+def split_assignments(text):
+    """Splits ``a=1,b=[1,2],c='x,y'`` at the commas outside brackets and quotes."""
+    parts, depth, quote, current = [], 0, None, []
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[({":
+            depth += 1
+        elif char in "])}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_assignments(items, where):
+    """``["key=value", ...]`` as config values (literals or YAML, never eval)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise CompareError(f"{where}: expected key=value, got {item!r}.")
+        settings[key] = parse_literal(value, f"{where}, {key}")
+    return settings
+
+
+def parse_variant(text):
+    """``"NAME=MODEL:key=value,key=value"`` (overrides optional) as an :class:`Entry`."""
+    name, sep, rest = text.partition("=")
+    model, _, assignments = rest.partition(":")
+    name, model = name.strip(), model.strip()
+    if not sep or not name or not model:
+        raise CompareError(
+            f"--variant {text!r}: write NAME=MODEL:key=value,key=value, e.g. "
+            '"SM=CSTWA:use_sm=True,use_cp=False,use_ce=False".'
+        )
+    return Entry(name, model, parse_assignments(split_assignments(assignments), f"--variant {name}"))
+
+
+def _is_two_task(model):
+    from recbole_cstwa.utils import get_model, is_multitask_model
+
+    return is_multitask_model(get_model(model))
+
+
+def _file_digest(path):
+    with open(path, "rb") as file:
+        return hashlib.sha1(file.read()).hexdigest()
+
+
+def run_key(model, task, config_dict, dataset, config_file_list):
+    """Identifies a run by everything that sets its result, for resuming."""
+    settings = {
+        "model": model,
+        "task": task,
+        "dataset": dataset,
+        "config": config_dict,
+        "config_files": [[os.path.abspath(path), _file_digest(path)] for path in config_file_list or []],
+    }
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """Everything the comparison runs, checked before the first run."""
+
+    entries: list
+    seeds: list
+    dataset: str
+    config_file_list: list
+    overrides: dict
+    reference: str
+    label_fields: dict
+    two_task: dict
+    data_dir: str
+    test_split: str = ""
+    runs: list = field(default_factory=list)
+
+
+def make_plan(
+    models, seeds, dataset=None, config_file_list=None, overrides=None, variants=(), reference=None
+):
+    """Checks the models, variants and settings and lists the runs (nothing is trained)."""
+    from recbole_cstwa.config import Config
+
+    entries = [Entry(name, name) for name in models] + [
+        variant if isinstance(variant, Entry) else parse_variant(variant) for variant in variants
+    ]
+    if not entries:
+        raise CompareError("No model to compare: give --models and/or --variant.")
+    names = [entry.name for entry in entries]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise CompareError(f"Row name(s) {duplicates} appear twice: give each variant its own name.")
+    seeds = [int(seed) for seed in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CompareError(f"--seeds needs distinct seeds, got {seeds}.")
+    overrides = dict(overrides or {})
+    for where, settings in [("--key=value", overrides)] + [
+        (f"--variant {e.name}", e.overrides) for e in entries
+    ]:
+        reserved = sorted(set(settings) & set(RESERVED_KEYS))
+        if reserved:
+            raise CompareError(
+                f"{where} sets {reserved}: the comparison sets these itself (seeds with --seeds, "
+                "the model with --models or --variant, the dataset with --dataset, and LABEL_FIELD "
+                "per run of a built-in model)."
+            )
+    config_file_list = [os.path.abspath(path) for path in config_file_list or []]
+    for path in config_file_list:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Config file [{path}] does not exist (--config_files).")
+    if reference is None:
+        reference = entries[0].name
+    if reference not in names:
+        raise CompareError(f"--reference {reference!r} is not a row; rows: {names}.")
+
+    two_task, configs = {}, {}
+    for entry in entries:
+        two_task[entry.name] = _is_two_task(entry.model)  # unknown names fail here, before any run
+        with isolated_argv():
+            configs[entry.name] = Config(
+                model=entry.model,
+                dataset=dataset,
+                config_file_list=config_file_list or None,
+                config_dict={**overrides, **entry.overrides},
+            )
+    first = configs[entries[0].name]
+    label_fields = {"click": first["CLICK_FIELD"], "purchase": first["PURCHASE_FIELD"]}
+    benchmark = first["benchmark_filename"] or []
+    plan = Plan(
+        entries=entries,
+        seeds=seeds,
+        dataset=first["dataset"],
+        config_file_list=config_file_list,
+        overrides=overrides,
+        reference=reference,
+        label_fields=label_fields,
+        two_task=two_task,
+        data_dir=first["data_path"],
+        test_split=benchmark[2] if len(benchmark) == 3 else "",
+    )
+    for seed in seeds:  # seed by seed: a comparison cut short still has whole seeds
+        for entry in entries:
+            tasks = ("both",) if two_task[entry.name] else ("click", "purchase")
+            for task in tasks:
+                config_dict = {**overrides, **entry.overrides, "seed": seed}
+                if task != "both":
+                    config_dict["LABEL_FIELD"] = label_fields[task]
+                key = run_key(entry.model, task, config_dict, plan.dataset, config_file_list)
+                plan.runs.append(
+                    {
+                        "row": entry.name,
+                        "model": entry.model,
+                        "seed": seed,
+                        "task": task,
+                        "config": config_dict,
+                        "key": key,
+                    }
+                )
+    return plan
+
+
+def read_runs(path):
+    """The records of ``runs.jsonl`` by key (a line cut off by a crash is skipped)."""
+    records = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    records[record["key"]] = record
+    return records
+
+
+def _metrics(result):
+    return {key: float(value) for key, value in dict(result or {}).items()}
+
+
+def execute(plan, output_dir, resume=True, runner=None, log=print):
+    """Runs what ``runs.jsonl`` lacks, appending each record as it finishes; returns all records."""
+    if runner is None:
+        from recbole_cstwa.quick_start import run_recbole_cstwa as runner
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RUNS_FILE)
+    if not resume and os.path.isfile(path):
+        os.replace(path, f"{path}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+    done = read_runs(path)
+    records = []
+    for number, run in enumerate(plan.runs, start=1):
+        label = f"[{number}/{len(plan.runs)}] {run['row']} seed {run['seed']}" + (
+            f" ({run['task']} label)" if run["task"] != "both" else ""
+        )
+        if run["key"] in done:
+            log(f"{label}: done before, kept")
+            records.append({**done[run["key"]], "row": run["row"]})
+            continue
+        log(f"{label}: training")
+        start = time.perf_counter()
+        with isolated_argv():
+            result = runner(
+                model=run["model"],
+                dataset=plan.dataset,
+                config_file_list=plan.config_file_list or None,
+                config_dict=dict(run["config"]),
+                saved=True,
+            )
+        record = {
+            **run,
+            "test_result": _metrics(result.get("test_result")),
+            "best_valid_result": _metrics(result.get("best_valid_result")),
+            "best_valid_score": float(result["best_valid_score"]),
+            "wall_seconds": time.perf_counter() - start,
+            "fit_seconds": result.get("fit_seconds"),
+            "epochs_trained": result.get("epochs_trained"),
+            "stage_times": result.get("stage_times"),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record, default=float) + "\n")
+        records.append(record)
+    return records
+
+
+def per_seed(plan, records):
+    """``{row: {seed: {metric: value, "seconds": .., "epoch_seconds": ..}}}`` (rows join runs)."""
+    joined = {entry.name: {} for entry in plan.entries}
+    for record in records:
+        values = joined[record["row"]].setdefault(record["seed"], {"seconds": 0.0, "epoch_seconds": 0.0})
+        task = record["task"]
+        for metric, value in record["test_result"].items():
+            if task == "both" or metric.startswith(task + "_"):
+                values[metric] = value
+        values["seconds"] += record["wall_seconds"]
+        # Pre-training stages (CSTWA's CTR model and graphs) count in the time, not per epoch.
+        fit_seconds = (record.get("stage_times") or {}).get("train", record.get("fit_seconds"))
+        if fit_seconds is not None and record.get("epochs_trained"):
+            # A built-in row's epoch is one epoch of each of its two runs.
+            values["epoch_seconds"] += fit_seconds / record["epochs_trained"]
+        else:
+            values["epoch_seconds"] = math.nan
+    return joined
+
+
+def _mean_std(values):
+    values = [value for value in values if value is not None and math.isfinite(value)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def paired_test(values, reference_values):
+    """Paired t-test over the seeds both rows have: ``(mean difference, p-value, n)``."""
+    from scipy import stats
+
+    seeds = sorted(set(values) & set(reference_values))
+    a = np.array([values[seed] for seed in seeds], dtype=float)
+    b = np.array([reference_values[seed] for seed in seeds], dtype=float)
+    if len(seeds) < 2:
+        return (float(np.mean(a - b)) if seeds else math.nan), math.nan, len(seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical differences: p is nan
+        p_value = float(stats.ttest_rel(a, b).pvalue)
+    return float(np.mean(a - b)), p_value, len(seeds)
+
+
+def summarize(plan, records):
+    """One summary row per entry: means, stds, times and the tests against the reference."""
+    joined = per_seed(plan, records)
+    rows = []
+    for entry in plan.entries:
+        seeds = joined[entry.name]
+        row = {
+            "name": entry.name,
+            "model": entry.model,
+            "kind": "multi-task" if plan.two_task[entry.name] else "built-in (2 runs)",
+            "overrides": entry.overrides,
+            "n_seeds": len(seeds),
+        }
+        for metric in (*METRICS, "seconds", "epoch_seconds"):
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
+                [v.get(metric, math.nan) for v in seeds.values()]
+            )
+        for metric in TESTED_METRICS:
+            if entry.name == plan.reference:
+                row[f"{metric}_delta"], row[f"{metric}_p"] = math.nan, math.nan
+                continue
+            values = {seed: v[metric] for seed, v in seeds.items() if metric in v}
+            reference = {seed: v[metric] for seed, v in joined[plan.reference].items() if metric in v}
+            row[f"{metric}_delta"], row[f"{metric}_p"], _ = paired_test(values, reference)
+        rows.append(row)
+    return rows
+
+
+def oracle_row(plan):
+    """The generator's oracle metrics on the test file, when the dataset has truth files."""
+    from recbole_cstwa.data.generator import oracle_metrics
+
+    if not plan.test_split:
+        return None  # split by RecBole: the truth files' test split is not the test set
+    try:
+        return oracle_metrics(plan.data_dir, split=plan.test_split)
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _cell(mean, std, digits=4):
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if std is None or not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _p_cell(p_value):
+    if p_value is None or not math.isfinite(p_value):
+        return "–"
+    return f"{p_value:.3f}" if p_value >= 0.001 else f"{p_value:.1e}"
+
+
+def _signed(value):
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.4f}"
+
+
+def table_lines(plan, rows, oracle=None):
+    """The summary as a Markdown table (also what is printed)."""
+    ref = plan.reference
+    header = ["model", *(METRIC_TITLES[m] for m in METRICS), "time (s)", "s / epoch", "seeds"]
+    header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", f"Δ click AUC vs {ref}", "p (click AUC)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row["name"] + (" (ref)" if row["name"] == ref else "")]
+        cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"]) for m in METRICS]
+        cells += [
+            _cell(row["seconds_mean"], row["seconds_std"], 1),
+            _cell(row["epoch_seconds_mean"], None, 2),
+        ]
+        cells += [str(row["n_seeds"])]
+        for metric in ("purchase_auc", "click_auc"):
+            cells += [_signed(row[f"{metric}_delta"]), _p_cell(row[f"{metric}_p"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if oracle:
+        cells = ["oracle (true probabilities)"] + [_cell(oracle.get(m), None) for m in METRICS]
+        lines.append("| " + " | ".join(cells + ["–"] * (len(header) - len(cells))) + " |")
+    return lines
+
+
+def write_markdown(path, plan, rows, oracle=None):
+    split = (
+        f"the dataset's pre-split files (test: `{plan.test_split}`), the same in every run"
+        if plan.test_split
+        else "RecBole's `eval_args` split; with `order: RO` shuffled with each run's seed (same split "
+        "for every model of a seed)"
+    )
+    variants = [
+        f"- **{e.name}** = {e.model} with `{json.dumps(e.overrides)}`" for e in plan.entries if e.overrides
+    ]
+    text = [
+        f"# Comparison on {plan.dataset}",
+        "",
+        f"Seeds: {', '.join(map(str, plan.seeds))}. Split: {split}. Reference: **{plan.reference}**.",
+        f"Settings for every run: `{json.dumps(plan.overrides)}`"
+        + (
+            f", config files: {', '.join(f'`{p}`' for p in plan.config_file_list)}"
+            if plan.config_file_list
+            else ""
+        )
+        + ".",
+        "",
+        *table_lines(plan, rows, oracle),
+        "",
+        "Test-set metrics of the best validation epoch: mean ± sample standard deviation (n - 1) over "
+        "seeds. Built-in models are trained once per label; their row joins the click run and the "
+        "purchase run, and their time is both runs' time. time = wall time of the run(s) (data "
+        "loading, pre-training stages, training, evaluation); s / epoch = training time / epochs "
+        "trained (validation included, pre-training stages not), summed over a built-in model's two runs.",
+        "",
+        f"Δ and p: paired t-test (scipy.stats.ttest_rel) of the per-seed values against {plan.reference}. "
+        "With few seeds the test has little power (3 seeds: 2 degrees of freedom): a large p does not "
+        "mean the models are equal.",
+    ]
+    if variants:
+        text += ["", "Variants:", *variants]
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(text) + "\n")
+
+
+def write_csv(path, rows, oracle=None):
+    columns = ["name", "model", "kind", "n_seeds"]
+    for metric in (*METRICS, "seconds", "epoch_seconds"):
+        columns += [f"{metric}_mean", f"{metric}_std"]
+    for metric in TESTED_METRICS:
+        columns += [f"{metric}_delta", f"{metric}_p"]
+    columns.append("overrides")
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: row.get(c) for c in columns}, "overrides": json.dumps(row["overrides"])})
+        if oracle:
+            writer.writerow(
+                {
+                    "name": "oracle",
+                    "kind": "true probabilities",
+                    **{f"{m}_mean": oracle.get(m) for m in METRICS},
+                }
+            )
+
+
+def figure(plan, rows, joined, oracle=None):
+    """A plotly figure: purchase and click AUC per row, each seed a dot, mean ± std a bar."""
+    from plotly.subplots import make_subplots
+
+    names = [row["name"] for row in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("purchase AUC", "click AUC"), horizontal_spacing=0.12)
+    for col, metric in enumerate(("purchase_auc", "click_auc"), start=1):
+        for row in rows:
+            is_ref = row["name"] == plan.reference
+            seeds = joined[row["name"]]
+            p_text = "reference" if is_ref else f"p = {_p_cell(row[f'{metric}_p'])} vs {plan.reference}"
+            fig.add_scatter(
+                x=[row[f"{metric}_mean"]],
+                y=[row["name"]],
+                error_x={
+                    "type": "data",
+                    "array": [row[f"{metric}_std"] if math.isfinite(row[f"{metric}_std"]) else 0],
+                },
+                mode="markers",
+                marker={"size": 12, "color": "#d62728" if is_ref else "#1f77b4", "symbol": "diamond"},
+                name=row["name"],
+                showlegend=False,
+                hovertemplate=f"{row['name']}<br>mean %{{x:.4f}} ± {_cell(row[f'{metric}_std'], None)}<br>{p_text}<extra></extra>",
+                row=1,
+                col=col,
+            )
+            fig.add_scatter(
+                x=[values.get(metric) for values in seeds.values()],
+                y=[row["name"]] * len(seeds),
+                mode="markers",
+                marker={"size": 6, "color": "rgba(100,100,100,0.55)"},
+                text=[f"seed {seed}" for seed in seeds],
+                hovertemplate="%{text}: %{x:.4f}<extra></extra>",
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+        if oracle and oracle.get(metric) is not None and math.isfinite(oracle[metric]):
+            fig.add_vline(
+                x=oracle[metric],
+                line_dash="dash",
+                line_color="green",
+                annotation_text="oracle",
+                annotation_position="bottom left",
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(categoryorder="array", categoryarray=names[::-1])
+    fig.update_layout(
+        title=f"{plan.dataset}: test AUC, seeds {', '.join(map(str, plan.seeds))}<br><sup>diamond = mean ± "
+        f"std over seeds, dots = single seeds, red = reference ({plan.reference})"
+        + (", dashed = oracle" if oracle else "")
+        + "</sup>",
+        height=max(360, 60 + 40 * len(rows)),
+        width=1100,
+        template="plotly_white",
+    )
+    return fig
+
+
+def write_plot(path, plan, rows, joined, oracle=None, plotlyjs=True):
+    """Writes the HTML plot (and a PNG next to it when kaleido is installed); returns the paths."""
+    fig = figure(plan, rows, joined, oracle)
+    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
+    written = [path]
+    try:
+        import kaleido  # noqa: F401  (optional; never installed by this package)
+    except ImportError:
+        return written
+    png = os.path.splitext(path)[0] + ".png"
+    fig.write_image(png)
+    return written + [png]
+
+
+def run_comparison(
+    models,
+    seeds,
+    dataset=None,
+    config_file_list=None,
+    overrides=None,
+    variants=(),
+    reference=None,
+    output_dir=DEFAULT_OUTPUT_DIR,
+    resume=True,
+    oracle=True,
+    plotlyjs=True,
+    runner=None,
+    log=print,
+):
+    """Runs the comparison and writes ``runs.jsonl``, ``summary.{md,csv,html}``.
+
+    Args:
+        models (list): model names, one row each; variants: ``"NAME=MODEL:key=value,..."``
+            strings or :class:`Entry` objects.
+        seeds (list): one run (two for a built-in model) per seed and row.
+        overrides (dict): settings for every run; a variant's own settings win over them.
+        reference: the row the others are tested against (default: the first row).
+        resume: keep the runs already in ``runs.jsonl`` with the same settings.
+        plotlyjs: ``True`` puts plotly.js inside the HTML (works offline, about 4.8 MB),
+            ``"cdn"`` links it (small file, needs the internet to open).
+        runner: the training function (default :func:`recbole_cstwa.quick_start.run_recbole_cstwa`).
+
+    Returns:
+        dict: ``rows`` (the summary), ``per_seed``, ``records``, ``oracle``, ``files``.
+    """
+    plan = make_plan(models, seeds, dataset, config_file_list, overrides, variants, reference)
+    records = execute(plan, output_dir, resume=resume, runner=runner, log=log)
+    rows = summarize(plan, records)
+    joined = per_seed(plan, records)
+    oracle_values = oracle_row(plan) if oracle else None
+    files = {
+        "runs": os.path.join(output_dir, RUNS_FILE),
+        "markdown": os.path.join(output_dir, "summary.md"),
+        "csv": os.path.join(output_dir, "summary.csv"),
+    }
+    write_markdown(files["markdown"], plan, rows, oracle_values)
+    write_csv(files["csv"], rows, oracle_values)
+    plots = write_plot(os.path.join(output_dir, "summary.html"), plan, rows, joined, oracle_values, plotlyjs)
+    files["html"] = plots[0]
+    if len(plots) > 1:
+        files["png"] = plots[1]
+    return {
+        "plan": plan,
+        "rows": rows,
+        "per_seed": joined,
+        "records": records,
+        "oracle": oracle_values,
+        "files": files,
+        "table": "\n".join(table_lines(plan, rows, oracle_values)),
+    }

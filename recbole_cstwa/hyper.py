@@ -1,0 +1,657 @@
+"""Hyper-parameter search, RecBole's way: a params file, RecBole's ``HyperTuning`` or Ray Tune.
+
+The params file has RecBole's syntax, one parameter a line (``#`` starts a comment)::
+
+    learning_rate loguniform -8,-4          # exp(U(-8, -4)): the bounds are natural logs
+    tower_dropout choice [[0.1,0.3,0.3], [0.2,0.2,0.2]]
+    graph_top_k   choice [4, 8, 16, 32]
+    sm_lambda     uniform 0.1,0.9
+    embedding_size quniform 4,16,4          # round(U(4, 16) / 4) * 4; whole numbers stay ints
+
+Unlike RecBole's ``HyperTuning._build_space_from_file`` (which ``eval``s choice values), the
+file is read without ``eval``: choice values are Python literals (``ast.literal_eval``) or a YAML
+flow list (``[adam, sgd]``), and bounds are numbers. RecBole's ``Config`` later ``eval``s every
+string it is given in ``config_dict``, so a string value that would run code there (a call such
+as ``"__import__('os')"``) is refused here too.
+
+Two routes run the same search:
+
+* ``tool="Hyperopt"``: RecBole's ``HyperTuning`` on one machine, trials one after another, with
+  ``algo`` exhaustive (:func:`recbole_cstwa.compat.exhaustive_search`, as RecBole's is broken on
+  hyperopt >= 0.2.7), random or bayes (TPE).
+* ``tool="Ray"``: Ray Tune, trials in parallel on a machine or a Ray cluster; exhaustive =
+  ``tune.grid_search``, random = Tune's sampling, bayes = Tune's ``HyperOptSearch`` (TPE). Ray
+  is imported only on this route.
+
+Both optimise the run's task-prefixed ``valid_metric`` (``purchase_auc`` by default; maximised or
+minimised by ``valid_metric_bigger``) and write every trial's parameters and results, and the
+best, to one JSON file.
+"""
+
+import ast
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import yaml
+
+#: Parameter types of RecBole's params files.
+PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
+#: Search algorithms, as RecBole names them.
+ALGOS = ("exhaustive", "random", "bayes")
+#: Search back-ends.
+TOOLS = ("Hyperopt", "Ray")
+#: RecBole's early stop of a search: stop after this many trials without a better valid score.
+RECBOLE_EARLY_STOP = 10
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Expression nodes RecBole's ``eval`` of a config string may meet without running code: names,
+# constants and light operators (``leaky-relu`` is a BinOp of two names; the eval fails, the text
+# stays). No calls, attributes or subscripts; no ``**`` or ``*`` (``9**9**9`` would hang the eval).
+_INERT_NODES = (
+    ast.Expression,
+    ast.Name,
+    ast.Constant,
+    ast.Load,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.Add,
+    ast.Sub,
+    ast.Div,
+    ast.USub,
+    ast.UAdd,
+    ast.Not,
+    ast.And,
+    ast.Or,
+    ast.cmpop,
+)
+
+
+class ParamsFileError(ValueError):
+    """A params file line that cannot be read, with the file and the line number."""
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched parameter: ``kind`` is one of :data:`PARAM_TYPES`.
+
+    ``values`` holds a choice's options; ``low``/``high`` (and ``q``) the bounds of the others
+    (natural logs for loguniform, as in RecBole and hyperopt).
+    """
+
+    name: str
+    kind: str
+    values: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    q: float = 0.0
+    where: str = ""
+
+    @property
+    def integral(self):
+        """A quniform parameter with whole-number bounds and step gives ints (64, not 64.0)."""
+        return self.kind == "quniform" and all(float(v).is_integer() for v in (self.low, self.high, self.q))
+
+
+def check_recbole_string(text, where):
+    """Refuses a string that RecBole's ``Config`` would ``eval`` into running code.
+
+    RecBole converts every string in ``config_dict`` and on the command line with ``eval``; a
+    plain word (``adam``), a word with operators (``leaky-relu``) or text that is no Python
+    expression stays a string there, and those are the strings accepted.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        return text
+    if all(isinstance(node, _INERT_NODES) for node in ast.walk(tree)):
+        return text
+    raise ParamsFileError(
+        f"{where}: the string {text!r} is Python code that RecBole's Config would evaluate. "
+        "Give plain values: numbers, true/false, words, lists."
+    )
+
+
+def plain_value(value, where):
+    """``value`` as plain Python data that is safe to hand to RecBole's ``Config``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return check_recbole_string(value, where)
+    if isinstance(value, (list, tuple)):
+        return [plain_value(item, where) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain_value(item, where) for key, item in value.items()}
+    raise ParamsFileError(f"{where}: {value!r} is not a plain value (number, bool, string, list, dict).")
+
+
+def parse_literal(text, where):
+    """A value written in a params file or an override: a Python literal, else YAML, never eval."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ParamsFileError(f"{where}: cannot read {text.strip()!r} as a value.") from None
+    return plain_value(value, where)
+
+
+def _numbers(text, count, where, kind):
+    parts = [part.strip() for part in text.split(",")]
+    shape = {"uniform": "low,high", "loguniform": "low,high", "quniform": "low,high,q"}[kind]
+    if len(parts) != count:
+        raise ParamsFileError(f"{where}: {kind} takes {shape}, got {text.strip()!r}.")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise ParamsFileError(f"{where}: {kind} takes numbers {shape}, got {text.strip()!r}.") from None
+    if not all(math.isfinite(number) for number in numbers):
+        raise ParamsFileError(f"{where}: {kind} bounds must be finite, got {text.strip()!r}.")
+    if numbers[0] >= numbers[1]:
+        raise ParamsFileError(f"{where}: {kind} needs low < high, got {text.strip()!r}.")
+    if kind == "quniform" and numbers[2] <= 0:
+        raise ParamsFileError(f"{where}: quniform needs a step q > 0, got {text.strip()!r}.")
+    return numbers
+
+
+def parse_params(lines, source="<params>"):
+    """Reads params file lines (``name type values``) into :class:`SearchParam` objects."""
+    params, seen = [], {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        where = f"{source}, line {number}"
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise ParamsFileError(
+                f"{where}: expected `name type values` (type one of {', '.join(PARAM_TYPES)}), got {line!r}."
+            )
+        name, kind, text = parts
+        text = _strip_comment(text)
+        if not _NAME.fullmatch(name):
+            raise ParamsFileError(f"{where}: {name!r} is not a config key name.")
+        if name in seen:
+            raise ParamsFileError(f"{where}: {name} is already searched on line {seen[name]}.")
+        if kind == "choice":
+            values = parse_literal(text, where)
+            if not isinstance(values, list) or not values:
+                raise ParamsFileError(f"{where}: choice takes a non-empty list such as [1, 2], got {text!r}.")
+            params.append(SearchParam(name, kind, values=tuple(values), where=where))
+        elif kind in ("uniform", "loguniform"):
+            low, high = _numbers(text, 2, where, kind)
+            params.append(SearchParam(name, kind, low=low, high=high, where=where))
+        elif kind == "quniform":
+            low, high, q = _numbers(text, 3, where, kind)
+            params.append(SearchParam(name, kind, low=low, high=high, q=q, where=where))
+        else:
+            raise ParamsFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(PARAM_TYPES)}.")
+        seen[name] = number
+    if not params:
+        raise ParamsFileError(f"{source}: no parameter to search (lines are `name type values`).")
+    return params
+
+
+def _strip_comment(text):
+    """Drops a trailing ``# comment`` that is outside quotes."""
+    quote = None
+    for index, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            return text[:index].strip()
+    return text.strip()
+
+
+def read_params_file(path):
+    """Reads a RecBole params file; see the module docstring for the syntax."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ParamsFileError(f"Params file [{path}] does not exist (--params_file).")
+    with open(path, encoding="utf-8") as file:
+        return parse_params(file.read().splitlines(), source=path)
+
+
+def hyperopt_space(params):
+    """The hyperopt space of ``params`` (what RecBole builds from a params file)."""
+    from hyperopt import hp
+
+    space = {}
+    for param in params:
+        if param.kind == "choice":
+            space[param.name] = hp.choice(param.name, list(param.values))
+        elif param.kind == "uniform":
+            space[param.name] = hp.uniform(param.name, param.low, param.high)
+        elif param.kind == "quniform":
+            space[param.name] = hp.quniform(param.name, param.low, param.high, param.q)
+        else:
+            space[param.name] = hp.loguniform(param.name, param.low, param.high)
+    return space
+
+
+def ray_space(params, grid=False):
+    """The Ray Tune space of ``params``; ``grid=True`` makes every choice a grid search.
+
+    loguniform bounds are logs, so they become ``tune.loguniform(exp(low), exp(high))``, as in
+    RecBole's ``run_hyper.py``.
+    """
+    from ray import tune
+
+    space = {}
+    for param in params:
+        if param.kind == "choice":
+            values = list(param.values)
+            space[param.name] = tune.grid_search(values) if grid else tune.choice(values)
+        elif param.kind == "uniform":
+            space[param.name] = tune.uniform(param.low, param.high)
+        elif param.kind == "quniform":
+            space[param.name] = tune.quniform(param.low, param.high, param.q)
+        else:
+            space[param.name] = tune.loguniform(math.exp(param.low), math.exp(param.high))
+    return space
+
+
+def trial_config(params, sampled):
+    """A sampled point as plain config values (numpy scalars to Python; integral quniform to int)."""
+    by_name = {param.name: param for param in params}
+    config = {}
+    for name, value in sampled.items():
+        value = plain_value(value, f"parameter {name}")
+        if name in by_name and by_name[name].integral and value is not None:
+            value = int(round(value))
+        config[name] = value
+    return config
+
+
+@contextlib.contextmanager
+def isolated_argv():
+    """Hides the command line from RecBole's ``Config``, which reads ``--key=value`` pairs there.
+
+    A trial's settings are then exactly its ``config_dict`` and config files: a script's own
+    flags cannot leak in, and a fixed ``--key=value`` cannot silently override a searched one.
+    """
+    saved = sys.argv
+    sys.argv = saved[:1] or ["recbole_cstwa"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@dataclass
+class _Search:
+    """Settings shared by the trials of one search."""
+
+    params: list
+    fixed: dict
+    config_file_list: list
+    valid_metric: str
+    bigger: bool
+    data_dir: str
+    info: dict = field(default_factory=dict)
+    trials: list = field(default_factory=list)
+
+
+def _run_trial(search_params, fixed, config_file_list, sampled):
+    """Trains once with ``fixed`` + the sampled point; returns ``(params, result, seconds)``."""
+    from recbole_cstwa.quick_start import objective_function
+
+    params = trial_config(search_params, sampled)
+    start = time.perf_counter()
+    with isolated_argv():
+        result = objective_function({**fixed, **params}, config_file_list, saved=True)
+    return params, result, time.perf_counter() - start
+
+
+def _record(number, params, result, seconds):
+    def metrics(part):
+        return {key: float(value) for key, value in dict(result.get(part) or {}).items()}
+
+    return {
+        "trial": number,
+        "params": params,
+        "valid_score": float(result["best_valid_score"]),
+        "valid_result": metrics("best_valid_result"),
+        "test_result": metrics("test_result"),
+        "seconds": round(seconds, 3),
+        "status": "ok",
+    }
+
+
+def best_trial(trials, bigger):
+    """The finished trial with the best valid score (the first one on a tie)."""
+    done = [trial for trial in trials if trial.get("status") == "ok" and math.isfinite(trial["valid_score"])]
+    if not done:
+        return None
+    pick = max if bigger else min  # both return the first of equal scores
+    return pick(done, key=lambda trial: trial["valid_score"])
+
+
+def _write_output(search, output_file):
+    if not output_file:
+        return
+    report = {
+        **search.info,
+        "valid_metric": search.valid_metric,
+        "mode": "max" if search.bigger else "min",
+        "fixed": search.fixed,
+        "config_files": search.config_file_list,
+        "best": best_trial(search.trials, search.bigger),
+        "trials": search.trials,
+    }
+    folder = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(folder, exist_ok=True)
+    partial = output_file + ".partial"
+    with open(partial, "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+        file.write("\n")
+    os.replace(partial, output_file)  # a reader never sees a half-written file
+
+
+def _prepare(params, model, dataset, config_file_list, overrides):
+    """Checks the settings once, before any trial, and reads the metric to optimise."""
+    from recbole_cstwa.config import Config
+
+    fixed = dict(overrides or {})
+    clash = sorted(set(fixed) & {param.name for param in params})
+    if clash:
+        raise ValueError(
+            f"{', '.join(clash)} is both searched (params file) and fixed (--key=value or "
+            "config_dict): remove one of the two."
+        )
+    if model is not None:
+        fixed["model"] = model
+    if dataset is not None:
+        fixed["dataset"] = dataset
+    config_file_list = [os.path.abspath(path) for path in (config_file_list or [])]
+    for path in config_file_list:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Config file [{path}] does not exist (--config_files).")
+    with isolated_argv():
+        config = Config(config_file_list=config_file_list or None, config_dict=dict(fixed))
+    fixed.setdefault("model", config["model"])
+    fixed.setdefault("dataset", config["dataset"])
+    return _Search(
+        params=params,
+        fixed=fixed,
+        config_file_list=config_file_list,
+        valid_metric=config["valid_metric"],
+        bigger=bool(config["valid_metric_bigger"]),
+        data_dir=os.path.dirname(os.path.abspath(config["data_path"])),  # data_path ends in the dataset
+        info={"model": config["model"], "dataset": config["dataset"]},
+    )
+
+
+def run_search(
+    params,
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    overrides=None,
+    algo="exhaustive",
+    max_evals=100,
+    early_stop=None,
+    tool="Hyperopt",
+    output_file=None,
+    search_seed=None,
+    ray_options=None,
+):
+    """Searches ``params`` (a params file path or :class:`SearchParam` list) and reports.
+
+    Args:
+        model, dataset: the model and dataset (else from the config files).
+        config_file_list (list): fixed YAML files for every trial; overrides (dict): fixed
+            settings for every trial, handed to RecBole's ``Config`` as ``config_dict``.
+        algo: ``exhaustive`` (every grid point of the choices once; max_evals is the grid size),
+            ``random`` or ``bayes``; max_evals: trials for random/bayes.
+        early_stop: stop after this many trials without a better valid score (Hyperopt route);
+            default RecBole's 10 for random/bayes, none for exhaustive.
+        tool: ``Hyperopt`` (RecBole's ``HyperTuning``) or ``Ray`` (Ray Tune).
+        output_file: JSON report, rewritten after every trial on the Hyperopt route; ``"auto"``:
+            ``results/hyper/<model>-<dataset>-<algo>.json``.
+        search_seed (int): seeds the search itself (each trial's training seed is ``seed``).
+        ray_options (dict): Ray route only: ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
+            ``storage_path``, ``max_concurrent_trials``.
+
+    Returns:
+        dict: the report written to ``output_file``: ``best`` and ``trials`` (``params``,
+        ``valid_score``, ``valid_result``, ``test_result``, ``seconds``) and the settings.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}.")
+    if tool not in TOOLS:
+        raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}.")
+    if max_evals is None or int(max_evals) < 1:
+        raise ValueError(f"max_evals must be a positive number of trials, got {max_evals!r}.")
+    if not isinstance(params, (list, tuple)):
+        params = read_params_file(params)
+    search = _prepare(list(params), model, dataset, config_file_list, overrides)
+    search.info.update(algo=algo, tool=tool, search_seed=search_seed)
+    if output_file == "auto":
+        output_file = os.path.join(
+            "results", "hyper", f"{search.info['model']}-{search.info['dataset']}-{algo}.json"
+        )
+    search.info["output_file"] = output_file
+    if tool == "Hyperopt":
+        _search_hyperopt(search, algo, int(max_evals), early_stop, output_file, search_seed)
+    else:
+        _search_ray(search, algo, int(max_evals), output_file, search_seed, dict(ray_options or {}))
+    _write_output(search, output_file)
+    return {
+        **search.info,
+        "valid_metric": search.valid_metric,
+        "mode": "max" if search.bigger else "min",
+        "best": best_trial(search.trials, search.bigger),
+        "trials": search.trials,
+    }
+
+
+@contextlib.contextmanager
+def _hyperopt_seed(seed):
+    """hyperopt's ``fmin`` seeds itself from ``$HYPEROPT_FMIN_SEED``; RecBole passes no seed."""
+    if seed is None:
+        yield
+        return
+    saved = os.environ.get("HYPEROPT_FMIN_SEED")
+    os.environ["HYPEROPT_FMIN_SEED"] = str(int(seed))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYPEROPT_FMIN_SEED", None)
+        else:
+            os.environ["HYPEROPT_FMIN_SEED"] = saved
+
+
+def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
+    from recbole.trainer import HyperTuning
+
+    from recbole_cstwa.compat import exhaustive_search, grid_size
+
+    space = hyperopt_space(search.params)
+    if algo == "exhaustive":
+        max_evals = grid_size(space)
+        algo_arg = exhaustive_search
+        early_stop = early_stop or max_evals
+    else:
+        algo_arg = algo
+        early_stop = early_stop or RECBOLE_EARLY_STOP
+    search.info["max_evals"] = max_evals
+
+    def objective(config_dict, config_file_list):
+        params, result, seconds = _run_trial(search.params, search.fixed, config_file_list, config_dict)
+        search.trials.append(_record(len(search.trials) + 1, params, result, seconds))
+        _write_output(search, output_file)
+        return result
+
+    tuner = HyperTuning(
+        objective,
+        space=space,
+        fixed_config_file_list=search.config_file_list or None,
+        algo=algo_arg,
+        max_evals=max_evals,
+        early_stop=early_stop,
+    )
+    with _hyperopt_seed(seed):
+        tuner.run()
+
+
+def _ray_trainable():
+    """A Ray Tune class trainable running one training per trial (one ``step``).
+
+    The class API, not the function API: Ray 2.6's function trainables share one session per
+    process, which breaks when two trials meet in one process (``ray.init(local_mode=True)``).
+    """
+    from ray import tune
+
+    class RecBoleTrial(tune.Trainable):
+        def setup(self, config, search_params, fixed, config_file_list, valid_metric, gpus_per_trial):
+            self.sampled = dict(config)
+            self.search_params, self.fixed = search_params, dict(fixed)
+            self.config_file_list, self.valid_metric = config_file_list, valid_metric
+            # RecBole's Config sets CUDA_VISIBLE_DEVICES from gpu_id: point it at Ray's GPUs.
+            self.fixed["gpu_id"] = ",".join(str(gpu) for gpu in self.gpu_ids()) if gpus_per_trial else ""
+
+        def gpu_ids(self):
+            import ray
+
+            return ray.get_gpu_ids()
+
+        def step(self):
+            params, result, seconds = _run_trial(
+                self.search_params, self.fixed, self.config_file_list, self.sampled
+            )
+            record = _record(0, params, result, seconds)
+            return {
+                self.valid_metric: record["valid_score"],
+                "valid_result": record["valid_result"],
+                "test_result": record["test_result"],
+                "run_seconds": record["seconds"],
+                "done": True,
+            }
+
+    return RecBoleTrial
+
+
+def _search_ray(search, algo, max_evals, output_file, seed, options):
+    import ray
+    from ray import tune
+
+    # Trials run in their own folders (Ray's default), so every path they read is made absolute.
+    search.fixed["data_path"] = search.data_dir
+    gpus = float(options.get("gpus_per_trial") or 0)
+    cpus = float(options.get("cpus_per_trial") or 1)
+    mode = "max" if search.bigger else "min"
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=options.get("address"), include_dashboard=False)
+    run_args = {"num_samples": max_evals}
+    if algo == "exhaustive":
+        run_args = {"config": ray_space(search.params, grid=True), "num_samples": 1}
+    elif algo == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        run_args["config"] = ray_space(search.params)
+        run_args["search_alg"] = BasicVariantGenerator(random_state=seed)
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        run_args["search_alg"] = HyperOptSearch(
+            hyperopt_space(search.params), metric=search.valid_metric, mode=mode, random_state_seed=seed
+        )
+    storage = options.get("storage_path") or os.path.abspath(
+        (os.path.splitext(output_file)[0] if output_file else "ray_results") + "-ray"
+    )
+    search.info.update(max_evals=max_evals if algo != "exhaustive" else None, ray_storage=storage)
+
+    class RecordTrials(tune.Callback):
+        """Records each trial as it ends and rewrites the output file, as the Hyperopt route."""
+
+        def __init__(self):
+            self.order, self.results = [], {}
+
+        def _note(self, trial, record):
+            if trial.trial_id not in self.results:
+                self.order.append(trial.trial_id)
+            self.results[trial.trial_id] = record
+            search.trials[:] = [
+                {**self.results[trial_id], "trial": number}
+                for number, trial_id in enumerate(self.order, start=1)
+            ]
+            _write_output(search, output_file)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._note(trial, _ray_record(search, trial.config, result))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            params = trial_config(search.params, {p.name: trial.config.get(p.name) for p in search.params})
+            self._note(
+                trial, {"params": params, "status": "error", "error": getattr(trial, "error_file", None)}
+            )
+
+    recorder = RecordTrials()
+    try:
+        tune.run(
+            tune.with_parameters(
+                _ray_trainable(),
+                search_params=search.params,
+                fixed=search.fixed,
+                config_file_list=search.config_file_list,
+                valid_metric=search.valid_metric,
+                gpus_per_trial=gpus,
+            ),
+            metric=search.valid_metric,
+            mode=mode,
+            resources_per_trial={"cpu": cpus, "gpu": gpus},
+            storage_path=storage,
+            name=f"{search.info['model']}-{search.info['dataset']}-{algo}",
+            raise_on_failed_trial=False,
+            max_concurrent_trials=options.get("max_concurrent_trials"),
+            callbacks=[recorder],
+            verbose=1,
+            **run_args,
+        )
+    except RuntimeError as error:
+        # Ray 2.6's tune.run builds an ExperimentAnalysis at the very end, which needs pyarrow
+        # (in ray[tune], not in plain ray, which is what RecBole requires). The trials are done
+        # and recorded by the callback by then, so only that last step is skipped.
+        if "pyarrow" not in str(error) or not recorder.results:
+            raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _ray_record(search, sampled, result):
+    """A trial record from a Ray result (nested dicts may come flattened as ``valid_result/x``)."""
+
+    def part(name):
+        value = result.get(name)
+        if isinstance(value, dict):
+            return {key: float(item) for key, item in value.items()}
+        prefix = name + "/"
+        return {key[len(prefix) :]: float(item) for key, item in result.items() if key.startswith(prefix)}
+
+    return {
+        "params": trial_config(
+            search.params, {param.name: sampled.get(param.name) for param in search.params}
+        ),
+        "valid_score": float(result[search.valid_metric]),
+        "valid_result": part("valid_result"),
+        "test_result": part("test_result"),
+        "seconds": result.get("run_seconds"),
+        "status": "ok",
+    }

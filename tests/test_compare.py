@@ -1,0 +1,240 @@
+"""The comparison: runs per model and label, the table against the per-run results, the paired
+t-test against scipy, the files, resuming, and the checks made before any run."""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import statistics
+
+import pytest
+from conftest import TINY, tiny_config
+from scipy import stats
+
+from recbole_cstwa.compare import (
+    METRICS,
+    CompareError,
+    Entry,
+    make_plan,
+    parse_variant,
+    run_comparison,
+    split_assignments,
+)
+from recbole_cstwa.data.generator import oracle_metrics
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = [2020, 2021]
+MODELS = ["MLP", "ESMM", "DeepFM"]
+VARIANT = "ESMM_small=ESMM:tower_hidden_size=[16,8],tower_dropout=[0.1,0.1]"
+
+
+def _overrides(tiny_data_path, folder):
+    settings = tiny_config(tiny_data_path, folder)
+    del settings["dataset"]  # the comparison's own argument
+    return settings
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_data_path, tmp_path_factory):
+    """MLP, ESMM, DeepFM and an ESMM variant, 2 seeds, one epoch: run once for the module."""
+    folder = tmp_path_factory.mktemp("compare")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # RecBole writes log/ into the working directory
+        result = run_comparison(
+            MODELS,
+            SEEDS,
+            dataset=TINY,
+            overrides=_overrides(tiny_data_path, folder),
+            variants=[VARIANT],
+            reference="MLP",
+            output_dir=str(folder / "out"),
+            log=lambda message: None,
+        )
+    result["folder"] = folder
+    return result
+
+
+def test_split_assignments_keeps_lists_and_quotes_whole():
+    assert split_assignments("a=1, b=[1,2],c='x,y', d={'k': [1, 2]}") == [
+        "a=1",
+        "b=[1,2]",
+        "c='x,y'",
+        "d={'k': [1, 2]}",
+    ]
+
+
+def test_parse_variant():
+    entry = parse_variant("SM=CSTWA:use_sm=True,use_cp=False,tower_dropout=[0.1,0.2,0.2]")
+    assert entry == Entry("SM", "CSTWA", {"use_sm": True, "use_cp": False, "tower_dropout": [0.1, 0.2, 0.2]})
+    assert parse_variant("Plain=MLP") == Entry("Plain", "MLP", {})
+    for bad in ("SM", "=CSTWA:a=1", "SM=:a=1", "SM=CSTWA:use_sm"):
+        with pytest.raises(CompareError):
+            parse_variant(bad)
+
+
+def test_built_in_models_run_once_per_label_and_plugin_models_once(comparison):
+    runs = {}
+    for record in comparison["records"]:
+        runs.setdefault((record["row"], record["seed"]), []).append(record)
+    assert len(comparison["records"]) == len(SEEDS) * (3 + 2)
+    for seed in SEEDS:
+        for row in ("MLP", "ESMM", "ESMM_small"):
+            (record,) = runs[(row, seed)]
+            assert record["task"] == "both" and "LABEL_FIELD" not in record["config"]
+            assert set(record["test_result"]) == set(METRICS)
+        click, purchase = sorted(runs[("DeepFM", seed)], key=lambda record: record["task"])
+        assert (click["task"], click["config"]["LABEL_FIELD"]) == ("click", "click")
+        assert (purchase["task"], purchase["config"]["LABEL_FIELD"]) == ("purchase", "purchase")
+        assert set(click["test_result"]) == {"click_auc", "click_logloss"}
+        assert set(purchase["test_result"]) == {"purchase_auc", "purchase_logloss"}
+        for record in runs[("MLP", seed)] + runs[("DeepFM", seed)]:
+            assert record["config"]["seed"] == seed
+    (variant,) = runs[("ESMM_small", SEEDS[0])]
+    assert variant["config"]["tower_hidden_size"] == [16, 8]
+
+
+def _per_seed_values(comparison, row, metric):
+    """The metric per seed straight from the run records (a built-in row: its label's run)."""
+    values = {}
+    for record in comparison["records"]:
+        if record["row"] == row and metric in record["test_result"]:
+            values[record["seed"]] = record["test_result"][metric]
+    return values
+
+
+def test_table_is_mean_and_std_of_the_runs(comparison):
+    rows = {row["name"]: row for row in comparison["rows"]}
+    assert list(rows) == ["MLP", "ESMM", "DeepFM", "ESMM_small"]
+    for name, row in rows.items():
+        assert row["n_seeds"] == len(SEEDS)
+        for metric in METRICS:
+            values = list(_per_seed_values(comparison, name, metric).values())
+            assert len(values) == len(SEEDS)
+            assert row[f"{metric}_mean"] == pytest.approx(statistics.mean(values))
+            assert row[f"{metric}_std"] == pytest.approx(statistics.stdev(values))
+    for seed in SEEDS:  # a built-in row's time is both runs' time
+        seconds = [
+            r["wall_seconds"] for r in comparison["records"] if r["row"] == "DeepFM" and r["seed"] == seed
+        ]
+        assert len(seconds) == 2
+        assert comparison["per_seed"]["DeepFM"][seed]["seconds"] == pytest.approx(sum(seconds))
+    assert all(
+        math.isfinite(row["epoch_seconds_mean"]) and row["epoch_seconds_mean"] > 0 for row in rows.values()
+    )
+
+
+def test_paired_t_test_matches_scipy(comparison):
+    reference = {
+        metric: _per_seed_values(comparison, "MLP", metric) for metric in ("purchase_auc", "click_auc")
+    }
+    for row in comparison["rows"]:
+        for metric in ("purchase_auc", "click_auc"):
+            if row["name"] == "MLP":
+                assert math.isnan(row[f"{metric}_p"]) and math.isnan(row[f"{metric}_delta"])
+                continue
+            values = _per_seed_values(comparison, row["name"], metric)
+            a = [values[seed] for seed in SEEDS]
+            b = [reference[metric][seed] for seed in SEEDS]
+            expected = stats.ttest_rel(a, b).pvalue
+            assert row[f"{metric}_p"] == pytest.approx(expected, nan_ok=True)
+            assert row[f"{metric}_delta"] == pytest.approx(statistics.mean(a) - statistics.mean(b))
+
+
+def test_files_are_written(comparison, tiny_data_path):
+    files = comparison["files"]
+    assert {"runs", "markdown", "csv", "html"} <= set(files)
+    with open(files["runs"]) as file:
+        assert len([json.loads(line) for line in file]) == len(comparison["records"])
+
+    markdown = open(files["markdown"], encoding="utf-8").read()
+    assert "| model | click AUC | click LogLoss | purchase AUC | purchase LogLoss |" in markdown
+    assert "p (purchase AUC)" in markdown and "p (click AUC)" in markdown and "little power" in markdown
+    assert "| MLP (ref) |" in markdown and "ESMM_small" in markdown
+
+    with open(files["csv"], newline="") as file:
+        table = {line["name"]: line for line in csv.DictReader(file)}
+    for row in comparison["rows"]:
+        for column in ("purchase_auc_mean", "purchase_auc_std", "click_auc_mean", "purchase_auc_p"):
+            assert float(table[row["name"]][column]) == pytest.approx(row[column], nan_ok=True)
+
+    html = open(files["html"], encoding="utf-8").read()
+    assert "plotly" in html.lower() and "ESMM_small" in html
+    assert os.path.getsize(files["html"]) > 1_000_000  # plotly.js inline: opens offline
+
+    # The tiny dataset has truth files: the oracle row is the generator's oracle on the test file.
+    oracle = oracle_metrics(os.path.join(tiny_data_path, TINY), split="test")
+    assert comparison["oracle"]["purchase_auc"] == oracle["purchase_auc"]
+    assert "oracle (true probabilities)" in markdown and "oracle" in table
+
+
+def test_a_second_run_keeps_the_finished_runs(comparison, tiny_data_path, monkeypatch):
+    def no_training(**kwargs):
+        raise AssertionError(f"run again: {kwargs}")
+
+    folder = comparison["folder"]
+    monkeypatch.chdir(folder)
+    again = run_comparison(
+        MODELS,
+        SEEDS,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, folder),
+        variants=[VARIANT],
+        reference="MLP",
+        output_dir=str(folder / "out"),
+        runner=no_training,
+        log=lambda message: None,
+    )
+    assert again["rows"] == comparison["rows"]
+
+
+def test_command_line_resumes_and_prints_the_table(comparison, tiny_data_path, monkeypatch, capsys):
+    folder = comparison["folder"]
+    monkeypatch.chdir(folder)
+    spec = importlib.util.spec_from_file_location("run_compare", os.path.join(REPOSITORY, "run_compare.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = [f"--{key}={value}" for key, value in _overrides(tiny_data_path, folder).items()]
+    monkeypatch.setattr(
+        "recbole_cstwa.quick_start.run_recbole_cstwa",
+        lambda **kwargs: pytest.fail("settings changed: trained again"),
+    )
+    result = module.main(
+        [
+            "--models",
+            "MLP ESMM",
+            "DeepFM",
+            "--seeds",
+            *map(str, SEEDS),
+            "--variant",
+            VARIANT,
+            f"--dataset={TINY}",
+        ]
+        + ["--reference", "MLP", "--output_dir", str(folder / "out"), *settings]
+    )
+    assert result["rows"] == comparison["rows"]
+    printed = capsys.readouterr().out
+    assert "| ESMM_small |" in printed and "written:" in printed
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"overrides": {"seed": 1}}, "sets \\['seed'\\]"),
+        ({"variants": ["X=MLP:LABEL_FIELD=click"]}, "sets \\['LABEL_FIELD'\\]"),
+        ({"variants": ["MLP=ESMM"]}, "appear twice"),
+        ({"reference": "CSTWA_all"}, "is not a row"),
+        ({"seeds": [1, 1]}, "distinct seeds"),
+        ({"models": ["MLP", "NoSuchModel"]}, "NoSuchModel"),
+    ],
+)
+def test_bad_comparisons_fail_before_any_run(tiny_data_path, tmp_path, arguments, message):
+    settings = {
+        "models": ["MLP"],
+        "seeds": [1],
+        "dataset": TINY,
+        "overrides": _overrides(tiny_data_path, tmp_path),
+    }
+    settings.update(arguments)
+    with pytest.raises(ValueError, match=message):
+        make_plan(**settings)

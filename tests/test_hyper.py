@@ -1,0 +1,333 @@
+"""Hyper-parameter search: params files read without eval, exhaustive search on hyperopt >= 0.2.7,
+RecBole's HyperTuning route (exhaustive, random, bayes), the output file and the Ray route."""
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import TINY, tiny_config
+from hyperopt import Trials, fmin, hp
+
+from recbole_cstwa.compat import exhaustive_search, grid_size
+from recbole_cstwa.hyper import (
+    ParamsFileError,
+    SearchParam,
+    hyperopt_space,
+    parse_params,
+    read_params_file,
+    run_search,
+    trial_config,
+)
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FOUR_TYPES = """\
+# every type RecBole's params files know
+learning_rate loguniform -9.2,-4.6
+tower_dropout choice [[0.1, 0.3, 0.3], [0.2, 0.2, 0.2]]   # lists as options
+learner       choice [adam, 'sgd']
+
+sm_lambda     uniform 0.1, 0.9
+embedding_size quniform 4,16,4
+"""
+
+
+def test_params_file_has_the_four_types(tmp_path):
+    path = tmp_path / "space.hyper"
+    path.write_text(FOUR_TYPES)
+    params = {param.name: param for param in read_params_file(path)}
+    assert list(params) == ["learning_rate", "tower_dropout", "learner", "sm_lambda", "embedding_size"]
+    assert (params["learning_rate"].kind, params["learning_rate"].low, params["learning_rate"].high) == (
+        "loguniform",
+        -9.2,
+        -4.6,
+    )
+    assert params["tower_dropout"].values == ([0.1, 0.3, 0.3], [0.2, 0.2, 0.2])
+    assert params["learner"].values == ("adam", "sgd")  # a YAML flow list or Python literals
+    assert (params["sm_lambda"].kind, params["sm_lambda"].low, params["sm_lambda"].high) == (
+        "uniform",
+        0.1,
+        0.9,
+    )
+    assert (params["embedding_size"].low, params["embedding_size"].high, params["embedding_size"].q) == (
+        4,
+        16,
+        4,
+    )
+    assert params["embedding_size"].integral
+
+
+def test_sampled_values_follow_the_types():
+    from hyperopt.pyll.stochastic import sample
+
+    params = parse_params(FOUR_TYPES.splitlines())
+    space = hyperopt_space(params)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        point = trial_config(params, sample(space, rng=rng))
+        assert math.exp(-9.2) <= point["learning_rate"] <= math.exp(-4.6)  # bounds are logs
+        assert point["tower_dropout"] in ([0.1, 0.3, 0.3], [0.2, 0.2, 0.2])
+        assert 0.1 <= point["sm_lambda"] <= 0.9
+        assert isinstance(point["embedding_size"], int) and point["embedding_size"] in (4, 8, 12, 16)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("learning_rate choice", "expected `name type values`"),
+        ("learning_rate gaussian 0,1", "unknown type 'gaussian'"),
+        ("learning_rate uniform 0.1", "uniform takes low,high"),
+        ("learning_rate uniform a,b", "takes numbers"),
+        ("learning_rate uniform 0.9,0.1", "needs low < high"),
+        ("embedding_size quniform 4,16,0", "step q > 0"),
+        ("learner choice []", "non-empty list"),
+        ("learner choice 3", "non-empty list"),
+        ("learning-rate choice [1]", "not a config key name"),
+    ],
+)
+def test_a_bad_line_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.hyper"
+    path.write_text(f"# a comment\n{line}\n")
+    with pytest.raises(ParamsFileError, match=message) as error:
+        read_params_file(path)
+    assert f"{path}, line 2" in str(error.value)
+
+
+def test_a_repeated_name_is_an_error():
+    with pytest.raises(ParamsFileError, match="already searched on line 1"):
+        parse_params(["a choice [1]", "a choice [2]"])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        "__import__('os')",
+        "[__import__('os').getcwd()]",
+        "['__import__(\"os\").getcwd()']",  # a string RecBole's Config would eval
+        "[open('x')]",
+        "['9**9**9**9']",  # no code, but an eval that never ends
+    ],
+)
+def test_code_is_refused_not_run(values):
+    with pytest.raises(ParamsFileError, match="line 1"):
+        parse_params([f"learner choice {values}"])
+
+
+def test_words_that_recbole_keeps_as_strings_are_accepted():
+    (param,) = parse_params(["activation choice ['leaky-relu', relu, 'Dice']"])
+    assert param.values == ("leaky-relu", "relu", "Dice")
+
+
+def test_missing_params_file():
+    with pytest.raises(ParamsFileError, match="does not exist"):
+        read_params_file("no/such.hyper")
+
+
+@pytest.mark.skipif(
+    tuple(int(p) for p in __import__("hyperopt").__version__.split(".")[:3]) < (0, 2, 7),
+    reason="RecBole's exhaustive search works on hyperopt < 0.2.7",
+)
+def test_recbole_exhaustive_search_is_broken_on_this_hyperopt():
+    # Why compat.exhaustive_search exists: RecBole hands hyperopt a RandomState.
+    from recbole.trainer.hyper_tuning import exhaustive_search as recbole_exhaustive
+
+    with pytest.raises(AttributeError, match="integers"):
+        fmin(
+            lambda p: 0.0,
+            {"a": hp.choice("a", [1, 2])},
+            algo=recbole_exhaustive,
+            max_evals=2,
+            show_progressbar=False,
+        )
+
+
+def test_exhaustive_search_visits_every_grid_point_once():
+    space = {
+        "a": hp.choice("a", [1, 2, 3]),
+        "b": hp.choice("b", [[64, 32], [128]]),  # RecBole's _spacesize fails on list options
+        "c": hp.choice("c", ["x", "y"]),
+        "u": hp.uniform("u", 0.0, 1.0),
+    }
+    assert grid_size(space) == 12
+    seen = []
+
+    def objective(point):
+        seen.append((point["a"], tuple(point["b"]), point["c"]))
+        return point["u"]
+
+    trials = Trials()
+    fmin(
+        objective,
+        space,
+        algo=exhaustive_search,
+        max_evals=grid_size(space) + 5,  # asking for more stops at the end of the grid
+        trials=trials,
+        rstate=np.random.default_rng(0),
+        show_progressbar=False,
+    )
+    grid = set(itertools.product([1, 2, 3], [(64, 32), (128,)], ["x", "y"]))
+    assert len(seen) == 12 and set(seen) == grid
+    assert len({trial["misc"]["vals"]["u"][0] for trial in trials.trials}) == 12  # continuous: drawn
+
+
+def test_exhaustive_search_on_a_larger_grid():
+    space = {name: hp.choice(name, list(range(size))) for name, size in (("p", 6), ("q", 5), ("r", 4))}
+    seen = []
+    fmin(
+        lambda point: seen.append(tuple(sorted(point.items()))) or 0.0,
+        space,
+        algo=exhaustive_search,
+        max_evals=grid_size(space),
+        rstate=np.random.default_rng(1),
+        show_progressbar=False,
+    )
+    assert len(seen) == len(set(seen)) == 120
+
+
+def test_grid_of_a_continuous_space_and_a_nested_one():
+    assert grid_size({"u": hp.uniform("u", 0, 1)}) == 1  # as RecBole: one draw
+    with pytest.raises(ValueError, match="flat space"):
+        grid_size({"x": hp.choice("x", [hp.choice("y", [1, 2]), 3])})
+
+
+def _check_report(report, n_trials):
+    assert report["valid_metric"] == "purchase_auc" and report["mode"] == "max"
+    assert len(report["trials"]) == n_trials
+    assert all(trial["status"] == "ok" for trial in report["trials"])
+    for trial in report["trials"]:
+        assert trial["valid_score"] == trial["valid_result"]["purchase_auc"]
+        assert set(trial["test_result"]) == {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss"}
+    best = max(report["trials"], key=lambda trial: trial["valid_score"])
+    assert report["best"] == best
+
+
+def test_hypertuning_exhaustive_covers_the_grid(tiny_data_path, tmp_path):
+    output = tmp_path / "out" / "search.json"
+    params = parse_params(
+        ["learning_rate choice [0.01, 0.001]", "tower_dropout choice [[0.1,0.1,0.1], [0.3,0.3,0.3]]"]
+    )
+    report = run_search(
+        params,
+        model="MLP",
+        overrides=tiny_config(tiny_data_path, tmp_path),
+        algo="exhaustive",
+        output_file=str(output),
+    )
+    _check_report(report, 4)
+    points = {(t["params"]["learning_rate"], tuple(t["params"]["tower_dropout"])) for t in report["trials"]}
+    assert points == set(itertools.product([0.01, 0.001], [(0.1,) * 3, (0.3,) * 3]))
+    written = json.loads(output.read_text())
+    assert written["best"] == report["best"] and written["trials"] == report["trials"]
+    assert written["algo"] == "exhaustive" and written["model"] == "MLP" and written["dataset"] == TINY
+
+
+@pytest.mark.parametrize("algo", ["random", "bayes"])
+def test_hypertuning_random_and_bayes(tiny_data_path, tmp_path, algo):
+    params = parse_params(["learning_rate loguniform -7,-4", "embedding_size quniform 4,8,4"])
+    report = run_search(
+        params,
+        model="ESMM",
+        overrides=tiny_config(tiny_data_path, tmp_path),
+        algo=algo,
+        max_evals=2,
+        search_seed=3,
+    )
+    _check_report(report, 2)
+    assert all(isinstance(t["params"]["embedding_size"], int) for t in report["trials"])
+
+
+def test_a_setting_both_fixed_and_searched_is_refused(tiny_data_path, tmp_path):
+    params = parse_params(["learning_rate choice [0.01]"])
+    with pytest.raises(ValueError, match="learning_rate is both searched"):
+        run_search(params, model="MLP", overrides=tiny_config(tiny_data_path, tmp_path, learning_rate=0.1))
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPOSITORY, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsys):
+    params_file = tmp_path / "space.hyper"
+    params_file.write_text("learning_rate choice [0.01, 0.005]\n")
+    output = tmp_path / "result.json"
+    _load_script("run_hyper").main(
+        [
+            "--model=MLP",
+            f"--dataset={TINY}",
+            f"--params_file={params_file}",
+            f"--output_file={output}",
+            "--algo=random",
+            "--max_evals=2",
+            f"--data_path={tiny_data_path}",
+            "--benchmark_filename=[train, valid, test]",
+            "--epochs=1",
+            "--show_progress=False",
+            "--state=ERROR",
+            f"--checkpoint_dir={tmp_path / 'saved'}",
+        ]
+    )
+    written = json.loads(output.read_text())
+    _check_report(written, 2)
+    printed = capsys.readouterr().out
+    assert f"best params: {json.dumps(written['best']['params'])}" in printed
+    assert "best valid purchase_auc:" in printed
+
+
+def test_command_line_bad_params_file_is_a_message(tmp_path):
+    params_file = tmp_path / "space.hyper"
+    params_file.write_text("learning_rate choice [0.01]\nlearner choice __import__('os')\n")
+    with pytest.raises(SystemExit, match=f"error: {params_file}, line 2"):
+        _load_script("run_hyper").main(["--model=MLP", f"--params_file={params_file}"])
+
+
+def test_ray_space_translation():
+    from ray.tune.search.sample import Categorical, Float
+
+    from recbole_cstwa.hyper import ray_space
+
+    params = parse_params(FOUR_TYPES.splitlines())
+    space = ray_space(params)
+    assert isinstance(space["learning_rate"], Float)
+    assert space["learning_rate"].lower == pytest.approx(math.exp(-9.2))
+    assert space["learning_rate"].upper == pytest.approx(math.exp(-4.6))
+    assert isinstance(space["learner"], Categorical) and space["learner"].categories == ["adam", "sgd"]
+    assert ray_space(params, grid=True)["learner"] == {"grid_search": ["adam", "sgd"]}
+    assert SearchParam("x", "quniform", low=4, high=16, q=4).integral
+
+
+def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
+    import ray
+
+    ray.init(local_mode=True, num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        settings = tiny_config(tiny_data_path, tmp_path)
+        params = parse_params(
+            ["learning_rate loguniform -7,-4", "tower_dropout choice [[0.1,0.1,0.1], [0.3,0.3,0.3]]"]
+        )
+        output = tmp_path / "ray.json"
+        report = run_search(
+            params,
+            model="MLP",
+            overrides=settings,
+            algo="random",
+            max_evals=2,
+            tool="Ray",
+            output_file=str(output),
+        )
+        _check_report(report, 2)
+        assert all(math.exp(-7) <= t["params"]["learning_rate"] <= math.exp(-4) for t in report["trials"])
+        assert json.loads(output.read_text())["best"] == report["best"]
+
+        grid = parse_params(["learning_rate choice [0.01, 0.001]"])
+        report = run_search(grid, model="MLP", overrides=settings, algo="exhaustive", tool="Ray")
+        _check_report(report, 2)
+        assert sorted(t["params"]["learning_rate"] for t in report["trials"]) == [0.001, 0.01]
+    finally:
+        ray.shutdown()
