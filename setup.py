@@ -1,4 +1,7 @@
-"""Installs recbole-cstwa: the package, its YAML defaults (``properties/``) and the embedded dataset.
+"""Installs recbole-cstwa: the package and its YAML defaults (``properties/``).
+
+The embedded dataset (``dataset/``) is read from the source checkout: install it editable
+(``pip install -e .``), or set ``data_path`` to a copy of ``dataset/``.
 
 The pins are the ones measured to work together with RecBole 1.2.1 (see README, "Dependencies"):
 RecBole 1.2.1 needs ``ray<=2.6.3``, which needs ``numpy<2`` (``np.bool8``) and ``pkg_resources``

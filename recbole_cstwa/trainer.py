@@ -5,7 +5,9 @@ checkpoint reloaded for the test set), report task-prefixed metrics (``click_auc
 checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.compat`).
 """
 
+import os
 import random
+import uuid
 from contextlib import contextmanager
 from time import time
 
@@ -35,6 +37,10 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        # RecBole names checkpoints <model>-<time to the second>: runs started in the same second
+        # would share a file, so the name also carries the process id and a random suffix.
+        root, extension = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{root}-{os.getpid()}-{uuid.uuid4().hex[:6]}{extension}"
         self.task_evaluator = TaskEvaluator(config, config["eval_tasks"])
 
     def predict_tasks(self, interaction):

@@ -43,7 +43,8 @@ class MultiTaskDataset(Dataset):
             raise DataFormatError(
                 f"Dataset folder [{dataset_path}] does not exist: put the atomic files "
                 f"({token}.inter or {token}.<split>.inter, {token}.user, {token}.item) there, or "
-                "set data_path to the folder that holds the dataset's folder."
+                "set data_path to the folder that holds the dataset's folder (the embedded "
+                "synthetic-ccp is found from an editable install, pip install -e .)."
             )
         super()._load_data(token, dataset_path)
 

@@ -22,7 +22,15 @@ def create_dataset(config):
     if os.path.exists(file):
         with open(file, "rb") as f:
             dataset = pickle.load(f)
-        keys = dataset_arguments + ["seed", "repeatable", "CLICK_FIELD", "PURCHASE_FIELD"]
+        keys = dataset_arguments + [
+            "seed",
+            "repeatable",
+            "CLICK_FIELD",
+            "PURCHASE_FIELD",
+            "invalid_purchase",
+            "numerical_features",
+            "discretization",
+        ]
         if all(config[key] == dataset.config[key] for key in keys):
             getLogger().info(f"Load filtered dataset from: [{file}]")
             return dataset

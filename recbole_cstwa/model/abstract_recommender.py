@@ -104,6 +104,11 @@ class MultiTaskRecommender(AbstractRecommender):
         """Binary cross-entropy on probabilities, mean over the batch."""
         return F.binary_cross_entropy(probability, label, weight=weight)
 
+    @staticmethod
+    def calibration_loss(p_purchase, p_click):
+        """AITM's calibrator (the CSTWA paper's Eq. 19): ``mean(max(p_purchase - p_click, 0))``."""
+        return F.relu(p_purchase - p_click).mean()
+
     # ----- RecBole interface ---------------------------------------------------------------
     def forward(self, interaction):
         raise NotImplementedError

@@ -80,7 +80,8 @@ def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search,
     if index_type == "exact":
         index = faiss.IndexFlatIP(dim)
     elif index_type == "ivf":
-        # k-means needs at least one point a list; faiss warns below 39 points a list.
+        # k-means needs at least one point a list; faiss's training wants about 39 points a list
+        # (it still warns on tiny inputs, where exact search is the better choice anyway).
         nlist = int(max(1, min(ivf_nlist, len(vectors) // 39 or 1)))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -118,6 +119,8 @@ def nearest_neighbours(
         approximate index could not fill has neighbour ``-1`` and similarity ``-inf``.
     """
     check_index_settings(index_type, top_k, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search)
+    if isinstance(vectors, torch.Tensor):
+        vectors = vectors.detach().cpu().numpy()
     vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     n = len(vectors)
     if n == 0:

@@ -147,6 +147,6 @@ class AITM(MultiTaskRecommender):
         output = self.forward(interaction)
         click, purchase = self.labels(interaction)
         p_click, p_purchase = output["click"], output["purchase"]
-        calibration = self.calibration_weight * torch.relu(p_purchase - p_click).mean()
+        calibration = self.calibration_weight * self.calibration_loss(p_purchase, p_click)
         l2 = self.l2_weight / 2 * sum(weight.pow(2).sum() for weight in self.regularised_parameters())
         return self.bce(p_click, click), self.bce(p_purchase, purchase), calibration, l2

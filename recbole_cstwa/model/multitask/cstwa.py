@@ -6,13 +6,12 @@ Reference:
     ECML-PKDD 2023 (arXiv 2304.01169).
 
 The paper's equations were lost in its public text and its authors published no code; this
-module implements the project's reading of every equation (written down in the class docstring),
-with each reading a config switch.
+module implements the project's reading of every equation (written down in the class docstring);
+the readings that are choices between alternatives are config switches.
 """
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
 from recbole_cstwa.model.layers import MLPTower, ProbabilityHead
@@ -461,5 +460,5 @@ class CSTWA(MultiTaskRecommender):
             w_cvr * self.bce(p_cvr, purchase, weight=weights),
         )  # Eqs. 17-18
         if self.use_calibration:
-            losses += (w_cal * F.relu(p_cvr - p_ctr).mean(),)  # Eq. 19
+            losses += (w_cal * self.calibration_loss(p_cvr, p_ctr),)  # Eq. 19
         return losses

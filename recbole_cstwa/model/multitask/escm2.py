@@ -68,7 +68,9 @@ class ESCM2(MultiTaskRecommender):
     purchase) over all impressions (ESMM's two losses), ``L_cvr`` the counterfactual risk of
     :func:`ips_counterfactual_risk` or :func:`dr_counterfactual_risk` (``escm2_mode``) on the
     per-impression losses ``e_i = BCE(pCVR_i, purchase_i)``; propensity weights are computed
-    without gradient (Paddle's ``stop_gradient``), so ``L_cvr`` never trains the CTR tower.
+    without gradient (Paddle's ``stop_gradient``), so no gradient of ``L_cvr`` flows through
+    the propensities (it still trains what the CVR side shares: the embedding, and with
+    ``escm2_backbone: mmoe`` the shared experts).
     The purchase prediction scored against the purchase label is pCTCVR, the impression-level
     purchase probability (as ESMM); ``forward`` also returns ``cvr`` (and ``imputation``).
 
