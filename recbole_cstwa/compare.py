@@ -130,6 +130,20 @@ def _file_digest(path):
         return hashlib.sha1(file.read()).hexdigest()
 
 
+def _defaults_digest():
+    """A digest of every YAML file under the plugin's ``properties/``."""
+    from recbole_cstwa.config import properties_dir
+
+    root = properties_dir()
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.endswith(".yaml")
+    )
+    return [[os.path.relpath(path, root), _file_digest(path)] for path in paths]
+
+
 def run_key(model, task, config_dict, dataset, config_file_list):
     """Identifies a run by everything that sets its result, for resuming."""
     settings = {
@@ -138,6 +152,8 @@ def run_key(model, task, config_dict, dataset, config_file_list):
         "dataset": dataset,
         "config": config_dict,
         "config_files": [[os.path.abspath(path), _file_digest(path)] for path in config_file_list or []],
+        # The plugin's YAML defaults: editing one must not reuse runs made under the old value.
+        "defaults": _defaults_digest(),
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -238,3 +238,18 @@ def test_bad_comparisons_fail_before_any_run(tiny_data_path, tmp_path, arguments
     settings.update(arguments)
     with pytest.raises(ValueError, match=message):
         make_plan(**settings)
+
+
+def test_run_key_changes_when_a_yaml_default_changes(monkeypatch, tmp_path):
+    import shutil
+
+    from recbole_cstwa import compare, config
+
+    copy = tmp_path / "properties"
+    shutil.copytree(config.properties_dir(), copy)
+    monkeypatch.setattr(config, "properties_dir", lambda: str(copy))
+    before = compare.run_key("CSTWA", "both", {"seed": 1}, "synthetic-ccp", [])
+    assert before == compare.run_key("CSTWA", "both", {"seed": 1}, "synthetic-ccp", [])
+    with open(copy / "model" / "CSTWA.yaml", "a") as file:
+        file.write("pretrain_epochs: 2\n")
+    assert compare.run_key("CSTWA", "both", {"seed": 1}, "synthetic-ccp", []) != before
