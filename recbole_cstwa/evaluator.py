@@ -30,13 +30,15 @@ class TaskEvaluator:
     Args:
         config: the run's config.
         tasks (dict): task name -> label field, e.g. ``{"click": "click", "purchase": "purchase"}``.
+        metrics (list, optional): RecBole metric names to compute instead of ``config["metrics"]``.
     """
 
-    def __init__(self, config, tasks):
+    def __init__(self, config, tasks, metrics=None):
         self.tasks = dict(tasks)
         self.collectors, self.evaluators = {}, {}
+        overrides = {} if metrics is None else {"metrics": list(metrics)}
         for task, label_field in self.tasks.items():
-            task_config = _TaskConfig(config, LABEL_FIELD=label_field)
+            task_config = _TaskConfig(config, LABEL_FIELD=label_field, **overrides)
             self.collectors[task] = Collector(task_config)
             self.evaluators[task] = Evaluator(task_config)
 

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from recbole_cstwa.compat import SafeCheckpointMixin
@@ -256,17 +255,14 @@ class CSTWATrainer(MultiTaskTrainer):
 
     @torch.no_grad()
     def _click_auc(self, model, data):
-        """Click AUC of the pre-trained CTR model (progress only; ties get average ranks)."""
+        """Click AUC of the pre-trained CTR model (progress only), with RecBole's AUC as every
+        evaluation here; NaN when the data holds one class only."""
         model.eval()
-        scores, labels = [], []
+        evaluator = TaskEvaluator(self.config, {"click": self.config["CLICK_FIELD"]}, metrics=["AUC"])
         for batch in data:
             interaction = batch[0].to(self.device)
-            scores.append(model(interaction).cpu())
-            labels.append(interaction[self.config["CLICK_FIELD"]].cpu())
-        labels = torch.cat(labels).numpy()
-        if labels.min() == labels.max():
-            return float("nan")
-        return float(roc_auc_score(labels, torch.cat(scores).numpy()))
+            evaluator.collect(interaction, {"click": model(interaction)})
+        return evaluator.evaluate()["click_auc"]
 
     # ----- stage 2: graphs -------------------------------------------------------------------
     def _graph_stage(self, train_data, valid_data, show_progress):
