@@ -35,6 +35,7 @@ setup(
         "torch>=2.0",
         "numpy>=1.23,<2",
         "pandas>=1.5,<3",
+        "pyarrow>=14,<20",
         "setuptools>=77,<81",
         "ray>=1.13,<=2.6.3",
         "faiss-cpu>=1.7.4",

@@ -4,11 +4,10 @@ import sys
 import time
 from logging import getLogger
 
-from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_cstwa.config import Config
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.utils import get_model, get_trainer
 
 

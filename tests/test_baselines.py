@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from recbole.data import data_preparation
 
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.layers import ExtractionLayer
 from recbole_cstwa.model.multitask.escm2 import dr_counterfactual_risk, ips_counterfactual_risk
 from recbole_cstwa.utils import get_model

@@ -25,9 +25,7 @@ def test_builtin_model_checkpoint_round_trip(run_tiny, tmp_path):
 
 
 def test_reloaded_model_gives_the_same_test_result(make_config, run_tiny, tmp_path):
-    from recbole.data import data_preparation
-
-    from recbole_cstwa.data import create_dataset
+    from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.utils import get_model, get_trainer
 
     result = run_tiny("ESMM", epochs=2)

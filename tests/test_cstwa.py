@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.multitask.cstwa import (
     CSTWA,
     PredictionWindow,

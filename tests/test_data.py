@@ -4,10 +4,9 @@ import shutil
 
 import pandas as pd
 import pytest
-from recbole.data import data_preparation
 
 from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError, create_dataset
+from recbole_cstwa.data import DataFormatError, create_dataset, data_preparation
 from recbole_cstwa.model.layers import group_fields
 
 TINY = "tiny-ccp"  # the dataset name conftest.py generates

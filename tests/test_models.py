@@ -3,10 +3,9 @@
 import math
 
 import pytest
-from recbole.data import data_preparation
 from recbole.model.context_aware_recommender import DeepFM
 
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.utils import get_model, plugin_model_names
 
 TWO_TASK_KEYS = {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss"}

@@ -1,9 +1,21 @@
-"""The two-label impressions dataset: RecBole's ``Dataset`` with checked click and purchase labels."""
+"""The two-label impressions dataset: RecBole's ``Dataset`` with checked click and purchase labels.
+
+The atomic files are read column by column with pyarrow (token columns dictionary-encoded, so
+no Python string is built per row), ids are remapped exactly as RecBole remaps them, and token
+ids stay in the smallest integer type that holds them until a batch is taken.
+"""
 
 import os
+from collections import defaultdict
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import torch
+from pandas._libs.parsers import STR_NA_VALUES
 from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -11,6 +23,36 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 class DataFormatError(ValueError):
     """Bad input data: the message names the file, the field and the fix."""
+
+
+# The strings pandas reads as missing: RecBole reads with pandas, so the same cells are missing here.
+_MISSING_STRINGS = sorted(STR_NA_VALUES)
+
+
+def smallest_int_dtype(largest):
+    """The smallest signed integer numpy type that holds ``0 .. largest``."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _as_long(interaction):
+    """``interaction`` with every integer column as ``long`` (torch embeddings and indexing need it)."""
+    for field, value in interaction.interaction.items():
+        if value.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+            interaction.interaction[field] = value.long()
+    return interaction
+
+
+def _to_categorical(column):
+    """A dictionary-encoded Arrow column as a pandas categorical (codes, -1 for a missing cell)."""
+    column = column.unify_dictionaries().combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    categories = column.dictionary.to_numpy(zero_copy_only=False)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype=object))
 
 
 def _line_numbers(mask, limit=5):
@@ -48,7 +90,7 @@ class MultiTaskDataset(Dataset):
             )
         super()._load_data(token, dataset_path)
 
-    def _load_inter_feat(self, token, dataset_path):
+    def _check_inter_files(self, token, dataset_path):
         single_file = os.path.join(dataset_path, f"{token}.inter")
         if self.benchmark_filename_list is None and not os.path.isfile(single_file):
             split_files = [
@@ -71,11 +113,118 @@ class MultiTaskDataset(Dataset):
                         f"Interaction file [{path}] named by benchmark_filename "
                         f"{list(self.benchmark_filename_list)} does not exist."
                     )
-        super()._load_inter_feat(token, dataset_path)
+
+    def _load_inter_feat(self, token, dataset_path):
+        self._check_inter_files(token, dataset_path)
+        if self.benchmark_filename_list is None:
+            super()._load_inter_feat(token, dataset_path)
+            return
+        # RecBole's loop, with token columns concatenated as categoricals (pd.concat would turn
+        # categoricals with different categories into per-row Python strings).
+        parts, seqlen = [], defaultdict(int)
+        for name in self.benchmark_filename_list:
+            parts.append(self._load_feat(os.path.join(dataset_path, f"{token}.{name}.inter"), FeatureSource.INTERACTION))
+            for field, length in self.field2seqlen.items():
+                seqlen[field] = max(seqlen[field], length)
+        columns = {}
+        for field in parts[0].columns:
+            if all(isinstance(part[field].dtype, pd.CategoricalDtype) for part in parts):
+                columns[field] = pd.api.types.union_categoricals([part[field].array for part in parts])
+            else:
+                columns[field] = pd.concat([part[field] for part in parts], ignore_index=True)
+        self.inter_feat = pd.DataFrame(columns)
+        self.file_size_list = [len(part) for part in parts]
+        self.field2seqlen = seqlen
+
+    def _read_atomic_file(self, filepath, source):
+        """RecBole's ``_load_feat`` with pyarrow's CSV reader: the same header parsing
+        (``name:type``), ``load_col`` / ``unload_col``, missing cells and field properties, but
+        token columns come back as pandas categoricals (codes + the distinct strings)."""
+        field_separator = self.config["field_separator"]
+        encoding = self.config["encoding"] or "utf-8"
+        if len(field_separator) != 1:  # pyarrow needs a one-character delimiter
+            return super()._load_feat(filepath, source)
+        load_col, unload_col = self._get_load_and_unload_col(source)
+        if load_col == set():
+            return None
+        with open(filepath, encoding=encoding) as file:
+            header = file.readline().rstrip("\r\n").split(field_separator)
+        names, columns, column_types = [], [], {}
+        for position, field_type in enumerate(header):
+            field, ftype = field_type.split(":")
+            try:
+                ftype = FeatureType(ftype)
+            except ValueError:
+                raise ValueError(f"Type {ftype} from field {field} is not supported.") from None
+            names.append(f"{position}:{field_type}")  # unique even if a name repeats
+            if load_col is not None and field not in load_col:
+                continue
+            if unload_col is not None and field in unload_col:
+                continue
+            if isinstance(source, FeatureSource) or source != "link":
+                self.field2source[field] = source
+                self.field2type[field] = ftype
+                if not ftype.value.endswith("seq"):
+                    self.field2seqlen[field] = 1
+                if "float" in ftype.value:
+                    self.field2bucketnum[field] = 2
+            columns.append((field, names[-1], ftype))
+            if ftype == FeatureType.FLOAT:
+                column_types[names[-1]] = pa.float64()
+            elif ftype == FeatureType.TOKEN:
+                column_types[names[-1]] = pa.dictionary(pa.int32(), pa.string())
+            else:
+                column_types[names[-1]] = pa.string()
+        if not columns:
+            self.logger.warning(f"No columns has been loaded from [{source}]")
+            return None
+        table = pa_csv.read_csv(
+            filepath,
+            read_options=pa_csv.ReadOptions(
+                column_names=names, skip_rows=1, encoding=encoding, block_size=1 << 24
+            ),
+            parse_options=pa_csv.ParseOptions(delimiter=field_separator),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=[name for _, name, _ in columns],
+                column_types=column_types,
+                null_values=_MISSING_STRINGS,
+                strings_can_be_null=True,
+            ),
+        )
+        frame = {}
+        for field, name, ftype in columns:
+            column = table.column(name)
+            table = table.drop_columns([name])  # frees each Arrow column once converted
+            if ftype == FeatureType.TOKEN:
+                frame[field] = _to_categorical(column)
+            elif ftype == FeatureType.FLOAT:
+                frame[field] = column.to_numpy()
+            else:
+                frame[field] = column.to_pandas()
+            del column
+        frame = pd.DataFrame(frame)
+        seq_fields = [field for field, _, ftype in columns if ftype.value.endswith("seq")]
+        seq_separator = self.config["seq_separator"]
+        for field in seq_fields:  # RecBole's own parsing of sequence cells (rare in CVR data)
+            ftype = self.field2type[field]
+            values = frame[field].fillna("").values
+            cast = int if ftype == FeatureType.TOKEN_SEQ else float
+            if ftype == FeatureType.TOKEN_SEQ:
+                frame[field] = [np.array(list(filter(None, cell.split(seq_separator)))) for cell in values]
+            else:
+                frame[field] = [np.array(list(map(cast, filter(None, cell.split(seq_separator))))) for cell in values]
+            max_seq_len = max(map(len, frame[field].values))
+            if self.config["seq_len"] and field in self.config["seq_len"]:
+                seq_len = self.config["seq_len"][field]
+                frame[field] = [seq[:seq_len] for seq in frame[field].values]
+                self.field2seqlen[field] = min(seq_len, max_seq_len)
+            else:
+                self.field2seqlen[field] = max_seq_len
+        return frame
 
     def _load_feat(self, filepath, source):
         try:
-            feat = super()._load_feat(filepath, source)
+            feat = self._read_atomic_file(filepath, source)
         except ValueError as error:
             raise DataFormatError(
                 f"Cannot read [{filepath}]: {error}. Check the header (name:type, separated by "
@@ -84,6 +233,8 @@ class MultiTaskDataset(Dataset):
             ) from None
         if source == FeatureSource.INTERACTION:
             feat = self._check_labels(feat, filepath)
+        elif source in (FeatureSource.USER, FeatureSource.ITEM):
+            feat = self._drop_duplicate_ids(feat, filepath, source)
         return feat
 
     def _check_labels(self, feat, filepath):
@@ -139,6 +290,134 @@ class MultiTaskDataset(Dataset):
             if len(feat) == 0:
                 raise DataFormatError(f"[{filepath}] holds no valid impressions after the drop.")
         return feat
+
+    def _drop_duplicate_ids(self, feat, filepath, source):
+        """Keeps the first row of an id listed twice in ``.user`` / ``.item`` (RecBole's rule),
+        saying once how many rows were dropped and which ids."""
+        field = self.uid_field if source == FeatureSource.USER else self.iid_field
+        if feat is None or field is None or field not in feat:
+            return feat
+        duplicated = feat[field].duplicated(keep="first").to_numpy()
+        if duplicated.any():
+            examples = pd.unique(np.asarray(feat[field].to_numpy()[duplicated][:5], dtype=object))
+            self.logger.warning(
+                f"[{filepath}]: {int(duplicated.sum())} rows repeat a {field} listed earlier in the "
+                f"file (first: {list(examples)}); the first row of each {field} is kept."
+            )
+            feat = feat.loc[~duplicated].reset_index(drop=True)
+        return feat
+
+    def _remap(self, remap_list):
+        """RecBole's ``_remap`` on categorical columns: the same ids without per-row strings.
+
+        RecBole factorizes the concatenation of every column of one id space (inter first, then
+        user / item files) and numbers tokens by first appearance from 1 (0 is ``[PAD]``, also
+        given to missing cells). The first appearance of a token in the concatenation is its
+        first appearance in the earliest column holding it, so the per-column first-appearance
+        orders, concatenated and de-duplicated, give RecBole's order.
+        """
+        if not remap_list:
+            return
+        if not all(
+            ftype == FeatureType.TOKEN and isinstance(feat[field].dtype, pd.CategoricalDtype)
+            for feat, field, ftype in remap_list
+        ):
+            super()._remap(remap_list)
+            return
+        ordered = []
+        for feat, field, _ in remap_list:
+            column = feat[field].array
+            first_codes = pd.unique(column.codes)
+            first_codes = first_codes[first_codes >= 0]
+            ordered.append(np.asarray(column.categories, dtype=object)[first_codes])
+        tokens = pd.unique(np.concatenate(ordered)) if ordered else np.array([], dtype=object)
+        token_index = pd.Index(tokens)
+        id_dtype = smallest_int_dtype(len(tokens))
+        mapping = np.array(["[PAD]"] + list(tokens))
+        token_id = {token: i for i, token in enumerate(mapping)}
+        for feat, field, _ in remap_list:
+            column = feat[field].array
+            # one entry per category, plus a last 0 that code -1 (a missing cell) picks
+            lookup = np.append(token_index.get_indexer(column.categories) + 1, 0).astype(id_dtype)
+            feat[field] = lookup[column.codes]
+            if field not in self.field2id_token:
+                self.field2id_token[field] = mapping
+                self.field2token_id[field] = token_id
+
+    def _user_item_feat_preparation(self):
+        for source, field, name in (
+            (FeatureSource.USER, self.uid_field, "user"),
+            (FeatureSource.ITEM, self.iid_field, "item"),
+        ):
+            feat = getattr(self, f"{name}_feat")
+            if feat is None or field not in self.inter_feat:
+                continue
+            listed = np.zeros(self.num(field), dtype=bool)
+            listed[feat[field].to_numpy()] = True
+            missing_rows = ~listed[self.inter_feat[field].to_numpy()]
+            if missing_rows.any():
+                missing_ids = np.unique(self.inter_feat[field].to_numpy()[missing_rows])
+                self.logger.warning(
+                    f"{len(missing_ids)} {field}s of {int(missing_rows.sum())} impressions are not "
+                    f"listed in the .{source.value} file: their {name} features are RecBole's "
+                    "padding (id 0)."
+                )
+        super()._user_item_feat_preparation()
+
+    def _fill_nan(self):
+        super()._fill_nan()
+        # The left join of user / item features makes token columns float; back to ids.
+        for feat_name in self.feat_name_list:
+            feat = getattr(self, feat_name)
+            for field in feat:
+                if self.field2type[field] == FeatureType.TOKEN and field in self.field2id_token:
+                    dtype = smallest_int_dtype(len(self.field2id_token[field]))
+                    if feat[field].dtype != dtype:
+                        feat[field] = feat[field].to_numpy().astype(dtype)
+
+    def _dataframe_to_interaction(self, data):
+        """RecBole's conversion, keeping token ids in their small integer type and floats as
+        float32 (one copy less); other field types go through RecBole's code."""
+        tensors, rest = {}, []
+        for field in data:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                tensors[field] = torch.from_numpy(np.ascontiguousarray(data[field].to_numpy()))
+            elif ftype == FeatureType.FLOAT and field not in self.config["numerical_features"]:
+                tensors[field] = torch.from_numpy(data[field].to_numpy(dtype=np.float32))
+            else:
+                rest.append(field)
+        if rest:
+            tensors.update(super()._dataframe_to_interaction(data[rest]).interaction)
+        return Interaction({field: tensors[field] for field in data})
+
+    def _change_feat_format(self):
+        for feat_name in self.feat_name_list:
+            if not isinstance(getattr(self, feat_name), Interaction):  # loaded from the cache
+                setattr(self, feat_name, self._dataframe_to_interaction(getattr(self, feat_name)))
+
+    def join(self, df):
+        """RecBole's join; ids may be stored in small integer types, torch indexes with ``long``."""
+        _as_long(df)
+        if self.user_feat is not None and self.uid_field in df:
+            df.update(self.user_feat[df[self.uid_field]])
+        if self.item_feat is not None and self.iid_field in df:
+            df.update(self.item_feat[df[self.iid_field]])
+        return _as_long(df)
+
+    def __getitem__(self, index, join=True):
+        df = self.inter_feat[index]
+        return self.join(df) if join else _as_long(df)
+
+    def get_user_feature(self):
+        if self.user_feat is None:
+            return super().get_user_feature()
+        return _as_long(Interaction(dict(self.user_feat.interaction)))
+
+    def get_item_feature(self):
+        if self.item_feat is None:
+            return super().get_item_feature()
+        return _as_long(Interaction(dict(self.item_feat.interaction)))
 
     def build(self):
         datasets = super().build()

@@ -1,40 +1,92 @@
-"""Dataset creation for the plugin: RecBole's ``create_dataset`` with the two-label dataset."""
+"""Dataset and dataloader creation for the plugin, without RecBole's pickled caches.
+
+RecBole's ``create_dataset`` / ``data_preparation`` unpickle ``<dataset>-<Class>.pth`` and
+``<dataset>-for-<model>-dataloader.pth`` from ``checkpoint_dir`` when those files exist, and a
+pickle runs code when it is loaded. The plugin reads neither: the processed dataset is cached as
+plain arrays (:mod:`recbole_cstwa.data.cache`), keyed by the content of the data files.
+"""
 
 import os
-import pickle
+import time
 from logging import getLogger
 
-from recbole.utils.argument_list import dataset_arguments
+from recbole.data.utils import create_samplers, get_dataloader
+from recbole.utils import ModelType, set_color
 
+from recbole_cstwa.data import cache
 from recbole_cstwa.data.dataset import MultiTaskDataset
 
 
 def create_dataset(config):
-    """Builds (or reloads, like RecBole, when ``save_dataset`` wrote it) a :class:`MultiTaskDataset`.
+    """Builds a :class:`MultiTaskDataset`, or loads it from the plugin's content-keyed cache.
 
     Every model run through the plugin, RecBole's built-in ones included, reads its data through
-    this class, so both labels are checked the same way for all of them.
+    this class, so both labels are checked the same way for all of them. ``cache_dataset: False``
+    always reads the atomic files.
     """
-    default_file = os.path.join(
-        config["checkpoint_dir"], f"{config['dataset']}-{MultiTaskDataset.__name__}.pth"
-    )
-    file = config["dataset_save_path"] or default_file
-    if os.path.exists(file):
-        with open(file, "rb") as f:
-            dataset = pickle.load(f)
-        keys = dataset_arguments + [
-            "seed",
-            "repeatable",
-            "CLICK_FIELD",
-            "PURCHASE_FIELD",
-            "invalid_purchase",
-            "numerical_features",
-            "discretization",
-        ]
-        if all(config[key] == dataset.config[key] for key in keys):
-            getLogger().info(f"Load filtered dataset from: [{file}]")
+    logger = getLogger()
+    if config["save_dataset"] or config["dataset_save_path"]:
+        logger.info(
+            "save_dataset / dataset_save_path are not used: the plugin caches the processed "
+            "dataset as plain arrays keyed by the content of the data files (cache_dataset)."
+        )
+    if config["cache_dataset"] is False:
+        return MultiTaskDataset(config)
+
+    key, description = cache.cache_key(config, MultiTaskDataset)
+    directory = cache.cache_dir(config, key)
+    if os.path.isdir(directory):
+        start = time.perf_counter()
+        try:
+            dataset = cache.load(MultiTaskDataset, config, directory, key)
+        except cache.CacheError as error:
+            logger.warning(f"Dataset cache [{directory}] cannot be used ({error}): rebuilding it.")
+        else:
+            logger.info(f"Dataset loaded from the cache [{directory}] in {time.perf_counter() - start:.1f} s.")
             return dataset
+
     dataset = MultiTaskDataset(config)
-    if config["save_dataset"]:
-        dataset.save()
+    dataset._change_feat_format()
+    try:
+        cache.save(dataset, directory, key, description)
+        logger.info(f"Dataset cached in [{directory}].")
+    except OSError as error:
+        logger.warning(f"Could not write the dataset cache [{directory}] ({error}); going on without it.")
     return dataset
+
+
+def data_preparation(config, dataset):
+    """RecBole's ``data_preparation`` without its pickled dataloader cache.
+
+    Splits ``dataset`` (pre-split files or ``eval_args``), builds RecBole's samplers and its
+    dataloaders for the configured evaluation (the plugin's point-wise labeled evaluation, or a
+    built-in model's own). ``save_dataloaders`` is not used.
+    """
+    logger = getLogger()
+    if config["save_dataloaders"] or config["dataloaders_save_path"]:
+        logger.info(
+            "save_dataloaders / dataloaders_save_path are not used: RecBole pickles dataloaders; "
+            "the plugin rebuilds them from its dataset cache."
+        )
+    if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
+        raise ValueError("Knowledge-aware models are not supported by recbole-cstwa's data path.")
+    train_dataset, valid_dataset, test_dataset = built_datasets = dataset.build()
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built_datasets)
+    train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    logger.info(
+        set_color("[Training]: ", "pink")
+        + set_color("train_batch_size", "cyan")
+        + f" = [{config['train_batch_size']}]"
+        + set_color(" train_neg_sample_args", "cyan")
+        + f": [{config['train_neg_sample_args']}]"
+    )
+    logger.info(
+        set_color("[Evaluation]: ", "pink")
+        + set_color("eval_batch_size", "cyan")
+        + f" = [{config['eval_batch_size']}]"
+        + set_color(" eval_args", "cyan")
+        + f": [{config['eval_args']}]"
+    )
+    return train_data, valid_data, test_data
