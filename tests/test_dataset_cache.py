@@ -1,0 +1,215 @@
+"""The columnar data path: RecBole's ids, a pickle-free cache keyed by content, no unpickling."""
+
+import json
+import logging
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from recbole.data.dataset import Dataset
+
+from recbole_cstwa.data import create_dataset, data_preparation
+
+TINY = "tiny-ccp"
+
+
+class _Planted:
+    """A pickle that creates ``marker`` when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def data_copy(tiny_data_path, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(f"{tiny_data_path}/{TINY}", root / TINY)
+    return root
+
+
+def _file(root, suffix):
+    return root / TINY / f"{TINY}.{suffix}"
+
+
+def _cache_dirs(config):
+    folder = config["checkpoint_dir"]
+    return sorted(name for name in os.listdir(folder) if name.startswith(f"{TINY}-dataset-")) if os.path.isdir(folder) else []
+
+
+def _assert_same(left, right):
+    assert left.feat_name_list == right.feat_name_list
+    for name in left.feat_name_list:
+        a, b = getattr(left, name), getattr(right, name)
+        assert a.columns == b.columns, name
+        for field in a.columns:
+            assert a[field].dtype == b[field].dtype, (name, field)
+            assert np.array_equal(a[field].numpy(), b[field].numpy()), (name, field)
+    assert left.field2type == right.field2type
+    assert left.field2source == right.field2source
+    assert left.field2seqlen == right.field2seqlen
+    assert set(left.field2id_token) == set(right.field2id_token)
+    for field, tokens in left.field2id_token.items():
+        assert list(tokens) == list(right.field2id_token[field]), field
+    assert left.field2token_id == right.field2token_id
+    assert left.file_size_list == right.file_size_list
+
+
+def _uncached(make_config, **overrides):
+    dataset = create_dataset(make_config("ESMM", cache_dataset=False, **overrides))
+    dataset._change_feat_format()
+    return dataset
+
+
+def test_cached_load_equals_fresh_load(make_config, caplog):
+    caplog.set_level(logging.INFO)
+    fresh = _uncached(make_config)
+    config = make_config("ESMM")
+    first = create_dataset(config)
+    assert len(_cache_dirs(config)) == 1
+    assert "loaded from the cache" not in caplog.text
+    cached = create_dataset(config)
+    assert "loaded from the cache" in caplog.text
+    _assert_same(fresh, first)
+    _assert_same(fresh, cached)
+    sizes = [[len(d) for d in ds.build()] for ds in (fresh, cached)]
+    assert sizes[0] == sizes[1] == fresh.file_size_list
+    # The cache is memory-mapped, yet batches come out as ``long`` ids, as torch needs.
+    train, _, _ = data_preparation(config, cached)
+    batch = next(iter(train))
+    assert all(str(batch[field].dtype) == "torch.int64" for field in ("user_id", "item_id", "gender", "category"))
+    assert str(batch["purchase"].dtype) == "torch.float32"
+
+
+def test_ids_stay_small_while_resident(make_config):
+    dataset = create_dataset(make_config("ESMM"))
+    assert str(dataset.inter_feat["position"].dtype) == "torch.int8"
+    assert str(dataset.inter_feat["user_id"].dtype) in ("torch.int16", "torch.int32")
+    assert str(dataset.inter_feat["click"].dtype) == "torch.float32"
+    assert str(dataset.get_user_feature()["gender"].dtype) == "torch.int64"
+
+
+def test_changed_file_or_setting_invalidates_the_cache(make_config, data_copy, caplog):
+    caplog.set_level(logging.INFO)
+    config = make_config("ESMM", data_path=str(data_copy))
+    before = create_dataset(config)
+    path = _file(data_copy, "test.inter")
+    frame = pd.read_csv(path, sep="\t", dtype=str)
+    frame.loc[0, "user_id:token"] = "a-new-user"  # one cell of one file
+    frame.to_csv(path, sep="\t", index=False)
+    caplog.clear()
+    after = create_dataset(config)
+    assert "loaded from the cache" not in caplog.text
+    assert len(_cache_dirs(config)) == 2
+    assert len(after.field2id_token["user_id"]) == len(before.field2id_token["user_id"]) + 1
+
+    caplog.clear()
+    other = create_dataset(make_config("ESMM", data_path=str(data_copy), unload_col={"item": ["brand"]}))
+    assert "loaded from the cache" not in caplog.text
+    assert "brand" not in other.item_feat.columns
+    assert len(_cache_dirs(config)) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated array", "foreign manifest", "garbage manifest"])
+def test_damaged_cache_is_rebuilt_with_a_log_line(make_config, caplog, damage):
+    config = make_config("ESMM")
+    fresh = create_dataset(config)
+    (directory,) = _cache_dirs(config)
+    directory = os.path.join(config["checkpoint_dir"], directory)
+    if damage == "truncated array":
+        path = os.path.join(directory, "inter_feat.user_id.npy")
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+    elif damage == "foreign manifest":
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as file:
+            manifest = json.load(file)
+        manifest["key"] = "0" * 24
+        with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as file:
+            json.dump(manifest, file)
+    else:
+        with open(os.path.join(directory, "manifest.json"), "wb") as file:
+            file.write(pickle.dumps({"not": "json"}))
+    caplog.set_level(logging.INFO)
+    rebuilt = create_dataset(config)
+    assert "cannot be used" in caplog.text and "rebuilding it" in caplog.text
+    _assert_same(fresh, rebuilt)
+    caplog.clear()
+    _assert_same(fresh, create_dataset(config))  # the rewritten cache loads again
+    assert "loaded from the cache" in caplog.text
+
+
+def test_failed_cache_write_warns_and_goes_on(make_config, tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    dataset = create_dataset(make_config("ESMM", dataset_cache_dir=str(blocker / "cache")))
+    assert len(dataset) > 0
+    assert "Could not write the dataset cache" in caplog.text
+
+
+def test_nothing_is_unpickled(run_tiny, tiny_data_path, tmp_path):
+    """RecBole's default dataset and dataloader files, planted as code-running pickles."""
+    marker = tmp_path / "marker"
+    saved = tmp_path / "saved"
+    saved.mkdir(exist_ok=True)
+    planted = [saved / f"{TINY}-MultiTaskDataset.pth", saved / f"{TINY}-for-MLP-dataloader.pth"]
+    for path in planted:
+        path.write_bytes(pickle.dumps(_Planted(str(marker))))
+    result = run_tiny("MLP", save_dataset=True, save_dataloaders=True)
+    assert result["test_result"]
+    run_tiny("MLP")  # a second run, from the plugin's cache
+    assert not marker.exists()
+    with open(planted[0], "rb") as file:  # the planted file does run code when unpickled
+        pickle.load(file)
+    assert marker.exists()
+
+
+def test_ids_equal_recbole_remapping(make_config, data_copy):
+    """RecBole's own Dataset on the same files, with ids missing from and extra in .user."""
+    user = pd.read_csv(_file(data_copy, "user"), sep="\t", dtype=str)
+    user = user.iloc[5:]  # users of the .inter files not listed in .user
+    extra = user.iloc[:3].copy()
+    extra["user_id:token"] = ["only-in-user-1", "only-in-user-2", "only-in-user-3"]
+    user = pd.concat([extra, user])
+    user.iloc[7, 1] = ""  # a missing token cell: [PAD]
+    user.to_csv(_file(data_copy, "user"), sep="\t", index=False)
+    config = make_config("ESMM", data_path=str(data_copy), cache_dataset=False)
+    ours = create_dataset(config)
+    reference = Dataset(config)
+    for name in reference.feat_name_list:
+        mine, theirs = getattr(ours, name), getattr(reference, name)
+        assert list(mine.columns) == list(theirs.columns), name
+        for field in theirs.columns:
+            assert np.array_equal(mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)), (name, field)
+    for field, tokens in reference.field2id_token.items():
+        assert list(ours.field2id_token[field]) == list(tokens), field
+
+
+def test_duplicate_and_missing_ids_are_reported_once(make_config, data_copy, caplog):
+    user = pd.read_csv(_file(data_copy, "user"), sep="\t", dtype=str)
+    first_ids = user["user_id:token"].iloc[:2].tolist()
+    changed = user.iloc[:2].copy()
+    changed.iloc[:, 1] = "999999"  # a second row for an id: RecBole keeps the first
+    user = pd.concat([user.iloc[4:], changed, user.iloc[:2]])
+    user.to_csv(_file(data_copy, "user"), sep="\t", index=False)
+    config = make_config("ESMM", data_path=str(data_copy), cache_dataset=False)
+    dataset = create_dataset(config)
+    duplicate_lines = [line for line in caplog.messages if "repeat a user_id" in line]
+    assert len(duplicate_lines) == 1
+    assert "2 rows" in duplicate_lines[0] and TINY + ".user" in duplicate_lines[0]
+    assert first_ids[0] in duplicate_lines[0]
+    # the first row of each id is kept: the changed rows came first
+    column = user.columns[1].split(":")[0]
+    kept = dataset.user_feat[column].to_numpy()[dataset.field2token_id["user_id"][first_ids[0]]]
+    assert dataset.field2id_token[column][kept] == "999999"
+    missing_lines = [line for line in caplog.messages if "not listed in the .user file" in line]
+    assert len(missing_lines) == 1
+    inter = pd.concat(pd.read_csv(_file(data_copy, f"{s}.inter"), sep="\t", dtype=str) for s in ("train", "valid", "test"))
+    missing = set(inter["user_id:token"]) - set(user["user_id:token"])
+    assert missing  # users 3 and 4 of the file were removed above
+    rows = int(inter["user_id:token"].isin(missing).sum())
+    assert missing_lines[0].startswith(f"{len(missing)} user_ids of {rows} impressions")
