@@ -138,7 +138,7 @@ def save(dataset, directory, key, description):
             "arrays": arrays,
         }
         with open(os.path.join(temporary, MANIFEST), "w", encoding="utf-8") as file:
-            json.dump(manifest, file)
+            file.write(json.dumps(manifest))  # json.dumps uses the C encoder; json.dump does not
         if os.path.isdir(directory):  # a broken cache under the same key: replace it
             shutil.rmtree(directory, ignore_errors=True)
         os.rename(temporary, directory)
