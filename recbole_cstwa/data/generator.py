@@ -28,9 +28,14 @@ How the truth is built (and why):
   ``ctr``; the conversion bias so the click-weighted mean
   ``P(purchase | click)`` equals ``cvr``.
 
-Everything is drawn from ``numpy.random.default_rng`` seeded by ``seed`` and
-vectorised over impressions; the same arguments give byte-identical files
-(on the same platform and numpy version).
+Everything is drawn from numpy's PCG64 seeded by ``seed`` and vectorised over
+impressions; the same arguments give byte-identical files (on the same
+platform and numpy version). Impressions are drawn, labelled and written in
+blocks of ``STREAM_ROWS``, each column from its own stream advanced to the
+block's first row, so the files do not depend on the block size and memory
+stays bounded (about 16 bytes an impression for the logit offsets the global
+calibration needs, plus one block): an Ali-CCP-sized dataset of 85M
+impressions fits in a few GB.
 
 Command line::
 
@@ -44,12 +49,11 @@ standard library so that it runs without RecBole or torch.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import math
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +88,10 @@ ITEMS_PER_SHOP = 10
 LATENT_DIM = 8
 FORMAT_VERSION = 1
 CHUNK_ROWS = 1 << 18  # bounds the (rows x LATENT_DIM) temporaries
+# Impressions drawn, labelled and written per block: memory stays bounded at any size
+# (about 16 bytes per impression for the two logit offsets the calibration needs).
+STREAM_ROWS = 1 << 22
+CALIBRATION_ROWS = 1 << 22
 PROBABILITY_FORMAT = "%.6g"
 
 # (field name, Ali-CCP field id, number of values)
@@ -430,24 +438,39 @@ def _logit_offsets(
     return click_offset, conversion_offset
 
 
-def _calibrate_bias(offsets: np.ndarray, target: float, weights: np.ndarray | None = None) -> float:
+def _calibrate_bias(offsets: np.ndarray, target: float, weights=None) -> float:
     """Bias b with weighted mean of sigmoid(b + offsets) equal to ``target``.
 
     Safeguarded Newton: the mean is increasing in b, so a bisection bracket
     guarantees convergence while Newton steps make it take a few passes.
+    ``weights`` is ``None`` or a function of a row slice (so that no second
+    full-length array is held); sums run over ``CALIBRATION_ROWS`` blocks.
     """
     low, high = -60.0, 60.0
     bias = math.log(target / (1.0 - target)) - float(np.median(offsets))
+    blocks = [slice(start, start + CALIBRATION_ROWS) for start in range(0, len(offsets), CALIBRATION_ROWS)]
+    block_weights = [None if weights is None else weights(rows) for rows in blocks] if len(blocks) == 1 else None
     for _ in range(200):
-        probabilities = sigmoid(bias + offsets)
-        gap = float(np.average(probabilities, weights=weights)) - target
+        totals = np.zeros(3)  # sum of weights, of weighted p, of weighted p (1 - p)
+        for index, rows in enumerate(blocks):
+            probabilities = sigmoid(bias + offsets[rows])
+            weight = block_weights[index] if block_weights is not None else (None if weights is None else weights(rows))
+            if weight is None:
+                totals += (len(probabilities), probabilities.sum(), (probabilities * (1.0 - probabilities)).sum())
+            else:
+                totals += (
+                    weight.sum(),
+                    np.multiply(probabilities, weight).sum(),
+                    np.multiply(probabilities * (1.0 - probabilities), weight).sum(),
+                )
+        gap = float(totals[1] / totals[0]) - target
         if abs(gap) <= 1e-12 * target:
             break
         if gap < 0:
             low = bias
         else:
             high = bias
-        slope = float(np.average(probabilities * (1.0 - probabilities), weights=weights))
+        slope = float(totals[2] / totals[0])
         step = bias - gap / slope if slope > 0 else math.nan
         bias = step if low < step < high else 0.5 * (low + high)
         if high - low < 1e-13:
@@ -462,22 +485,27 @@ def _cross_ids(left: np.ndarray, right: np.ndarray, n_right: int) -> np.ndarray:
     return dense.astype(np.int64) + 1
 
 
+def _stream(seed: np.random.SeedSequence, skip: int) -> np.random.Generator:
+    """A generator on ``seed`` advanced by ``skip`` 64-bit draws (one per uniform double)."""
+    bit_generator = np.random.PCG64(seed)
+    bit_generator.advance(skip)
+    return np.random.Generator(bit_generator)
+
+
+def _counts(n_rows: int, users_seen: np.ndarray, items_seen: np.ndarray, totals: np.ndarray) -> dict:
+    return {
+        "rows": int(n_rows),
+        "users": int(users_seen.sum()),
+        "items": int(items_seen.sum()),
+        "clicks": int(totals[0]),
+        "purchases": int(totals[1]),
+        "expected_clicks": round(float(totals[2]), 3),
+        "expected_purchases": round(float(totals[3]), 3),
+    }
+
+
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, sep="\t", index=False, lineterminator="\n")
-
-
-def _write_truth(p_click: np.ndarray, p_purchase: np.ndarray, path: Path) -> None:
-    """Gzip'd truth with a fixed header time, so reruns are byte-identical."""
-    buffer = io.StringIO()
-    frame = pd.DataFrame({TRUTH_COLUMNS[0]: p_click, TRUTH_COLUMNS[1]: p_purchase})
-    frame.to_csv(
-        buffer,
-        sep="\t",
-        index=False,
-        lineterminator="\n",
-        float_format=PROBABILITY_FORMAT,
-    )
-    path.write_bytes(gzip.compress(buffer.getvalue().encode("ascii"), compresslevel=6, mtime=0))
 
 
 def generate(
@@ -500,7 +528,7 @@ def generate(
         name: dataset name; also the folder and file prefix.
         n_impressions: number of impressions over all splits.
         n_users, n_items: population sizes; ``None`` scales them with
-            ``n_impressions`` (about 15 impressions per user, 6 per item).
+            ``n_impressions`` (about 30 impressions per user and per item).
         n_categories: number of item categories.
         ctr: mean true click probability (Ali-CCP: about 0.04).
         cvr: click-weighted mean true P(purchase | click) (Ali-CCP: ~0.005).
@@ -523,48 +551,53 @@ def generate(
     world_seed, impression_seed, label_seed = np.random.SeedSequence(seed).spawn(3)
     world = _draw_world(np.random.default_rng(world_seed), n_users, n_items, n_categories)
 
-    impression_rng = np.random.default_rng(impression_seed)
-    users = impression_rng.choice(n_users, n_impressions, p=world.user_exposure)
-    items = impression_rng.choice(n_items, n_impressions, p=world.item_exposure)
-    positions = impression_rng.choice(len(POSITION_PROBS), n_impressions, p=POSITION_PROBS)
+    # Every column is its own stream on one generator state, advanced so that drawing a block
+    # of rows gives exactly the values of drawing all rows at once (one 64-bit draw a value).
+    def impression_block(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        draws = [
+            _stream(impression_seed, column * n_impressions + rows.start).choice(size, rows.stop - rows.start, p=p)
+            for column, (size, p) in enumerate(
+                ((n_users, world.user_exposure), (n_items, world.item_exposure), (len(POSITION_PROBS), POSITION_PROBS))
+            )
+        ]
+        return draws[0], draws[1], draws[2]
 
-    click_offset, conversion_offset = _logit_offsets(world, users, items, positions, rho)
-    click_bias = _calibrate_bias(click_offset, ctr)
-    p_click = sigmoid(click_bias + click_offset)
-    # Weighting by p_click makes expected purchases / expected clicks == cvr.
-    conversion_bias = _calibrate_bias(conversion_offset, cvr, weights=p_click)
-    p_conversion = sigmoid(conversion_bias + conversion_offset)
-    p_purchase = p_click * p_conversion
-
-    label_rng = np.random.default_rng(label_seed)
-    click = label_rng.random(n_impressions) < p_click
-    purchase = click & (label_rng.random(n_impressions) < p_conversion)
-
-    item_category = world.item_category[items]
+    blocks = [slice(s, min(s + STREAM_ROWS, n_impressions)) for s in range(0, n_impressions, STREAM_ROWS)]
+    # Pass 1: the logit offsets (the biases are calibrated on all impressions) and which
+    # user x item attribute crosses occur (their compact ids are numbered over all rows).
+    click_offset = np.empty(n_impressions)
+    conversion_offset = np.empty(n_impressions)
     profile_column = {field: j for j, (field, _, _) in enumerate(USER_PROFILE_FIELDS)}
-    user_attribute = {
-        field: world.user_profiles[users, profile_column[field]]
-        for field in ("profile_category", "consumption_level", "age")
+    crosses = (
+        ("user_category:token", "profile_category", world.item_category, n_categories),
+        ("user_shop:token", "consumption_level", world.item_shop, world.n_shops),
+        ("user_brand:token", "age", world.item_brand, world.n_brands),
+    )
+    cross_seen = {
+        column: np.zeros(USER_PROFILE_FIELDS[profile_column[field]][2] * n_right, dtype=bool)
+        for column, field, _, n_right in crosses
     }
-    inter = pd.DataFrame(
-        {
-            "user_id:token": users + 1,
-            "item_id:token": items + 1,
-            "position:token": positions + 1,
-            # Crosses pair a user attribute with an item attribute (Ali-CCP's 508 pairs the
-            # user's past categories with the item's category): shared by many impressions,
-            # not row identifiers a model could memorise.
-            "user_category:token": _cross_ids(
-                user_attribute["profile_category"], item_category, n_categories
-            ),
-            "user_shop:token": _cross_ids(
-                user_attribute["consumption_level"], world.item_shop[items], world.n_shops
-            ),
-            "user_brand:token": _cross_ids(user_attribute["age"], world.item_brand[items], world.n_brands),
-            "click:float": click.astype(np.int8),
-            "purchase:float": purchase.astype(np.int8),
-        },
-        columns=list(INTER_COLUMNS),
+
+    def cross_codes(users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            column: world.user_profiles[users, profile_column[field]].astype(np.int64) * n_right + attribute[items]
+            for column, field, attribute, n_right in crosses
+        }
+
+    for rows in blocks:
+        users, items, positions = impression_block(rows)
+        click_offset[rows], conversion_offset[rows] = _logit_offsets(world, users, items, positions, rho)
+        for column, codes in cross_codes(users, items).items():
+            cross_seen[column][codes] = True
+    # Crosses pair a user attribute with an item attribute (Ali-CCP's 508 pairs the user's past
+    # categories with the item's category): shared by many impressions, not row identifiers a
+    # model could memorise. Ids are 1-based in the order of the pair code, over all rows.
+    cross_id = {column: np.cumsum(seen) for column, seen in cross_seen.items()}
+
+    click_bias = _calibrate_bias(click_offset, ctr)
+    # Weighting by p_click makes expected purchases / expected clicks == cvr.
+    conversion_bias = _calibrate_bias(
+        conversion_offset, cvr, weights=lambda rows: sigmoid(click_bias + click_offset[rows])
     )
 
     dataset_dir = Path(output_dir) / name
@@ -581,35 +614,58 @@ def generate(
     }
     _write_table(pd.DataFrame(item_table), dataset_dir / f"{name}.item")
 
+    # Pass 2: labels and files, block by block within each split.
     counts = {}
+    users_seen_all = np.zeros(n_users, dtype=bool)
+    items_seen_all = np.zeros(n_items, dtype=bool)
+    totals_all = np.zeros(4)
     start = 0
     for split_name, n_rows in zip(SPLIT_NAMES, split_rows):
-        rows = slice(start, start + n_rows)
+        split_blocks = [slice(s, min(s + STREAM_ROWS, start + n_rows)) for s in range(start, start + n_rows, STREAM_ROWS)]
         start += n_rows
-        _write_table(inter.iloc[rows], dataset_dir / f"{name}.{split_name}.inter")
-        _write_truth(
-            p_click[rows],
-            p_purchase[rows],
-            dataset_dir / f"{name}.{split_name}.truth.gz",
-        )
-        counts[split_name] = {
-            "rows": int(n_rows),
-            "users": int(np.unique(users[rows]).size),
-            "items": int(np.unique(items[rows]).size),
-            "clicks": int(click[rows].sum()),
-            "purchases": int(purchase[rows].sum()),
-            "expected_clicks": round(float(p_click[rows].sum()), 3),
-            "expected_purchases": round(float(p_purchase[rows].sum()), 3),
-        }
-    counts["all"] = {
-        "rows": int(n_impressions),
-        "users": int(np.unique(users).size),
-        "items": int(np.unique(items).size),
-        "clicks": int(click.sum()),
-        "purchases": int(purchase.sum()),
-        "expected_clicks": round(float(p_click.sum()), 3),
-        "expected_purchases": round(float(p_purchase.sum()), 3),
-    }
+        users_seen = np.zeros(n_users, dtype=bool)
+        items_seen = np.zeros(n_items, dtype=bool)
+        totals = np.zeros(4)  # clicks, purchases, expected clicks, expected purchases
+        inter_path = dataset_dir / f"{name}.{split_name}.inter"
+        truth_path = dataset_dir / f"{name}.{split_name}.truth.gz"
+        # zlib's gzip wrapper, streamed: the bytes gzip.compress(level 6, mtime 0) gives.
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        with open(inter_path, "w", newline="") as inter_file, open(truth_path, "wb") as truth_file:
+            for index, rows in enumerate(split_blocks):
+                users, items, positions = impression_block(rows)
+                p_click = sigmoid(click_bias + click_offset[rows])
+                p_conversion = sigmoid(conversion_bias + conversion_offset[rows])
+                p_purchase = p_click * p_conversion
+                size = rows.stop - rows.start
+                click = _stream(label_seed, rows.start).random(size) < p_click
+                purchase = click & (_stream(label_seed, n_impressions + rows.start).random(size) < p_conversion)
+                codes = cross_codes(users, items)
+                inter = pd.DataFrame(
+                    {
+                        "user_id:token": users + 1,
+                        "item_id:token": items + 1,
+                        "position:token": positions + 1,
+                        **{column: cross_id[column][codes[column]] for column in codes},
+                        "click:float": click.astype(np.int8),
+                        "purchase:float": purchase.astype(np.int8),
+                    },
+                    columns=list(INTER_COLUMNS),
+                )
+                inter.to_csv(inter_file, sep="\t", index=False, header=index == 0, lineterminator="\n")
+                truth = pd.DataFrame({TRUTH_COLUMNS[0]: p_click, TRUTH_COLUMNS[1]: p_purchase})
+                text = truth.to_csv(
+                    sep="\t", index=False, header=index == 0, lineterminator="\n", float_format=PROBABILITY_FORMAT
+                )
+                truth_file.write(compressor.compress(text.encode("ascii")))
+                users_seen[users] = True
+                items_seen[items] = True
+                totals += (click.sum(), purchase.sum(), p_click.sum(), p_purchase.sum())
+            truth_file.write(compressor.flush())
+        users_seen_all |= users_seen
+        items_seen_all |= items_seen
+        totals_all += totals
+        counts[split_name] = _counts(n_rows, users_seen, items_seen, totals)
+    counts["all"] = _counts(n_impressions, users_seen_all, items_seen_all, totals_all)
 
     parameters = {
         "name": name,
@@ -725,8 +781,8 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--output", default="dataset", help="parent folder (default: dataset)")
     make.add_argument("--name", default=DEFAULT_NAME)
     make.add_argument("--n-impressions", type=int, default=DEFAULT_N_IMPRESSIONS)
-    make.add_argument("--n-users", type=int, default=None, help="default: n_impressions / 15")
-    make.add_argument("--n-items", type=int, default=None, help="default: n_impressions / 6")
+    make.add_argument("--n-users", type=int, default=None, help="default: n_impressions / 30")
+    make.add_argument("--n-items", type=int, default=None, help="default: n_impressions / 30")
     make.add_argument("--n-categories", type=int, default=DEFAULT_N_CATEGORIES)
     make.add_argument("--ctr", type=float, default=DEFAULT_CTR, help="mean P(click)")
     make.add_argument("--cvr", type=float, default=DEFAULT_CVR, help="mean P(purchase | click)")
