@@ -168,8 +168,17 @@ def test_nothing_is_unpickled(run_tiny, tiny_data_path, tmp_path):
     assert marker.exists()
 
 
-def test_ids_equal_recbole_remapping(make_config, data_copy):
-    """RecBole's own Dataset on the same files, with ids missing from and extra in .user."""
+@pytest.mark.parametrize("block_bytes", [1 << 24, 4096])
+def test_ids_equal_recbole_remapping(make_config, data_copy, monkeypatch, block_bytes):
+    """RecBole's own Dataset on the same files: ids missing from and extra in .user, tokens that
+    are not plain integers (leading zeros, letters) beside integer ones, files read in one block
+    or in many."""
+    monkeypatch.setattr("recbole_cstwa.data.dataset.READ_BLOCK_BYTES", block_bytes)
+    inter = pd.read_csv(_file(data_copy, "test.inter"), sep="\t", dtype=str)
+    inter.loc[:2, "item_id:token"] = "0" + inter.loc[:2, "item_id:token"]  # "012" is not "12"
+    inter.loc[5:9, "user_category:token"] = ["x", "y", "x", "", "-0"]
+    inter.loc[20, "item_id:token"] = "+" + inter.loc[21, "item_id:token"]
+    inter.to_csv(_file(data_copy, "test.inter"), sep="\t", index=False)
     user = pd.read_csv(_file(data_copy, "user"), sep="\t", dtype=str)
     user = user.iloc[5:]  # users of the .inter files not listed in .user
     extra = user.iloc[:3].copy()
