@@ -27,6 +27,8 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 from recbole.utils.argument_list import dataset_arguments
 
+from recbole_cstwa.data.dataset import TokenIds
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _BLOCK = 16 << 20
@@ -182,9 +184,7 @@ def load(dataset_class, config, directory, key):
         dataset.field2seqlen = dict(manifest["field2seqlen"])
         dataset.field2bucketnum = dict(manifest["field2bucketnum"])
         dataset.field2id_token = {f: np.array(tokens) for f, tokens in manifest["field2id_token"].items()}
-        dataset.field2token_id = {
-            f: {token: i for i, token in enumerate(tokens)} for f, tokens in manifest["field2id_token"].items()
-        }
+        dataset.field2token_id = {f: TokenIds(tokens) for f, tokens in dataset.field2id_token.items()}
         dataset.alias = {name: np.array(fields) for name, fields in manifest["alias"].items()}
         dataset._rest_fields = np.array(manifest["rest_fields"])
         dataset.feat_name_list = list(manifest["feat_name_list"])

@@ -5,8 +5,10 @@ no Python string is built per row), ids are remapped exactly as RecBole remaps t
 ids stay in the smallest integer type that holds them until a batch is taken.
 """
 
+import ctypes
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,29 @@ class DataFormatError(ValueError):
 _MISSING_STRINGS = sorted(STR_NA_VALUES)
 
 
+class TokenIds(Mapping):
+    """RecBole's ``field2token_id`` entry (token -> id), built on first use: most runs never
+    look a token up, and the dict of 0.7M tokens costs seconds."""
+
+    def __init__(self, tokens):
+        self._tokens = tokens
+        self._ids = None
+
+    def _mapping(self):
+        if self._ids is None:
+            self._ids = {token: i for i, token in enumerate(self._tokens)}
+        return self._ids
+
+    def __getitem__(self, token):
+        return self._mapping()[token]
+
+    def __iter__(self):
+        return iter(self._mapping())
+
+    def __len__(self):
+        return len(self._tokens)
+
+
 def smallest_int_dtype(largest):
     """The smallest signed integer numpy type that holds ``0 .. largest``."""
     for dtype in (np.int8, np.int16, np.int32):
@@ -46,8 +71,22 @@ def _as_long(interaction):
     return interaction
 
 
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018 (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 # Bytes of text parsed per block of the streamed CSV reader.
 READ_BLOCK_BYTES = 1 << 24
+def _release_free_memory():
+    """Hands freed blocks back to the system: the reader's threads leave freed memory in
+    Arrow's pool and in glibc's per-thread arenas, which otherwise grows the peak RSS by
+    about half of what the columns themselves take."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
@@ -175,16 +214,24 @@ class MultiTaskDataset(Dataset):
             parts.append(self._load_feat(os.path.join(dataset_path, f"{token}.{name}.inter"), FeatureSource.INTERACTION))
             for field, length in self.field2seqlen.items():
                 seqlen[field] = max(seqlen[field], length)
-        columns = {}
-        for field in parts[0].columns:
-            if all(isinstance(part[field].dtype, pd.CategoricalDtype) for part in parts):
-                columns[field] = _merge_token_blocks(
-                    [(part[field].array.codes, np.asarray(part[field].array.categories)) for part in parts]
-                )
-            else:
-                columns[field] = pd.concat([part[field] for part in parts], ignore_index=True)
-        self.inter_feat = pd.DataFrame(columns)
         self.file_size_list = [len(part) for part in parts]
+        fields = list(parts[0].columns)
+        # One column at a time, each file's copy dropped once merged: the peak holds the files'
+        # columns plus one merged column, not two copies of everything.
+        parts = [{field: part[field] for field in fields} for part in parts]
+        columns = {}
+        for field in fields:
+            pieces = [part.pop(field) for part in parts]
+            if all(isinstance(piece.dtype, pd.CategoricalDtype) for piece in pieces):
+                columns[field] = _merge_token_blocks(
+                    [(piece.array.codes, np.asarray(piece.array.categories)) for piece in pieces]
+                )
+            elif all(piece.dtype.kind == "f" for piece in pieces):
+                columns[field] = np.concatenate([piece.to_numpy() for piece in pieces])
+            else:
+                columns[field] = pd.concat(pieces, ignore_index=True)
+            del pieces
+        self.inter_feat = pd.DataFrame(columns, copy=False)
         self.field2seqlen = seqlen
 
     def _read_atomic_file(self, filepath, source):
@@ -238,7 +285,9 @@ class MultiTaskDataset(Dataset):
             ),
         )
         parts = {field: [] for field, _, _ in columns}
-        for batch in reader:
+        for block, batch in enumerate(reader):
+            if block % 8 == 7:
+                _release_free_memory()
             for field, name, ftype in columns:
                 array = batch.column(name)
                 if ftype == FeatureType.TOKEN:
@@ -247,6 +296,8 @@ class MultiTaskDataset(Dataset):
                     parts[field].append(array.to_numpy(zero_copy_only=False))
                 else:
                     parts[field].append(array.to_pandas())
+        reader = batch = array = None  # drop the last block before trimming
+        _release_free_memory()
         frame = {}
         for field, _, ftype in columns:
             if ftype == FeatureType.TOKEN:
@@ -390,7 +441,7 @@ class MultiTaskDataset(Dataset):
         token_index = pd.Index(tokens)
         id_dtype = smallest_int_dtype(len(tokens))
         mapping = np.concatenate([np.array(["[PAD]"]), tokens.astype(str)])
-        token_id = {token: i for i, token in enumerate(mapping)}
+        token_id = TokenIds(mapping)
         for (feat, field, _), column, values in zip(remap_list, columns, categories):
             # one entry per category, plus a last 0 that code -1 (a missing cell) picks
             lookup = np.append(token_index.get_indexer(values) + 1, 0).astype(id_dtype)
