@@ -222,3 +222,13 @@ def test_duplicate_and_missing_ids_are_reported_once(make_config, data_copy, cap
     assert missing  # users 3 and 4 of the file were removed above
     rows = int(inter["user_id:token"].isin(missing).sum())
     assert missing_lines[0].startswith(f"{len(missing)} user_ids of {rows} impressions")
+
+
+def test_builtin_model_runs_through_the_cached_data_path(run_tiny, caplog):
+    """RecBole's DeepFM reads the same small-integer columns (as ``long`` batches)."""
+    first = run_tiny("DeepFM", state="INFO")
+    caplog.set_level(logging.INFO)
+    second = run_tiny("DeepFM", state="INFO")
+    assert "loaded from the cache" in caplog.text
+    assert first["test_result"] == second["test_result"]
+    assert 0.0 <= second["test_result"]["purchase_auc"] <= 1.0
