@@ -232,3 +232,26 @@ def test_builtin_model_runs_through_the_cached_data_path(run_tiny, caplog):
     assert "loaded from the cache" in caplog.text
     assert first["test_result"] == second["test_result"]
     assert 0.0 <= second["test_result"]["purchase_auc"] <= 1.0
+
+
+def test_one_file_dataset_equals_recbole_and_reports_filtered_rows(make_config, data_copy, caplog):
+    """The single ``.inter`` path (RecBole's filtering runs): same ids as RecBole, and the
+    impressions RecBole drops for users missing from .user are counted once."""
+    inter = pd.read_csv(_file(data_copy, "train.inter"), sep="\t", dtype=str)
+    inter.to_csv(_file(data_copy, "inter"), sep="\t", index=False)
+    user = pd.read_csv(_file(data_copy, "user"), sep="\t", dtype=str)
+    kept_users = user.iloc[3:]
+    kept_users.to_csv(_file(data_copy, "user"), sep="\t", index=False)
+    config = make_config("ESMM", data_path=str(data_copy), benchmark_filename=None, cache_dataset=False)
+    ours = create_dataset(config)
+    reference = Dataset(config)
+    dropped = int((~inter["user_id:token"].isin(kept_users["user_id:token"])).sum())
+    assert dropped > 0
+    lines = [line for line in caplog.messages if "is not listed in the .user / .item file" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"Dropped {dropped} of {len(inter)} impressions")
+    for name in reference.feat_name_list:
+        mine, theirs = getattr(ours, name), getattr(reference, name)
+        for field in theirs.columns:
+            assert np.array_equal(mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)), (name, field)
+    for field, tokens in reference.field2id_token.items():
+        assert list(ours.field2id_token[field]) == list(tokens), field

@@ -22,6 +22,7 @@ import warnings
 from logging import getLogger
 
 import numpy as np
+import recbole
 import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
@@ -79,6 +80,7 @@ def cache_key(config, dataset_class):
     """The content fingerprint: file bytes, result-affecting settings, class and format."""
     description = {
         "format": FORMAT_VERSION,
+        "recbole": recbole.__version__,
         "class": f"{dataset_class.__module__}.{dataset_class.__qualname__}",
         "files": [[os.path.basename(path), file_digest(path)] for path in data_files(config)],
         "settings": {key: config[key] for key in RESULT_SETTINGS},

@@ -412,6 +412,26 @@ class MultiTaskDataset(Dataset):
             feat = feat.loc[~duplicated].reset_index(drop=True)
         return feat
 
+    def _filter_inter_by_user_or_item(self):
+        before = len(self.inter_feat)
+        super()._filter_inter_by_user_or_item()
+        dropped = before - len(self.inter_feat)
+        if dropped:
+            self.logger.warning(
+                f"Dropped {dropped} of {before} impressions whose {self.uid_field} / {self.iid_field} "
+                "is not listed in the .user / .item file (filter_inter_by_user_or_item: True; set it "
+                "to False to keep them with padding features)."
+            )
+
+    def _filter_by_inter_num(self):
+        # RecBole counts interactions per user / item in a Python Counter over every row even
+        # when the interval keeps everything (its default "[0,inf)"); skip that no-op.
+        keeps_all = [("[", 0.0, float("inf"), ")")]
+        intervals = [self.config["user_inter_num_interval"], self.config["item_inter_num_interval"]]
+        if all(value is None or self._parse_intervals_str(value) == keeps_all for value in intervals):
+            return
+        super()._filter_by_inter_num()
+
     def _remap(self, remap_list):
         """RecBole's ``_remap`` on categorical columns: the same ids without per-row strings.
 
@@ -513,6 +533,8 @@ class MultiTaskDataset(Dataset):
 
     def __getitem__(self, index, join=True):
         df = self.inter_feat[index]
+        if not isinstance(df, Interaction):  # one column by name
+            return df
         return self.join(df) if join else _as_long(df)
 
     def get_user_feature(self):
