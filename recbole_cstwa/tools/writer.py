@@ -64,6 +64,13 @@ class TableWriter:
         self.file.write(text)
         self.rows += count
 
+    def add_bytes(self, data, count):
+        """Appends ``count`` lines given as UTF-8 bytes (e.g. an Arrow string buffer), unconverted."""
+        self.flush()
+        self.file.flush()
+        self.file.buffer.write(data)
+        self.rows += count
+
     def flush(self):
         if self._buffer:
             self.file.write("".join(self._buffer))
