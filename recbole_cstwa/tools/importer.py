@@ -316,7 +316,7 @@ def _check_numerical(path, column, array, position):
         raise
 
 
-def _check_tokens(path, columns, names, lines, position):
+def _check_tokens(path, columns, names, lines, position, origin):
     """Each joined line holds exactly one tab between fields and one line end: else a value
     holds a tab or a line break, which tab-separated atomic files cannot hold."""
     tabs = pc.count_substring(lines, "\t").to_numpy(zero_copy_only=False)
@@ -326,7 +326,7 @@ def _check_tokens(path, columns, names, lines, position):
         at = _first_bad(bad)
         column = next(name for name in names if any(ch in columns[name][at].as_py() for ch in "\t\r\n"))
         raise InputFileError(
-            f"{path}, {_where(path, position + at)}: column [{column}] holds a tab or line break, which the "
+            f"{path}, {_where(path, position + int(origin[at]))}: column [{column}] holds a tab or line break, which the "
             "tab-separated atomic files cannot hold: clean the value."
         )
 
@@ -488,7 +488,9 @@ def import_dataset(
                         _check_numerical(path, column, columns[column], position)
                 keep = ~(purchases & ~clicks)  # a purchase needs a click
                 dropped[source] += int((~keep).sum())
+                origin = np.arange(len(keep))  # rows' places in the batch, for error messages
                 if not keep.all():
+                    origin = origin[keep]
                     mask = pa.array(keep)
                     columns = {key: value.filter(mask) for key, value in columns.items()}
                     clicks, purchases = clicks[keep], purchases[keep]
@@ -503,11 +505,11 @@ def import_dataset(
                 # The last value carries the line end, so the joined values are the file's text.
                 labels = [pa.array(np.where(clicks, "1", "0")), pa.array(np.where(purchases, "1\n", "0\n"))]
                 lines = pc.binary_join_element_wise(*[columns[c] for c in schema.inter_columns], *labels, "\t")
-                _check_tokens(path, columns, schema.inter_columns, lines, position)
+                _check_tokens(path, columns, schema.inter_columns, lines, position, origin)
                 if schema.user_fields or schema.item_fields:
                     profile_columns = schema.user_fields + schema.item_fields
-                    profile_lines = pc.binary_join_element_wise(*[columns[c] for c in profile_columns], labels[1], "\t")
-                    _check_tokens(path, columns, profile_columns, profile_lines, position)
+                    profile_lines = pc.binary_join_element_wise(*[columns[c] for c in profile_columns], *labels, "\t")
+                    _check_tokens(path, columns, profile_columns, profile_lines, position, origin)
                 if plan is not None and source in ("all", "train"):
                     assigned = splitter.assign(clicks.astype(np.int8) + purchases.astype(np.int8))
                     targets = [(plan_names[index], assigned == index) for index in range(len(plan_names))]
