@@ -12,8 +12,9 @@ so users download it and run this converter once. It reads either form the liter
       301 (``--keep-210`` adds the item intention node 210). A feature keeps its id and drops
       its value. An impression's features are its own ``feature_list`` updated with the common
       block it names, so the common block wins a conflict; a field repeated in a list keeps
-      its last id (AITM parses through a dict). A field an impression lacks is out of
-      vocabulary.
+      its last id (AITM parses through a dict). A field an impression lacks is written as an
+      empty cell: RecBole's padding id 0, so it is not one of the fields "present in the
+      sample" whose mean the paper's Eq. 7 takes.
     * Impressions with ``click=0`` and ``conversion=1`` are dropped (train and test), counted.
     * Frequency filter counted on the whole official train file (after the drop, before the
       train/valid split, as AITM does): an id seen at least ``min_count`` times is kept, any
@@ -21,7 +22,8 @@ so users download it and run this converter once. It reads either form the liter
       AITM's counter starts at 0 on first sight and keeps ``counter > 10``, i.e. **12**
       occurrences, although the paper says "10": ``AITM_MIN_COUNT = 12`` is the default.
     * Kept ids are re-encoded per field as ``1..n`` in order of first appearance in the train
-      file (AITM also maps kept ids to ``1..n``, in an unspecified set order); ``0`` = OOV.
+      file (AITM also maps kept ids to ``1..n``, in an unspecified set order); ``0`` = OOV, which
+      RecBole maps to a real id: one learned out-of-vocabulary vector per field, as in AITM.
     * Train/valid: one ``random.Random(seed).random()`` draw per kept train impression in file
       order, valid when ``draw >= 1 - valid_ratio``; with the defaults (0.1, 2020) this is
       AITM's ``random.seed(2020)`` / ``random.random() >= 0.9`` rule. The official test file is
@@ -33,7 +35,9 @@ so users download it and run this converter once. It reads either form the liter
     written as they are; the splits are the files. The multi-valued ``*_14`` columns, ``210``
     and the dense ``D*`` columns are ignored unless ``--keep-210`` / ``--keep-dense``.
 
-Output, in ``<output>/<name>/`` (tab separated, RecBole ``name:type`` headers):
+Output, in ``<output>/<name>/`` (tab separated, RecBole ``name:type`` headers), written by the
+shared writer of :mod:`recbole_cstwa.tools.writer` (all files or none: a failed conversion removes
+what it wrote, and the folder when it created it):
 
 * ``<name>.{train,valid,test}.inter``: ``user_id item_id f301 f508 f509 f702 f853`` tokens and
   ``click purchase`` floats written ``0``/``1`` (dense ``D*`` floats after them in csv mode).
@@ -54,7 +58,7 @@ counters, the id maps, the user/item tables (bounded by the vocabularies) and th
 table (bounded by the number of blocks, 18 fields each) grow; rows are never held.
 
 Malformed lines (wrong column count, ``feature_num`` mismatch, unparsable feature, unknown
-common block, label other than 0/1, bad token or dense value) raise :class:`MalformedLineError`
+common block, label other than 0/1, bad token or dense value, bytes that are not UTF-8) raise :class:`MalformedLineError`
 (a ``ValueError``) naming the file and the 1-based line number, or with ``skip_malformed`` are
 skipped and counted per file and reason.
 """
