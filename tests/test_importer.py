@@ -234,3 +234,16 @@ def test_cli_prints_counts_and_errors(tmp_path, capsys):
     assert main(arguments[:-2] + ["--numerical", "numeric_*"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert HEADER[1:3] == ["categorical_1", "categorical_2"]
+
+
+def test_the_model_library_does_not_import_the_tools():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, recbole_cstwa.quick_start, recbole_cstwa.compare, recbole_cstwa.hyper\n"
+        "assert not [m for m in sys.modules if m.startswith('recbole_cstwa.tools')]\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                   timeout=300)

@@ -53,16 +53,20 @@ def make_frame(rows, seed, first_search_id=0):
     return pa.table({name: columns[name] for name in HEADER})
 
 
-def write_sample(output, rows, seed=2020):
-    """Writes ``<output>/train.csv`` (``rows``) and ``<output>/test.csv`` (``rows // 2``)."""
+def write_sample(output, rows, seed=2020, chunk_rows=100_000):
+    """Writes ``<output>/train.csv`` (``rows``) and ``<output>/test.csv`` (``rows // 2``), in
+    chunks of ``chunk_rows`` (each drawn with its own seed), so memory does not grow with ``rows``."""
     os.makedirs(output, exist_ok=True)
     paths = {}
     for offset, (split, count) in enumerate((("train", rows), ("test", rows // 2))):
         path = os.path.join(output, f"{split}.csv")
-        table = make_frame(count, seed + offset, first_search_id=offset * rows)
         with open(path, "wb") as file:
             file.write((",".join(HEADER) + "\n").encode())  # a plain header, as AliExpress' files
-            pa_csv.write_csv(table, file, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+            for chunk, start in enumerate(range(0, count, chunk_rows)):
+                table = make_frame(
+                    min(chunk_rows, count - start), [seed, offset, chunk], first_search_id=offset * rows + start
+                )
+                pa_csv.write_csv(table, file, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
         paths[split] = path
     return paths
 
