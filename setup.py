@@ -25,6 +25,7 @@ setup(
         "recbole_cstwa.model",
         "recbole_cstwa.model.multitask",
         "recbole_cstwa.properties",
+        "recbole_cstwa.tools",
     ],
     # The YAML defaults live at the repository top (``properties/``) and install inside the
     # package, where ``recbole_cstwa.config`` looks first.
@@ -44,6 +45,7 @@ setup(
         "hyperopt>=0.2.5",
         "plotly>=5",
         "pyyaml>=6",
+        "pyarrow>=14,<20",
         "tqdm>=4.48",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},

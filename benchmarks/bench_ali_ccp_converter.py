@@ -1,7 +1,7 @@
 """Throughput and peak memory of the raw Ali-CCP converter on synthetic raw files.
 
 Writes a synthetic ``sample_skeleton``/``common_features`` train/test pair in the official raw
-format, runs :func:`recbole_cstwa.data.ali_ccp.convert_raw` on it in a fresh child process (so
+format, runs :func:`recbole_cstwa.tools.ali_ccp.convert_raw` on it in a fresh child process (so
 that ``ru_maxrss`` is that conversion's own peak) and prints rows/s and peak memory. Give
 several ``--lines`` to show that memory does not grow with the number of impressions: the
 common blocks and the id pools are the same for every size, so only the row count changes.
@@ -16,8 +16,8 @@ skew from fixed pools (items 50,000, shops 20,000, crosses 50,000, ...), so the 
 saturate early; real Ali-CCP vocabularies are larger (millions of items), and the counters grow
 with them, not with the number of rows.
 
-The converter module is loaded from its file, not through the ``recbole_cstwa`` package, so
-that the package's RecBole/torch imports do not inflate the measured memory.
+The converter (``recbole_cstwa.tools``) imports neither RecBole nor torch, so they do not
+inflate the measured memory.
 """
 
 import argparse
@@ -36,7 +36,6 @@ import tracemalloc
 import numpy as np
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE_FILE = os.path.join(REPOSITORY, "recbole_cstwa", "data", "ali_ccp.py")
 
 PROFILE_POOLS = {  # user profile field -> number of values
     "121": 97,
@@ -52,10 +51,10 @@ MULTI_VALUED_FIELDS = ("109_14", "110_14", "127_14", "150_14")
 
 
 def load_converter():
-    spec = importlib.util.spec_from_file_location("ali_ccp_under_test", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # recbole_cstwa/__init__.py and recbole_cstwa/tools/ import neither RecBole nor torch.
+    if REPOSITORY not in sys.path:
+        sys.path.insert(0, REPOSITORY)
+    return importlib.import_module("recbole_cstwa.tools.ali_ccp")
 
 
 def skewed(rng, pool, size):

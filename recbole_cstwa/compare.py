@@ -144,6 +144,13 @@ def _defaults_digest():
     return [[os.path.relpath(path, root), _file_digest(path)] for path in paths]
 
 
+def _dataset_yaml_digest(config_dict, dataset):
+    from recbole_cstwa.config import EMBEDDED_DATASET, dataset_yaml_path
+
+    path = dataset_yaml_path(str((config_dict or {}).get("data_path", "dataset/")), dataset or EMBEDDED_DATASET)
+    return _file_digest(path) if os.path.isfile(path) else None
+
+
 def run_key(model, task, config_dict, dataset, config_file_list):
     """Identifies a run by everything that sets its result, for resuming."""
     settings = {
@@ -154,6 +161,8 @@ def run_key(model, task, config_dict, dataset, config_file_list):
         "config_files": [[os.path.abspath(path), _file_digest(path)] for path in config_file_list or []],
         # The plugin's YAML defaults: editing one must not reuse runs made under the old value.
         "defaults": _defaults_digest(),
+        # The dataset's own YAML, loaded by convention (<data_path>/<name>/<name>.yaml).
+        "dataset_yaml": _dataset_yaml_digest(config_dict, dataset),
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,7 +1,11 @@
 """RecBole's ``Config``, taught where this plugin's models and YAML defaults are.
 
-Priority stays RecBole's: command line > ``config_dict`` > ``config_file_list`` > this plugin's
-``properties/`` (overall, model, dataset) > RecBole's own defaults.
+Priority stays RecBole's: command line > ``config_dict`` > ``config_file_list`` > the dataset's
+own YAML > this plugin's ``properties/`` (overall, model, dataset) > RecBole's own defaults.
+
+The dataset's own YAML is found by convention: ``<data_path>/<dataset>/<dataset>.yaml``, loaded
+when present (the importer and the Ali-CCP converter write it beside the atomic files), so that
+a dataset's settings travel with it; any config file or command-line key still overrides it.
 """
 
 import os
@@ -34,6 +38,11 @@ def properties_dir():
         "recbole-cstwa's YAML defaults (properties/overall.yaml) are missing: reinstall with "
         "`pip install -e .` from the repository."
     )
+
+
+def dataset_yaml_path(data_path, dataset):
+    """The dataset's own settings file, found by convention: ``<data_path>/<name>/<name>.yaml``."""
+    return os.path.join(data_path, dataset, f"{dataset}.yaml")
 
 
 def embedded_data_path():
@@ -86,7 +95,25 @@ class Config(RecBoleConfig):
                     self.parameters["Dataset"] += [
                         key for key in loaded if key not in self.parameters["Dataset"]
                     ]
+        self.dataset_yaml_keys = self._load_dataset_yaml(dataset)
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
+
+    def _load_dataset_yaml(self, dataset):
+        """Loads ``<data_path>/<dataset>/<dataset>.yaml`` when present, above the plugin's
+        defaults and below the user's config files; returns the keys it set."""
+        data_path = self.external_config_dict.get("data_path", self.internal_config_dict.get("data_path"))
+        if not isinstance(data_path, str):
+            return set()
+        path = dataset_yaml_path(data_path, dataset)
+        if not os.path.isfile(path):
+            return set()
+        loaded = self._update_internal_config_dict(path) or {}
+        # A new list: ``+=`` would grow RecBole's module-level ``dataset_arguments``.
+        self.parameters["Dataset"] = self.parameters["Dataset"] + [
+            key for key in loaded if key not in self.parameters["Dataset"]
+        ]
+        self.dataset_yaml = path
+        return set(loaded)
 
     def _set_default_parameters(self):
         # The embedded dataset is found wherever the command runs from, unless data_path is set.
@@ -131,6 +158,12 @@ class Config(RecBoleConfig):
                 f"invalid_purchase must be 'drop' or 'error', got {config.get('invalid_purchase')!r}."
             )
 
+        # LABEL_FIELD follows PURCHASE_FIELD unless a config file, config_dict, the command line
+        # or the dataset's YAML sets it on purpose (the plugin's default is only a default).
+        if "LABEL_FIELD" not in self.external_config_dict and "LABEL_FIELD" not in getattr(
+            self, "dataset_yaml_keys", ()
+        ):
+            config["LABEL_FIELD"] = labels["purchase"]
         label_field = config.get("LABEL_FIELD")
         if is_multitask_model(self.model_class):
             if label_field != labels["purchase"]:

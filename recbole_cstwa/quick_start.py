@@ -8,6 +8,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
 from recbole_cstwa.utils import get_model, get_trainer
 
 
@@ -35,9 +36,11 @@ def run_recbole_cstwa(model=None, dataset=None, config_file_list=None, config_di
     for note in config.notes:
         logger.warning(note)
 
+    check_dataset_settings(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    check_evaluation_splits(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])

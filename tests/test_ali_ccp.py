@@ -1,4 +1,4 @@
-"""Tests of the Ali-CCP converter (``recbole_cstwa.data.ali_ccp``).
+"""Tests of the Ali-CCP converter (``recbole_cstwa.tools.ali_ccp``).
 
 The real sample (``tests/data/ali-ccp-sample``, torch-rechub's preprocessed rows, see its
 SOURCE.txt) checks the csv mode; a small raw-format fixture written here by the format spec
@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from recbole_cstwa.data.ali_ccp import (
+from recbole_cstwa.tools.ali_ccp import (
     AITM_MIN_COUNT,
     BAD_LABEL,
     FEATURE_NUM_MISMATCH,
@@ -324,7 +324,7 @@ TEST_SKELETON = [
 #   205: 5001 -> 1 (8), 5002 -> 2 (4), 5003 -> 0 (1, s4 not counted), 5004 -> 0
 #   206: 6001 -> 1, 6003 -> 0; 207: 7001 -> 1, 7002 -> 2, 7004 -> 0; 216: 8001 -> 1, 8002 -> 2
 #   301: 3011 -> 1 (s9 too), 3012 -> 2; 508: 50801 -> 1, 50802 -> 2 (s7 and s8)
-#   509, 702, 853: their single id -> 1 (853 absent in s10 -> 0)
+#   509, 702, 853: their single id -> 1 (853 absent in s10 -> an empty cell, shown as "-")
 # Columns: user_id item_id f301 f508 f509 f702 f853 click purchase.
 EXPECTED_TRAIN_ROWS = [
     "1 1 1 1 1 1 1 1 0",  # s1
@@ -335,7 +335,7 @@ EXPECTED_TRAIN_ROWS = [
     "1 2 1 2 1 1 1 1 0",  # s7
     "1 1 2 2 1 1 1 0 0",  # s8
     "1 1 1 1 1 1 1 0 0",  # s9
-    "2 2 1 1 1 1 0 1 0",  # s10
+    "2 2 1 1 1 1 - 1 0",  # s10: 853 absent -> empty cell
     "1 1 2 1 1 1 1 0 0",  # s11
     "1 2 1 1 1 1 1 0 0",  # s12
     "1 1 2 1 1 1 1 1 1",  # s13
@@ -371,7 +371,8 @@ def write_raw(directory, train_skeleton=TRAIN_SKELETON, train_common=TRAIN_COMMO
 
 
 def rows_as_text(rows):
-    return [" ".join(row) for row in rows]
+    """Rows as space-joined text; an empty cell (an absent field) shows as ``-``."""
+    return [" ".join(cell or "-" for cell in row) for row in rows]
 
 
 @pytest.mark.parametrize("seed", [2020, 7])
@@ -470,7 +471,7 @@ def test_raw_malformed_line_is_reported_with_its_number_or_skipped(tmp_path, rea
         convert_raw(*paths, output=tmp_path / "out", min_count=2, show_progress=False)
     assert str(error.value).startswith(f"{paths[0]}, line 3: {reason}")
     assert error.value.line_number == 3 and error.value.reason == reason
-    assert not [name for name in os.listdir(tmp_path / "out" / "ali-ccp")]  # no partial output
+    assert not os.path.exists(tmp_path / "out" / "ali-ccp")  # no empty or partial output folder
 
     summary = convert_raw(
         *paths,
@@ -594,3 +595,84 @@ def test_converted_sample_trains_one_epoch(tmp_path, model):
     )
     task = "click" if label else "purchase"
     assert 0.0 <= result["test_result"][f"{task}_auc"] <= 1.0
+
+
+def test_raw_non_utf8_line_names_file_and_line_or_is_skipped(tmp_path):
+    paths = write_raw(tmp_path)
+    with open(paths[0], "rb") as file:
+        lines = file.read().split(b"\n")
+    lines[4] = lines[4].replace(b"s5,", b"s\xff5,", 1)  # line 5: a byte that is not UTF-8
+    with open(paths[0], "wb") as file:
+        file.write(b"\n".join(lines))
+    with pytest.raises(MalformedLineError) as error:
+        convert_raw(*paths, output=tmp_path / "out", min_count=2, show_progress=False)
+    assert str(error.value).startswith(f"{paths[0]}, line 5: not UTF-8 text")
+    assert not os.path.exists(tmp_path / "out" / "ali-ccp")  # a failed run leaves no folder
+
+    summary = convert_raw(
+        *paths, output=tmp_path / "out", min_count=2, valid_ratio=0.0, skip_malformed=True, show_progress=False
+    )
+    assert summary["skipped_malformed"] == {paths[0]: {"not UTF-8 text": {"count": 1, "first_line": 5}}}
+    assert summary["rows"]["train"] == len(EXPECTED_TRAIN_ROWS) - 1
+
+
+def test_cli_failure_leaves_no_output_folder(tmp_path, capsys):
+    paths = write_raw(tmp_path, train_skeleton=TRAIN_SKELETON[:2] + ["s3,1,1,c2"] + TRAIN_SKELETON[3:])
+    arguments = ["raw", "--train-skeleton", paths[0], "--train-common", paths[1], "--test-skeleton"]
+    arguments += [paths[2], "--test-common", paths[3], "--output", str(tmp_path / "cli"), "--no-progress"]
+    assert main(arguments) == 2
+    assert "line 3: wrong column count" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "cli" / "ali-ccp")
+
+
+# RecBole 1.2.1's own chained fillna warns under pandas 2.3; not this converter's concern.
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_absent_field_is_padding_and_rare_id_is_the_oov_token(tmp_path):
+    """An absent field is not counted in Eq. 7's mean; a rare id is one learned OOV vector."""
+    import numpy as np
+    import torch
+    from recbole.data.interaction import Interaction
+
+    from recbole_cstwa.config import Config
+    from recbole_cstwa.data import create_dataset
+    from recbole_cstwa.model.layers import FieldEmbedding, group_fields, mean_of_present
+
+    convert_raw(
+        *write_raw(tmp_path), output=tmp_path / "out", name="fixture", min_count=2, valid_ratio=0.3,
+        show_progress=False,
+    )
+    # The dataset's YAML (benchmark_filename, fields) is found by convention in its folder.
+    config = Config(
+        model="MLP",
+        dataset="fixture",
+        config_dict={"data_path": str(tmp_path / "out"), "state": "ERROR", "checkpoint_dir": str(tmp_path / "saved")},
+    )
+    dataset = create_dataset(config)
+
+    def column(field):
+        return torch.as_tensor(np.asarray(dataset.inter_feat[field]))
+
+    f853 = column("f853")
+    # Only s10 lacks field 853: RecBole's padding id 0; every other row holds the token "1".
+    absent = (f853 == 0).nonzero().flatten().tolist()
+    assert len(absent) == 1
+    assert set(dataset.field2id_token["f853"][f853[f853 != 0].numpy()].tolist()) == {"1"}
+    # Rare or unseen ids are the field's OOV token "0": a real id (its own learned vector), not
+    # padding; s5 (rare 5003), s15 (rare 5004) and u3 (unseen 5009) share it.
+    oov_item = dataset.field2token_id["item_id"]["0"]
+    assert oov_item != 0 and int((column("item_id") == oov_item).sum()) == 3
+
+    groups = group_fields(dataset, config)
+    embedding = FieldEmbedding(dataset, groups, embedding_size=4)
+    context_fields = [field for field, _ in groups["context"]]
+    present_row = 0 if absent[0] != 0 else 1
+    rows = torch.tensor([present_row, absent[0]])
+    batch = Interaction({field: column(field)[rows] for field in context_fields})
+    vectors, present = embedding(batch, "context")
+    at = context_fields.index("f853")
+    assert present[0, at] and not present[1, at]
+    # The context term of s10 is the mean of its other context fields' vectors.
+    others = [i for i in range(len(context_fields)) if i != at]
+    expected = vectors[1, others].mean(dim=0)
+    assert torch.allclose(mean_of_present(vectors, present)[1], expected)
+    assert not torch.allclose(vectors[1].mean(dim=0), expected)

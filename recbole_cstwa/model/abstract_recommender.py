@@ -1,12 +1,18 @@
 """The abstract two-task (click, purchase) model every plugin model derives from."""
 
+from logging import getLogger
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_cstwa.model.layers import FieldEmbedding, MLPTower, group_fields, mean_of_present
+from recbole_cstwa.model.layers import GROUPS, FieldEmbedding, MLPTower, group_fields, mean_of_present
+
+#: More context fields than this mean-pooled into one vector earn a warning (Eq. 7's mean suits
+#: Ali-CCP's five context fields; with many, concatenation keeps them apart).
+MEAN_POOLING_WARN_FIELDS = 8
 
 
 class MultiTaskRecommender(AbstractRecommender):
@@ -46,6 +52,26 @@ class MultiTaskRecommender(AbstractRecommender):
                 f"{self.context_pooling!r}."
             )
         self.field_groups = group_fields(dataset, config)
+        self._log_input_layout()
+
+    def _log_input_layout(self):
+        """Logs the feature groups and the tower input width, once per model built."""
+        logger = getLogger()
+        for group in GROUPS:
+            fields = [f"{field}:{ftype.value}" for field, ftype in self.field_groups[group]]
+            shown = ", ".join(fields[:12]) + (f", ... ({len(fields)} in all)" if len(fields) > 12 else "")
+            logger.info(f"{type(self).__name__} {group} fields ({len(fields)}): [{shown}]")
+        n_context = len(self.field_groups["context"])
+        logger.info(
+            f"{type(self).__name__} input width: {MultiTaskRecommender.input_size(self)} "
+            f"(embedding_size {self.embedding_size}, context_pooling {self.context_pooling})"
+        )
+        if self.context_pooling == "mean" and n_context > MEAN_POOLING_WARN_FIELDS:
+            logger.warning(
+                f"context_pooling: mean averages {n_context} context fields into one "
+                f"{self.embedding_size}-vector (the paper's Eq. 7, made for a handful of fields); "
+                "with this many, consider context_pooling: concat (--context_pooling=concat)."
+            )
 
     # ----- shared pieces -------------------------------------------------------------------
     def make_embedding(self, dataset):

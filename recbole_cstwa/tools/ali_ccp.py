@@ -12,8 +12,9 @@ so users download it and run this converter once. It reads either form the liter
       301 (``--keep-210`` adds the item intention node 210). A feature keeps its id and drops
       its value. An impression's features are its own ``feature_list`` updated with the common
       block it names, so the common block wins a conflict; a field repeated in a list keeps
-      its last id (AITM parses through a dict). A field an impression lacks is out of
-      vocabulary.
+      its last id (AITM parses through a dict). A field an impression lacks is written as an
+      empty cell: RecBole's padding id 0, so it is not one of the fields "present in the
+      sample" whose mean the paper's Eq. 7 takes.
     * Impressions with ``click=0`` and ``conversion=1`` are dropped (train and test), counted.
     * Frequency filter counted on the whole official train file (after the drop, before the
       train/valid split, as AITM does): an id seen at least ``min_count`` times is kept, any
@@ -21,7 +22,8 @@ so users download it and run this converter once. It reads either form the liter
       AITM's counter starts at 0 on first sight and keeps ``counter > 10``, i.e. **12**
       occurrences, although the paper says "10": ``AITM_MIN_COUNT = 12`` is the default.
     * Kept ids are re-encoded per field as ``1..n`` in order of first appearance in the train
-      file (AITM also maps kept ids to ``1..n``, in an unspecified set order); ``0`` = OOV.
+      file (AITM also maps kept ids to ``1..n``, in an unspecified set order); ``0`` = OOV, which
+      RecBole maps to a real id: one learned out-of-vocabulary vector per field, as in AITM.
     * Train/valid: one ``random.Random(seed).random()`` draw per kept train impression in file
       order, valid when ``draw >= 1 - valid_ratio``; with the defaults (0.1, 2020) this is
       AITM's ``random.seed(2020)`` / ``random.random() >= 0.9`` rule. The official test file is
@@ -33,7 +35,9 @@ so users download it and run this converter once. It reads either form the liter
     written as they are; the splits are the files. The multi-valued ``*_14`` columns, ``210``
     and the dense ``D*`` columns are ignored unless ``--keep-210`` / ``--keep-dense``.
 
-Output, in ``<output>/<name>/`` (tab separated, RecBole ``name:type`` headers):
+Output, in ``<output>/<name>/`` (tab separated, RecBole ``name:type`` headers), written by the
+shared writer of :mod:`recbole_cstwa.tools.writer` (all files or none: a failed conversion removes
+what it wrote, and the folder when it created it):
 
 * ``<name>.{train,valid,test}.inter``: ``user_id item_id f301 f508 f509 f702 f853`` tokens and
   ``click purchase`` floats written ``0``/``1`` (dense ``D*`` floats after them in csv mode).
@@ -54,13 +58,12 @@ counters, the id maps, the user/item tables (bounded by the vocabularies) and th
 table (bounded by the number of blocks, 18 fields each) grow; rows are never held.
 
 Malformed lines (wrong column count, ``feature_num`` mismatch, unparsable feature, unknown
-common block, label other than 0/1, bad token or dense value) raise :class:`MalformedLineError`
+common block, label other than 0/1, bad token or dense value, bytes that are not UTF-8) raise :class:`MalformedLineError`
 (a ``ValueError``) naming the file and the 1-based line number, or with ``skip_malformed`` are
 skipped and counted per file and reason.
 """
 
 import argparse
-import contextlib
 import itertools
 import json
 import logging
@@ -75,6 +78,8 @@ from collections import Counter
 from operator import itemgetter
 
 from tqdm import tqdm
+
+from recbole_cstwa.tools.writer import CHUNK_ROWS, AtomicDatasetWriter, TableWriter, is_purchase_without_click
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +96,12 @@ AITM_FIELD_CODES = (
 )
 #: AITM keeps an id whose counter (0 on first sight) exceeds 10: 12 occurrences.
 AITM_MIN_COUNT = 12
+#: A rare id (seen fewer than ``min_count`` times) or an id unseen in train: one out-of-vocabulary
+#: token per field, which RecBole maps to a real id with its own learned vector (AITM's OOV).
 OOV_TOKEN = "0"
+#: A field the impression lacks: an empty cell, which RecBole reads as its padding id 0, so the
+#: field is not "present" (the paper's Eq. 7 averages the context fields present in a sample).
+ABSENT_TOKEN = ""
 SPLITS = ("train", "valid", "test")
 CLICK_COLUMN = "click"
 PURCHASE_COLUMN = "purchase"
@@ -106,14 +116,15 @@ UNKNOWN_COMMON_INDEX = "unknown common_feature_index"
 BAD_LABEL = "label not 0/1"
 BAD_TOKEN = "empty or tab-containing token"
 BAD_DENSE_VALUE = "dense value not a finite number"
+NOT_UTF8 = "not UTF-8 text"
 
 # One feature ``field\x02id\x03value`` and its ``\x01`` separator. Tabs are refused in ids
 # because the output is tab separated.
 _FEATURE_PATTERN = re.compile(r"([^\x01\x02\x03\t]+)\x02([^\x01\x02\x03\t]+)\x03[^\x01\x02\x03]*(?:\x01|\Z)")
 _ONE_FEATURE = re.compile(r"[^\x01\x02\x03\t]+\x02[^\x01\x02\x03\t]+\x03[^\x01\x02\x03\t]*")
-_ABSENT = itertools.repeat("")  # the raw id of a field an impression lacks
+_ABSENT = itertools.repeat(ABSENT_TOKEN)  # the raw id of a field an impression lacks
 _OOV = itertools.repeat(OOV_TOKEN)  # the written id of an id outside the vocabulary
-_CHUNK_ROWS = 10_000  # rows buffered between counter updates / file writes
+_CHUNK_ROWS = CHUNK_ROWS  # rows buffered between counter updates
 
 
 def _tuple_getter(positions):
@@ -201,13 +212,13 @@ class _Layout:
         """Picks ``codes`` (as a tuple) out of a row holding the fields in ``self.codes`` order."""
         return _tuple_getter([self.codes.index(code) for code in codes])
 
-    def inter_header(self):
-        tokens = [f"{column_name(code)}:token" for code in self.inter_codes]
-        floats = [f"{name}:float" for name in (CLICK_COLUMN, PURCHASE_COLUMN) + self.dense_columns]
-        return "\t".join(tokens + floats) + "\n"
+    def inter_fields(self):
+        tokens = [(column_name(code), "token") for code in self.inter_codes]
+        floats = [(name, "float") for name in (CLICK_COLUMN, PURCHASE_COLUMN) + self.dense_columns]
+        return tokens + floats
 
-    def table_header(self, codes):
-        return "\t".join(f"{column_name(code)}:token" for code in codes) + "\n"
+    def table_fields(self, codes):
+        return [(column_name(code), "token") for code in codes]
 
 
 class _ProfileTable:
@@ -220,38 +231,6 @@ class _ProfileTable:
     def add(self, key, attributes):
         if self.rows.setdefault(key, attributes) != attributes:
             self.conflicts += 1
-
-
-class _OutputFiles:
-    """Writes every output to ``<file>.part`` and renames them all only when the run succeeds,
-    so a failed run never leaves files RecBole would read as a complete dataset."""
-
-    def __init__(self, output, name):
-        if not name or os.sep in name or (os.altsep and os.altsep in name):
-            raise ValueError(f"dataset name must be a plain file name, got {name!r}")
-        self.name = name
-        self.directory = os.path.join(output, name)
-        os.makedirs(self.directory, exist_ok=True)
-        self.parts = []
-
-    def path(self, suffix):
-        return os.path.join(self.directory, f"{self.name}.{suffix}")
-
-    def open(self, suffix):
-        part = self.path(suffix) + ".part"
-        self.parts.append(part)
-        return open(part, "w", encoding="utf-8", newline="\n")
-
-    def commit(self):
-        for part in self.parts:
-            os.replace(part, part[: -len(".part")])
-        self.parts = []
-
-    def abort(self):
-        for part in self.parts:
-            if os.path.exists(part):
-                os.remove(part)
-        self.parts = []
 
 
 def _check_inputs(named_paths):
@@ -273,6 +252,39 @@ def _progress(lines, description, enabled, total=None):
         mininterval=2.0,
         file=sys.stderr,
     )
+
+
+def _numbered_lines(path, tally, description, show_progress, skip_header=False):
+    """``(1-based line number, text without the line end)`` of a UTF-8 file.
+
+    Lines are decoded one at a time, so a byte sequence that is not UTF-8 is reported with its
+    file and line (or skipped and counted under ``skip_malformed``) instead of failing the
+    whole read with a bare ``UnicodeDecodeError``.
+    """
+    with open(path, "rb") as lines:
+        first = 1
+        if skip_header:
+            next(lines, None)
+            first = 2
+        for line_number, raw in enumerate(_progress(lines, description, show_progress), first):
+            try:
+                yield line_number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                tally.handle(
+                    path,
+                    line_number,
+                    _LineProblem(NOT_UTF8, f"byte {raw[error.start:error.start + 1]!r} at column {error.start + 1}"),
+                )
+
+
+def _kept_rows(rows, counts):
+    """Drops (and counts) the ``click=0, purchase=1`` rows of ``(click, purchase, ...)`` tuples."""
+    for row in rows:
+        if is_purchase_without_click(row[0], row[1]):
+            counts["dropped"] += 1
+            continue
+        counts["rows"] += 1
+        yield row
 
 
 def _log_rate(what, rows, started):
@@ -331,35 +343,32 @@ def _load_common_blocks(path, codes, tally, show_progress):
     started = time.perf_counter()
     wanted = set(codes)
     blocks, shared_projections, shared_pairs = {}, {}, {}
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(
-            _progress(lines, f"common {os.path.basename(path)}", show_progress), 1
-        ):
-            columns = line.rstrip("\r\n").split(",")
-            try:
-                if len(columns) != 3:
-                    raise _LineProblem(
-                        WRONG_COLUMN_COUNT,
-                        "expected 3 comma-separated columns (common_feature_index, feature_num, "
-                        f"feature_list), got {len(columns)}",
-                    )
-                pairs = _parse_feature_list(columns[2], columns[1])
-            except _LineProblem as problem:
-                tally.handle(path, line_number, problem)
-                continue
-            projection = tuple(item for item in dict(pairs).items() if item[0] in wanted)
-            shared = shared_projections.get(projection)
-            if shared is None:
-                shared = tuple(shared_pairs.setdefault(item, item) for item in projection)
-                shared_projections[shared] = shared
-            blocks[columns[0]] = shared
+    for line_number, line in _numbered_lines(path, tally, f"common {os.path.basename(path)}", show_progress):
+        columns = line.split(",")
+        try:
+            if len(columns) != 3:
+                raise _LineProblem(
+                    WRONG_COLUMN_COUNT,
+                    "expected 3 comma-separated columns (common_feature_index, feature_num, "
+                    f"feature_list), got {len(columns)}",
+                )
+            pairs = _parse_feature_list(columns[2], columns[1])
+        except _LineProblem as problem:
+            tally.handle(path, line_number, problem)
+            continue
+        projection = tuple(item for item in dict(pairs).items() if item[0] in wanted)
+        shared = shared_projections.get(projection)
+        if shared is None:
+            shared = tuple(shared_pairs.setdefault(item, item) for item in projection)
+            shared_projections[shared] = shared
+        blocks[columns[0]] = shared
     _log_rate(f"read common blocks {path}", len(blocks), started)
     return blocks
 
 
 def _parse_skeleton_line(line, common_blocks, codes):
     """``(click, purchase, raw ids in codes order)`` of one skeleton line; '' = field absent."""
-    columns = line.rstrip("\r\n").split(",")
+    columns = line.split(",")
     if len(columns) != 6:
         raise _LineProblem(
             WRONG_COLUMN_COUNT,
@@ -383,19 +392,15 @@ def _parse_skeleton_line(line, common_blocks, codes):
 
 def _iter_skeleton(path, common_blocks, codes, tally, show_progress, counts):
     """Yields the parsed kept impressions of a skeleton file; counts rows and drops in ``counts``."""
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(_progress(lines, os.path.basename(path), show_progress), 1):
+
+    def parsed():
+        for line_number, line in _numbered_lines(path, tally, os.path.basename(path), show_progress):
             try:
-                click, purchase, raw_ids = _parse_skeleton_line(line, common_blocks, codes)
+                yield _parse_skeleton_line(line, common_blocks, codes)
             except _LineProblem as problem:
                 tally.handle(path, line_number, problem)
-                continue
-            # A purchase without a click breaks the funnel: dropped, as in AITM.
-            if click == "0" and purchase == "1":
-                counts["dropped"] += 1
-                continue
-            counts["rows"] += 1
-            yield click, purchase, raw_ids
+
+    return _kept_rows(parsed(), counts)
 
 
 def _count_and_join_train(path, common_blocks, codes, joined_file, tally, show_progress):
@@ -404,32 +409,37 @@ def _count_and_join_train(path, common_blocks, codes, joined_file, tally, show_p
     started = time.perf_counter()
     counters = [Counter() for _ in codes]
     counts = {"rows": 0, "dropped": 0}
+    joined = TableWriter(joined_file, fields=None)
     chunk = []
 
-    def flush():
+    def count_chunk():
         # Counting column by column runs in C (Counter.update on an iterable).
-        for counter, column in zip(counters, zip(*(raw_ids for _, _, raw_ids in chunk))):
+        for counter, column in zip(counters, zip(*chunk)):
             counter.update(column)
-        joined_file.write("".join(f"{c}\t{p}\t" + "\t".join(ids) + "\n" for c, p, ids in chunk))
         chunk.clear()
 
-    for row in _iter_skeleton(path, common_blocks, codes, tally, show_progress, counts):
-        chunk.append(row)
+    for click, purchase, raw_ids in _iter_skeleton(path, common_blocks, codes, tally, show_progress, counts):
+        joined.add(f"{click}\t{purchase}\t" + "\t".join(raw_ids) + "\n")
+        chunk.append(raw_ids)
         if len(chunk) >= _CHUNK_ROWS:
-            flush()
-    flush()
+            count_chunk()
+    count_chunk()
+    joined.flush()
     for counter in counters:
-        counter.pop("", None)  # an absent field is OOV, not an id
+        counter.pop(ABSENT_TOKEN, None)  # an absent field stays absent, it is not an id
     _log_rate(f"pass 1 (parse, count) {path}", counts["rows"], started)
     return counters, counts
 
 
 def _build_id_maps(counters, min_count):
-    """Per field ``{raw id: written id}``: kept ids -> '1'..'n' by first appearance."""
+    """Per field ``{raw id: written id}``: kept ids -> '1'..'n' by first appearance; an absent
+    field ('') stays empty, RecBole's padding id."""
     id_maps = []
     for counter in counters:
         kept = [raw for raw, count in counter.items() if count >= min_count]
-        id_maps.append(dict(zip(kept, map(str, range(1, len(kept) + 1)))))
+        id_map = dict(zip(kept, map(str, range(1, len(kept) + 1))))
+        id_map[ABSENT_TOKEN] = ABSENT_TOKEN
+        id_maps.append(id_map)
     return id_maps
 
 
@@ -451,105 +461,85 @@ class _Encoder:
         user = self.user_of(ids)
         if user[0] == OOV_TOKEN:
             self.oov_users += 1
-        else:
+        elif user[0] != ABSENT_TOKEN:
             self.users.add(user[0], user[1:])
         item = self.item_of(ids)
         if item[0] == OOV_TOKEN:
             self.oov_items += 1
-        else:
+        elif item[0] != ABSENT_TOKEN:
             self.items.add(item[0], item[1:])
         return "\t".join(self.inter_of(ids)) + f"\t{click}\t{purchase}\n"
 
 
-def _write_split_train(joined_path, rows, encoder, valid_ratio, seed, outputs, header, show_progress):
+def _write_split_train(joined_path, rows, encoder, valid_ratio, seed, outputs, fields, show_progress):
     """Pass 2: re-encodes the joined train rows and splits them train/valid (AITM's rule)."""
     started = time.perf_counter()
     draw = random.Random(seed).random
     valid_from = 1.0 - valid_ratio
-    counts = {"train": 0, "valid": 0}
-    buffers = {"train": [], "valid": []}
-    with contextlib.ExitStack() as stack:
-        files = {split: stack.enter_context(outputs.open(f"{split}.inter")) for split in counts}
-        for file in files.values():
-            file.write(header)
-        with open(joined_path, encoding="utf-8") as lines:
-            for line in _progress(lines, "encode + split train", show_progress, total=rows):
-                click, purchase, *raw_ids = line[:-1].split("\t")
-                split = "valid" if draw() >= valid_from else "train"
-                buffer = buffers[split]
-                buffer.append(encoder.encode(click, purchase, raw_ids))
-                if len(buffer) >= _CHUNK_ROWS:
-                    files[split].write("".join(buffer))
-                    counts[split] += len(buffer)
-                    buffer.clear()
-        for split, buffer in buffers.items():
-            files[split].write("".join(buffer))
-            counts[split] += len(buffer)
+    tables = {split: outputs.table(f"{split}.inter", fields) for split in ("train", "valid")}
+    with open(joined_path, encoding="utf-8") as lines:
+        for line in _progress(lines, "encode + split train", show_progress, total=rows):
+            click, purchase, *raw_ids = line[:-1].split("\t")
+            split = "valid" if draw() >= valid_from else "train"
+            tables[split].add(encoder.encode(click, purchase, raw_ids))
+    for table in tables.values():
+        table.flush()
     _log_rate("pass 2 (encode, split)", rows, started)
-    return counts
+    return {split: table.rows for split, table in tables.items()}
 
 
-def _write_test(path, common_blocks, codes, encoder, outputs, header, tally, show_progress):
+def _write_test(path, common_blocks, codes, encoder, outputs, fields, tally, show_progress):
     """Parses and encodes the official test file in one pass (the id maps are known by then)."""
     started = time.perf_counter()
     counts = {"rows": 0, "dropped": 0}
-    with outputs.open("test.inter") as test_file:
-        test_file.write(header)
-        buffer = []
-        for click, purchase, raw_ids in _iter_skeleton(
-            path, common_blocks, codes, tally, show_progress, counts
-        ):
-            buffer.append(encoder.encode(click, purchase, raw_ids))
-            if len(buffer) >= _CHUNK_ROWS:
-                test_file.write("".join(buffer))
-                buffer.clear()
-        test_file.write("".join(buffer))
+    table = outputs.table("test.inter", fields)
+    for click, purchase, raw_ids in _iter_skeleton(path, common_blocks, codes, tally, show_progress, counts):
+        table.add(encoder.encode(click, purchase, raw_ids))
+    table.flush()
     _log_rate(f"test {path}", counts["rows"], started)
     return counts
 
 
 def _write_profiles(outputs, layout, users, items, oov_row):
     """Writes ``.user`` and ``.item``: an optional OOV row, then ids in first-seen order."""
-    for suffix, codes, table in (
+    for suffix, codes, profiles in (
         ("user", layout.user_codes, users),
         ("item", layout.item_codes, items),
     ):
-        with outputs.open(suffix) as file:
-            file.write(layout.table_header(codes))
-            if oov_row:
-                file.write("\t".join([OOV_TOKEN] * len(codes)) + "\n")
-            file.writelines(key + "\t" + "\t".join(values) + "\n" for key, values in table.rows.items())
+        table = outputs.table(suffix, layout.table_fields(codes))
+        if oov_row:
+            table.add("\t".join([OOV_TOKEN] * len(codes)) + "\n")
+        for key, values in profiles.rows.items():
+            table.add(key + "\t" + "\t".join(values) + "\n")
+        table.flush()
 
 
 def _write_dataset_config(outputs, layout, mode):
     """Writes ``<name>.yaml``: the RecBole dataset settings these files need."""
-    inter_fields = [column_name(code) for code in layout.inter_codes]
-    inter_fields += [CLICK_COLUMN, PURCHASE_COLUMN, *layout.dense_columns]
-    lines = [
-        f"# RecBole dataset settings for {outputs.name}, written by recbole_cstwa.data.ali_ccp ({mode} mode).",
-        f"# Use with data_path: <folder holding {outputs.name}/> and dataset: {outputs.name}.",
-        'field_separator: "\\t"',
-        "USER_ID_FIELD: user_id",
-        "ITEM_ID_FIELD: item_id",
-        f"CLICK_FIELD: {CLICK_COLUMN}",
-        f"PURCHASE_FIELD: {PURCHASE_COLUMN}",
-        "benchmark_filename: [train, valid, test]",
-        "load_col:",
-        f"  inter: [{', '.join(inter_fields)}]",
-        f"  user: [{', '.join(column_name(c) for c in layout.user_codes)}]",
-        f"  item: [{', '.join(column_name(c) for c in layout.item_codes)}]",
-    ]
+    settings = {
+        "field_separator": "\t",
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "CLICK_FIELD": CLICK_COLUMN,
+        "PURCHASE_FIELD": PURCHASE_COLUMN,
+        "benchmark_filename": list(SPLITS),
+        "load_col": {
+            "inter": [name for name, _ in layout.inter_fields()],
+            "user": [column_name(c) for c in layout.user_codes],
+            "item": [column_name(c) for c in layout.item_codes],
+        },
+    }
     if layout.dense_columns:
         # RecBole's context-aware models embed a float field only when it is listed here.
-        lines.append(f"numerical_features: [{', '.join(layout.dense_columns)}]")
-    with outputs.open("yaml") as file:
-        file.write("\n".join(lines) + "\n")
-
-
-def _write_meta(outputs, summary):
-    with outputs.open("meta.json") as file:
-        json.dump(summary, file, indent=2)
-        file.write("\n")
+        settings["numerical_features"] = list(layout.dense_columns)
+    outputs.write_yaml(
+        settings,
+        comments=(
+            f"RecBole dataset settings for {outputs.name}, written by recbole_cstwa.tools.ali_ccp ({mode} mode).",
+            f"Loaded by convention from <data_path>/{outputs.name}/{outputs.name}.yaml when a run names "
+            f"dataset {outputs.name}.",
+        ),
+    )
 
 
 def _input_description(named_paths):
@@ -595,42 +585,33 @@ def convert_raw(
     _check_inputs(inputs)
     layout = _Layout(keep_210)
     tally = _MalformedTally(skip_malformed)
-    outputs = _OutputFiles(output, name)
-    joined_fd, joined_path = tempfile.mkstemp(
-        prefix=f".{name}.train-joined.", suffix=".tmp", dir=tmp_dir or outputs.directory
-    )
-    try:
-        common_blocks = _load_common_blocks(train_common, layout.codes, tally, show_progress)
-        with open(joined_fd, "w", encoding="utf-8", newline="\n") as joined_file:
-            counters, train_counts = _count_and_join_train(
-                train_skeleton,
-                common_blocks,
-                layout.codes,
-                joined_file,
-                tally,
-                show_progress,
-            )
-        del common_blocks
-        raw_vocab_sizes = {column_name(c): len(counter) for c, counter in zip(layout.codes, counters)}
-        id_maps = _build_id_maps(counters, min_count)
-        del counters
-        encoder = _Encoder(layout, id_maps)
-        header = layout.inter_header()
-        rows = _write_split_train(
-            joined_path,
-            train_counts["rows"],
-            encoder,
-            valid_ratio,
-            seed,
-            outputs,
-            header,
-            show_progress,
+    joined_path = None
+    with AtomicDatasetWriter(output, name) as outputs:
+        joined_fd, joined_path = tempfile.mkstemp(
+            prefix=f".{name}.train-joined.", suffix=".tmp", dir=tmp_dir or outputs.tmp_dir()
         )
-        os.remove(joined_path)
+        try:
+            common_blocks = _load_common_blocks(train_common, layout.codes, tally, show_progress)
+            with open(joined_fd, "w", encoding="utf-8", newline="\n") as joined_file:
+                counters, train_counts = _count_and_join_train(
+                    train_skeleton, common_blocks, layout.codes, joined_file, tally, show_progress
+                )
+            del common_blocks
+            raw_vocab_sizes = {column_name(c): len(counter) for c, counter in zip(layout.codes, counters)}
+            id_maps = _build_id_maps(counters, min_count)
+            del counters
+            encoder = _Encoder(layout, id_maps)
+            fields = layout.inter_fields()
+            rows = _write_split_train(
+                joined_path, train_counts["rows"], encoder, valid_ratio, seed, outputs, fields, show_progress
+            )
+        finally:
+            if os.path.exists(joined_path):
+                os.remove(joined_path)
 
         common_blocks = _load_common_blocks(test_common, layout.codes, tally, show_progress)
         test_counts = _write_test(
-            test_skeleton, common_blocks, layout.codes, encoder, outputs, header, tally, show_progress
+            test_skeleton, common_blocks, layout.codes, encoder, outputs, fields, tally, show_progress
         )
         del common_blocks
         rows["test"] = test_counts["rows"]
@@ -648,8 +629,9 @@ def convert_raw(
                 "min_count": min_count,
                 "min_count_note": "an id is kept when seen >= min_count times in the official train "
                 "file after the click=0/purchase=1 drop; AITM's 'counter > 10' from 0 is 12",
-                "id_encoding": "kept ids -> 1..n per field by first appearance in train; 0 = OOV, "
-                "unseen or absent",
+                "id_encoding": "kept ids -> 1..n per field by first appearance in train; 0 = the "
+                "field's out-of-vocabulary token (rare or unseen id, a learned vector); an absent "
+                "field is an empty cell (RecBole's padding id, not present)",
                 "valid_ratio": valid_ratio,
                 "seed": seed,
                 "split_rule": "valid when random.Random(seed).random() >= 1 - valid_ratio, one draw "
@@ -663,7 +645,8 @@ def convert_raw(
                 "test_file": test_counts["dropped"],
             },
             "skipped_malformed": tally.by_file,
-            "vocab_sizes": {column_name(c): len(m) + 1 for c, m in zip(layout.codes, id_maps)},
+            # kept ids + the OOV token (the map's entry for an absent field is no id)
+            "vocab_sizes": {column_name(c): len(m) - 1 + 1 for c, m in zip(layout.codes, id_maps)},
             "raw_vocab_sizes": raw_vocab_sizes,
             "users": len(encoder.users.rows) + 1,
             "items": len(encoder.items.rows) + 1,
@@ -675,14 +658,7 @@ def convert_raw(
             },
         }
         summary["elapsed_seconds"] = round(time.perf_counter() - started, 3)
-        _write_meta(outputs, summary)
-        outputs.commit()
-    except BaseException:
-        outputs.abort()
-        raise
-    finally:
-        if os.path.exists(joined_path):
-            os.remove(joined_path)
+        outputs.write_meta(summary)
     tally.log()
     logger.info("wrote %s in %.1f s", outputs.directory, summary["elapsed_seconds"])
     return summary
@@ -694,8 +670,12 @@ def convert_raw(
 
 def _read_csv_header(path, layout_codes, keep_dense):
     """Column positions of the labels, the needed fields and (optionally) the dense columns."""
-    with open(path, encoding="utf-8") as file:
-        header = file.readline().rstrip("\r\n").split(",")
+    with open(path, "rb") as file:
+        first_line = file.readline()
+    try:
+        header = first_line.decode("utf-8").rstrip("\r\n").split(",")
+    except UnicodeDecodeError:
+        raise MalformedLineError(path, 1, NOT_UTF8, "the header is not UTF-8 text") from None
     needed = [CLICK_COLUMN, PURCHASE_COLUMN] + list(layout_codes)
     missing = [column for column in needed if column not in header]
     if missing:
@@ -707,49 +687,49 @@ def _read_csv_header(path, layout_codes, keep_dense):
     return header, dense
 
 
+def _parse_csv_line(line, width, click_at, purchase_at, tokens_of, dense_of, dense_columns):
+    """``(click, purchase, token ids in layout.codes order, dense texts)`` of one csv line."""
+    columns = line.split(",")
+    if len(columns) != width:
+        raise _LineProblem(WRONG_COLUMN_COUNT, f"expected {width} columns as in the header, got {len(columns)}")
+    click = LABEL_TOKENS.get(columns[click_at])
+    purchase = LABEL_TOKENS.get(columns[purchase_at])
+    if click is None or purchase is None:
+        raise _LineProblem(BAD_LABEL, f"click={columns[click_at]!r}, purchase={columns[purchase_at]!r}")
+    tokens = tokens_of(columns)
+    if "" in tokens or "\t" in line:
+        raise _LineProblem(BAD_TOKEN, "an id column is empty or the line holds a tab")
+    dense = dense_of(columns)
+    for column, text in zip(dense_columns, dense):
+        try:
+            finite = math.isfinite(float(text))
+        except ValueError:
+            finite = False
+        if not finite:
+            raise _LineProblem(BAD_DENSE_VALUE, f"{column}={text!r}")
+    return click, purchase, tokens, dense
+
+
 def _iter_csv_rows(path, header, layout, dense_columns, tally, show_progress, counts):
     """Yields ``(click, purchase, token ids in layout.codes order, dense texts)`` per kept row."""
-    width = len(header)
-    click_at = header.index(CLICK_COLUMN)
-    purchase_at = header.index(PURCHASE_COLUMN)
-    tokens_of = _tuple_getter([header.index(code) for code in layout.codes])
-    dense_of = _tuple_getter([header.index(column) for column in dense_columns])
-    with open(path, encoding="utf-8") as lines:
-        next(lines)  # header, line 1
-        for line_number, line in enumerate(_progress(lines, os.path.basename(path), show_progress), 2):
-            columns = line.rstrip("\r\n").split(",")
+    positions = (
+        len(header),
+        header.index(CLICK_COLUMN),
+        header.index(PURCHASE_COLUMN),
+        _tuple_getter([header.index(code) for code in layout.codes]),
+        _tuple_getter([header.index(column) for column in dense_columns]),
+        dense_columns,
+    )
+
+    def parsed():
+        lines = _numbered_lines(path, tally, os.path.basename(path), show_progress, skip_header=True)
+        for line_number, line in lines:
             try:
-                if len(columns) != width:
-                    raise _LineProblem(
-                        WRONG_COLUMN_COUNT,
-                        f"expected {width} columns as in the header, got {len(columns)}",
-                    )
-                click = LABEL_TOKENS.get(columns[click_at])
-                purchase = LABEL_TOKENS.get(columns[purchase_at])
-                if click is None or purchase is None:
-                    raise _LineProblem(
-                        BAD_LABEL,
-                        f"click={columns[click_at]!r}, purchase={columns[purchase_at]!r}",
-                    )
-                tokens = tokens_of(columns)
-                if "" in tokens or "\t" in line:
-                    raise _LineProblem(BAD_TOKEN, "an id column is empty or the line holds a tab")
-                dense = dense_of(columns)
-                for column, text in zip(dense_columns, dense):
-                    try:
-                        finite = math.isfinite(float(text))
-                    except ValueError:
-                        finite = False
-                    if not finite:
-                        raise _LineProblem(BAD_DENSE_VALUE, f"{column}={text!r}")
+                yield _parse_csv_line(line, *positions)
             except _LineProblem as problem:
                 tally.handle(path, line_number, problem)
-                continue
-            if click == "0" and purchase == "1":
-                counts["dropped"] += 1
-                continue
-            counts["rows"] += 1
-            yield click, purchase, tokens, dense
+
+    return _kept_rows(parsed(), counts)
 
 
 def convert_csv(
@@ -786,43 +766,33 @@ def convert_csv(
             )
     layout = _Layout(keep_210, dense_columns)
     tally = _MalformedTally(skip_malformed)
-    outputs = _OutputFiles(output, name)
     inter_of = layout.getter(layout.inter_codes)
     user_of = layout.getter(layout.user_codes)
     item_of = layout.getter(layout.item_codes)
     users, items = _ProfileTable(), _ProfileTable()
     distinct = [set() for _ in layout.codes]
     rows, dropped = {}, {}
-    try:
+    with AtomicDatasetWriter(output, name) as outputs:
         for split, path in zip(SPLITS, (train, valid, test)):
             split_started = time.perf_counter()
             counts = {"rows": 0, "dropped": 0}
-            with outputs.open(f"{split}.inter") as inter_file:
-                inter_file.write(layout.inter_header())
-                buffer, chunk = [], []
-                for click, purchase, tokens, dense in _iter_csv_rows(
-                    path,
-                    headers[split][0],
-                    layout,
-                    dense_columns,
-                    tally,
-                    show_progress,
-                    counts,
-                ):
-                    user, item = user_of(tokens), item_of(tokens)
-                    users.add(user[0], user[1:])
-                    items.add(item[0], item[1:])
-                    chunk.append(tokens)
-                    buffer.append("\t".join(inter_of(tokens) + (click, purchase) + dense) + "\n")
-                    if len(buffer) >= _CHUNK_ROWS:
-                        inter_file.write("".join(buffer))
-                        for seen, column in zip(distinct, zip(*chunk)):
-                            seen.update(column)
-                        buffer.clear()
-                        chunk.clear()
-                inter_file.write("".join(buffer))
-                for seen, column in zip(distinct, zip(*chunk)):
-                    seen.update(column)
+            table = outputs.table(f"{split}.inter", layout.inter_fields())
+            chunk = []
+            for click, purchase, tokens, dense in _iter_csv_rows(
+                path, headers[split][0], layout, dense_columns, tally, show_progress, counts
+            ):
+                user, item = user_of(tokens), item_of(tokens)
+                users.add(user[0], user[1:])
+                items.add(item[0], item[1:])
+                table.add("\t".join(inter_of(tokens) + (click, purchase) + dense) + "\n")
+                chunk.append(tokens)
+                if len(chunk) >= _CHUNK_ROWS:
+                    for seen, column in zip(distinct, zip(*chunk)):
+                        seen.update(column)
+                    chunk.clear()
+            for seen, column in zip(distinct, zip(*chunk)):
+                seen.update(column)
+            table.flush()
             rows[split], dropped[split] = counts["rows"], counts["dropped"]
             _log_rate(f"{split} {path}", counts["rows"], split_started)
 
@@ -851,11 +821,7 @@ def convert_csv(
             "profile_conflicts": {"user": users.conflicts, "item": items.conflicts},
         }
         summary["elapsed_seconds"] = round(time.perf_counter() - started, 3)
-        _write_meta(outputs, summary)
-        outputs.commit()
-    except BaseException:
-        outputs.abort()
-        raise
+        outputs.write_meta(summary)
     tally.log()
     logger.info("wrote %s in %.1f s", outputs.directory, summary["elapsed_seconds"])
     return summary
@@ -867,7 +833,7 @@ def convert_csv(
 
 def _build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m recbole_cstwa.data.ali_ccp",
+        prog="python -m recbole_cstwa.tools.ali_ccp",
         description="Convert Ali-CCP to RecBole atomic files (<output>/<name>/).",
     )
     modes = parser.add_subparsers(dest="mode", required=True)

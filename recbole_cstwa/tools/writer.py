@@ -1,0 +1,183 @@
+"""The one writer of RecBole atomic dataset folders, shared by the importer and the Ali-CCP converter.
+
+A folder ``<output>/<name>/`` holds ``<name>.<suffix>`` files: tab-separated tables with
+RecBole's ``field:type`` header (``inter``, ``train.inter``, ``user``, ``item``, ...), the
+dataset's YAML (``<name>.yaml``, loaded by convention when a run names the dataset) and a
+``<name>.meta.json`` summary. Every file is written to ``<file>.part`` and renamed only when the
+whole conversion succeeds; a failed conversion removes its parts, and the folder too when the
+writer created it, so that nothing RecBole could read as a complete dataset is left behind.
+
+Rows are buffered and written in chunks (:class:`TableWriter`): memory stays bounded by the
+chunk, not by the file.
+"""
+
+import json
+import os
+import shutil
+
+#: Rows buffered before a write.
+CHUNK_ROWS = 10_000
+#: The purchase of a row that has no click breaks the click -> purchase funnel: such rows are
+#: dropped and counted by every front end (AITM's preprocessing does the same).
+FUNNEL_BREAK = ("0", "1")
+
+
+def is_purchase_without_click(click, purchase):
+    """True for a ``click=0, purchase=1`` row (labels as the written ``"0"``/``"1"`` tokens)."""
+    return (click, purchase) == FUNNEL_BREAK
+
+
+def check_dataset_name(name):
+    """A dataset name must be a plain file name (it names the folder and every file in it)."""
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise ValueError(f"dataset name must be a plain file name, got {name!r}")
+    return name
+
+
+def header_line(fields):
+    """RecBole's header: ``name:type`` per ``(name, type)``, tab separated, with a newline."""
+    return "\t".join(f"{name}:{kind}" for name, kind in fields) + "\n"
+
+
+class TableWriter:
+    """One atomic table: a header (none when ``fields`` is None: a temporary file), then lines
+    appended one at a time or a chunk at a time."""
+
+    def __init__(self, file, fields, chunk_rows=CHUNK_ROWS):
+        self.file = file
+        self.fields = None if fields is None else list(fields)
+        self.chunk_rows = chunk_rows
+        self.rows = 0
+        self._buffer = []
+        if self.fields is not None:
+            file.write(header_line(self.fields))
+
+    def add(self, line):
+        """Appends one line (ending in a newline); written once ``chunk_rows`` are buffered."""
+        self._buffer.append(line)
+        if len(self._buffer) >= self.chunk_rows:
+            self.flush()
+
+    def add_lines(self, text, count):
+        """Appends ``count`` lines already joined into ``text`` (each ending in a newline)."""
+        self.flush()
+        self.file.write(text)
+        self.rows += count
+
+    def add_bytes(self, data, count):
+        """Appends ``count`` lines given as UTF-8 bytes (e.g. an Arrow string buffer), unconverted."""
+        self.flush()
+        self.file.flush()
+        self.file.buffer.write(data)
+        self.rows += count
+
+    def flush(self):
+        if self._buffer:
+            self.file.write("".join(self._buffer))
+            self.rows += len(self._buffer)
+            self._buffer.clear()
+
+    def close(self):
+        self.flush()
+        self.file.close()
+
+
+def _yaml_scalar(value):
+    if value is None:
+        return "~"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    plain = text and all(ch.isalnum() or ch in "_-." for ch in text) and text.lower() not in (
+        "true", "false", "null", "yes", "no", "on", "off", "~"
+    )
+    return text if plain else json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+def yaml_text(settings, comments=()):
+    """``settings`` (str -> scalar, list or dict of lists) as YAML, lists in flow style."""
+    lines = [f"# {comment}" for comment in comments]
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            for sub_key, sub_value in value.items():
+                lines.append(f"  {sub_key}: [{', '.join(_yaml_scalar(v) for v in sub_value)}]")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"{key}: [{', '.join(_yaml_scalar(v) for v in value)}]")
+        else:
+            lines.append(f"{key}: {_yaml_scalar(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class AtomicDatasetWriter:
+    """Writes ``<output>/<name>/<name>.<suffix>`` files all or nothing (see the module docstring).
+
+    Use as a context manager: the files are committed when the block ends normally and removed
+    when it raises (the folder as well when this writer created it).
+    """
+
+    def __init__(self, output, name):
+        self.name = check_dataset_name(name)
+        self.directory = os.path.join(os.fspath(output), name)
+        self._created = not os.path.isdir(self.directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self._parts = []
+        self._tables = []
+
+    def path(self, suffix):
+        return os.path.join(self.directory, f"{self.name}.{suffix}")
+
+    def open(self, suffix):
+        """A text file ``<name>.<suffix>.part``, renamed at :meth:`commit`."""
+        part = self.path(suffix) + ".part"
+        self._parts.append(part)
+        return open(part, "w", encoding="utf-8", newline="\n")
+
+    def table(self, suffix, fields, chunk_rows=CHUNK_ROWS):
+        """A :class:`TableWriter` for ``<name>.<suffix>`` with the ``(name, type)`` header."""
+        table = TableWriter(self.open(suffix), fields, chunk_rows)
+        self._tables.append(table)
+        return table
+
+    def write_text(self, suffix, text):
+        with self.open(suffix) as file:
+            file.write(text)
+
+    def write_yaml(self, settings, comments=()):
+        self.write_text("yaml", yaml_text(settings, comments))
+
+    def write_meta(self, summary):
+        self.write_text("meta.json", json.dumps(summary, indent=2) + "\n")
+
+    def tmp_dir(self):
+        """A folder for temporary files, inside the dataset folder (removed with it on failure)."""
+        return self.directory
+
+    def commit(self):
+        for table in self._tables:
+            table.close()
+        for part in self._parts:
+            os.replace(part, part[: -len(".part")])
+        self._parts, self._tables = [], []
+
+    def abort(self):
+        for table in self._tables:
+            table.file.close()
+        for part in self._parts:
+            if os.path.exists(part):
+                os.remove(part)
+        self._parts, self._tables = [], []
+        if self._created:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        if error_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
