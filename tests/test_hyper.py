@@ -6,13 +6,14 @@ import itertools
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 from conftest import TINY, tiny_config
 from hyperopt import Trials, fmin, hp
 
-from recbole_cstwa.compat import exhaustive_search, grid_size
+from recbole_cstwa.exhaustive import exhaustive_search, grid_size
 from recbole_cstwa.hyper import (
     ParamsFileError,
     SearchParam,
@@ -132,7 +133,7 @@ def test_missing_params_file():
     reason="RecBole's exhaustive search works on hyperopt < 0.2.7",
 )
 def test_recbole_exhaustive_search_is_broken_on_this_hyperopt():
-    # Why compat.exhaustive_search exists: RecBole hands hyperopt a RandomState.
+    # Why exhaustive.exhaustive_search exists: RecBole hands hyperopt a RandomState.
     from recbole.trainer.hyper_tuning import exhaustive_search as recbole_exhaustive
 
     with pytest.raises(AttributeError, match="integers"):
@@ -280,11 +281,23 @@ def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsy
     assert "best valid purchase_auc:" in printed
 
 
-def test_command_line_bad_params_file_is_a_message(tmp_path):
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("learner choice __import__('os')", "is Python code that RecBole's Config would evaluate"),
+        ("learning_rate choice ['1/0']", "'1/0' is an expression that fails when RecBole's Config evaluates it"),
+        ("learning_rate choice [1/0]", "fails when RecBole's Config evaluates it .ZeroDivisionError"),
+    ],
+)
+def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, message):
     params_file = tmp_path / "space.hyper"
-    params_file.write_text("learning_rate choice [0.01]\nlearner choice __import__('os')\n")
-    with pytest.raises(SystemExit, match=f"error: {params_file}, line 2"):
+    params_file.write_text(f"embedding_size choice [4]\n{line}\n")
+    with pytest.raises(SystemExit) as stop:
         _load_script("run_hyper").main(["--model=MLP", f"--params_file={params_file}"])
+    assert stop.value.code == 2
+    (printed,) = capsys.readouterr().err.splitlines()
+    assert printed.startswith(f"error: {params_file}, line 2: ")
+    assert re.search(message, printed)
 
 
 def test_ray_space_translation():

@@ -39,12 +39,7 @@ class MultiTaskRecommender(AbstractRecommender):
         self.embedding_size = config["embedding_size"]
         self.hidden_sizes = list(config["tower_hidden_size"])
         self.dropouts = config["tower_dropout"]
-        self.context_pooling = config["context_pooling"]
-        if self.context_pooling not in ("mean", "concat"):
-            raise ValueError(
-                f"context_pooling must be 'mean' (the paper's Eq. 7) or 'concat', got "
-                f"{self.context_pooling!r}."
-            )
+        self.context_pooling = config["context_pooling"]  # settings are checked by the Config
         self.field_groups = group_fields(dataset, config)
 
     # ----- shared pieces -------------------------------------------------------------------

@@ -19,9 +19,6 @@ from recbole_cstwa.model.layers import ExpertMixture, ProbabilityHead
 #: Floor on the propensity before it is inverted (PaddleRec: ``maximum(PS, 1e-6)``).
 PROPENSITY_FLOOR = 1e-6
 
-MODES = ("ips", "dr")
-BACKBONES = ("mlp", "mmoe")
-
 
 def ips_counterfactual_risk(p_click, conversion_loss, click, max_weight):
     """ESCM2-IPS counterfactual CVR risk, as PaddleRec's ``counterfact_ipw``.
@@ -94,25 +91,11 @@ class ESCM2(MultiTaskRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.mode = str(config["escm2_mode"]).lower()
-        self.backbone = str(config["escm2_backbone"]).lower()
-        if self.mode not in MODES:
-            raise ValueError(
-                f"escm2_mode must be 'ips' or 'dr' (PaddleRec's default), got {config['escm2_mode']!r}."
-            )
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"escm2_backbone must be 'mlp' (ESMM towers, the default) or 'mmoe' (PaddleRec's), "
-                f"got {config['escm2_backbone']!r}."
-            )
+        self.mode = config["escm2_mode"]
+        self.backbone = config["escm2_backbone"]
         self.counterfactual_weight = config["escm2_counterfactual_weight"]
         self.global_weight = config["escm2_global_weight"]
         self.max_weight = config["escm2_max_weight"]
-        for key in ("escm2_counterfactual_weight", "escm2_global_weight"):
-            if config[key] is None or config[key] < 0:
-                raise ValueError(f"{key} must be a number >= 0, got {config[key]!r}.")
-        if self.max_weight is None or self.max_weight <= 0:
-            raise ValueError(f"escm2_max_weight must be a number > 0, got {self.max_weight!r}.")
 
         self.tasks = ("click", "conversion", "imputation") if self.mode == "dr" else ("click", "conversion")
         self.embedding = self.make_embedding(dataset)

@@ -5,7 +5,7 @@ import glob
 import pytest
 import torch
 
-from recbole_cstwa.compat import CHECKPOINT_KEYS, load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 
 
 def test_checkpoint_round_trip_under_weights_only(run_tiny, tmp_path):
