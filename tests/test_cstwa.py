@@ -210,21 +210,21 @@ def test_curse_escaper_off_gives_unit_weights(build):
 
 
 # ----- Click Perceptron ---------------------------------------------------------------------------
-def test_click_perceptron_scales_the_conversion_input(build):
+def test_click_perceptron_scales_the_purchase_input(build):
     model, train_data, _ = build(use_sm=False)
     model.eval()
     output = model(next(iter(train_data)))
     info = output["info"]
-    assert info.shape == output["conversion_input"].shape
+    assert info.shape == output["purchase_input"].shape
     assert (info > 0).all() and (info < 2).all()
-    torch.testing.assert_close(output["conversion_tower_input"], output["conversion_input"] * info)
+    torch.testing.assert_close(output["purchase_tower_input"], output["purchase_input"] * info)
 
 
 def test_click_perceptron_off_feeds_x_cvr_unchanged(build):
     model, train_data, _ = build(use_sm=False, use_cp=False)
     output = model(next(iter(train_data)))
     assert model.info_layer is None and output["info"] is None
-    assert output["conversion_tower_input"] is output["conversion_input"]
+    assert output["purchase_tower_input"] is output["purchase_input"]
 
 
 # ----- Structure Migrator --------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_structure_migrator_mix_equals_its_formula(build):
         live = model.purchase_embedding(batch, "user")[0].flatten(1)
         expected = 0.7 * live + 0.3 * propagated[batch["user_id"]]
         width = live.shape[1]
-        torch.testing.assert_close(model.conversion_input(batch)[:, :width], expected)
+        torch.testing.assert_close(model.purchase_input(batch)[:, :width], expected)
     assert not torch.allclose(expected, live)
 
 
@@ -248,9 +248,9 @@ def test_structure_migrator_off_keeps_live_rows(build):
     model, train_data, _ = build(use_sm=False)
     batch = next(iter(train_data))
     live = model.purchase_embedding(batch, "user")[0].flatten(1)
-    torch.testing.assert_close(model.conversion_input(batch)[:, : live.shape[1]], live)
+    torch.testing.assert_close(model.purchase_input(batch)[:, : live.shape[1]], live)
     torch.testing.assert_close(
-        model.conversion_input(batch), model.embed_input(batch, model.purchase_embedding)
+        model.purchase_input(batch), model.embed_input(batch, model.purchase_embedding)
     )
 
 
@@ -260,19 +260,19 @@ def test_batch_mode_equals_epoch_mode_and_trains_neighbours(build):
     batch = next(iter(train_data))
     model.eval()
     with torch.no_grad():
-        by_epoch = model.conversion_input(batch)
+        by_epoch = model.purchase_input(batch)
         model.sm_mode = "batch"
-        by_batch = model.conversion_input(batch)
+        by_batch = model.purchase_input(batch)
     torch.testing.assert_close(by_batch, by_epoch)
     # Batch mode: gradients reach the table rows of neighbours outside the batch.
     model.train()
-    model.conversion_input(batch).sum().backward()
+    model.purchase_input(batch).sum().backward()
     table = model.purchase_embedding.token_table.weight.grad
     touched_batch_mode = int((table.abs().sum(1) > 0).sum())
     model.zero_grad()
     model.sm_mode = "epoch"
     model.on_epoch_start(0)
-    model.conversion_input(batch).sum().backward()
+    model.purchase_input(batch).sum().backward()
     touched_epoch_mode = int((model.purchase_embedding.token_table.weight.grad.abs().sum(1) > 0).sum())
     assert touched_batch_mode > touched_epoch_mode
 

@@ -500,7 +500,7 @@ def generate(
         name: dataset name; also the folder and file prefix.
         n_impressions: number of impressions over all splits.
         n_users, n_items: population sizes; ``None`` scales them with
-            ``n_impressions`` (about 15 impressions per user, 6 per item).
+            ``n_impressions`` (about 30 impressions per user and per item).
         n_categories: number of item categories.
         ctr: mean true click probability (Ali-CCP: about 0.04).
         cvr: click-weighted mean true P(purchase | click) (Ali-CCP: ~0.005).
@@ -725,8 +725,8 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--output", default="dataset", help="parent folder (default: dataset)")
     make.add_argument("--name", default=DEFAULT_NAME)
     make.add_argument("--n-impressions", type=int, default=DEFAULT_N_IMPRESSIONS)
-    make.add_argument("--n-users", type=int, default=None, help="default: n_impressions / 15")
-    make.add_argument("--n-items", type=int, default=None, help="default: n_impressions / 6")
+    make.add_argument("--n-users", type=int, default=None, help="default: n_impressions / 30")
+    make.add_argument("--n-items", type=int, default=None, help="default: n_impressions / 30")
     make.add_argument("--n-categories", type=int, default=DEFAULT_N_CATEGORIES)
     make.add_argument("--ctr", type=float, default=DEFAULT_CTR, help="mean P(click)")
     make.add_argument("--cvr", type=float, default=DEFAULT_CVR, help="mean P(purchase | click)")

@@ -9,6 +9,16 @@ from recbole.utils import InputType, ModelType
 from recbole_cstwa.model.layers import FieldEmbedding, MLPTower, group_fields, mean_of_present
 
 
+def init_linear_weights(module):
+    """Xavier-uniform weights and zero biases for every linear layer inside ``module`` (Keras'
+    defaults, as AITM's code); embeddings keep their own N(0, embedding_init_std) init."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class MultiTaskRecommender(AbstractRecommender):
     """Click and purchase prediction over all impressions, RecBole style.
 
@@ -84,12 +94,8 @@ class MultiTaskRecommender(AbstractRecommender):
         return MLPTower(input_size or self.input_size(), self.hidden_sizes, self.dropouts)
 
     def init_weights(self):
-        """Xavier-uniform linear weights and zero biases (Keras' defaults, as AITM's code)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        """Xavier-uniform linear weights and zero biases (:func:`init_linear_weights`)."""
+        init_linear_weights(self)
 
     def labels(self, interaction):
         return interaction[self.CLICK].float(), interaction[self.PURCHASE].float()

@@ -13,7 +13,7 @@ the readings that are choices between alternatives are config switches.
 import torch
 import torch.nn as nn
 
-from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
+from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender, init_linear_weights
 from recbole_cstwa.model.layers import MLPTower, ProbabilityHead
 from recbole_cstwa.model.structure import (
     RowGraph,
@@ -58,9 +58,6 @@ class PredictionWindow(nn.Module):
         ) % self.size
         self.values[positions] = kept
         self.pushed += count
-
-    def reset(self):
-        self.pushed = 0
 
     def percentiles(self, low, high):
         """``(tau_low, tau_high)``: the ``low``-th and ``high``-th percentiles (0-100, linear
@@ -126,7 +123,7 @@ class ClickPretrainModel(nn.Module):
         self.embedding = model.make_embedding(dataset)
         self.tower = model.tower()
         self.head = ProbabilityHead(self.tower.output_size)
-        MultiTaskRecommender.init_weights(self)  # the same Xavier/zero init as every model
+        init_linear_weights(self)  # the same Xavier/zero init as every model
 
     def forward(self, interaction):
         return self.head(self.tower(self._embed_input(interaction, self.embedding)))
@@ -341,7 +338,7 @@ class CSTWA(MultiTaskRecommender):
         propagated = self._propagated_rows(group, interaction[self.id_fields[group]])
         return (1 - self.sm_lambda) * live + self.sm_lambda * propagated.to(live.dtype)
 
-    def conversion_input(self, interaction):
+    def purchase_input(self, interaction):
         """``x_cvr`` (Eq. 11; Eq. 7 on the CVR embedding when the Structure Migrator is off)."""
         if not self.use_sm:
             return self.embed_input(interaction, self.purchase_embedding)
@@ -361,7 +358,7 @@ class CSTWA(MultiTaskRecommender):
 
     def forward(self, interaction):
         x_ctr = self.embed_input(interaction, self.click_embedding)  # Eq. 7
-        x_cvr = self.conversion_input(interaction)  # Eqs. 8-11
+        x_cvr = self.purchase_input(interaction)  # Eqs. 8-11
         h_ctr = self.click_tower(x_ctr)  # Eq. 12
         info = self.info_layer(h_ctr) if self.use_cp else None  # Eq. 13
         h_tilde = x_cvr * info if self.use_cp else x_cvr  # Eq. 14
@@ -369,8 +366,8 @@ class CSTWA(MultiTaskRecommender):
         return {
             "click": self.click_head(h_ctr),  # Eq. 16, p_ctr
             "purchase": self.purchase_head(h_cvr),  # Eq. 16, p_cvr
-            "conversion_input": x_cvr,
-            "conversion_tower_input": h_tilde,
+            "purchase_input": x_cvr,
+            "purchase_tower_input": h_tilde,
             "info": info,
         }
 
