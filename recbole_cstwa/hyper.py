@@ -299,6 +299,40 @@ def _prepare(params, model, dataset, config_file_list, overrides):
     )
 
 
+def check_space(params, model, source):
+    """Checks every value a search can try against the settings table, before any trial: each
+    choice, and the bounds of a range (``exp`` of a loguniform's)."""
+    from recbole_cstwa.settings import applies, check_value, setting
+    from recbole_cstwa.utils import get_model, is_multitask_model
+
+    multitask = is_multitask_model(get_model(model))
+    for param in params:
+        try:
+            spec = setting(param.name)
+        except KeyError:
+            continue  # a RecBole setting the plugin does not describe
+        if not applies(spec.models, model, multitask):
+            continue
+        if param.kind == "choice":
+            values = param.values
+        elif param.kind == "loguniform":
+            values = (math.exp(param.low), math.exp(param.high))
+        else:
+            values = (param.low, param.high)
+            if spec.kind == "int" and not param.integral:
+                raise ParamsFileError(
+                    f"{source}, {param.name} {param.kind}: {param.name} takes whole numbers, which "
+                    f"{param.kind} does not draw. Fix: quniform with whole-number bounds and step, "
+                    "or choice."
+                )
+            values = tuple(int(v) if spec.kind == "int" else v for v in values)
+        for value in values:
+            try:
+                check_value(spec, value)
+            except ConfigError as error:
+                raise ParamsFileError(f"{source}, {param.name} {param.kind}: {error}") from None
+
+
 def run_search(
     params,
     model=None,
@@ -340,9 +374,12 @@ def run_search(
         raise ConfigError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}.")
     if max_evals is None or int(max_evals) < 1:
         raise ConfigError(f"--max_evals must be a positive number of trials, got {max_evals!r}.")
+    source = "the search space"
     if not isinstance(params, (list, tuple)):
+        source = f"params file [{params}]"
         params = read_params_file(params)
     search = _prepare(list(params), model, dataset, config_file_list, overrides)
+    check_space(search.params, search.info["model"], source)
     search.info.update(algo=algo, tool=tool, search_seed=search_seed)
     if output_file == "auto":
         output_file = os.path.join(

@@ -2,7 +2,6 @@
 t-test against scipy, the files, resuming, and the checks made before any run."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -10,7 +9,7 @@ import statistics
 import zlib
 
 import pytest
-from conftest import TINY, tiny_config
+from conftest import TINY, load_script, tiny_config
 from scipy import stats
 
 from recbole_cstwa.cli import split_assignments
@@ -18,7 +17,6 @@ from recbole_cstwa.compare import METRICS, Entry, make_plan, parse_variant, run_
 from recbole_cstwa.data.generator import oracle_metrics
 from recbole_cstwa.errors import InputError
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = [2020, 2021]
 MODELS = ["MLP", "ESMM", "DeepFM"]
 VARIANT = "ESMM_small=ESMM:tower_hidden_size=[16,8],tower_dropout=[0.1,0.1]"
@@ -225,9 +223,7 @@ def test_a_second_run_keeps_the_finished_runs(comparison, tiny_data_path, monkey
 def test_command_line_resumes_and_prints_the_table(comparison, tiny_data_path, monkeypatch, capsys):
     folder = comparison["folder"]
     monkeypatch.chdir(folder)
-    spec = importlib.util.spec_from_file_location("run_compare", os.path.join(REPOSITORY, "run_compare.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("run_compare")
     settings = [f"--{key}={value}" for key, value in _overrides(tiny_data_path, folder).items()]
     monkeypatch.setattr(
         "recbole_cstwa.quick_start.run_recbole_cstwa",

@@ -22,7 +22,6 @@ from recbole_cstwa.model.structure import (
     propagate_all,
     propagate_rows,
 )
-from recbole_cstwa.trainer import CSTWATrainer
 
 
 # ----- helpers ---------------------------------------------------------------------------------
@@ -328,16 +327,8 @@ def test_all_switches_off_is_the_mlp(build):
 
 
 # ----- trainer: stages and cache ---------------------------------------------------------------------
-def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(make_config):
-    def stages(**overrides):
-        config = make_config("CSTWA", **overrides)
-        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-        model = CSTWA(config, train_data._dataset)
-        trainer = CSTWATrainer(config, model)
-        for _, stage in trainer.pre_training_stages():
-            stage(train_data, valid_data, False)
-        return trainer, model
-
+def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(cstwa_stages):
+    stages = cstwa_stages
     first, first_model = stages()
     assert [event[:2] for event in first.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
     again, again_model = stages()

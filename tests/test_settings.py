@@ -1,6 +1,5 @@
 """The settings table and the bad-input messages: one line naming the key or file and the fix."""
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import REPOSITORY, TINY, load_script
 from recbole.data import data_preparation
 
 from recbole_cstwa.checkpoint import check_writable_directory
@@ -16,12 +15,8 @@ from recbole_cstwa.cli import INPUT_ERROR_STATUS
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.data import DataFormatError, create_dataset
 from recbole_cstwa.errors import InputError
-from recbole_cstwa.model.multitask.cstwa import CSTWA
 from recbole_cstwa.settings import ANY_MODEL, MULTITASK, SETTINGS, requirement
-from recbole_cstwa.trainer import CSTWATrainer
 from recbole_cstwa.utils import plugin_model_names
-
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----- the table -----------------------------------------------------------------------------------
@@ -137,18 +132,11 @@ def test_values_are_normalised(make_config):
 
 
 # ----- command line ---------------------------------------------------------------------------
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPOSITORY, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _error_line(monkeypatch, capsys, arguments):
     """Runs run_recbole_cstwa.py's main in this process; returns its one stderr line."""
     monkeypatch.setattr(sys, "argv", ["run_recbole_cstwa.py", *arguments])
     with pytest.raises(SystemExit) as stop:
-        _script("run_recbole_cstwa").main()
+        load_script("run_recbole_cstwa").main()
     assert stop.value.code == INPUT_ERROR_STATUS
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -266,24 +254,14 @@ def test_a_one_row_valid_split_is_refused(tmp_path):
 
 
 # ----- CSTWA's cache -------------------------------------------------------------------------------
-def _stages(make_config, **overrides):
-    config = make_config("CSTWA", **overrides)
-    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-    model = CSTWA(config, train_data._dataset)
-    trainer = CSTWATrainer(config, model)
-    for _, stage in trainer.pre_training_stages():
-        stage(train_data, valid_data, False)
-    return trainer, model
-
-
 @pytest.mark.slow
-def test_a_failed_cache_write_warns_and_goes_on(make_config, monkeypatch, caplog):
+def test_a_failed_cache_write_warns_and_goes_on(cstwa_stages, monkeypatch, caplog):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("recbole_cstwa.model.structure.ArtifactCache.save", full_disk)
     with caplog.at_level(logging.WARNING):
-        trainer, model = _stages(make_config)
+        trainer, model = cstwa_stages()
     assert [event[:2] for event in trainer.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
     assert model.has_graphs()
     warnings = [r.getMessage() for r in caplog.records if "could not cache" in r.getMessage()]
@@ -291,8 +269,8 @@ def test_a_failed_cache_write_warns_and_goes_on(make_config, monkeypatch, caplog
 
 
 @pytest.mark.slow
-def test_a_cache_file_of_the_wrong_shape_is_rebuilt(make_config, caplog):
-    first, _ = _stages(make_config)
+def test_a_cache_file_of_the_wrong_shape_is_rebuilt(cstwa_stages, caplog):
+    first, _ = cstwa_stages()
     for kind, path in (event[::2] for event in first.cache_events):
         artifact = torch.load(path, weights_only=True)
         if kind == "pretrain":
@@ -301,7 +279,7 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt(make_config, caplog):
             artifact["user"] = {"indices": torch.zeros(2, 1, dtype=torch.long), "values": torch.ones(1), "size": [3, 3]}
         torch.save(artifact, path)
     with caplog.at_level(logging.INFO):
-        again, model = _stages(make_config)
+        again, model = cstwa_stages()
     assert [event[:2] for event in again.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
     assert model.has_graphs()
     text = caplog.text
@@ -309,9 +287,9 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt(make_config, caplog):
 
 
 @pytest.mark.slow
-def test_graph_top_k_above_the_nodes_is_said_once(make_config, caplog):
+def test_graph_top_k_above_the_nodes_is_said_once(cstwa_stages, caplog):
     with caplog.at_level(logging.WARNING):
-        trainer, model = _stages(make_config, graph_top_k=100000, cstwa_cache=False)
+        trainer, model = cstwa_stages(graph_top_k=100000, cstwa_cache=False)
     said = [r.getMessage() for r in caplog.records if "graph_top_k=100000" in r.getMessage()]
     users, items = model.num_entities["user"] - 1, model.num_entities["item"] - 1
     assert said == [
