@@ -327,6 +327,7 @@ def test_all_switches_off_is_the_mlp(build):
 
 
 # ----- trainer: stages and cache ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(cstwa_stages):
     stages = cstwa_stages
     first, first_model = stages()
@@ -356,6 +357,7 @@ def test_cache_miss_names_the_changed_setting(tmp_path):
 
 
 # ----- end to end ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
     first = run_tiny("CSTWA")
     assert set(first["stage_times"]) == {"pretrain", "graphs", "train"}
@@ -363,6 +365,7 @@ def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
     assert second["test_result"] == first["test_result"]
 
 
+@pytest.mark.slow
 def test_one_epoch_batch_mode_two_layers(run_tiny):
     result = run_tiny("CSTWA", sm_mode="batch", sm_layers=2)
     assert 0.0 <= result["test_result"]["purchase_auc"] <= 1.0

@@ -202,6 +202,7 @@ def _check_report(report, n_trials):
     assert report["best"] == best
 
 
+@pytest.mark.slow
 def test_hypertuning_exhaustive_covers_the_grid(tiny_data_path, tmp_path):
     output = tmp_path / "out" / "search.json"
     params = parse_params(
@@ -222,6 +223,7 @@ def test_hypertuning_exhaustive_covers_the_grid(tiny_data_path, tmp_path):
     assert written["algo"] == "exhaustive" and written["model"] == "MLP" and written["dataset"] == TINY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["random", "bayes"])
 def test_hypertuning_random_and_bayes(tiny_data_path, tmp_path, algo):
     params = parse_params(["learning_rate loguniform -7,-4", "embedding_size quniform 4,8,4"])
@@ -243,6 +245,7 @@ def test_a_setting_both_fixed_and_searched_is_refused(tiny_data_path, tmp_path):
         run_search(params, model="MLP", overrides=tiny_config(tiny_data_path, tmp_path, learning_rate=0.1))
 
 
+@pytest.mark.slow
 def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsys):
     params_file = tmp_path / "space.hyper"
     params_file.write_text("learning_rate choice [0.01, 0.005]\n")
@@ -304,6 +307,7 @@ def test_ray_space_translation():
     assert SearchParam("x", "quniform", low=4, high=16, q=4).integral
 
 
+@pytest.mark.slow
 def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
     import ray
 

@@ -216,6 +216,7 @@ def test_writable_directory_is_created(tmp_path):
     assert os.listdir(tmp_path / "new" / "saved") == []
 
 
+@pytest.mark.slow
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, os.path.join(REPOSITORY, "run_recbole_cstwa.py"), "--model=MLP", "--embedding_size=0"],
