@@ -16,13 +16,9 @@ written to summary.md and summary.csv; summary.html is a plot of the purchase an
 """
 
 import argparse
-import sys
 
-from recbole_cstwa.compare import CompareError, parse_assignments, run_comparison
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError
-from recbole_cstwa.hyper import ParamsFileError
-from recbole_cstwa.utils import UnknownModelError
+from recbole_cstwa.cli import parse_overrides, reported_errors
+from recbole_cstwa.compare import run_comparison
 
 
 def _parser():
@@ -61,12 +57,9 @@ def _parser():
 def main(argv=None):
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    bad = [arg for arg in extra if not arg.startswith("--") or "=" not in arg]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: RecBole settings are given as --key=value")
     models = [name for item in args.models for name in item.split()]
-    try:
-        overrides = parse_assignments(extra, "command line")
+    with reported_errors():
+        overrides = parse_overrides(extra, parser)
         result = run_comparison(
             models,
             args.seeds,
@@ -80,15 +73,6 @@ def main(argv=None):
             oracle=not args.no_oracle,
             plotlyjs=True if args.plotlyjs == "inline" else "cdn",
         )
-    except (
-        CompareError,
-        ParamsFileError,
-        ConfigError,
-        DataFormatError,
-        UnknownModelError,
-        FileNotFoundError,
-    ) as error:
-        sys.exit(f"error: {error}")
     print()
     print(result["table"])
     print()

@@ -16,10 +16,8 @@ import argparse
 import json
 import sys
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError
-from recbole_cstwa.hyper import ALGOS, TOOLS, ParamsFileError, parse_literal, run_search
-from recbole_cstwa.utils import UnknownModelError
+from recbole_cstwa.cli import parse_overrides, reported_errors
+from recbole_cstwa.hyper import ALGOS, TOOLS, run_search
 
 
 def _parser():
@@ -61,21 +59,10 @@ def _parser():
     return parser
 
 
-def parse_overrides(extra, parser):
-    """``--key=value`` pairs as config values (read without eval, as the params file)."""
-    overrides = {}
-    for arg in extra:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not sep or not key:
-            parser.error(f"unrecognised argument {arg!r}: RecBole settings are given as --key=value")
-        overrides[key] = parse_literal(value, f"--{key}")
-    return overrides
-
-
 def main(argv=None):
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    try:
+    with reported_errors():
         overrides = parse_overrides(extra, parser)
         config_files = args.config_files.split() if args.config_files else None
         report = run_search(
@@ -96,8 +83,6 @@ def main(argv=None):
                 "gpus_per_trial": args.gpus_per_trial,
             },
         )
-    except (ParamsFileError, ConfigError, DataFormatError, UnknownModelError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
     best = report["best"]
     print(
         f"{len(report['trials'])} trials of {report['model']} on {report['dataset']}, written to {report['output_file']}"

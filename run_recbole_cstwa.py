@@ -7,12 +7,9 @@ Prints the click and purchase metrics of the best validation epoch and of the te
 """
 
 import argparse
-import sys
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError
+from recbole_cstwa.cli import reported_errors
 from recbole_cstwa.quick_start import run_recbole_cstwa
-from recbole_cstwa.utils import UnknownModelError
 
 
 def format_results(result):
@@ -36,11 +33,8 @@ def main():
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     args, _ = parser.parse_known_args()  # other --key=value pairs are RecBole config overrides
     config_files = args.config_files.split() if args.config_files else None
-    try:
+    with reported_errors():  # bad input or settings: one `error: ...` line naming the key and the fix
         result = run_recbole_cstwa(model=args.model, dataset=args.dataset, config_file_list=config_files)
-    except (ConfigError, DataFormatError, UnknownModelError) as error:
-        # Bad input or settings: the message names the file or key and the fix.
-        sys.exit(f"error: {error}")
     print(f"{result['model']} on {args.dataset or 'synthetic-ccp'}")
     print(format_results(result))
 

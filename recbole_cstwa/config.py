@@ -10,9 +10,12 @@ a dataset's settings travel with it; any config file or command-line key still o
 
 import os
 
+import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator import metric_types, smaller_metrics
 
+from recbole_cstwa.errors import ConfigError
+from recbole_cstwa.settings import check_settings
 from recbole_cstwa.utils import get_model, is_multitask_model
 
 #: Task names: the prefixes of every reported metric (``click_auc``, ``purchase_logloss``).
@@ -50,8 +53,27 @@ def embedded_data_path():
     return os.path.join(_REPOSITORY_DIR, "dataset")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot give correct results, with the key to change."""
+__all__ = ["Config", "ConfigError", "TASKS", "TASK_LABEL_KEYS", "properties_dir", "embedded_data_path"]
+
+
+def _read_yaml(path, loader):
+    """A YAML settings file, any failure as one line naming the file."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return yaml.load(file.read(), Loader=loader)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file [{path}] does not exist (--config_files).") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Config file [{path}] cannot be read: {error}.") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f", line {where.line + 1}" if where is not None else ""
+        problem = str(getattr(error, "problem", None) or error).splitlines()[0]
+        raise ConfigError(
+            f"Config file [{path}]{line} is not plain YAML: {problem}. Fix: write settings as "
+            "plain values (numbers, true/false, words, lists); Python tags such as !!python/... "
+            "are not read."
+        ) from None
 
 
 class Config(RecBoleConfig):
@@ -80,6 +102,45 @@ class Config(RecBoleConfig):
         if dataset is None:
             dataset = self.external_config_dict.get("dataset", EMBEDDED_DATASET)
         return final_model, final_model_class, dataset
+
+    def _load_config_files(self, file_list):
+        settings = {}
+        for path in file_list or []:
+            loaded = _read_yaml(path, self.yaml_loader)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(
+                    f"Config file [{path}] holds {type(loaded).__name__}, not settings: write one "
+                    "`key: value` a line."
+                )
+            settings.update(loaded or {})
+        return settings
+
+    def _update_internal_config_dict(self, file):
+        loaded = _read_yaml(file, self.yaml_loader)
+        if loaded is not None:
+            self.internal_config_dict.update(loaded)
+        return loaded
+
+    def _load_cmd_line(self):
+        try:
+            return super()._load_cmd_line()
+        except SyntaxError as error:  # RecBole's word for a setting given twice
+            raise ConfigError(f"Command line: {error} Fix: give each --key=value once.") from None
+
+    def _convert_config_dict(self, config_dict):
+        # RecBole evals every string setting (command line, config_dict); an expression that
+        # fails there with anything but a name or syntax error (--learning_rate=1/0) would end
+        # in a traceback without the key.
+        for key in list(config_dict):
+            try:
+                super()._convert_config_dict({key: config_dict[key]})
+            except Exception as error:
+                raise ConfigError(
+                    f"Setting {key} = {config_dict[key]!r} cannot be read as a value "
+                    f"({type(error).__name__}: {error}). Fix: give a number, true/false, a word or "
+                    "a list."
+                ) from None
+        return super()._convert_config_dict(config_dict)
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
@@ -123,6 +184,8 @@ class Config(RecBoleConfig):
             and not os.path.isdir(os.path.join(self.final_config_dict["data_path"], self.dataset))
         ):
             self.final_config_dict["data_path"] = embedded_data_path()
+        # Every setting checked once, here, before any data is read (recbole_cstwa.settings).
+        check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
         self._resolve_tasks()
         super()._set_default_parameters()
         self.final_config_dict["valid_metric_bigger"] = (
@@ -151,11 +214,6 @@ class Config(RecBoleConfig):
             raise ConfigError(
                 "threshold must be unset (threshold: ~): the click and purchase columns already "
                 "hold 0/1 labels."
-            )
-
-        if config.get("invalid_purchase") not in ("drop", "error"):
-            raise ConfigError(
-                f"invalid_purchase must be 'drop' or 'error', got {config.get('invalid_purchase')!r}."
             )
 
         # LABEL_FIELD follows PURCHASE_FIELD unless a config file, config_dict, the command line

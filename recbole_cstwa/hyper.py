@@ -17,7 +17,7 @@ as ``"__import__('os')"``) is refused here too.
 Two routes run the same search:
 
 * ``tool="Hyperopt"``: RecBole's ``HyperTuning`` on one machine, trials one after another, with
-  ``algo`` exhaustive (:func:`recbole_cstwa.compat.exhaustive_search`, as RecBole's is broken on
+  ``algo`` exhaustive (:func:`recbole_cstwa.exhaustive.exhaustive_search`, as RecBole's is broken on
   hyperopt >= 0.2.7), random or bayes (TPE).
 * ``tool="Ray"``: Ray Tune, trials in parallel on a machine or a Ray cluster; exhaustive =
   ``tune.grid_search``, random = Tune's sampling, bayes = Tune's ``HyperOptSearch`` (TPE). Ray
@@ -28,18 +28,16 @@ minimised by ``valid_metric_bigger``) and write every trial's parameters and res
 best, to one JSON file.
 """
 
-import ast
 import contextlib
 import json
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import yaml
+from recbole_cstwa.cli import ValueTextError, isolated_argv, parse_literal, plain_value, strip_comment
+from recbole_cstwa.errors import ConfigError, InputError
 
 #: Parameter types of RecBole's params files.
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
@@ -51,31 +49,9 @@ TOOLS = ("Hyperopt", "Ray")
 RECBOLE_EARLY_STOP = 10
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Expression nodes RecBole's ``eval`` of a config string may meet without running code: names,
-# constants and light operators (``leaky-relu`` is a BinOp of two names; the eval fails, the text
-# stays). No calls, attributes or subscripts; no ``**`` or ``*`` (``9**9**9`` would hang the eval).
-_INERT_NODES = (
-    ast.Expression,
-    ast.Name,
-    ast.Constant,
-    ast.Load,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.BoolOp,
-    ast.Compare,
-    ast.Add,
-    ast.Sub,
-    ast.Div,
-    ast.USub,
-    ast.UAdd,
-    ast.Not,
-    ast.And,
-    ast.Or,
-    ast.cmpop,
-)
 
 
-class ParamsFileError(ValueError):
+class ParamsFileError(InputError):
     """A params file line that cannot be read, with the file and the line number."""
 
 
@@ -93,58 +69,11 @@ class SearchParam:
     low: float = 0.0
     high: float = 0.0
     q: float = 0.0
-    where: str = ""
 
     @property
     def integral(self):
         """A quniform parameter with whole-number bounds and step gives ints (64, not 64.0)."""
         return self.kind == "quniform" and all(float(v).is_integer() for v in (self.low, self.high, self.q))
-
-
-def check_recbole_string(text, where):
-    """Refuses a string that RecBole's ``Config`` would ``eval`` into running code.
-
-    RecBole converts every string in ``config_dict`` and on the command line with ``eval``; a
-    plain word (``adam``), a word with operators (``leaky-relu``) or text that is no Python
-    expression stays a string there, and those are the strings accepted.
-    """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
-        return text
-    if all(isinstance(node, _INERT_NODES) for node in ast.walk(tree)):
-        return text
-    raise ParamsFileError(
-        f"{where}: the string {text!r} is Python code that RecBole's Config would evaluate. "
-        "Give plain values: numbers, true/false, words, lists."
-    )
-
-
-def plain_value(value, where):
-    """``value`` as plain Python data that is safe to hand to RecBole's ``Config``."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, str):
-        return check_recbole_string(value, where)
-    if isinstance(value, (list, tuple)):
-        return [plain_value(item, where) for item in value]
-    if isinstance(value, dict):
-        return {str(key): plain_value(item, where) for key, item in value.items()}
-    raise ParamsFileError(f"{where}: {value!r} is not a plain value (number, bool, string, list, dict).")
-
-
-def parse_literal(text, where):
-    """A value written in a params file or an override: a Python literal, else YAML, never eval."""
-    try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ParamsFileError(f"{where}: cannot read {text.strip()!r} as a value.") from None
-    return plain_value(value, where)
 
 
 def _numbers(text, count, where, kind):
@@ -179,41 +108,31 @@ def parse_params(lines, source="<params>"):
                 f"{where}: expected `name type values` (type one of {', '.join(PARAM_TYPES)}), got {line!r}."
             )
         name, kind, text = parts
-        text = _strip_comment(text)
+        text = strip_comment(text)
         if not _NAME.fullmatch(name):
             raise ParamsFileError(f"{where}: {name!r} is not a config key name.")
         if name in seen:
             raise ParamsFileError(f"{where}: {name} is already searched on line {seen[name]}.")
         if kind == "choice":
-            values = parse_literal(text, where)
+            try:
+                values = parse_literal(text, where)
+            except ValueTextError as error:
+                raise ParamsFileError(str(error)) from None
             if not isinstance(values, list) or not values:
                 raise ParamsFileError(f"{where}: choice takes a non-empty list such as [1, 2], got {text!r}.")
-            params.append(SearchParam(name, kind, values=tuple(values), where=where))
+            params.append(SearchParam(name, kind, values=tuple(values)))
         elif kind in ("uniform", "loguniform"):
             low, high = _numbers(text, 2, where, kind)
-            params.append(SearchParam(name, kind, low=low, high=high, where=where))
+            params.append(SearchParam(name, kind, low=low, high=high))
         elif kind == "quniform":
             low, high, q = _numbers(text, 3, where, kind)
-            params.append(SearchParam(name, kind, low=low, high=high, q=q, where=where))
+            params.append(SearchParam(name, kind, low=low, high=high, q=q))
         else:
             raise ParamsFileError(f"{where}: unknown type {kind!r}; use one of {', '.join(PARAM_TYPES)}.")
         seen[name] = number
     if not params:
         raise ParamsFileError(f"{source}: no parameter to search (lines are `name type values`).")
     return params
-
-
-def _strip_comment(text):
-    """Drops a trailing ``# comment`` that is outside quotes."""
-    quote = None
-    for index, char in enumerate(text):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#":
-            return text[:index].strip()
-    return text.strip()
 
 
 def read_params_file(path):
@@ -274,21 +193,6 @@ def trial_config(params, sampled):
             value = int(round(value))
         config[name] = value
     return config
-
-
-@contextlib.contextmanager
-def isolated_argv():
-    """Hides the command line from RecBole's ``Config``, which reads ``--key=value`` pairs there.
-
-    A trial's settings are then exactly its ``config_dict`` and config files: a script's own
-    flags cannot leak in, and a fixed ``--key=value`` cannot silently override a searched one.
-    """
-    saved = sys.argv
-    sys.argv = saved[:1] or ["recbole_cstwa"]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 @dataclass
@@ -368,7 +272,7 @@ def _prepare(params, model, dataset, config_file_list, overrides):
     fixed = dict(overrides or {})
     clash = sorted(set(fixed) & {param.name for param in params})
     if clash:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join(clash)} is both searched (params file) and fixed (--key=value or "
             "config_dict): remove one of the two."
         )
@@ -379,7 +283,7 @@ def _prepare(params, model, dataset, config_file_list, overrides):
     config_file_list = [os.path.abspath(path) for path in (config_file_list or [])]
     for path in config_file_list:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Config file [{path}] does not exist (--config_files).")
+            raise ConfigError(f"Config file [{path}] does not exist (--config_files).")
     with isolated_argv():
         config = Config(config_file_list=config_file_list or None, config_dict=dict(fixed))
     fixed.setdefault("model", config["model"])
@@ -393,6 +297,40 @@ def _prepare(params, model, dataset, config_file_list, overrides):
         data_dir=os.path.dirname(os.path.abspath(config["data_path"])),  # data_path ends in the dataset
         info={"model": config["model"], "dataset": config["dataset"]},
     )
+
+
+def check_space(params, model, source):
+    """Checks every value a search can try against the settings table, before any trial: each
+    choice, and the bounds of a range (``exp`` of a loguniform's)."""
+    from recbole_cstwa.settings import applies, check_value, setting
+    from recbole_cstwa.utils import get_model, is_multitask_model
+
+    multitask = is_multitask_model(get_model(model))
+    for param in params:
+        try:
+            spec = setting(param.name)
+        except KeyError:
+            continue  # a RecBole setting the plugin does not describe
+        if not applies(spec.models, model, multitask):
+            continue
+        if param.kind == "choice":
+            values = param.values
+        elif param.kind == "loguniform":
+            values = (math.exp(param.low), math.exp(param.high))
+        else:
+            values = (param.low, param.high)
+            if spec.kind == "int" and not param.integral:
+                raise ParamsFileError(
+                    f"{source}, {param.name} {param.kind}: {param.name} takes whole numbers, which "
+                    f"{param.kind} does not draw. Fix: quniform with whole-number bounds and step, "
+                    "or choice."
+                )
+            values = tuple(int(v) if spec.kind == "int" else v for v in values)
+        for value in values:
+            try:
+                check_value(spec, value)
+            except ConfigError as error:
+                raise ParamsFileError(f"{source}, {param.name} {param.kind}: {error}") from None
 
 
 def run_search(
@@ -431,14 +369,17 @@ def run_search(
         ``valid_score``, ``valid_result``, ``test_result``, ``seconds``) and the settings.
     """
     if algo not in ALGOS:
-        raise ValueError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}.")
+        raise ConfigError(f"algo must be one of {', '.join(ALGOS)}, got {algo!r}.")
     if tool not in TOOLS:
-        raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}.")
+        raise ConfigError(f"tool must be one of {', '.join(TOOLS)}, got {tool!r}.")
     if max_evals is None or int(max_evals) < 1:
-        raise ValueError(f"max_evals must be a positive number of trials, got {max_evals!r}.")
+        raise ConfigError(f"--max_evals must be a positive number of trials, got {max_evals!r}.")
+    source = "the search space"
     if not isinstance(params, (list, tuple)):
+        source = f"params file [{params}]"
         params = read_params_file(params)
     search = _prepare(list(params), model, dataset, config_file_list, overrides)
+    check_space(search.params, search.info["model"], source)
     search.info.update(algo=algo, tool=tool, search_seed=search_seed)
     if output_file == "auto":
         output_file = os.path.join(
@@ -479,7 +420,7 @@ def _hyperopt_seed(seed):
 def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
     from recbole.trainer import HyperTuning
 
-    from recbole_cstwa.compat import exhaustive_search, grid_size
+    from recbole_cstwa.exhaustive import exhaustive_search, grid_size
 
     space = hyperopt_space(search.params)
     if algo == "exhaustive":

@@ -2,7 +2,7 @@
 
 Both evaluate the RecBole way (RecBole's metrics, early stopping on ``valid_metric``, best
 checkpoint reloaded for the test set), report task-prefixed metrics (``click_auc``, ...) and save
-checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.compat`).
+checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.checkpoint`).
 """
 
 import os
@@ -17,7 +17,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
-from recbole_cstwa.compat import SafeCheckpointMixin
+from recbole_cstwa.checkpoint import SafeCheckpointMixin
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
 from recbole_cstwa.model.structure import (
@@ -203,6 +203,9 @@ class CSTWATrainer(MultiTaskTrainer):
             model = ClickPretrainModel(self.model, dataset).to(self.device)
             if self.config["cstwa_cache"]:
                 cached, path, reason = self._cache().load("pretrain", settings)
+                mismatch = cached is not None and _state_mismatch(cached.get("embedding"), model.embedding)
+                if mismatch:
+                    cached, reason = None, f"cached file [{path}] does not fit this model ({mismatch})"
                 if cached is not None:
                     model.embedding.load_state_dict(cached["embedding"])
                     self.pretrained_embedding = model.embedding.eval()
@@ -215,9 +218,22 @@ class CSTWATrainer(MultiTaskTrainer):
         path = None
         if self.config["cstwa_cache"]:
             state = {name: tensor.detach().cpu() for name, tensor in model.embedding.state_dict().items()}
-            path = self._cache().save("pretrain", settings, {"embedding": state})
-            self.logger.info(f"saved the pre-trained CTR embedding to {path}")
+            path = self._save_to_cache("pretrain", settings, {"embedding": state}, "the pre-trained CTR embedding")
         self.cache_events.append(("pretrain", "computed", path))
+
+    def _save_to_cache(self, kind, settings, state, what):
+        """Writes a cache file; a failed write is a warning (the run goes on without the cache)."""
+        try:
+            path = self._cache().save(kind, settings, state)
+        except (OSError, RuntimeError) as error:
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+            self.logger.warning(
+                f"could not cache {what} under checkpoint_dir [{self.config['checkpoint_dir']}] "
+                f"({reason}): going on without the cache (cstwa_cache: False hides this warning)."
+            )
+            return None
+        self.logger.info(f"saved {what} to {path}")
+        return path
 
     def _pretrain(self, model, train_data, valid_data, show_progress):
         epochs = self.config["pretrain_epochs"]
@@ -272,7 +288,10 @@ class CSTWATrainer(MultiTaskTrainer):
         if self.config["cstwa_cache"]:
             cached, path, reason = self._cache().load("graphs", settings)
             if cached is not None:
-                graphs = {group: graph_from_state(cached[group]) for group in ("user", "item")}
+                graphs, mismatch = self._cached_graphs(cached)
+                if mismatch:
+                    reason = f"cached file [{path}] does not fit this dataset ({mismatch})"
+            if graphs is not None:
                 self.cache_events.append(("graphs", "loaded", path))
                 self.logger.info(f"loaded cached user and item graphs from {path}")
             else:
@@ -280,6 +299,7 @@ class CSTWATrainer(MultiTaskTrainer):
         if graphs is None:
             if self.pretrained_embedding is None:
                 raise RuntimeError("the graphs stage needs the pretrain stage's embedding first.")
+            self._note_small_groups()
             graphs = {}
             for group in ("user", "item"):
                 start = time()
@@ -302,12 +322,51 @@ class CSTWATrainer(MultiTaskTrainer):
             path = None
             if self.config["cstwa_cache"]:
                 state = {group: graph_to_state(graph) for group, graph in graphs.items()}
-                path = self._cache().save("graphs", settings, state)
-                self.logger.info(f"saved the user and item graphs to {path}")
+                path = self._save_to_cache("graphs", settings, state, "the user and item graphs")
             self.cache_events.append(("graphs", "computed", path))
         for group, graph in graphs.items():
             self.logger.info(f"{group} graph: {graph_summary(graph)}")
         self.model.set_graphs(graphs["user"], graphs["item"])
+
+    def _cached_graphs(self, cached):
+        """``(graphs, None)`` from a cache file, or ``(None, why)`` when they do not fit the data."""
+        graphs = {}
+        for group in ("user", "item"):
+            size = self.model.num_entities[group]
+            try:
+                graphs[group] = graph_from_state(cached[group])
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                return None, f"{group} graph unreadable: {type(error).__name__}"
+            if tuple(graphs[group].shape) != (size, size):
+                return None, f"{group} graph is {tuple(graphs[group].shape)}, the data has {size} {group} rows"
+        return graphs, None
+
+    def _note_small_groups(self):
+        """Says once when graph_top_k is above the nodes a group has: its rows keep every node."""
+        top_k = self.config["graph_top_k"]
+        small = []
+        for group in ("user", "item"):
+            nodes = self.model.num_entities[group] - 1  # without RecBole's [PAD] row
+            reachable = nodes if self.config["graph_self_loop"] else nodes - 1
+            if top_k > reachable:
+                small.append(f"{nodes} {group}s (K = {max(reachable, 0)})")
+        if small:
+            self.logger.warning(
+                f"graph_top_k={top_k} is above the nodes of the graph: {' and '.join(small)}; "
+                "each row keeps all of them."
+            )
+
+
+def _state_mismatch(state, module):
+    """Why a cached ``state_dict`` cannot be loaded into ``module`` (names, shapes), or None."""
+    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    if not isinstance(state, dict):
+        return "no embedding state"
+    found = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in state.items()}
+    if set(found) != set(expected):
+        return f"parameters {sorted(set(found) ^ set(expected))} differ"
+    wrong = [f"{name} {found[name]} != {expected[name]}" for name in expected if found[name] != expected[name]]
+    return "; ".join(wrong) or None
 
 
 @contextmanager

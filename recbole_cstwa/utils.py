@@ -11,6 +11,8 @@ import pkgutil
 from recbole.utils import ModelType
 from recbole.utils import get_model as get_recbole_model
 
+from recbole_cstwa.errors import InputError
+
 #: Sub-packages of ``recbole_cstwa.model`` holding one model a file.
 PLUGIN_MODEL_CATEGORIES = ("multitask",)
 #: RecBole's model sub-packages searched for built-in models. ``exlib_recommender`` is left out:
@@ -23,7 +25,7 @@ RECBOLE_MODEL_CATEGORIES = (
 )
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name that is neither a plugin model nor a RecBole built-in model."""
 
 
@@ -130,7 +132,7 @@ def get_trainer(model_type, model_name):
     if is_multitask_model(get_model(model_name)):
         return trainer_module.MultiTaskTrainer
     if model_type != ModelType.CONTEXT:
-        raise ValueError(
+        raise UnknownModelError(
             f"Model [{model_name}] is a RecBole {model_type.name.lower()} model; recbole-cstwa "
             "scores impressions with a click and a purchase label, so it runs RecBole's "
             "context-aware models (DeepFM, WideDeep, DCN, ...) and its own multi-task models."

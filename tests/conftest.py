@@ -4,12 +4,24 @@ Runs happen inside a temporary working directory, because RecBole writes ``log/`
 ``log_tensorboard/`` into the current directory.
 """
 
+import importlib.util
+import os
+
 import pytest
 
 from recbole_cstwa.data.generator import generate
 from recbole_cstwa.quick_start import run_recbole_cstwa
 
 TINY = "tiny-ccp"
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name):
+    """A top-level script of the repository (``run_hyper``, ...) as a module, to call its main."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPOSITORY, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +62,27 @@ def make_config(tiny_data_path, tmp_path):
         return Config(model=model, config_dict=tiny_config(tiny_data_path, tmp_path, **overrides))
 
     return make
+
+
+@pytest.fixture
+def cstwa_stages(make_config):
+    """``cstwa_stages(**config)`` -> ``(trainer, model)`` after CSTWATrainer's pre-training stages."""
+    from recbole.data import data_preparation
+
+    from recbole_cstwa.data import create_dataset
+    from recbole_cstwa.model.multitask.cstwa import CSTWA
+    from recbole_cstwa.trainer import CSTWATrainer
+
+    def stages(**overrides):
+        config = make_config("CSTWA", **overrides)
+        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+        model = CSTWA(config, train_data._dataset)
+        trainer = CSTWATrainer(config, model)
+        for _, stage in trainer.pre_training_stages():
+            stage(train_data, valid_data, False)
+        return trainer, model
+
+    return stages
 
 
 @pytest.fixture

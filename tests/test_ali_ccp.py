@@ -566,6 +566,7 @@ def test_cli_raw_writes_the_dataset(tmp_path, capsys):
     assert rows_as_text(rows) == EXPECTED_TRAIN_ROWS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["ESMM", "DeepFM"])
 def test_converted_sample_trains_one_epoch(tmp_path, model):
     from recbole_cstwa.quick_start import run_recbole_cstwa

@@ -183,7 +183,7 @@ def test_escm2_counterfactual_risk_does_not_train_the_ctr_tower(build, mode):
     ctr_parameters = [*model.towers["click"].parameters(), *model.heads["click"].parameters()]
     grads = torch.autograd.grad(counterfactual, ctr_parameters, allow_unused=True)
     assert all(g is None for g in grads)
-    cvr_grads = torch.autograd.grad(counterfactual, list(model.heads["conversion"].parameters()))
+    cvr_grads = torch.autograd.grad(counterfactual, list(model.heads["cvr"].parameters()))
     assert all(g.abs().sum() > 0 for g in cvr_grads)
 
 

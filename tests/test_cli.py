@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_recbole_cstwa.py")
 
 
@@ -11,6 +13,7 @@ def _run(*args):
     return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
     done = _run(
         "--model=ESMM",
@@ -32,18 +35,21 @@ def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_unknown_model_is_a_message(tmp_path):
     done = _run("--model=NoSuchModel")
     assert done.returncode != 0
     assert "error: Model [NoSuchModel]" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_pre_split_files_without_benchmark_filename(tiny_data_path):
     done = _run("--model=MLP", "--dataset=tiny-ccp", f"--data_path={tiny_data_path}")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "set benchmark_filename: ['train', 'valid', 'test']" in done.stderr
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_a_message(tmp_path):
     done = _run("--model=MLP", "--dataset=absent", f"--data_path={tmp_path}")
     assert done.returncode != 0

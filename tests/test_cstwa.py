@@ -21,7 +21,6 @@ from recbole_cstwa.model.structure import (
     propagate_all,
     propagate_rows,
 )
-from recbole_cstwa.trainer import CSTWATrainer
 
 
 # ----- helpers ---------------------------------------------------------------------------------
@@ -209,21 +208,21 @@ def test_curse_escaper_off_gives_unit_weights(build):
 
 
 # ----- Click Perceptron ---------------------------------------------------------------------------
-def test_click_perceptron_scales_the_conversion_input(build):
+def test_click_perceptron_scales_the_purchase_input(build):
     model, train_data, _ = build(use_sm=False)
     model.eval()
     output = model(next(iter(train_data)))
     info = output["info"]
-    assert info.shape == output["conversion_input"].shape
+    assert info.shape == output["purchase_input"].shape
     assert (info > 0).all() and (info < 2).all()
-    torch.testing.assert_close(output["conversion_tower_input"], output["conversion_input"] * info)
+    torch.testing.assert_close(output["purchase_tower_input"], output["purchase_input"] * info)
 
 
 def test_click_perceptron_off_feeds_x_cvr_unchanged(build):
     model, train_data, _ = build(use_sm=False, use_cp=False)
     output = model(next(iter(train_data)))
     assert model.info_layer is None and output["info"] is None
-    assert output["conversion_tower_input"] is output["conversion_input"]
+    assert output["purchase_tower_input"] is output["purchase_input"]
 
 
 # ----- Structure Migrator --------------------------------------------------------------------------
@@ -239,7 +238,7 @@ def test_structure_migrator_mix_equals_its_formula(build):
         live = model.purchase_embedding(batch, "user")[0].flatten(1)
         expected = 0.7 * live + 0.3 * propagated[batch["user_id"]]
         width = live.shape[1]
-        torch.testing.assert_close(model.conversion_input(batch)[:, :width], expected)
+        torch.testing.assert_close(model.purchase_input(batch)[:, :width], expected)
     assert not torch.allclose(expected, live)
 
 
@@ -247,9 +246,9 @@ def test_structure_migrator_off_keeps_live_rows(build):
     model, train_data, _ = build(use_sm=False)
     batch = next(iter(train_data))
     live = model.purchase_embedding(batch, "user")[0].flatten(1)
-    torch.testing.assert_close(model.conversion_input(batch)[:, : live.shape[1]], live)
+    torch.testing.assert_close(model.purchase_input(batch)[:, : live.shape[1]], live)
     torch.testing.assert_close(
-        model.conversion_input(batch), model.embed_input(batch, model.purchase_embedding)
+        model.purchase_input(batch), model.embed_input(batch, model.purchase_embedding)
     )
 
 
@@ -259,19 +258,19 @@ def test_batch_mode_equals_epoch_mode_and_trains_neighbours(build):
     batch = next(iter(train_data))
     model.eval()
     with torch.no_grad():
-        by_epoch = model.conversion_input(batch)
+        by_epoch = model.purchase_input(batch)
         model.sm_mode = "batch"
-        by_batch = model.conversion_input(batch)
+        by_batch = model.purchase_input(batch)
     torch.testing.assert_close(by_batch, by_epoch)
     # Batch mode: gradients reach the table rows of neighbours outside the batch.
     model.train()
-    model.conversion_input(batch).sum().backward()
+    model.purchase_input(batch).sum().backward()
     table = model.purchase_embedding.token_table.weight.grad
     touched_batch_mode = int((table.abs().sum(1) > 0).sum())
     model.zero_grad()
     model.sm_mode = "epoch"
     model.on_epoch_start(0)
-    model.conversion_input(batch).sum().backward()
+    model.purchase_input(batch).sum().backward()
     touched_epoch_mode = int((model.purchase_embedding.token_table.weight.grad.abs().sum(1) > 0).sum())
     assert touched_batch_mode > touched_epoch_mode
 
@@ -327,16 +326,9 @@ def test_all_switches_off_is_the_mlp(build):
 
 
 # ----- trainer: stages and cache ---------------------------------------------------------------------
-def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(make_config):
-    def stages(**overrides):
-        config = make_config("CSTWA", **overrides)
-        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-        model = CSTWA(config, train_data._dataset)
-        trainer = CSTWATrainer(config, model)
-        for _, stage in trainer.pre_training_stages():
-            stage(train_data, valid_data, False)
-        return trainer, model
-
+@pytest.mark.slow
+def test_artifact_cache_is_reused_and_rebuilt_when_k_changes(cstwa_stages):
+    stages = cstwa_stages
     first, first_model = stages()
     assert [event[:2] for event in first.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
     again, again_model = stages()
@@ -364,6 +356,7 @@ def test_cache_miss_names_the_changed_setting(tmp_path):
 
 
 # ----- end to end ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
     first = run_tiny("CSTWA")
     assert set(first["stage_times"]) == {"pretrain", "graphs", "train"}
@@ -371,6 +364,7 @@ def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
     assert second["test_result"] == first["test_result"]
 
 
+@pytest.mark.slow
 def test_one_epoch_batch_mode_two_layers(run_tiny):
     result = run_tiny("CSTWA", sm_mode="batch", sm_layers=2)
     assert 0.0 <= result["test_result"]["purchase_auc"] <= 1.0

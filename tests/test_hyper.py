@@ -1,18 +1,17 @@
 """Hyper-parameter search: params files read without eval, exhaustive search on hyperopt >= 0.2.7,
 RecBole's HyperTuning route (exhaustive, random, bayes), the output file and the Ray route."""
 
-import importlib.util
 import itertools
 import json
 import math
-import os
+import re
 
 import numpy as np
 import pytest
-from conftest import TINY, tiny_config
+from conftest import TINY, load_script, tiny_config
 from hyperopt import Trials, fmin, hp
 
-from recbole_cstwa.compat import exhaustive_search, grid_size
+from recbole_cstwa.exhaustive import exhaustive_search, grid_size
 from recbole_cstwa.hyper import (
     ParamsFileError,
     SearchParam,
@@ -22,8 +21,6 @@ from recbole_cstwa.hyper import (
     run_search,
     trial_config,
 )
-
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FOUR_TYPES = """\
 # every type RecBole's params files know
@@ -132,7 +129,7 @@ def test_missing_params_file():
     reason="RecBole's exhaustive search works on hyperopt < 0.2.7",
 )
 def test_recbole_exhaustive_search_is_broken_on_this_hyperopt():
-    # Why compat.exhaustive_search exists: RecBole hands hyperopt a RandomState.
+    # Why exhaustive.exhaustive_search exists: RecBole hands hyperopt a RandomState.
     from recbole.trainer.hyper_tuning import exhaustive_search as recbole_exhaustive
 
     with pytest.raises(AttributeError, match="integers"):
@@ -205,6 +202,7 @@ def _check_report(report, n_trials):
     assert report["best"] == best
 
 
+@pytest.mark.slow
 def test_hypertuning_exhaustive_covers_the_grid(tiny_data_path, tmp_path):
     output = tmp_path / "out" / "search.json"
     params = parse_params(
@@ -225,6 +223,7 @@ def test_hypertuning_exhaustive_covers_the_grid(tiny_data_path, tmp_path):
     assert written["algo"] == "exhaustive" and written["model"] == "MLP" and written["dataset"] == TINY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["random", "bayes"])
 def test_hypertuning_random_and_bayes(tiny_data_path, tmp_path, algo):
     params = parse_params(["learning_rate loguniform -7,-4", "embedding_size quniform 4,8,4"])
@@ -246,18 +245,12 @@ def test_a_setting_both_fixed_and_searched_is_refused(tiny_data_path, tmp_path):
         run_search(params, model="MLP", overrides=tiny_config(tiny_data_path, tmp_path, learning_rate=0.1))
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPOSITORY, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsys):
     params_file = tmp_path / "space.hyper"
     params_file.write_text("learning_rate choice [0.01, 0.005]\n")
     output = tmp_path / "result.json"
-    _load_script("run_hyper").main(
+    load_script("run_hyper").main(
         [
             "--model=MLP",
             f"--dataset={TINY}",
@@ -280,11 +273,23 @@ def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsy
     assert "best valid purchase_auc:" in printed
 
 
-def test_command_line_bad_params_file_is_a_message(tmp_path):
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("learner choice __import__('os')", "is Python code that RecBole's Config would evaluate"),
+        ("learning_rate choice ['1/0']", "'1/0' is an expression that fails when RecBole's Config evaluates it"),
+        ("learning_rate choice [1/0]", "fails when RecBole's Config evaluates it .ZeroDivisionError"),
+    ],
+)
+def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, message):
     params_file = tmp_path / "space.hyper"
-    params_file.write_text("learning_rate choice [0.01]\nlearner choice __import__('os')\n")
-    with pytest.raises(SystemExit, match=f"error: {params_file}, line 2"):
-        _load_script("run_hyper").main(["--model=MLP", f"--params_file={params_file}"])
+    params_file.write_text(f"embedding_size choice [4]\n{line}\n")
+    with pytest.raises(SystemExit) as stop:
+        load_script("run_hyper").main(["--model=MLP", f"--params_file={params_file}"])
+    assert stop.value.code == 2
+    (printed,) = capsys.readouterr().err.splitlines()
+    assert printed.startswith(f"error: {params_file}, line 2: ")
+    assert re.search(message, printed)
 
 
 def test_ray_space_translation():
@@ -302,6 +307,7 @@ def test_ray_space_translation():
     assert SearchParam("x", "quniform", low=4, high=16, q=4).integral
 
 
+@pytest.mark.slow
 def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
     import ray
 
@@ -331,3 +337,21 @@ def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
         assert sorted(t["params"]["learning_rate"] for t in report["trials"]) == [0.001, 0.01]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("sm_lambda uniform 0.1,1.5", "sm_lambda uniform: sm_lambda must be a number in [0, 1], got 1.5."),
+        ("embedding_size choice [4, 0]", "embedding_size choice: embedding_size must be an integer >= 1, got 0."),
+        ("graph_top_k uniform 4,32", "graph_top_k uniform: graph_top_k takes whole numbers"),
+        ("graph_top_k quniform 0,32,4", "graph_top_k quniform: graph_top_k must be an integer >= 1, got 0."),
+    ],
+)
+def test_values_outside_a_settings_range_are_refused_before_any_trial(line, message):
+    from recbole_cstwa.hyper import check_space
+
+    with pytest.raises(ParamsFileError) as error:
+        check_space(parse_params([line]), "CSTWA", "params file [space.hyper]")
+    assert str(error.value).startswith(f"params file [space.hyper], {message}")
+    check_space(parse_params(["sm_lambda uniform 0.1,0.9", "dropout_prob choice [7]"]), "CSTWA", "x")

@@ -22,6 +22,7 @@ def _check_metrics(result, keys):
                 assert value > 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", plugin_model_names())
 def test_plugin_model_one_epoch(run_tiny, model):
     result = run_tiny(model)
@@ -30,6 +31,7 @@ def test_plugin_model_one_epoch(run_tiny, model):
     assert result["best_valid_score"] == result["best_valid_result"]["purchase_auc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["click", "purchase"])
 def test_recbole_builtin_model_on_either_label(run_tiny, label):
     result = run_tiny("DeepFM", LABEL_FIELD=label)

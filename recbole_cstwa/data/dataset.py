@@ -21,10 +21,12 @@ from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_cstwa.errors import InputError
+
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """Bad input data: the message names the file, the field and the fix."""
 
 
@@ -555,5 +557,13 @@ class MultiTaskDataset(Dataset):
                     f"The {name} split of dataset [{self.dataset_name}] is empty "
                     f"({len(self.inter_feat)} impressions, eval_args split "
                     f"{self.config['eval_args']['split']}). Use more data or larger ratios."
+                )
+            if name != "train" and len(split) < 2:
+                # RecBole's AUC and LogLoss fail on a single impression (an IndexError).
+                raise DataFormatError(
+                    f"The {name} split of dataset [{self.dataset_name}] holds {len(split)} impression "
+                    f"({len(self.inter_feat)} in all, eval_args split "
+                    f"{self.config['eval_args']['split']}): scoring needs at least 2. Use more data "
+                    "or larger ratios."
                 )
         return datasets

@@ -15,6 +15,16 @@ from recbole_cstwa.model.layers import GROUPS, FieldEmbedding, MLPTower, group_f
 MEAN_POOLING_WARN_FIELDS = 8
 
 
+def init_linear_weights(module):
+    """Xavier-uniform weights and zero biases for every linear layer inside ``module`` (Keras'
+    defaults, as AITM's code); embeddings keep their own N(0, embedding_init_std) init."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class MultiTaskRecommender(AbstractRecommender):
     """Click and purchase prediction over all impressions, RecBole style.
 
@@ -45,12 +55,7 @@ class MultiTaskRecommender(AbstractRecommender):
         self.embedding_size = config["embedding_size"]
         self.hidden_sizes = list(config["tower_hidden_size"])
         self.dropouts = config["tower_dropout"]
-        self.context_pooling = config["context_pooling"]
-        if self.context_pooling not in ("mean", "concat"):
-            raise ValueError(
-                f"context_pooling must be 'mean' (the paper's Eq. 7) or 'concat', got "
-                f"{self.context_pooling!r}."
-            )
+        self.context_pooling = config["context_pooling"]  # settings are checked by the Config
         self.field_groups = group_fields(dataset, config)
         self._log_input_layout()
 
@@ -115,12 +120,8 @@ class MultiTaskRecommender(AbstractRecommender):
         return MLPTower(input_size or self.input_size(), self.hidden_sizes, self.dropouts)
 
     def init_weights(self):
-        """Xavier-uniform linear weights and zero biases (Keras' defaults, as AITM's code)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        """Xavier-uniform linear weights and zero biases (:func:`init_linear_weights`)."""
+        init_linear_weights(self)
 
     def labels(self, interaction):
         return interaction[self.CLICK].float(), interaction[self.PURCHASE].float()

@@ -79,9 +79,6 @@ class FieldEmbedding(nn.Module):
         for table in [self.token_table, self.float_table, *self.seq_tables.values()]:
             nn.init.normal_(table.weight, std=init_std)
 
-    def num_fields(self, group):
-        return len(self.groups[group])
-
     def forward(self, interaction, group):
         """Embeds one group's fields.
 
@@ -133,11 +130,7 @@ class MLPTower(nn.Module):
         hidden_sizes = list(hidden_sizes)
         if isinstance(dropouts, (int, float)):
             dropouts = [dropouts] * len(hidden_sizes)
-        dropouts = list(dropouts)
-        if len(dropouts) != len(hidden_sizes):
-            raise ValueError(
-                f"tower_dropout {dropouts} needs one value per layer of tower_hidden_size {hidden_sizes}."
-            )
+        dropouts = list(dropouts)  # one a layer (recbole_cstwa.settings checks tower_dropout)
         layers = []
         for size, dropout in zip(hidden_sizes, dropouts):
             layers += [nn.Linear(input_size, size), nn.ReLU(), nn.Dropout(dropout)]
@@ -203,11 +196,6 @@ class ExtractionLayer(nn.Module):
         self, input_size, num_tasks, num_shared, num_specific, hidden_sizes, dropouts, shared_output
     ):
         super().__init__()
-        if num_tasks < 1 or num_shared < 0 or num_specific < 0 or num_shared + num_specific < 1:
-            raise ValueError(
-                f"ExtractionLayer needs at least one task and one expert per task's gate, got "
-                f"num_tasks={num_tasks}, num_shared={num_shared}, num_specific={num_specific}."
-            )
 
         def experts(count):
             return nn.ModuleList(MLPTower(input_size, hidden_sizes, dropouts) for _ in range(count))

@@ -29,9 +29,6 @@ import faiss
 import numpy as np
 import torch
 
-#: Values of ``graph_index``: faiss index types for the top-K search.
-INDEX_TYPES = ("exact", "ivf", "hnsw")
-
 
 # ----- Eq. 2 / Eq. 8: representations ------------------------------------------------------
 def group_representations(embedding, features, group, batch_size=262144):
@@ -57,23 +54,6 @@ def group_representations(embedding, features, group, batch_size=262144):
 
 
 # ----- Eqs. 3-4: cosine top-K with faiss ---------------------------------------------------
-def check_index_settings(index_type, top_k, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search):
-    if index_type not in INDEX_TYPES:
-        raise ValueError(
-            f"graph_index must be one of {list(INDEX_TYPES)} (exact: faiss IndexFlatIP; ivf: "
-            f"IndexIVFFlat; hnsw: IndexHNSWFlat), got {index_type!r}."
-        )
-    for key, value in (
-        ("graph_top_k", top_k),
-        ("graph_ivf_nlist", ivf_nlist),
-        ("graph_nprobe", nprobe),
-        ("graph_hnsw_m", hnsw_m),
-        ("graph_hnsw_ef_search", hnsw_ef_search),
-    ):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}.")
-
-
 def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search, search_k):
     """A faiss inner-product index over ``vectors`` (float32, contiguous)."""
     dim = vectors.shape[1]
@@ -118,7 +98,6 @@ def nearest_neighbours(
         ``K' = min(K, N)`` (``min(K, N - 1)`` without self loop), most similar first; a slot an
         approximate index could not fill has neighbour ``-1`` and similarity ``-inf``.
     """
-    check_index_settings(index_type, top_k, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search)
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.detach().cpu().numpy()
     vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))

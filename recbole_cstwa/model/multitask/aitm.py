@@ -101,9 +101,6 @@ class AITM(MultiTaskRecommender):
         super().__init__(config, dataset)
         self.calibration_weight = config["aitm_calibration_weight"]
         self.l2_weight = config["aitm_l2"]
-        for key, value in (("aitm_calibration_weight", self.calibration_weight), ("aitm_l2", self.l2_weight)):
-            if value is None or value < 0:
-                raise ValueError(f"{key} must be a number >= 0 (0 switches the term off), got {value!r}.")
         if self.l2_weight > 0 and config["weight_decay"]:
             logging.getLogger().warning(
                 "AITM: weight_decay=%s decays every weight on top of aitm_l2=%s; set weight_decay: 0 "

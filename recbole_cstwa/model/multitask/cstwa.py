@@ -13,11 +13,10 @@ the readings that are choices between alternatives are config switches.
 import torch
 import torch.nn as nn
 
-from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
+from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender, init_linear_weights
 from recbole_cstwa.model.layers import MLPTower, ProbabilityHead
 from recbole_cstwa.model.structure import (
     RowGraph,
-    check_index_settings,
     group_representations,
     propagate_all,
     propagate_rows,
@@ -25,7 +24,6 @@ from recbole_cstwa.model.structure import (
 
 #: Groups the Structure Migrator works on, with the config key of each group's id field.
 SM_GROUPS = {"user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
-SM_MODES = ("epoch", "batch")
 
 
 # ----- Curse Escaper (Eq. 18) ----------------------------------------------------------------
@@ -60,9 +58,6 @@ class PredictionWindow(nn.Module):
         ) % self.size
         self.values[positions] = kept
         self.pushed += count
-
-    def reset(self):
-        self.pushed = 0
 
     def percentiles(self, low, high):
         """``(tau_low, tau_high)``: the ``low``-th and ``high``-th percentiles (0-100, linear
@@ -128,7 +123,7 @@ class ClickPretrainModel(nn.Module):
         self.embedding = model.make_embedding(dataset)
         self.tower = model.tower()
         self.head = ProbabilityHead(self.tower.output_size)
-        MultiTaskRecommender.init_weights(self)  # the same Xavier/zero init as every model
+        init_linear_weights(self)  # the same Xavier/zero init as every model
 
     def forward(self, interaction):
         return self.head(self.tower(self._embed_input(interaction, self.embedding)))
@@ -200,11 +195,18 @@ class CSTWA(MultiTaskRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.use_sm = self._flag(config, "use_sm")
-        self.use_cp = self._flag(config, "use_cp")
-        self.use_ce = self._flag(config, "use_ce")
-        self.use_calibration = self._flag(config, "use_calibration")
-        self._read_settings(config)
+        # Settings are checked once, when the config is built (recbole_cstwa.settings).
+        self.use_sm = config["use_sm"]
+        self.use_cp = config["use_cp"]
+        self.use_ce = config["use_ce"]
+        self.use_calibration = config["use_calibration"]
+        self.sm_mode, self.sm_layers, self.sm_lambda = config["sm_mode"], config["sm_layers"], config["sm_lambda"]
+        self.ce_window = config["ce_window"]
+        self.ce_low_percentile = config["ce_low_percentile"]
+        self.ce_high_percentile = config["ce_high_percentile"]
+        self.ce_alpha, self.ce_max_weight = config["ce_alpha"], config["ce_max_weight"]
+        self.loss_weights = [float(weight) for weight in config["loss_weights"]]
+        self.info_hidden_size = list(config["info_hidden_size"] or [])
 
         # Names as in MLP, so that all switches off is exactly the MLP (Table 3's base).
         self.click_embedding = self.make_embedding(dataset)  # Eq. 6, CTR side
@@ -222,75 +224,6 @@ class CSTWA(MultiTaskRecommender):
         if self.use_sm:
             self._init_structure_migrator(config, dataset)
         self.init_weights()
-
-    # ----- settings ------------------------------------------------------------------------
-    @staticmethod
-    def _flag(config, key):
-        value = config[key]
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be True or False, got {value!r}.")
-        return value
-
-    def _read_settings(self, config):
-        def number(key, low=None, high=None, integer=False):
-            value = config[key]
-            kind = int if integer else (int, float)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{key} must be a{'n integer' if integer else ' number'}, got {value!r}.")
-            if (low is not None and value < low) or (high is not None and value > high):
-                bounds = f"at least {low}" if high is None else f"in [{low}, {high}]"
-                raise ValueError(f"{key} must be {bounds}, got {value!r}.")
-            return value
-
-        self.sm_mode = config["sm_mode"]
-        if self.sm_mode not in SM_MODES:
-            raise ValueError(
-                f"sm_mode must be 'epoch' (propagate once per epoch, the default) or 'batch' "
-                f"(propagate each batch's neighbours), got {self.sm_mode!r}."
-            )
-        self.sm_layers = number("sm_layers", 1, integer=True)
-        self.sm_lambda = number("sm_lambda", 0, 1)
-        self.ce_window = number("ce_window", 1, integer=True)
-        self.ce_low_percentile = number("ce_low_percentile", 0, 100)
-        self.ce_high_percentile = number("ce_high_percentile", 0, 100)
-        if self.ce_low_percentile >= self.ce_high_percentile:
-            raise ValueError(
-                f"ce_low_percentile ({self.ce_low_percentile}) must be below ce_high_percentile "
-                f"({self.ce_high_percentile}); the paper uses 10 and 99."
-            )
-        self.ce_alpha = number("ce_alpha", 0)
-        self.ce_max_weight = number("ce_max_weight", 1)
-        weights = config["loss_weights"]
-        if (
-            not isinstance(weights, (list, tuple))
-            or len(weights) != 3
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
-        ):
-            raise ValueError(
-                f"loss_weights must be three non-negative numbers [ctr, cvr, calibration] "
-                f"(Eq. 20; the paper's [1, 1, 0.6]), got {weights!r}."
-            )
-        self.loss_weights = [float(w) for w in weights]
-        hidden = config["info_hidden_size"] or []
-        if not isinstance(hidden, (list, tuple)) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
-            raise ValueError(f"info_hidden_size must be a list of positive integers, got {hidden!r}.")
-        self.info_hidden_size = list(hidden)
-        if self.use_sm:
-            check_index_settings(
-                config["graph_index"],
-                config["graph_top_k"],
-                config["graph_ivf_nlist"],
-                config["graph_nprobe"],
-                config["graph_hnsw_m"],
-                config["graph_hnsw_ef_search"],
-            )
-            for key in ("graph_self_loop", "graph_symmetric", "cstwa_cache"):
-                self._flag(config, key)
-            number("pretrain_epochs", 1, integer=True)
-            if number("pretrain_learning_rate", 0) == 0:
-                raise ValueError("pretrain_learning_rate must be positive (the paper's rate is 0.001).")
 
     # ----- Structure Migrator (Eqs. 8-11) ----------------------------------------------------
     def _init_structure_migrator(self, config, dataset):
@@ -405,7 +338,7 @@ class CSTWA(MultiTaskRecommender):
         propagated = self._propagated_rows(group, interaction[self.id_fields[group]])
         return (1 - self.sm_lambda) * live + self.sm_lambda * propagated.to(live.dtype)
 
-    def conversion_input(self, interaction):
+    def purchase_input(self, interaction):
         """``x_cvr`` (Eq. 11; Eq. 7 on the CVR embedding when the Structure Migrator is off)."""
         if not self.use_sm:
             return self.embed_input(interaction, self.purchase_embedding)
@@ -425,7 +358,7 @@ class CSTWA(MultiTaskRecommender):
 
     def forward(self, interaction):
         x_ctr = self.embed_input(interaction, self.click_embedding)  # Eq. 7
-        x_cvr = self.conversion_input(interaction)  # Eqs. 8-11
+        x_cvr = self.purchase_input(interaction)  # Eqs. 8-11
         h_ctr = self.click_tower(x_ctr)  # Eq. 12
         info = self.info_layer(h_ctr) if self.use_cp else None  # Eq. 13
         h_tilde = x_cvr * info if self.use_cp else x_cvr  # Eq. 14
@@ -433,8 +366,8 @@ class CSTWA(MultiTaskRecommender):
         return {
             "click": self.click_head(h_ctr),  # Eq. 16, p_ctr
             "purchase": self.purchase_head(h_cvr),  # Eq. 16, p_cvr
-            "conversion_input": x_cvr,
-            "conversion_tower_input": h_tilde,
+            "purchase_input": x_cvr,
+            "purchase_tower_input": h_tilde,
             "info": info,
         }
 

@@ -19,11 +19,8 @@ from recbole_cstwa.model.layers import ExpertMixture, ProbabilityHead
 #: Floor on the propensity before it is inverted (PaddleRec: ``maximum(PS, 1e-6)``).
 PROPENSITY_FLOOR = 1e-6
 
-MODES = ("ips", "dr")
-BACKBONES = ("mlp", "mmoe")
 
-
-def ips_counterfactual_risk(p_click, conversion_loss, click, max_weight):
+def ips_counterfactual_risk(p_click, cvr_loss, click, max_weight):
     """ESCM2-IPS counterfactual CVR risk, as PaddleRec's ``counterfact_ipw``.
 
     ``w_i = B * min(1 / max(p_click_i * N_c, 1e-6), max_weight)``, with ``N_c`` the batch's
@@ -34,7 +31,7 @@ def ips_counterfactual_risk(p_click, conversion_loss, click, max_weight):
 
     Args:
         p_click (Tensor): ``(B,)`` click propensities.
-        conversion_loss (Tensor): ``(B,)`` per-impression CVR losses ``e_i``.
+        cvr_loss (Tensor): ``(B,)`` per-impression CVR losses ``e_i``.
         click (Tensor): ``(B,)`` 0/1 click labels ``o_i``.
         max_weight (float): the clip on the inverse propensity.
     """
@@ -42,10 +39,10 @@ def ips_counterfactual_risk(p_click, conversion_loss, click, max_weight):
         num_clicks = click.sum()
         inverse = 1.0 / (p_click * num_clicks).clamp(min=PROPENSITY_FLOOR)
         weight = len(click) * inverse.clamp(max=max_weight)
-    return (click * weight * conversion_loss).mean()
+    return (click * weight * cvr_loss).mean()
 
 
-def dr_counterfactual_risk(p_click, p_imputed, conversion_loss, click, max_weight):
+def dr_counterfactual_risk(p_click, p_imputed, cvr_loss, click, max_weight):
     """ESCM2-DR counterfactual CVR risk, as PaddleRec's ``counterfact_dr``.
 
     With ``err_i = e_i - p_imputed_i`` and ``w_i = min(o_i / max(p_click_i, 1e-6), max_weight)``
@@ -54,7 +51,7 @@ def dr_counterfactual_risk(p_click, p_imputed, conversion_loss, click, max_weigh
     """
     with torch.no_grad():
         weight = (click / p_click.clamp(min=PROPENSITY_FLOOR)).clamp(max=max_weight)
-    error = conversion_loss - p_imputed
+    error = cvr_loss - p_imputed
     return (p_imputed + weight * error + weight * error.pow(2)).mean()
 
 
@@ -94,27 +91,13 @@ class ESCM2(MultiTaskRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.mode = str(config["escm2_mode"]).lower()
-        self.backbone = str(config["escm2_backbone"]).lower()
-        if self.mode not in MODES:
-            raise ValueError(
-                f"escm2_mode must be 'ips' or 'dr' (PaddleRec's default), got {config['escm2_mode']!r}."
-            )
-        if self.backbone not in BACKBONES:
-            raise ValueError(
-                f"escm2_backbone must be 'mlp' (ESMM towers, the default) or 'mmoe' (PaddleRec's), "
-                f"got {config['escm2_backbone']!r}."
-            )
+        self.mode = config["escm2_mode"]
+        self.backbone = config["escm2_backbone"]
         self.counterfactual_weight = config["escm2_counterfactual_weight"]
         self.global_weight = config["escm2_global_weight"]
         self.max_weight = config["escm2_max_weight"]
-        for key in ("escm2_counterfactual_weight", "escm2_global_weight"):
-            if config[key] is None or config[key] < 0:
-                raise ValueError(f"{key} must be a number >= 0, got {config[key]!r}.")
-        if self.max_weight is None or self.max_weight <= 0:
-            raise ValueError(f"escm2_max_weight must be a number > 0, got {self.max_weight!r}.")
 
-        self.tasks = ("click", "conversion", "imputation") if self.mode == "dr" else ("click", "conversion")
+        self.tasks = ("click", "cvr", "imputation") if self.mode == "dr" else ("click", "cvr")
         self.embedding = self.make_embedding(dataset)
         if self.backbone == "mlp":
             self.towers = torch.nn.ModuleDict({task: self.tower() for task in self.tasks})
@@ -134,7 +117,7 @@ class ESCM2(MultiTaskRecommender):
         else:
             hidden = self.experts(x)
         p = {task: self.heads[task](h) for task, h in zip(self.tasks, hidden)}
-        output = {"click": p["click"], "cvr": p["conversion"], "purchase": p["click"] * p["conversion"]}
+        output = {"click": p["click"], "cvr": p["cvr"], "purchase": p["click"] * p["cvr"]}
         if "imputation" in p:
             output["imputation"] = p["imputation"]
         return output
@@ -142,12 +125,12 @@ class ESCM2(MultiTaskRecommender):
     def calculate_loss(self, interaction):
         output = self.forward(interaction)
         click, purchase = self.labels(interaction)
-        conversion_loss = F.binary_cross_entropy(output["cvr"], purchase, reduction="none")
+        cvr_loss = F.binary_cross_entropy(output["cvr"], purchase, reduction="none")
         if self.mode == "ips":
-            counterfactual = ips_counterfactual_risk(output["click"], conversion_loss, click, self.max_weight)
+            counterfactual = ips_counterfactual_risk(output["click"], cvr_loss, click, self.max_weight)
         else:
             counterfactual = dr_counterfactual_risk(
-                output["click"], output["imputation"], conversion_loss, click, self.max_weight
+                output["click"], output["imputation"], cvr_loss, click, self.max_weight
             )
         return (
             self.bce(output["click"], click),

@@ -24,13 +24,13 @@ class ESMM(MultiTaskRecommender):
         super().__init__(config, dataset)
         self.embedding = self.make_embedding(dataset)
         self.click_tower = self.tower()
-        self.conversion_tower = self.tower()
+        self.cvr_tower = self.tower()
         self.click_head = ProbabilityHead(self.click_tower.output_size)
-        self.conversion_head = ProbabilityHead(self.conversion_tower.output_size)
+        self.cvr_head = ProbabilityHead(self.cvr_tower.output_size)
         self.init_weights()
 
     def forward(self, interaction):
         x = self.embed_input(interaction, self.embedding)
         p_click = self.click_head(self.click_tower(x))
-        p_conversion = self.conversion_head(self.conversion_tower(x))
-        return {"click": p_click, "cvr": p_conversion, "purchase": p_click * p_conversion}
+        p_cvr = self.cvr_head(self.cvr_tower(x))
+        return {"click": p_click, "cvr": p_cvr, "purchase": p_click * p_cvr}

@@ -41,15 +41,6 @@ class PLE(MultiTaskRecommender):
         num_levels = config["ple_num_levels"]
         num_shared = config["ple_shared_experts"]
         num_specific = config["ple_specific_experts"]
-        if not isinstance(num_levels, int) or num_levels < 1:
-            raise ValueError(f"ple_num_levels must be an integer >= 1, got {num_levels!r}.")
-        for key, value in (("ple_shared_experts", num_shared), ("ple_specific_experts", num_specific)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{key} must be an integer >= 0, got {value!r}.")
-        if num_shared + num_specific < 1:
-            raise ValueError(
-                "ple_shared_experts + ple_specific_experts must be >= 1: each task's gate needs an expert."
-            )
 
         self.embedding = self.make_embedding(dataset)
         levels = []

@@ -5,9 +5,10 @@ import glob
 import pytest
 import torch
 
-from recbole_cstwa.compat import CHECKPOINT_KEYS, load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_under_weights_only(run_tiny, tmp_path):
     result = run_tiny("MMoE", epochs=2)
     (checkpoint_file,) = glob.glob(str(tmp_path / "saved" / "MMoE-*.pth"))
@@ -18,12 +19,14 @@ def test_checkpoint_round_trip_under_weights_only(run_tiny, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_builtin_model_checkpoint_round_trip(run_tiny, tmp_path):
     run_tiny("WideDeep", LABEL_FIELD="click")
     (checkpoint_file,) = glob.glob(str(tmp_path / "saved" / "WideDeep-*.pth"))
     assert "state_dict" in torch.load(checkpoint_file, weights_only=True)
 
 
+@pytest.mark.slow
 def test_reloaded_model_gives_the_same_test_result(make_config, run_tiny, tmp_path):
     from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.utils import get_model, get_trainer

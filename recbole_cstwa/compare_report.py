@@ -1,0 +1,194 @@
+"""The comparison's report: the Markdown table (also printed), the CSV and the HTML plot."""
+
+import csv
+import json
+import math
+import os
+
+#: The table's metrics, task-prefixed as the plugin's trainers report them.
+METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss")
+#: Metrics tested against the reference row.
+TESTED_METRICS = ("purchase_auc", "click_auc")
+METRIC_TITLES = {
+    "click_auc": "click AUC",
+    "click_logloss": "click LogLoss",
+    "purchase_auc": "purchase AUC",
+    "purchase_logloss": "purchase LogLoss",
+}
+
+
+def _cell(mean, std, digits=4):
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if std is None or not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _p_cell(p_value):
+    if p_value is None or not math.isfinite(p_value):
+        return "–"
+    return f"{p_value:.3f}" if p_value >= 0.001 else f"{p_value:.1e}"
+
+
+def _signed(value):
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.4f}"
+
+
+def table_lines(plan, rows, oracle=None):
+    """The summary as a Markdown table (also what is printed)."""
+    ref = plan.reference
+    header = ["model", *(METRIC_TITLES[m] for m in METRICS), "time (s)", "s / epoch", "seeds"]
+    header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", f"Δ click AUC vs {ref}", "p (click AUC)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row["name"] + (" (ref)" if row["name"] == ref else "")]
+        cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"]) for m in METRICS]
+        cells += [
+            _cell(row["seconds_mean"], row["seconds_std"], 1),
+            _cell(row["epoch_seconds_mean"], None, 2),
+        ]
+        cells += [str(row["n_seeds"])]
+        for metric in ("purchase_auc", "click_auc"):
+            cells += [_signed(row[f"{metric}_delta"]), _p_cell(row[f"{metric}_p"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if oracle:
+        cells = ["oracle (true probabilities)"] + [_cell(oracle.get(m), None) for m in METRICS]
+        lines.append("| " + " | ".join(cells + ["–"] * (len(header) - len(cells))) + " |")
+    return lines
+
+
+def write_markdown(path, plan, rows, oracle=None):
+    split = (
+        f"the dataset's pre-split files (test: `{plan.test_split}`), the same in every run"
+        if plan.test_split
+        else "RecBole's `eval_args` split; with `order: RO` shuffled with each run's seed (same split "
+        "for every model of a seed)"
+    )
+    variants = [
+        f"- **{e.name}** = {e.model} with `{json.dumps(e.overrides)}`" for e in plan.entries if e.overrides
+    ]
+    text = [
+        f"# Comparison on {plan.dataset}",
+        "",
+        f"Seeds: {', '.join(map(str, plan.seeds))}. Split: {split}. Reference: **{plan.reference}**.",
+        f"Settings for every run: `{json.dumps(plan.overrides)}`"
+        + (
+            f", config files: {', '.join(f'`{p}`' for p in plan.config_file_list)}"
+            if plan.config_file_list
+            else ""
+        )
+        + ".",
+        "",
+        *table_lines(plan, rows, oracle),
+        "",
+        "Test-set metrics of the best validation epoch: mean ± sample standard deviation (n - 1) over "
+        "seeds. Built-in models are trained once per label; their row joins the click run and the "
+        "purchase run, and their time is both runs' time. time = wall time of the run(s) (data "
+        "loading, pre-training stages, training, evaluation); s / epoch = training time / epochs "
+        "trained (validation included, pre-training stages not), summed over a built-in model's two runs.",
+        "",
+        f"Δ and p: paired t-test (scipy.stats.ttest_rel) of the per-seed values against {plan.reference}. "
+        "With few seeds the test has little power (3 seeds: 2 degrees of freedom): a large p does not "
+        "mean the models are equal.",
+    ]
+    if variants:
+        text += ["", "Variants:", *variants]
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(text) + "\n")
+
+
+def write_csv(path, rows, oracle=None):
+    columns = ["name", "model", "kind", "n_seeds"]
+    for metric in (*METRICS, "seconds", "epoch_seconds"):
+        columns += [f"{metric}_mean", f"{metric}_std"]
+    for metric in TESTED_METRICS:
+        columns += [f"{metric}_delta", f"{metric}_p"]
+    columns.append("overrides")
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{c: row.get(c) for c in columns}, "overrides": json.dumps(row["overrides"])})
+        if oracle:
+            writer.writerow(
+                {
+                    "name": "oracle",
+                    "kind": "true probabilities",
+                    **{f"{m}_mean": oracle.get(m) for m in METRICS},
+                }
+            )
+
+
+def figure(plan, rows, joined, oracle=None):
+    """A plotly figure: purchase and click AUC per row, each seed a dot, mean ± std a bar."""
+    from plotly.subplots import make_subplots
+
+    names = [row["name"] for row in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("purchase AUC", "click AUC"), horizontal_spacing=0.12)
+    for col, metric in enumerate(("purchase_auc", "click_auc"), start=1):
+        for row in rows:
+            is_ref = row["name"] == plan.reference
+            seeds = joined[row["name"]]
+            p_text = "reference" if is_ref else f"p = {_p_cell(row[f'{metric}_p'])} vs {plan.reference}"
+            fig.add_scatter(
+                x=[row[f"{metric}_mean"]],
+                y=[row["name"]],
+                error_x={
+                    "type": "data",
+                    "array": [row[f"{metric}_std"] if math.isfinite(row[f"{metric}_std"]) else 0],
+                },
+                mode="markers",
+                marker={"size": 12, "color": "#d62728" if is_ref else "#1f77b4", "symbol": "diamond"},
+                name=row["name"],
+                showlegend=False,
+                hovertemplate=f"{row['name']}<br>mean %{{x:.4f}} ± {_cell(row[f'{metric}_std'], None)}<br>{p_text}<extra></extra>",
+                row=1,
+                col=col,
+            )
+            fig.add_scatter(
+                x=[values.get(metric) for values in seeds.values()],
+                y=[row["name"]] * len(seeds),
+                mode="markers",
+                marker={"size": 6, "color": "rgba(100,100,100,0.55)"},
+                text=[f"seed {seed}" for seed in seeds],
+                hovertemplate="%{text}: %{x:.4f}<extra></extra>",
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+        if oracle and oracle.get(metric) is not None and math.isfinite(oracle[metric]):
+            fig.add_vline(
+                x=oracle[metric],
+                line_dash="dash",
+                line_color="green",
+                annotation_text="oracle",
+                annotation_position="bottom left",
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(categoryorder="array", categoryarray=names[::-1])
+    fig.update_layout(
+        title=f"{plan.dataset}: test AUC, seeds {', '.join(map(str, plan.seeds))}<br><sup>diamond = mean ± "
+        f"std over seeds, dots = single seeds, red = reference ({plan.reference})"
+        + (", dashed = oracle" if oracle else "")
+        + "</sup>",
+        height=max(360, 60 + 40 * len(rows)),
+        width=1100,
+        template="plotly_white",
+    )
+    return fig
+
+
+def write_plot(path, plan, rows, joined, oracle=None, plotlyjs=True):
+    """Writes the HTML plot (and a PNG next to it when kaleido is installed); returns the paths."""
+    fig = figure(plan, rows, joined, oracle)
+    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
+    written = [path]
+    try:
+        import kaleido  # noqa: F401  (optional; never installed by this package)
+    except ImportError:
+        return written
+    png = os.path.splitext(path)[0] + ".png"
+    fig.write_image(png)
+    return written + [png]

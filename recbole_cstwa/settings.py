@@ -1,0 +1,421 @@
+"""Every setting the plugin reads, described once: type, range, choices and the source's value.
+
+:func:`check_settings` runs once, when the :class:`~recbole_cstwa.config.Config` is built, before
+any data is read; the models then read their settings without checking them again. A bad value
+raises :class:`~recbole_cstwa.errors.ConfigError` with one line naming the key, the value, what
+is allowed and the source's value, e.g.::
+
+    tower_dropout must be a list of numbers in [0, 1) (or one such number), got [1.5, 0.3, 0.3].
+    Fix: --tower_dropout=[0.1,0.3,0.3] (the CSTWA paper, Section 4.1.4) or another such value.
+
+To add a setting, add a :class:`Setting` to :data:`SETTINGS` (its default stays in the YAML file
+under ``properties/``; a test checks that the two agree) and, for a condition between settings,
+a :class:`Rule` to :data:`RULES`.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from recbole_cstwa.errors import ConfigError
+
+#: ``models`` value of a setting every model run through the plugin reads (RecBole's included).
+ANY_MODEL = "*"
+#: ``models`` value of a setting every two-task model of the plugin reads.
+MULTITASK = "multi-task"
+
+_KINDS = ("int", "number", "bool", "choice", "int_list", "number_list")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting.
+
+    Args:
+        key: the config key.
+        kind: ``int``, ``number`` (int or float), ``bool``, ``choice`` (one of ``choices``; text
+            is matched in any letter case and stored as written in ``choices``), ``int_list`` or
+            ``number_list`` (each element in the range).
+        default: the plugin's default (also in ``properties/``), shown as the fix.
+        source: where the default comes from (paper section, reference code), for the message.
+        models: model names that read it, or :data:`ANY_MODEL` / :data:`MULTITASK`.
+        low, high: inclusive bounds; ``low_open`` / ``high_open`` make them exclusive.
+        length: a list's exact length.
+        scalar_ok: a ``number_list`` may also be one number (used for every element).
+        optional: ``None`` is allowed (a list setting then reads as ``[]``).
+        when: the setting is checked only when ``when(config)`` holds (e.g. a component is on).
+        note: extra words after the requirement (why the range).
+    """
+
+    key: str
+    kind: str
+    default: object
+    source: str
+    models: tuple = (MULTITASK,)
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    length: Optional[int] = None
+    scalar_ok: bool = False
+    optional: bool = False
+    when: Optional[Callable] = None
+    note: str = ""
+
+    def __post_init__(self):
+        if self.kind not in _KINDS:
+            raise TypeError(f"Setting {self.key}: kind must be one of {_KINDS}, got {self.kind!r}.")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A condition between settings: ``check(config)`` returns a message (without the fix) or None."""
+
+    keys: tuple
+    check: Callable
+    models: tuple = (MULTITASK,)
+    when: Optional[Callable] = None
+
+
+def _use_sm(config):
+    return config.get("use_sm") is True
+
+
+PAPER = "the CSTWA paper, Section 4.1.4"
+CSTWA = ("CSTWA",)
+
+#: The settings table. Defaults are the ones in ``properties/overall.yaml`` and
+#: ``properties/model/<Model>.yaml``; ``source`` says where each comes from.
+SETTINGS = (
+    # ----- shared (overall.yaml) ---------------------------------------------------------------
+    Setting("embedding_size", "int", 5, PAPER, models=(ANY_MODEL,), low=1),
+    Setting("embedding_init_std", "number", 0.01, "N(0, 0.01), AITM's official code", low=0, low_open=True),
+    Setting("context_pooling", "choice", "mean", "the paper's Eq. 7 (mean); concat", choices=("mean", "concat")),
+    Setting("tower_hidden_size", "int_list", [128, 64, 32], PAPER, low=1),
+    Setting(
+        "tower_dropout",
+        "number_list",
+        [0.1, 0.3, 0.3],
+        PAPER,
+        low=0,
+        high=1,
+        high_open=True,
+        scalar_ok=True,
+    ),
+    Setting(
+        "learner",
+        "choice",
+        "adam",
+        PAPER,
+        models=(ANY_MODEL,),
+        choices=("adam", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+        note="RecBole's optimizers; any other name would silently train with Adam",
+    ),
+    Setting("learning_rate", "number", 0.001, PAPER, models=(ANY_MODEL,), low=0, low_open=True),
+    Setting("train_batch_size", "int", 2000, PAPER, models=(ANY_MODEL,), low=1),
+    Setting("eval_batch_size", "int", 4096, "RecBole's default", models=(ANY_MODEL,), low=1),
+    Setting("epochs", "int", 10, PAPER, models=(ANY_MODEL,), low=1),
+    Setting("weight_decay", "number", 0.000001, PAPER, models=(ANY_MODEL,), low=0),
+    Setting(
+        "invalid_purchase",
+        "choice",
+        "drop",
+        "drop rows with purchase=1 and click=0 (logged) or stop with an error",
+        models=(ANY_MODEL,),
+        choices=("drop", "error"),
+    ),
+    # ----- CSTWA (properties/model/CSTWA.yaml) -------------------------------------------------
+    Setting("use_sm", "bool", True, "the full model (Table 3)", models=CSTWA),
+    Setting("use_cp", "bool", True, "the full model (Table 3)", models=CSTWA),
+    Setting("use_ce", "bool", True, "the full model (Table 3)", models=CSTWA),
+    Setting("use_calibration", "bool", True, "Eq. 19 on in the full model", models=CSTWA),
+    Setting(
+        "loss_weights",
+        "number_list",
+        [1, 1, 0.6],
+        "the paper's (1, 1, 0.6), Section 3.4.3; [click, purchase, calibration] of Eq. 20",
+        models=CSTWA,
+        low=0,
+        length=3,
+    ),
+    Setting(
+        "sm_mode",
+        "choice",
+        "epoch",
+        "the project's reading: epoch propagates once per epoch, batch each batch's neighbours",
+        models=CSTWA,
+        choices=("epoch", "batch"),
+    ),
+    Setting("sm_layers", "int", 1, PAPER + ", L = 1", models=CSTWA, low=1),
+    Setting("sm_lambda", "number", 0.3, PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
+    Setting(
+        "graph_top_k", "int", 8, PAPER + ", K = 8 (searched 4-32)", models=CSTWA, low=1, when=_use_sm
+    ),
+    Setting("graph_self_loop", "bool", True, "the project's reading", models=CSTWA, when=_use_sm),
+    Setting("graph_symmetric", "bool", False, "the project's reading", models=CSTWA, when=_use_sm),
+    Setting(
+        "graph_index",
+        "choice",
+        "exact",
+        "exact: faiss IndexFlatIP; ivf: IndexIVFFlat; hnsw: IndexHNSWFlat",
+        models=CSTWA,
+        choices=("exact", "ivf", "hnsw"),
+        when=_use_sm,
+    ),
+    Setting("graph_ivf_nlist", "int", 1024, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_nprobe", "int", 16, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_hnsw_m", "int", 32, "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_hnsw_ef_search", "int", 64, "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
+    Setting("pretrain_epochs", "int", 1, "the project's reading", models=CSTWA, low=1, when=_use_sm),
+    Setting(
+        "pretrain_learning_rate",
+        "number",
+        0.001,
+        PAPER,
+        models=CSTWA,
+        low=0,
+        low_open=True,
+        when=_use_sm,
+    ),
+    Setting("cstwa_cache", "bool", True, "cache on", models=CSTWA, when=_use_sm),
+    Setting(
+        "info_hidden_size",
+        "int_list",
+        [],
+        "the project's reading: one Linear layer (Eq. 13)",
+        models=CSTWA,
+        low=1,
+        optional=True,
+    ),
+    Setting("ce_window", "int", 10000, PAPER + ", 10,000", models=CSTWA, low=1),
+    Setting("ce_high_percentile", "number", 99, PAPER + ", 99th", models=CSTWA, low=0, high=100),
+    Setting("ce_low_percentile", "number", 10, PAPER + ", 10th", models=CSTWA, low=0, high=100),
+    Setting("ce_alpha", "number", 3, PAPER + ", alpha = 3 (searched 2-10)", models=CSTWA, low=0),
+    Setting("ce_max_weight", "number", 4, "the paper's Section 3.4.3, below 4", models=CSTWA, low=1),
+    # ----- AITM --------------------------------------------------------------------------------
+    Setting(
+        "aitm_calibration_weight",
+        "number",
+        0.6,
+        "--weight 0.6 of AITM's official run line",
+        models=("AITM",),
+        low=0,
+        note="0 switches the term off",
+    ),
+    Setting(
+        "aitm_l2", "number", 0.000001, "--lamda 1e-6 of AITM's official run line", models=("AITM",), low=0
+    ),
+    # ----- ESCM2 -------------------------------------------------------------------------------
+    Setting(
+        "escm2_mode", "choice", "dr", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), choices=("ips", "dr")
+    ),
+    Setting(
+        "escm2_backbone",
+        "choice",
+        "mlp",
+        "mlp: ESMM towers, the CSTWA paper's description; mmoe: PaddleRec's backbone",
+        models=("ESCM2",),
+        choices=("mlp", "mmoe"),
+    ),
+    Setting(
+        "escm2_counterfactual_weight", "number", 0.5, "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0
+    ),
+    Setting("escm2_global_weight", "number", 0.5, "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0),
+    Setting(
+        "escm2_max_weight",
+        "number",
+        15,
+        "PaddleRec's clip on inverse propensities",
+        models=("ESCM2",),
+        low=0,
+        low_open=True,
+    ),
+    # ----- experts: MMoE, OMoE, ESCM2's mmoe backbone, PLE -------------------------------------
+    Setting(
+        "num_experts",
+        "int",
+        8,
+        "torch-rechub's and PaddleRec's Ali-CCP settings",
+        models=("MMoE", "OMoE", "ESCM2"),
+        low=1,
+    ),
+    Setting("ple_num_levels", "int", 1, "torch-rechub's Ali-CCP example", models=("PLE",), low=1),
+    Setting("ple_shared_experts", "int", 4, "MTReclib's expert_num / 2", models=("PLE",), low=0),
+    Setting("ple_specific_experts", "int", 4, "MTReclib's expert_num / 2", models=("PLE",), low=0),
+)
+
+
+def _dropout_per_layer(config):
+    dropouts, sizes = config["tower_dropout"], config["tower_hidden_size"]
+    if isinstance(dropouts, list) and len(dropouts) != len(sizes):
+        return (
+            f"tower_dropout {dropouts} needs one value per layer of tower_hidden_size {sizes} "
+            f"({len(dropouts)} values for {len(sizes)} layers). Fix: give {len(sizes)} values, or "
+            "one number for every layer."
+        )
+    return None
+
+
+def _percentile_order(config):
+    low, high = config["ce_low_percentile"], config["ce_high_percentile"]
+    if low >= high:
+        return (
+            f"ce_low_percentile ({low}) must be below ce_high_percentile ({high}). Fix: the paper "
+            "uses --ce_low_percentile=10 --ce_high_percentile=99."
+        )
+    return None
+
+
+def _hnsw_breadth(config):
+    top_k, ef_search = config["graph_top_k"], config["graph_hnsw_ef_search"]
+    if config["graph_index"] == "hnsw" and ef_search < top_k + 1:
+        return (
+            f"graph_hnsw_ef_search ({ef_search}) must be at least graph_top_k + 1 ({top_k + 1}): HNSW "
+            f"cannot return {top_k} neighbours with a narrower search. Fix: "
+            f"--graph_hnsw_ef_search={max(64, top_k + 1)}."
+        )
+    return None
+
+
+def _ple_experts(config):
+    if config["ple_shared_experts"] + config["ple_specific_experts"] < 1:
+        return (
+            "ple_shared_experts + ple_specific_experts must be at least 1 (each task's gate needs "
+            "an expert), got 0 + 0. Fix: --ple_shared_experts=4 --ple_specific_experts=4 "
+            "(MTReclib's split of 8 experts)."
+        )
+    return None
+
+
+#: Conditions between settings, checked after every single setting passed.
+RULES = (
+    Rule(("tower_dropout", "tower_hidden_size"), _dropout_per_layer),
+    Rule(("ce_low_percentile", "ce_high_percentile"), _percentile_order, models=CSTWA),
+    Rule(("graph_hnsw_ef_search", "graph_top_k", "graph_index"), _hnsw_breadth, models=CSTWA, when=_use_sm),
+    Rule(("ple_shared_experts", "ple_specific_experts"), _ple_experts, models=("PLE",)),
+)
+
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def setting(key):
+    """The :class:`Setting` of ``key`` (KeyError if the plugin does not describe it)."""
+    return _BY_KEY[key]
+
+
+def applies(models, model_name, multitask):
+    """Whether a setting or rule with ``models`` is read by ``model_name``."""
+    return ANY_MODEL in models or (MULTITASK in models and multitask) or model_name in models
+
+
+# ----- checking ------------------------------------------------------------------------------------
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _in_range(spec, value):
+    if spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low):
+        return False
+    return not (spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high))
+
+
+def _range_text(spec):
+    low = None if spec.low is None else f"{'>' if spec.low_open else '>='} {spec.low:g}"
+    high = None if spec.high is None else f"{'<' if spec.high_open else '<='} {spec.high:g}"
+    if low and high:
+        return f"in {'(' if spec.low_open else '['}{spec.low:g}, {spec.high:g}{')' if spec.high_open else ']'}"
+    return low or high or ""
+
+
+def requirement(spec):
+    """What ``spec`` accepts, in words (``an integer >= 1``, ``one of 'mean', 'concat'``)."""
+    bounds = _range_text(spec)
+    if spec.kind == "bool":
+        text = "True or False"
+    elif spec.kind == "choice":
+        text = "one of " + ", ".join(repr(choice) for choice in spec.choices)
+    elif spec.kind in ("int", "number"):
+        text = ("an integer" if spec.kind == "int" else "a number") + (f" {bounds}" if bounds else "")
+    else:
+        element = "integers" if spec.kind == "int_list" else "numbers"
+        size = f"{spec.length} " if spec.length else ""
+        text = f"a list of {size}{element}" + (f" {bounds}" if bounds else "")
+        if spec.scalar_ok:
+            text += " (or one such number)"
+        if spec.optional:
+            text += " (or empty)"
+    return text + (f" ({spec.note})" if spec.note else "")
+
+
+def _command_line(value):
+    """``value`` as written after ``--key=`` (no spaces, so no shell quoting is needed)."""
+    if isinstance(value, str):
+        return value
+    return repr(value).replace(" ", "")
+
+
+def _message(spec, value):
+    return (
+        f"{spec.key} must be {requirement(spec)}, got {value!r}. Fix: --{spec.key}="
+        f"{_command_line(spec.default)} ({spec.source}) or another such value."
+    )
+
+
+def check_value(spec, value):
+    """``value`` checked against ``spec``; returns it normalised (a choice as written in the table,
+    ``None`` of an optional list as ``[]``). Raises :class:`ConfigError`."""
+    if spec.kind == "bool":
+        ok = isinstance(value, bool)
+    elif spec.kind == "choice":
+        matches = [c for c in spec.choices if isinstance(value, str) and c.lower() == value.lower()]
+        ok = bool(matches)
+        value = matches[0] if ok else value
+    elif spec.kind == "int":
+        ok = _is_int(value) and _in_range(spec, value)
+    elif spec.kind == "number":
+        ok = _is_number(value) and _in_range(spec, value)
+    else:
+        if value is None and spec.optional:
+            return []
+        is_element = _is_int if spec.kind == "int_list" else _is_number
+        if spec.scalar_ok and is_element(value):
+            ok = _in_range(spec, value)
+        else:
+            ok = (
+                isinstance(value, (list, tuple))
+                and (spec.length is None or len(value) == spec.length)
+                and all(is_element(item) and _in_range(spec, item) for item in value)
+            )
+            value = list(value) if ok else value
+    if not ok:
+        raise ConfigError(_message(spec, value))
+    return value
+
+
+def check_settings(config, model_name, multitask):
+    """Checks every setting ``model_name`` reads in ``config`` (a dict, changed in place:
+    choices and optional lists are normalised), then the rules between them.
+
+    Settings absent from ``config`` are skipped (their model's YAML file always sets them).
+
+    Raises:
+        ConfigError: the first bad value, in table order.
+    """
+    for spec in SETTINGS:
+        if spec.key not in config or not applies(spec.models, model_name, multitask):
+            continue
+        if spec.when is not None and not spec.when(config):
+            continue
+        config[spec.key] = check_value(spec, config[spec.key])
+    for rule in RULES:
+        if not applies(rule.models, model_name, multitask) or any(key not in config for key in rule.keys):
+            continue
+        if rule.when is not None and not rule.when(config):
+            continue
+        message = rule.check(config)
+        if message:
+            raise ConfigError(message)

@@ -1,0 +1,299 @@
+"""The settings table and the bad-input messages: one line naming the key or file and the fix."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPOSITORY, TINY, load_script
+from recbole.data import data_preparation
+
+from recbole_cstwa.checkpoint import check_writable_directory
+from recbole_cstwa.cli import INPUT_ERROR_STATUS
+from recbole_cstwa.config import ConfigError
+from recbole_cstwa.data import DataFormatError, create_dataset
+from recbole_cstwa.errors import InputError
+from recbole_cstwa.settings import ANY_MODEL, MULTITASK, SETTINGS, requirement
+from recbole_cstwa.utils import plugin_model_names
+
+
+# ----- the table -----------------------------------------------------------------------------------
+def test_every_table_default_is_the_yaml_default():
+    """The value a message proposes as the fix is the value the plugin really uses by default."""
+    from recbole_cstwa.config import Config
+
+    configs = {}
+    for spec in SETTINGS:
+        models = [m for m in spec.models if m not in (ANY_MODEL, MULTITASK)] or ["MLP"]
+        for model in models:
+            if model not in configs:
+                configs[model] = Config(model=model, config_dict={"state": "ERROR"})
+            assert configs[model][spec.key] == spec.default, (spec.key, model)
+
+
+def test_every_model_yaml_key_is_in_the_table():
+    import yaml
+
+    from recbole_cstwa.config import properties_dir
+
+    described = {spec.key for spec in SETTINGS}
+    for model in plugin_model_names():
+        path = os.path.join(properties_dir(), "model", f"{model}.yaml")
+        if os.path.isfile(path):
+            keys = set(yaml.safe_load(open(path, encoding="utf-8")) or {})
+            assert keys <= described, (model, keys - described)
+
+
+def test_requirement_words():
+    by_key = {spec.key: spec for spec in SETTINGS}
+    assert requirement(by_key["embedding_size"]) == "an integer >= 1"
+    assert requirement(by_key["sm_lambda"]) == "a number in [0, 1]"
+    assert requirement(by_key["learning_rate"]) == "a number > 0"
+    assert requirement(by_key["loss_weights"]) == "a list of 3 numbers >= 0"
+
+
+# ----- bad settings, checked when the config is built ------------------------------------------
+BAD_SETTINGS = [
+    (
+        "MLP",
+        {"embedding_size": 0},
+        "embedding_size must be an integer >= 1, got 0. Fix: --embedding_size=5 (the CSTWA paper, "
+        "Section 4.1.4) or another such value.",
+    ),
+    (
+        "MLP",
+        {"tower_dropout": [1.5, 0.3, 0.3]},
+        "tower_dropout must be a list of numbers in [0, 1) (or one such number), got [1.5, 0.3, 0.3]. "
+        "Fix: --tower_dropout=[0.1,0.3,0.3] (the CSTWA paper, Section 4.1.4) or another such value.",
+    ),
+    (
+        "DeepFM",
+        {"learning_rate": -1, "LABEL_FIELD": "click"},
+        "learning_rate must be a number > 0, got -1. Fix: --learning_rate=0.001 (the CSTWA paper, "
+        "Section 4.1.4) or another such value.",
+    ),
+    ("MLP", {"tower_hidden_size": [128, 0, 32]}, "tower_hidden_size must be a list of integers >= 1"),
+    ("MLP", {"tower_hidden_size": [128, 64]}, "tower_dropout [0.1, 0.3, 0.3] needs one value per layer"),
+    ("MLP", {"context_pooling": "sum"}, "context_pooling must be one of 'mean', 'concat', got 'sum'"),
+    ("MLP", {"learner": "adamw"}, "learner must be one of 'adam', 'sgd'"),
+    ("MLP", {"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+    ("MLP", {"train_batch_size": 2.5}, "train_batch_size must be an integer >= 1, got 2.5"),
+    ("MLP", {"invalid_purchase": "keep"}, "invalid_purchase must be one of 'drop', 'error'"),
+    ("CSTWA", {"sm_lambda": 1.5}, "sm_lambda must be a number in [0, 1], got 1.5. Fix: --sm_lambda=0.3"),
+    ("CSTWA", {"sm_mode": "step"}, "sm_mode must be one of 'epoch', 'batch', got 'step'"),
+    ("CSTWA", {"sm_layers": 0}, "sm_layers must be an integer >= 1, got 0"),
+    ("CSTWA", {"graph_top_k": 0}, "graph_top_k must be an integer >= 1, got 0. Fix: --graph_top_k=8"),
+    ("CSTWA", {"graph_index": "annoy"}, "graph_index must be one of 'exact', 'ivf', 'hnsw', got 'annoy'"),
+    ("CSTWA", {"graph_nprobe": 0}, "graph_nprobe must be an integer >= 1, got 0"),
+    (
+        "CSTWA",
+        {"graph_index": "hnsw", "graph_top_k": 64},
+        "graph_hnsw_ef_search (64) must be at least graph_top_k + 1 (65)",
+    ),
+    ("CSTWA", {"use_sm": 1}, "use_sm must be True or False, got 1"),
+    ("CSTWA", {"ce_low_percentile": 99}, "ce_low_percentile (99) must be below ce_high_percentile (99)"),
+    ("CSTWA", {"ce_max_weight": 0.5}, "ce_max_weight must be a number >= 1, got 0.5"),
+    ("CSTWA", {"loss_weights": [1, -1, 0.6]}, "loss_weights must be a list of 3 numbers >= 0, got [1, -1, 0.6]"),
+    ("CSTWA", {"loss_weights": [1, 1]}, "loss_weights must be a list of 3 numbers >= 0"),
+    ("CSTWA", {"info_hidden_size": [0]}, "info_hidden_size must be a list of integers >= 1"),
+    ("CSTWA", {"pretrain_learning_rate": 0}, "pretrain_learning_rate must be a number > 0, got 0"),
+    ("AITM", {"aitm_l2": -1}, "aitm_l2 must be a number >= 0, got -1"),
+    ("ESCM2", {"escm2_mode": "ipw"}, "escm2_mode must be one of 'ips', 'dr', got 'ipw'"),
+    ("ESCM2", {"escm2_backbone": "ple"}, "escm2_backbone must be one of 'mlp', 'mmoe'"),
+    ("ESCM2", {"escm2_max_weight": 0}, "escm2_max_weight must be a number > 0, got 0"),
+    ("MMoE", {"num_experts": 0}, "num_experts must be an integer >= 1, got 0"),
+    ("PLE", {"ple_num_levels": 0}, "ple_num_levels must be an integer >= 1, got 0"),
+    ("PLE", {"ple_shared_experts": 0, "ple_specific_experts": 0}, "ple_shared_experts + ple_specific_experts"),
+]
+
+
+@pytest.mark.parametrize("model, settings, message", BAD_SETTINGS)
+def test_a_bad_setting_is_one_line_naming_key_value_and_fix(make_config, model, settings, message):
+    with pytest.raises(ConfigError) as error:
+        make_config(model, **settings)
+    text = str(error.value)
+    assert text.startswith(message) and "\n" not in text
+    assert "Fix:" in text
+
+
+def test_settings_a_model_does_not_read_are_not_checked(make_config):
+    make_config("MLP", sm_lambda=7)  # CSTWA's setting: MLP ignores it
+    make_config("CSTWA", use_sm=False, graph_top_k=0)  # the graphs are not built without use_sm
+    make_config("DeepFM", LABEL_FIELD="click", tower_dropout=[2.0])  # RecBole's models have no towers
+
+
+def test_values_are_normalised(make_config):
+    config = make_config("ESCM2", escm2_mode="IPS")
+    assert config["escm2_mode"] == "ips"
+    assert make_config("CSTWA", info_hidden_size=None)["info_hidden_size"] == []
+    assert make_config("MLP", tower_dropout=0.2)["tower_dropout"] == 0.2
+
+
+# ----- command line ---------------------------------------------------------------------------
+def _error_line(monkeypatch, capsys, arguments):
+    """Runs run_recbole_cstwa.py's main in this process; returns its one stderr line."""
+    monkeypatch.setattr(sys, "argv", ["run_recbole_cstwa.py", *arguments])
+    with pytest.raises(SystemExit) as stop:
+        load_script("run_recbole_cstwa").main()
+    assert stop.value.code == INPUT_ERROR_STATUS
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _tiny_arguments(tiny_data_path, tmp_path):
+    return [
+        f"--dataset={TINY}",
+        f"--data_path={tiny_data_path}",
+        "--benchmark_filename=['train','valid','test']",
+        "--epochs=1",
+        "--show_progress=False",
+        "--state=ERROR",
+        f"--checkpoint_dir={tmp_path / 'saved'}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--model=MLP", "--embedding_size=0"], "error: embedding_size must be an integer >= 1, got 0."),
+        (["--model=MLP", "--tower_dropout=[1.5,0.3,0.3]"], "error: tower_dropout must be a list of numbers"),
+        (["--model=MLP", "--learning_rate=-1"], "error: learning_rate must be a number > 0, got -1."),
+        (["--model=CSTWA", "--sm_lambda=1.5"], "error: sm_lambda must be a number in [0, 1], got 1.5."),
+        (["--model=CSTWA", "--graph_top_k=0"], "error: graph_top_k must be an integer >= 1, got 0."),
+        (["--model=MLP", "--tower_hidden_size=[64,32]"], "error: tower_dropout [0.1, 0.3, 0.3] needs one value"),
+        (["--model=MLP", "--learning_rate=1/0"], "error: Setting learning_rate = '1/0' cannot be read"),
+        (["--model=MLP", "--model=ESMM"], "error: Command line: There are duplicate"),
+        (["--model=BPR"], "error: Model [BPR] is a RecBole general model"),
+    ],
+)
+def test_cli_prints_one_error_line(monkeypatch, capsys, tiny_data_path, tmp_path, arguments, message):
+    line = _error_line(monkeypatch, capsys, arguments + _tiny_arguments(tiny_data_path, tmp_path))
+    assert line.startswith(message)
+
+
+def test_cli_yaml_python_tag_names_the_file(monkeypatch, capsys, tiny_data_path, tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("epochs: 1\nlearner: !!python/object/apply:os.system ['touch marker']\n")
+    line = _error_line(
+        monkeypatch,
+        capsys,
+        ["--model=MLP", f"--config_files={config_file}", *_tiny_arguments(tiny_data_path, tmp_path)],
+    )
+    assert line.startswith(f"error: Config file [{config_file}], line 2 is not plain YAML")
+    assert not os.path.exists("marker")
+
+
+def test_cli_missing_config_file(monkeypatch, capsys, tiny_data_path, tmp_path):
+    line = _error_line(
+        monkeypatch,
+        capsys,
+        ["--model=MLP", f"--config_files={tmp_path}/absent.yaml", *_tiny_arguments(tiny_data_path, tmp_path)],
+    )
+    assert line == f"error: Config file [{tmp_path}/absent.yaml] does not exist (--config_files)."
+
+
+def test_cli_unwritable_checkpoint_dir_stops_before_training(monkeypatch, capsys, tiny_data_path, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    arguments = [
+        "--model=MLP",
+        *(a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--checkpoint_dir")),
+        f"--checkpoint_dir={blocker}/saved",
+    ]
+    monkeypatch.setattr(
+        "recbole_cstwa.trainer.MultiTaskTrainer.fit", lambda *a, **k: pytest.fail("trained anyway")
+    )
+    line = _error_line(monkeypatch, capsys, arguments)
+    assert line.startswith(f"error: checkpoint_dir [{blocker}/saved] is not a folder this run can write to")
+    assert line.endswith("Fix: --checkpoint_dir=<a writable folder>.")
+
+
+def test_writable_directory_is_created(tmp_path):
+    check_writable_directory(str(tmp_path / "new" / "saved"))
+    assert os.listdir(tmp_path / "new" / "saved") == []
+
+
+@pytest.mark.slow
+def test_cli_process_exit_status_and_no_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPOSITORY, "run_recbole_cstwa.py"), "--model=MLP", "--embedding_size=0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == INPUT_ERROR_STATUS
+    assert done.stderr.strip().splitlines()[-1].startswith("error: embedding_size must be an integer >= 1")
+    assert "Traceback" not in done.stderr
+
+
+def test_every_input_error_is_a_value_error():
+    # Callers that caught ValueError before keep working.
+    assert issubclass(InputError, ValueError) and issubclass(ConfigError, InputError)
+    assert issubclass(DataFormatError, InputError)
+
+
+# ----- data too small to score ------------------------------------------------------------------------
+def test_a_one_row_valid_split_is_refused(tmp_path):
+    source = os.path.join(REPOSITORY, "dataset", "synthetic-ccp")
+    folder = tmp_path / "data" / "five"
+    folder.mkdir(parents=True)
+    with open(os.path.join(source, "synthetic-ccp.train.inter"), encoding="utf-8") as file:
+        lines = [next(file) for _ in range(6)]  # header + 5 impressions
+    (folder / "five.inter").write_text("".join(lines))
+    from recbole_cstwa.config import Config
+
+    config = Config(
+        model="MLP",
+        config_dict={"dataset": "five", "data_path": str(tmp_path / "data"), "state": "ERROR", "use_gpu": False},
+    )
+    with pytest.raises(DataFormatError, match=r"The (valid|test) split of dataset \[five\] holds 1 impression"):
+        data_preparation(config, create_dataset(config))
+
+
+# ----- CSTWA's cache -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_failed_cache_write_warns_and_goes_on(cstwa_stages, monkeypatch, caplog):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("recbole_cstwa.model.structure.ArtifactCache.save", full_disk)
+    with caplog.at_level(logging.WARNING):
+        trainer, model = cstwa_stages()
+    assert [event[:2] for event in trainer.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
+    assert model.has_graphs()
+    warnings = [r.getMessage() for r in caplog.records if "could not cache" in r.getMessage()]
+    assert len(warnings) == 2 and "No space left on device" in warnings[0]
+
+
+@pytest.mark.slow
+def test_a_cache_file_of_the_wrong_shape_is_rebuilt(cstwa_stages, caplog):
+    first, _ = cstwa_stages()
+    for kind, path in (event[::2] for event in first.cache_events):
+        artifact = torch.load(path, weights_only=True)
+        if kind == "pretrain":
+            artifact["embedding"] = {name: tensor[:-1] for name, tensor in artifact["embedding"].items()}
+        else:
+            artifact["user"] = {"indices": torch.zeros(2, 1, dtype=torch.long), "values": torch.ones(1), "size": [3, 3]}
+        torch.save(artifact, path)
+    with caplog.at_level(logging.INFO):
+        again, model = cstwa_stages()
+    assert [event[:2] for event in again.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
+    assert model.has_graphs()
+    text = caplog.text
+    assert "does not fit this model" in text and "does not fit this dataset (user graph is (3, 3)" in text
+
+
+@pytest.mark.slow
+def test_graph_top_k_above_the_nodes_is_said_once(cstwa_stages, caplog):
+    with caplog.at_level(logging.WARNING):
+        trainer, model = cstwa_stages(graph_top_k=100000, cstwa_cache=False)
+    said = [r.getMessage() for r in caplog.records if "graph_top_k=100000" in r.getMessage()]
+    users, items = model.num_entities["user"] - 1, model.num_entities["item"] - 1
+    assert said == [
+        f"graph_top_k=100000 is above the nodes of the graph: {users} users (K = {users}) and "
+        f"{items} items (K = {items}); each row keeps all of them."
+    ]
