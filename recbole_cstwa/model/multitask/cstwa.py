@@ -285,6 +285,7 @@ class CSTWA(MultiTaskRecommender):
                 config["graph_nprobe"],
                 config["graph_hnsw_m"],
                 config["graph_hnsw_ef_search"],
+                config["graph_exact_max_nodes"],
             )
             for key in ("graph_self_loop", "graph_symmetric", "cstwa_cache"):
                 self._flag(config, key)
