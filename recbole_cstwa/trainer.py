@@ -75,20 +75,19 @@ class LazyRowAdam(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    # both moments of a row side by side: one gather and one scatter a step
+                    state["moments"] = torch.zeros((len(param), 2, *param.shape[1:]), dtype=param.dtype, device=param.device)
                 state["step"] += 1
                 current = param.index_select(0, rows)
                 if decay and group["decoupled"]:
                     current.mul_(1 - lr * decay)
                 elif decay:
                     values = values.add(current, alpha=decay)
-                exp_avg = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
-                exp_avg_sq = (
-                    state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                )
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                moments = state["moments"].index_select(0, rows)
+                exp_avg, exp_avg_sq = moments[:, 0], moments[:, 1]
+                exp_avg.mul_(beta1).add_(values, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["moments"].index_copy_(0, rows, moments)
                 bias_correction1 = 1 - beta1 ** state["step"]
                 bias_correction2 = 1 - beta2 ** state["step"]
                 denominator = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)

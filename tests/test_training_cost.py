@@ -175,7 +175,7 @@ def _vectors(n, dim=12, seed=0):
     return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("nodes", "expected"), [(40, "exact"), (41, "hnsw")])
+@pytest.mark.parametrize(("nodes", "expected"), [(40, "exact"), (41, "ivf")])
 def test_auto_picks_exact_up_to_the_threshold(nodes, expected, caplog):
     assert choose_index("auto", nodes, 40)[0] == expected
     assert choose_index("auto", nodes, 40, gpu=True)[0] == "exact"

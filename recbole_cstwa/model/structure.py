@@ -35,7 +35,7 @@ import torch
 INDEX_TYPES = ("auto", "exact", "ivf", "hnsw")
 #: The approximate index ``auto`` takes above ``graph_exact_max_nodes`` nodes (on CPU), chosen by
 #: benchmarks/bench_scale.py on pre-trained embeddings (README "Training at scale").
-AUTO_APPROXIMATE_INDEX = "hnsw"
+AUTO_APPROXIMATE_INDEX = "ivf"
 
 
 # ----- Eq. 2 / Eq. 8: representations ------------------------------------------------------
