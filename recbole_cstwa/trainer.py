@@ -96,6 +96,25 @@ class LazyRowAdam(torch.optim.Optimizer):
         return loss
 
 
+def clip_gradients(parameters, max_norm, norm_type=2.0, **options):
+    """``torch.nn.utils.clip_grad_norm_`` (RecBole's ``clip_grad_norm``) that also takes sparse
+    gradients (``embedding_update: sparse``): they are coalesced, so that their norm is the norm
+    of the dense gradient they stand for, and scaled like the others."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in parameters):
+        return clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **options)
+    for p in parameters:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
+    norm_type = float(norm_type)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type)
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for part in parts:
+        part.mul_(scale.to(part.device))
+    return total
+
+
 class SplitOptimizer:
     """Several optimizers over disjoint parameters, stepped as one (the RecBole trainer's
     ``optimizer``): the configured learner for dense parameters, :class:`LazyRowAdam` for the
@@ -290,7 +309,7 @@ class MultiTaskTrainer(TaskTrainer):
             totals = step_losses if totals is None else totals + step_losses
             loss.backward()
             if self.clip_grad_norm:
-                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+                clip_gradients(self.model.parameters(), **self.clip_grad_norm)
             self.optimizer.step()
             if self.gpu_available and show_progress:
                 iterator.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))

@@ -207,3 +207,20 @@ def test_approximate_auto_graph_keeps_the_invariants():
     expected = weights / np.sqrt(degree[rows] * degree[columns])
     np.testing.assert_allclose(graph.values().numpy(), expected, rtol=1e-4)
     assert ((rows == columns).sum()) == len(vectors)  # every node keeps its self edge
+
+
+def test_gradient_clipping_takes_sparse_gradients(setup):
+    from recbole_cstwa.trainer import clip_gradients
+
+    dense_model, _, batches = setup(embedding_update="dense")
+    sparse_model, _, _ = setup(embedding_update="sparse")
+    norms = []
+    for model in (dense_model, sparse_model):
+        torch.manual_seed(1)
+        sum(model.calculate_loss(batches[0])).backward()
+        norms.append(clip_gradients(model.parameters(), max_norm=1e-3))
+    torch.testing.assert_close(norms[1], norms[0], rtol=1e-5, atol=0)
+    for name, parameter in dense_model.named_parameters():
+        other = dict(sparse_model.named_parameters())[name].grad
+        if other is not None:
+            torch.testing.assert_close(other.to_dense(), parameter.grad, rtol=1e-5, atol=1e-10)
