@@ -22,6 +22,8 @@ from recbole_cstwa.utils import get_model, is_multitask_model
 TASKS = ("click", "purchase")
 #: The config key naming each task's label field.
 TASK_LABEL_KEYS = {"click": "CLICK_FIELD", "purchase": "PURCHASE_FIELD"}
+#: Values of ``embedding_update`` (see ``properties/overall.yaml``).
+EMBEDDING_UPDATES = ("sparse", "dense")
 #: Name of the dataset that ships with the plugin under ``dataset/``.
 EMBEDDED_DATASET = "synthetic-ccp"
 
@@ -187,10 +189,19 @@ class Config(RecBoleConfig):
         # Every setting checked once, here, before any data is read (recbole_cstwa.settings).
         check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
         self._resolve_tasks()
+        self._check_embedding_update()
         super()._set_default_parameters()
         self.final_config_dict["valid_metric_bigger"] = (
             self.final_config_dict["valid_metric"].split("_", 1)[1].lower() not in smaller_metrics
         )
+
+    def _check_embedding_update(self):
+        value = self.final_config_dict.get("embedding_update")
+        if value not in EMBEDDING_UPDATES:
+            raise ConfigError(
+                f"embedding_update must be one of {list(EMBEDDING_UPDATES)} (sparse: only the "
+                f"embedding rows a batch used are updated; dense: every row, every step), got {value!r}."
+            )
 
     def _resolve_tasks(self):
         """Checks the label keys and sets ``eval_tasks`` and a task-prefixed ``valid_metric``."""

@@ -5,6 +5,7 @@ checkpoint reloaded for the test set), report task-prefixed metrics (``click_auc
 checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.checkpoint`).
 """
 
+import math
 import os
 import random
 import uuid
@@ -14,11 +15,14 @@ from time import time
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole.utils import get_gpu_usage, set_color
+from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
+from recbole_cstwa.config import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
+from recbole_cstwa.model.layers import sparse_row_parameters
 from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
 from recbole_cstwa.model.structure import (
     ArtifactCache,
@@ -29,6 +33,129 @@ from recbole_cstwa.model.structure import (
     graph_to_state,
     group_representations,
 )
+
+
+class LazyRowAdam(torch.optim.Optimizer):
+    """Adam for embedding tables with sparse gradients: only the rows a batch touched move.
+
+    The "lazy" Adam of sparse embeddings (as TensorFlow's ``LazyAdamOptimizer``): a touched row's
+    moments and value get torch's ``Adam`` update (the same formula, ``eps`` added after the
+    bias-corrected square root), with the step count of the whole table for the bias correction;
+    rows a batch did not look up keep their value and moments. Its cost is proportional to the
+    rows touched, not to the table size. ``weight_decay`` (a group setting) is the L2 weight of
+    the touched rows: added to their gradient (``adam``'s coupled decay) or, with
+    ``decoupled=True``, multiplied out of them before the step (``adamw``).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError(
+                        "LazyRowAdam needs sparse gradients (nn.Embedding(sparse=True)); a dense "
+                        "gradient reached an embedding table: use embedding_update: dense."
+                    )
+                grad = param.grad.coalesce()  # one value a row: the update is non-linear
+                rows, values = grad.indices()[0], grad.values()
+                if len(rows) == 0:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    # both moments of a row side by side: one gather and one scatter a step
+                    state["moments"] = torch.zeros((len(param), 2, *param.shape[1:]), dtype=param.dtype, device=param.device)
+                state["step"] += 1
+                current = param.index_select(0, rows)
+                if decay and group["decoupled"]:
+                    current.mul_(1 - lr * decay)
+                elif decay:
+                    values = values.add(current, alpha=decay)
+                moments = state["moments"].index_select(0, rows)
+                exp_avg, exp_avg_sq = moments[:, 0], moments[:, 1]
+                exp_avg.mul_(beta1).add_(values, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["moments"].index_copy_(0, rows, moments)
+                bias_correction1 = 1 - beta1 ** state["step"]
+                bias_correction2 = 1 - beta2 ** state["step"]
+                denominator = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+                current.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
+                param.index_copy_(0, rows, current)
+        return loss
+
+
+def clip_gradients(parameters, max_norm, norm_type=2.0, **options):
+    """``torch.nn.utils.clip_grad_norm_`` (RecBole's ``clip_grad_norm``) that also takes sparse
+    gradients (``embedding_update: sparse``): they are coalesced, so that their norm is the norm
+    of the dense gradient they stand for, and scaled like the others."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in parameters):
+        return clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **options)
+    for p in parameters:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
+    norm_type = float(norm_type)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type)
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for part in parts:
+        part.mul_(scale.to(part.device))
+    return total
+
+
+class SplitOptimizer:
+    """Several optimizers over disjoint parameters, stepped as one (the RecBole trainer's
+    ``optimizer``): the configured learner for dense parameters, :class:`LazyRowAdam` for the
+    sparse embedding tables. Its state dict holds each one's, in order."""
+
+    def __init__(self, optimizers):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self):
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self):
+        return {key: value for optimizer in self.optimizers for key, value in optimizer.state.items()}
+
+    def zero_grad(self, set_to_none=True):
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def state_dict(self):
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            raise ValueError(
+                "The checkpoint's optimizer state does not match embedding_update: sparse (one "
+                "state a parameter set); resume with the embedding_update it was written with."
+            )
+        for optimizer, state in zip(self.optimizers, states):
+            optimizer.load_state_dict(state)
+
+    def __repr__(self):
+        return f"SplitOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer):
@@ -91,6 +218,43 @@ class MultiTaskTrainer(TaskTrainer):
         click, purchase = self.model.predict_tasks(interaction)
         return {"click": click, "purchase": purchase}
 
+    #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise.
+    SPARSE_LEARNERS = {"adam": False, "adamw": True}  # learner -> decoupled weight decay
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer, except for sparse embedding tables (``embedding_update:
+        sparse``): those get :class:`LazyRowAdam` (with the configured learning rate and each
+        table's L2 weight, on touched rows only), the other parameters the configured learner,
+        both stepped as one :class:`SplitOptimizer`. ``module`` (default: the model) is the
+        module whose tables are looked for among ``params``."""
+        params = list(kwargs.pop("params", self.model.parameters()))
+        module = kwargs.pop("module", self.model)
+        row_decays = {id(weight): decay for weight, decay in sparse_row_parameters(module).items()}
+        tables = [p for p in params if id(p) in row_decays]
+        if not tables:
+            return super()._build_optimizer(params=params, **kwargs)
+        learner = kwargs.get("learner", self.learner).lower()
+        if learner not in self.SPARSE_LEARNERS:
+            raise ConfigError(
+                f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
+                f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
+                "learner: adam."
+            )
+        learning_rate = kwargs.get("learning_rate", self.learning_rate)
+        weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        groups = [
+            {"params": [p], "weight_decay": weight_decay if row_decays[id(p)] is None else row_decays[id(p)]}
+            for p in tables
+        ]
+        optimizers = []
+        dense = [p for p in params if id(p) not in row_decays]
+        if dense:
+            optimizers.append(super()._build_optimizer(params=dense, **kwargs))
+        optimizers.append(
+            LazyRowAdam(groups, lr=learning_rate, decoupled=self.SPARSE_LEARNERS[learner])
+        )
+        return SplitOptimizer(optimizers)
+
     def fit(
         self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
     ):
@@ -111,8 +275,49 @@ class MultiTaskTrainer(TaskTrainer):
         return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's training epoch, with less work a step.
+
+        The same steps (``zero_grad``, loss, ``backward``, the configured gradient clipping,
+        ``step``) as RecBole's ``Trainer._train_epoch``, which is still used for distributed
+        training and mixed precision. Differences, none of which changes the parameters: the
+        losses are summed on the device and read once at the end of the epoch (RecBole reads
+        every part of every step with ``.item()``), so the NaN check (RecBole's ``_check_nan``)
+        runs once on the epoch's sums and a NaN loss stops training at the end of the epoch
+        that produced it; the GPU memory text is formatted only when the progress bar shows.
+        Returns what RecBole's returns: the sum of the loss (a tuple: of each part) over the
+        epoch's steps.
+        """
         self.model.on_epoch_start(epoch_idx)
-        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        if not self.config["single_spec"] or self.enable_amp or self.enable_scaler:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        iterator = (
+            tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+            if show_progress
+            else train_data
+        )
+        totals, is_tuple = None, False
+        for interaction in iterator:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            losses = loss_func(interaction)
+            is_tuple = isinstance(losses, tuple)
+            parts = losses if is_tuple else (losses,)
+            loss = sum(parts)
+            step_losses = torch.stack([part.detach() for part in parts]).double()
+            totals = step_losses if totals is None else totals + step_losses
+            loss.backward()
+            if self.clip_grad_norm:
+                clip_gradients(self.model.parameters(), **self.clip_grad_norm)
+            self.optimizer.step()
+            if self.gpu_available and show_progress:
+                iterator.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
+        if totals is None:
+            return None
+        self._check_nan(totals.sum())
+        values = totals.tolist()
+        return tuple(values) if is_tuple else values[0]
 
 
 class CSTWATrainer(MultiTaskTrainer):
@@ -136,6 +341,7 @@ class CSTWATrainer(MultiTaskTrainer):
     """
 
     PRETRAIN_SETTINGS = (
+        "embedding_update",
         "embedding_size",
         "embedding_init_std",
         "context_pooling",
@@ -150,6 +356,7 @@ class CSTWATrainer(MultiTaskTrainer):
     )
     GRAPH_SETTINGS = ("graph_top_k", "graph_self_loop", "graph_symmetric", "graph_index")
     INDEX_SETTINGS = {
+        "auto": ("graph_exact_max_nodes", "graph_ivf_nlist", "graph_nprobe", "graph_hnsw_m", "graph_hnsw_ef_search"),
         "ivf": ("graph_ivf_nlist", "graph_nprobe"),
         "hnsw": ("graph_hnsw_m", "graph_hnsw_ef_search"),
     }
@@ -238,7 +445,7 @@ class CSTWATrainer(MultiTaskTrainer):
     def _pretrain(self, model, train_data, valid_data, show_progress):
         epochs = self.config["pretrain_epochs"]
         optimizer = self._build_optimizer(
-            params=model.parameters(), learning_rate=self.config["pretrain_learning_rate"]
+            params=model.parameters(), module=model, learning_rate=self.config["pretrain_learning_rate"]
         )
         click_field = self.config["CLICK_FIELD"]
         for epoch in range(epochs):
@@ -317,6 +524,9 @@ class CSTWATrainer(MultiTaskTrainer):
                     nprobe=self.config["graph_nprobe"],
                     hnsw_m=self.config["graph_hnsw_m"],
                     hnsw_ef_search=self.config["graph_hnsw_ef_search"],
+                    exact_max_nodes=self.config["graph_exact_max_nodes"],
+                    gpu=self.device.type == "cuda",
+                    log_name=f"{group} graph",
                 )
                 self.logger.info(f"{group} graph built in {time() - start:.2f}s")
             path = None

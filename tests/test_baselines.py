@@ -44,7 +44,7 @@ def _bce(p, y):
 
 # ----- AITM ----------------------------------------------------------------------------------
 def test_aitm_loss_parts_match_hand_computation(build):
-    model, batch = build("AITM")
+    model, batch = build("AITM", embedding_update="dense")  # the official whole-table L2
     assert model.config["weight_decay"] == 0.0  # the L2 term is the model's own
     output = model(batch)
     p_click, p_purchase = output["click"].double(), output["purchase"].double()
@@ -73,7 +73,7 @@ def test_aitm_calibrator_is_the_batch_mean_of_violations(build):
 
 
 def test_aitm_l2_covers_only_embeddings_and_attention_projections(build):
-    model, batch = build("AITM")
+    model, batch = build("AITM", embedding_update="dense")
     l2 = model.calculate_loss(batch)[3].item()
     with torch.no_grad():
         for module in (model.click_tower, model.purchase_tower, model.info_layer, model.click_head):
@@ -87,6 +87,22 @@ def test_aitm_l2_covers_only_embeddings_and_attention_projections(build):
         model.transfer.query.weight.div_(3.0)
         model.embedding.token_table.weight.mul_(3.0)
     assert model.calculate_loss(batch)[3].item() > l2
+
+
+def test_aitm_sparse_embeddings_take_their_l2_in_the_row_optimizer(build):
+    """Under embedding_update: sparse the embedding L2 (aitm_l2) acts on touched rows, through the
+    row-wise optimizer; the loss's L2 part keeps the AIT projections only."""
+    from recbole_cstwa.trainer import LazyRowAdam, MultiTaskTrainer
+
+    model, batch = build("AITM", embedding_update="sparse")
+    squares = sum(float(w.detach().double().pow(2).sum()) for w in model.transfer.projection_weights())
+    assert model.calculate_loss(batch)[3].item() == pytest.approx(1e-6 * squares / 2, rel=1e-5)
+    optimizer = MultiTaskTrainer(model.config, model).optimizer
+    row_optimizer = next(o for o in optimizer.optimizers if isinstance(o, LazyRowAdam))
+    tables = {id(p) for p in model.embedding.parameters()}
+    row_groups = row_optimizer.param_groups
+    assert {id(p) for group in row_groups for p in group["params"]} == tables
+    assert all(group["weight_decay"] == model.config["aitm_l2"] for group in row_groups)
 
 
 def test_ait_attention_weights_sum_to_one_over_the_two_items(build):

@@ -80,9 +80,14 @@ class MultiTaskRecommender(AbstractRecommender):
 
     # ----- shared pieces -------------------------------------------------------------------
     def make_embedding(self, dataset):
-        """A new embedding layer over every feature field (models may own several)."""
+        """A new embedding layer over every feature field (models may own several); its tables
+        give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`)."""
         return FieldEmbedding(
-            dataset, self.field_groups, self.embedding_size, self.config["embedding_init_std"]
+            dataset,
+            self.field_groups,
+            self.embedding_size,
+            self.config["embedding_init_std"],
+            sparse=self.config["embedding_update"] == "sparse",
         )
 
     def input_size(self):

@@ -46,12 +46,21 @@ class FieldEmbedding(nn.Module):
     Token fields share one table (with per-field offsets, one look-up per group); a token_seq
     field is the mean of its tokens' vectors; a numerical float field is its value times a
     learned vector (with RecBole's ``discretization``, the bucket's vector).
+
+    With ``sparse=True`` (``embedding_update: sparse``) the tables give sparse gradients (only
+    the rows a batch looked up) and their weights are marked for the trainer, which updates them
+    with a row-wise lazy Adam (:class:`recbole_cstwa.trainer.LazyRowAdam`): a step then costs the
+    same whatever the vocabulary size. ``row_weight_decay`` is the L2 weight on the touched rows:
+    ``None`` (the optimizer's ``weight_decay``) or a number a model sets (AITM's ``aitm_l2``);
+    :func:`sparse_row_parameters` lists the tables for the optimizer.
     """
 
-    def __init__(self, dataset, groups, embedding_size, init_std=0.01):
+    def __init__(self, dataset, groups, embedding_size, init_std=0.01, sparse=False):
         super().__init__()
         self.groups = groups
         self.embedding_size = embedding_size
+        self.sparse = bool(sparse)
+        self.row_weight_decay = None
         token_fields = [f for g in GROUPS for f, t in groups[g] if t == FeatureType.TOKEN]
         float_fields = [f for g in GROUPS for f, t in groups[g] if t == FeatureType.FLOAT]
         seq_fields = [f for g in GROUPS for f, t in groups[g] if t == FeatureType.TOKEN_SEQ]
@@ -59,15 +68,18 @@ class FieldEmbedding(nn.Module):
         token_sizes = [dataset.num(field) for field in token_fields]
         token_offsets = torch.tensor([0] + token_sizes[:-1]).cumsum(0)
         self.token_offset = dict(zip(token_fields, token_offsets.tolist()))
-        self.token_table = nn.Embedding(max(sum(token_sizes), 1), embedding_size)
+        self.token_table = nn.Embedding(max(sum(token_sizes), 1), embedding_size, sparse=self.sparse)
 
         float_sizes = [dataset.num(field) for field in float_fields]
         float_offsets = torch.tensor([0] + float_sizes[:-1]).cumsum(0)
         self.float_offset = dict(zip(float_fields, float_offsets.tolist()))
-        self.float_table = nn.Embedding(max(sum(float_sizes), 1), embedding_size)
+        self.float_table = nn.Embedding(max(sum(float_sizes), 1), embedding_size, sparse=self.sparse)
 
         self.seq_tables = nn.ModuleDict(
-            {field: nn.Embedding(dataset.num(field), embedding_size, padding_idx=0) for field in seq_fields}
+            {
+                field: nn.Embedding(dataset.num(field), embedding_size, padding_idx=0, sparse=self.sparse)
+                for field in seq_fields
+            }
         )
         for group in GROUPS:
             fields = [f for f, t in groups[group] if t == FeatureType.TOKEN]
@@ -114,6 +126,17 @@ class FieldEmbedding(nn.Module):
                 torch.zeros(batch, 0, dtype=torch.bool, device=device),
             )
         return torch.cat(vectors, dim=1), torch.cat(present, dim=1)
+
+
+def sparse_row_parameters(module):
+    """``{parameter: row_weight_decay}`` of every sparse :class:`FieldEmbedding` table in
+    ``module`` (``row_weight_decay`` ``None``: the optimizer's ``weight_decay``)."""
+    found = {}
+    for layer in module.modules():
+        if isinstance(layer, FieldEmbedding) and layer.sparse:
+            for weight in layer.parameters():
+                found[weight] = layer.row_weight_decay
+    return found
 
 
 def mean_of_present(embeddings, present):

@@ -10,7 +10,8 @@ Pieces, each usable and testable on its own:
 - :func:`group_representations`: Eq. 2 / Eq. 8, every user's (item's) field vectors
   concatenated, from any :class:`~recbole_cstwa.model.layers.FieldEmbedding`;
 - :func:`nearest_neighbours`: Eqs. 3-4, cosine top-K with faiss (inner product on L2-normalised
-  vectors; exact ``IndexFlatIP`` or approximate ``IndexIVFFlat`` / ``IndexHNSWFlat``);
+  vectors; exact ``IndexFlatIP`` or approximate ``IndexIVFFlat`` / ``IndexHNSWFlat``, or
+  ``auto``: :func:`choose_index`);
 - :func:`build_graph`: Eqs. 3-5 end to end, negatives to 0, ``D^-1/2 A D^-1/2``, as a coalesced
   ``torch.sparse_coo_tensor``;
 - :class:`RowGraph` and :func:`propagate_rows`: Eq. 9 for a few rows only (CSTWA's per-batch
@@ -23,11 +24,18 @@ All node loops are vectorised (numpy / torch), none runs in Python per node.
 
 import hashlib
 import json
+import logging
 import os
 
 import faiss
 import numpy as np
 import torch
+
+#: Values of ``graph_index``: faiss index types for the top-K search.
+INDEX_TYPES = ("auto", "exact", "ivf", "hnsw")
+#: The approximate index ``auto`` takes above ``graph_exact_max_nodes`` nodes (on CPU), chosen by
+#: benchmarks/bench_scale.py on pre-trained embeddings (README "Training at scale").
+AUTO_APPROXIMATE_INDEX = "ivf"
 
 
 # ----- Eq. 2 / Eq. 8: representations ------------------------------------------------------
@@ -54,8 +62,34 @@ def group_representations(embedding, features, group, batch_size=262144):
 
 
 # ----- Eqs. 3-4: cosine top-K with faiss ---------------------------------------------------
-def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search, search_k):
-    """A faiss inner-product index over ``vectors`` (float32, contiguous)."""
+def gpu_search_available():
+    """Whether the installed faiss has GPU indexes (faiss-gpu) and a GPU is visible."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def choose_index(index_type, num_nodes, exact_max_nodes, gpu=False):
+    """The faiss index a search over ``num_nodes`` nodes uses, and why (for the log).
+
+    ``auto``: exact search (``IndexFlatIP``) up to ``exact_max_nodes`` nodes, where its cost
+    (quadratic in the nodes) is still small; above, :data:`AUTO_APPROXIMATE_INDEX`. On a GPU
+    (``gpu``, with faiss-gpu) exact search at any size. Other values are taken as they are.
+    """
+    if index_type != "auto":
+        return index_type, f"graph_index: {index_type}"
+    if gpu:
+        return "exact", "graph_index auto on a GPU: exact search (faiss-gpu)"
+    if num_nodes <= exact_max_nodes:
+        return "exact", f"graph_index auto: {num_nodes} nodes <= graph_exact_max_nodes {exact_max_nodes}"
+    return (
+        AUTO_APPROXIMATE_INDEX,
+        f"graph_index auto: {num_nodes} nodes > graph_exact_max_nodes {exact_max_nodes}, "
+        "where exact search grows quadratic",
+    )
+
+
+def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search, search_k, gpu=False):
+    """A faiss inner-product index over ``vectors`` (float32, contiguous); on the GPU with
+    ``gpu`` (exact and IVF; faiss has no GPU HNSW)."""
     dim = vectors.shape[1]
     if index_type == "exact":
         index = faiss.IndexFlatIP(dim)
@@ -70,6 +104,10 @@ def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search,
     else:
         index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = int(max(hnsw_ef_search, search_k))
+    if gpu and index_type != "hnsw":
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        if index_type == "ivf":
+            index.nprobe = int(min(nprobe, index.nlist))
     index.add(vectors)
     return index
 
@@ -83,6 +121,9 @@ def nearest_neighbours(
     nprobe=16,
     hnsw_m=32,
     hnsw_ef_search=64,
+    exact_max_nodes=50000,
+    gpu=False,
+    log_name="graph",
 ):
     """Each row's top-K cosine neighbours among the rows (Eqs. 3-4).
 
@@ -93,11 +134,17 @@ def nearest_neighbours(
     made independent of ties and of an approximate index missing the node itself. Without
     ``self_loop``, the K most similar other nodes.
 
+    ``index_type`` ``auto`` picks the index with :func:`choose_index` (``exact_max_nodes``) and
+    logs which and why (``log_name`` names the graph). faiss runs with torch's thread count
+    (``torch.get_num_threads()``, which RecBole's ``worker``/``nproc`` settings do not change),
+    and on the GPU with ``gpu`` when faiss-gpu is installed.
+
     Returns:
         tuple: ``(neighbours, similarities)``, ``(N, K')`` int64 and float32 numpy arrays with
         ``K' = min(K, N)`` (``min(K, N - 1)`` without self loop), most similar first; a slot an
         approximate index could not fill has neighbour ``-1`` and similarity ``-inf``.
     """
+    gpu = bool(gpu) and gpu_search_available()
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.detach().cpu().numpy()
     vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
@@ -108,7 +155,13 @@ def nearest_neighbours(
     faiss.normalize_L2(vectors)  # zero rows stay zero
     others = min(top_k - 1 if self_loop else top_k, n - 1)
     search_k = min(others + 1, n)  # one more: the node itself is usually among the results
-    index = _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search, search_k)
+    chosen, reason = choose_index(index_type, n, exact_max_nodes, gpu)
+    logging.getLogger(__name__).info(
+        f"{log_name}: {chosen} faiss search over {n} nodes ({reason}; "
+        f"{'GPU' if gpu else f'{torch.get_num_threads()} threads'})"
+    )
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = _faiss_index(vectors, chosen, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search, search_k, gpu)
     similarities, neighbours = index.search(vectors, search_k)
 
     rows = np.arange(n)[:, None]
@@ -159,6 +212,9 @@ def build_graph(
     nprobe=16,
     hnsw_m=32,
     hnsw_ef_search=64,
+    exact_max_nodes=50000,
+    gpu=False,
+    log_name="graph",
 ):
     """The normalised top-K cosine graph over the rows of ``representations`` (Eqs. 3-5).
 
@@ -190,6 +246,9 @@ def build_graph(
         nprobe=nprobe,
         hnsw_m=hnsw_m,
         hnsw_ef_search=hnsw_ef_search,
+        exact_max_nodes=exact_max_nodes,
+        gpu=gpu,
+        log_name=log_name,
     )
     rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1]) + padding_rows
     cols = neighbours.reshape(-1) + padding_rows

@@ -95,6 +95,12 @@ class AITM(MultiTaskRecommender):
       lr 1e-4 / 2e-4 with weight decay on every parameter are not followed.
     - BCE: PyTorch's (log clamped at -100) rather than TF's ``log_loss`` (eps 1e-7); the two
       differ only on saturated predictions.
+    - ``embedding_update: sparse`` (the default): the embedding part of the L2 term acts on the
+      rows a batch looked up only. It leaves the loss and goes to the row-wise optimizer as those
+      rows' L2 weight (``aitm_l2``: gradient ``aitm_l2 * w``, as the term's); the official code's
+      (TF) gradient of the term also shrinks every row the batch did not use. The fourth loss
+      part then holds the AIT projections' L2 alone. ``embedding_update: dense`` is the official
+      whole-table term.
     """
 
     def __init__(self, config, dataset):
@@ -110,6 +116,8 @@ class AITM(MultiTaskRecommender):
             )
 
         self.embedding = self.make_embedding(dataset)
+        if self.embedding.sparse:  # the embedding L2 on touched rows, in the row-wise optimizer
+            self.embedding.row_weight_decay = self.l2_weight
         self.click_tower = self.tower()
         self.purchase_tower = self.tower()
         size = self.click_tower.output_size
@@ -137,8 +145,10 @@ class AITM(MultiTaskRecommender):
         }
 
     def regularised_parameters(self):
-        """The weights the official code L2-regularises: embedding tables and AIT projections."""
-        return [*self.embedding.parameters(), *self.transfer.projection_weights()]
+        """The weights the loss's L2 term covers: embedding tables (unless they are sparse: then
+        their rows' L2 is in the optimizer) and AIT projections."""
+        embedding = [] if self.embedding.sparse else [*self.embedding.parameters()]
+        return [*embedding, *self.transfer.projection_weights()]
 
     def calculate_loss(self, interaction):
         output = self.forward(interaction)

@@ -1,0 +1,226 @@
+"""Training cost: sparse embedding updates, the trainer's training epoch, the graph index choice."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import data_preparation
+
+from recbole_cstwa.config import ConfigError
+from recbole_cstwa.data import create_dataset
+from recbole_cstwa.model.structure import build_graph, choose_index, nearest_neighbours
+from recbole_cstwa.trainer import LazyRowAdam, MultiTaskTrainer, SplitOptimizer
+from recbole_cstwa.utils import get_model
+
+
+@pytest.fixture
+def setup(make_config):
+    """``setup(model, **config)`` -> (model, trainer, first training batches), seeded the same."""
+
+    def make(model_name="MLP", batches=3, **overrides):
+        config = make_config(model_name, **overrides)
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        model = get_model(model_name)(config, train_data._dataset)
+        trainer = MultiTaskTrainer(config, model)
+        taken = []
+        for batch in train_data:
+            taken.append(batch)
+            if len(taken) == batches:
+                break
+        return model, trainer, taken
+
+    return make
+
+
+class Batches(list):
+    shuffle = False
+
+
+def _table_grads(model):
+    return {name: p.grad for name, p in model.named_parameters() if "table" in name and p.grad is not None}
+
+
+def test_sparse_and_dense_give_the_same_loss_and_first_gradient(setup):
+    dense_model, _, batches = setup(embedding_update="dense")
+    sparse_model, _, _ = setup(embedding_update="sparse")
+    for name, parameter in dense_model.named_parameters():
+        torch.testing.assert_close(parameter, sparse_model.state_dict()[name], rtol=0, atol=0)
+    losses = []
+    for model in (dense_model, sparse_model):
+        torch.manual_seed(1)  # the same dropout masks
+        loss = sum(model.calculate_loss(batches[0]))
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    sparse_grads = _table_grads(sparse_model)
+    assert sparse_grads and all(grad.is_sparse for grad in sparse_grads.values())
+    for name, parameter in dense_model.named_parameters():
+        other = dict(sparse_model.named_parameters())[name].grad
+        if other is None:
+            assert parameter.grad is None or not parameter.grad.any()
+            continue
+        torch.testing.assert_close(other.to_dense(), parameter.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_first_step_moves_touched_rows_as_adam_and_leaves_the_others(setup):
+    """With weight decay: touched rows move as dense Adam moves them; the others stay (dense
+    Adam decays them too)."""
+    dense_model, dense_trainer, batches = setup(embedding_update="dense", weight_decay=1e-3)
+    sparse_model, sparse_trainer, _ = setup(embedding_update="sparse", weight_decay=1e-3)
+    assert isinstance(sparse_trainer.optimizer, SplitOptimizer)
+    assert isinstance(dense_trainer.optimizer, torch.optim.Adam)
+    before = sparse_model.click_embedding.token_table.weight.detach().clone()
+    for model, trainer in ((dense_model, dense_trainer), (sparse_model, sparse_trainer)):
+        torch.manual_seed(1)
+        trainer.optimizer.zero_grad()
+        sum(model.calculate_loss(batches[0])).backward()
+        trainer.optimizer.step()
+    touched = sparse_model.click_embedding.token_table.weight.grad.coalesce().indices()[0]
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[touched] = False
+    sparse_table = sparse_model.click_embedding.token_table.weight.detach()
+    dense_table = dense_model.click_embedding.token_table.weight.detach()
+    torch.testing.assert_close(sparse_table[touched], dense_table[touched], rtol=1e-5, atol=1e-8)
+    assert torch.equal(sparse_table[untouched], before[untouched])
+    assert not torch.equal(dense_table[untouched], before[untouched])
+    for name, parameter in dense_model.named_parameters():  # towers: the same Adam
+        if "table" not in name:
+            torch.testing.assert_close(dict(sparse_model.named_parameters())[name], parameter)
+
+
+def test_dense_path_is_bit_for_bit_the_plain_adam_loop(setup):
+    """embedding_update: dense and the trainer's epoch give the same parameters as a plain loop
+    with RecBole's Adam over every parameter (the code before sparse updates)."""
+    model, trainer, batches = setup(embedding_update="dense", batches=4)
+    reference, _, _ = setup(embedding_update="dense", batches=4)
+    optimizer = torch.optim.Adam(
+        reference.parameters(), lr=reference.config["learning_rate"], weight_decay=reference.config["weight_decay"]
+    )
+    torch.manual_seed(3)
+    trainer._train_epoch(Batches(batches), 0)
+    torch.manual_seed(3)
+    reference.train()
+    for batch in batches:
+        optimizer.zero_grad()
+        losses = reference.calculate_loss(batch)
+        loss = sum(losses)
+        loss.backward()
+        optimizer.step()
+    for name, parameter in reference.named_parameters():
+        assert torch.equal(parameter, dict(model.named_parameters())[name]), name
+
+
+def test_training_epoch_returns_the_summed_loss_parts(setup):
+    model, trainer, batches = setup(embedding_update="sparse")
+    torch.manual_seed(5)
+    totals = trainer._train_epoch(Batches(batches[:1]), 0)
+    assert isinstance(totals, tuple) and len(totals) == 2
+    assert all(np.isfinite(totals))
+
+
+def test_sparse_training_converges_on_a_tiny_case(setup):
+    model, trainer, batches = setup(embedding_update="sparse", learning_rate=0.01, batches=8)
+    torch.manual_seed(0)
+    losses = [sum(trainer._train_epoch(Batches(batches), epoch)) for epoch in range(6)]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_sparse_optimizer_state_round_trips(setup):
+    model, trainer, batches = setup(embedding_update="sparse")
+    trainer._train_epoch(Batches(batches[:1]), 0)
+    state = trainer.optimizer.state_dict()
+    fresh = MultiTaskTrainer(model.config, model).optimizer
+    fresh.load_state_dict(state)
+    rows = next(o for o in fresh.optimizers if isinstance(o, LazyRowAdam))
+    assert all(s["step"] == 1 for s in rows.state.values())
+    with pytest.raises(ValueError, match="embedding_update"):
+        fresh.load_state_dict({"state": {}, "param_groups": []})
+
+
+def test_cstwa_and_its_pretraining_model_use_row_updates_for_their_tables(make_config):
+    from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
+    from recbole_cstwa.trainer import CSTWATrainer
+
+    config = make_config("CSTWA", embedding_update="sparse")
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("CSTWA")(config, train_data._dataset)
+    trainer = CSTWATrainer(config, model)
+    pretrain = ClickPretrainModel(model, train_data._dataset)
+    for owner, optimizer in (
+        (model, trainer.optimizer),
+        (pretrain, trainer._build_optimizer(params=pretrain.parameters(), module=pretrain)),
+    ):
+        tables = {id(p) for name, p in owner.named_parameters() if "table" in name}
+        assert len(tables) >= 2
+        row_optimizer = next(o for o in optimizer.optimizers if isinstance(o, LazyRowAdam))
+        assert {id(p) for g in row_optimizer.param_groups for p in g["params"]} == tables
+
+
+def test_bad_embedding_update_is_a_config_error(make_config):
+    with pytest.raises(ConfigError, match="embedding_update"):
+        make_config("MLP", embedding_update="lazy")
+
+
+def test_sparse_needs_an_adam_learner(setup):
+    with pytest.raises(ConfigError, match="learner"):
+        setup(embedding_update="sparse", learner="sgd")
+    model, trainer, _ = setup(embedding_update="dense", learner="sgd")
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+
+
+# ----- graph_index: auto ------------------------------------------------------------------------
+def _vectors(n, dim=12, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("nodes", "expected"), [(40, "exact"), (41, "ivf")])
+def test_auto_picks_exact_up_to_the_threshold(nodes, expected, caplog):
+    assert choose_index("auto", nodes, 40)[0] == expected
+    assert choose_index("auto", nodes, 40, gpu=True)[0] == "exact"
+    assert choose_index("ivf", nodes, 40)[0] == "ivf"
+    with caplog.at_level(logging.INFO):
+        nearest_neighbours(_vectors(nodes), 4, index_type="auto", exact_max_nodes=40, log_name="item graph")
+    assert f"item graph: {expected} faiss search over {nodes} nodes" in caplog.text
+
+
+def test_auto_below_the_threshold_is_the_exact_graph():
+    vectors = _vectors(60)
+    auto = build_graph(vectors, 5, index_type="auto", exact_max_nodes=1000)
+    exact = build_graph(vectors, 5, index_type="exact")
+    assert torch.equal(auto.indices(), exact.indices())
+    assert torch.equal(auto.values(), exact.values())
+
+
+def test_approximate_auto_graph_keeps_the_invariants():
+    vectors = np.abs(_vectors(300))  # positive cosines: every one of the K edges is kept
+    k = 6
+    graph = build_graph(vectors, k, index_type="auto", exact_max_nodes=50)
+    rows, columns = graph.indices().numpy()
+    counts = np.bincount(rows, minlength=len(vectors))
+    assert counts[0] == 1 and (counts[1:] == k).all()  # padding row: its own edge only
+    # D^-1/2 A D^-1/2 with D the row sums of A: rebuild A from the cosines of the kept edges.
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    weights = np.where(rows == 0, 1.0, (unit[rows] * unit[columns]).sum(axis=1))
+    degree = np.bincount(rows, weights=weights, minlength=len(vectors))
+    expected = weights / np.sqrt(degree[rows] * degree[columns])
+    np.testing.assert_allclose(graph.values().numpy(), expected, rtol=1e-4)
+    assert ((rows == columns).sum()) == len(vectors)  # every node keeps its self edge
+
+
+def test_gradient_clipping_takes_sparse_gradients(setup):
+    from recbole_cstwa.trainer import clip_gradients
+
+    dense_model, _, batches = setup(embedding_update="dense")
+    sparse_model, _, _ = setup(embedding_update="sparse")
+    norms = []
+    for model in (dense_model, sparse_model):
+        torch.manual_seed(1)
+        sum(model.calculate_loss(batches[0])).backward()
+        norms.append(clip_gradients(model.parameters(), max_norm=1e-3))
+    torch.testing.assert_close(norms[1], norms[0], rtol=1e-5, atol=0)
+    for name, parameter in dense_model.named_parameters():
+        other = dict(sparse_model.named_parameters())[name].grad
+        if other is not None:
+            torch.testing.assert_close(other.to_dense(), parameter.grad, rtol=1e-5, atol=1e-10)
