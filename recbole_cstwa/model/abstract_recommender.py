@@ -126,6 +126,3 @@ class MultiTaskRecommender(AbstractRecommender):
 
     def predict(self, interaction):
         return self.predict_tasks(interaction)[1]
-
-    def on_epoch_start(self, epoch_idx):
-        """Called by the trainer before each training epoch (CSTWA refreshes its graphs here)."""
