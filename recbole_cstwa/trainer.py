@@ -42,7 +42,8 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
         self.task_evaluator = TaskEvaluator(config, config["eval_tasks"])
 
     def predict_tasks(self, interaction):
-        """Scores of one batch: task name -> ``(B,)`` probabilities."""
+        """Model outputs of one batch: ``click`` / ``purchase`` (/ ``cvr``) -> ``(B,)``
+        probabilities; :class:`~recbole_cstwa.evaluator.TaskEvaluator` maps them to the tasks."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -67,11 +68,12 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
 
 class SingleTaskTrainer(TaskTrainer):
     """For RecBole's built-in (single-label) models: trains on ``LABEL_FIELD`` and scores
-    ``model.predict`` as that label's task (``click_*`` or ``purchase_*``)."""
+    ``model.predict`` as that label's output: ``click_*``, or ``purchase_*`` (with ``cvr_*`` on
+    the clicked rows and ``ctcvr_*`` when listed in ``eval_tasks``)."""
 
     def predict_tasks(self, interaction):
-        task = next(iter(self.config["eval_tasks"]))
-        return {task: self.model.predict(interaction)}
+        trained = "click" if self.config["LABEL_FIELD"] == self.config["CLICK_FIELD"] else "purchase"
+        return {trained: self.model.predict(interaction)}
 
 
 class MultiTaskTrainer(TaskTrainer):
@@ -87,8 +89,7 @@ class MultiTaskTrainer(TaskTrainer):
         return []
 
     def predict_tasks(self, interaction):
-        click, purchase = self.model.predict_tasks(interaction)
-        return {"click": click, "purchase": purchase}
+        return self.model.predict_tasks(interaction)
 
     def fit(
         self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
