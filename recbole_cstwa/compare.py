@@ -18,7 +18,8 @@ same split (the comparison stays paired) and each seed a different split (the sp
 then includes the split).
 
 The summary gives, per row, the mean and sample standard deviation (n - 1) over seeds of click
-AUC, click LogLoss, purchase AUC, purchase LogLoss, the run time, and a paired t-test
+AUC, click LogLoss, purchase AUC, purchase LogLoss, CVR AUC (over clicked impressions, when
+``eval_tasks`` lists ``cvr``), the run time, and a paired t-test
 (``scipy.stats.ttest_rel``) of the per-seed purchase AUC and click AUC against a reference row.
 With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
 that two models are equal, and only large, consistent gaps come out significant. When the dataset
@@ -301,7 +302,9 @@ def per_seed(plan, records):
         values = joined[record["row"]].setdefault(record["seed"], {"seconds": 0.0, "epoch_seconds": 0.0})
         task = record["task"]
         for metric, value in record["test_result"].items():
-            if task == "both" or metric.startswith(task + "_"):
+            # A built-in model's purchase run also gives the purchase-derived tasks (cvr, ctcvr).
+            derived = ("cvr_", "ctcvr_") if task == "purchase" else ()
+            if task == "both" or metric.startswith((task + "_", *derived)):
                 values[metric] = value
         values["seconds"] += record["wall_seconds"]
         # Pre-training stages (CSTWA's CTR model and graphs) count in the time, not per epoch.

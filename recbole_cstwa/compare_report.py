@@ -6,7 +6,7 @@ import math
 import os
 
 #: The table's metrics, task-prefixed as the plugin's trainers report them.
-METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss")
+METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc")
 #: Metrics tested against the reference row.
 TESTED_METRICS = ("purchase_auc", "click_auc")
 METRIC_TITLES = {
@@ -14,6 +14,7 @@ METRIC_TITLES = {
     "click_logloss": "click LogLoss",
     "purchase_auc": "purchase AUC",
     "purchase_logloss": "purchase LogLoss",
+    "cvr_auc": "CVR AUC (clicked)",
 }
 
 

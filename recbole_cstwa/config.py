@@ -15,11 +15,15 @@ from recbole.config import Config as RecBoleConfig
 from recbole.evaluator import metric_types, smaller_metrics
 
 from recbole_cstwa.errors import ConfigError
+from recbole_cstwa.evaluator import TASKS as TASK_DEFINITIONS
 from recbole_cstwa.settings import check_settings
 from recbole_cstwa.utils import get_model, is_multitask_model
 
-#: Task names: the prefixes of every reported metric (``click_auc``, ``purchase_logloss``).
-TASKS = ("click", "purchase")
+#: Task names: the prefixes of every reported metric (``click_auc``, ``cvr_auc``, ...); each is
+#: defined in :mod:`recbole_cstwa.evaluator`.
+TASKS = tuple(TASK_DEFINITIONS)
+#: Tasks a RecBole built-in model trained on one label can be scored on.
+SINGLE_LABEL_TASKS = {"click": ("click",), "purchase": ("purchase", "cvr", "ctcvr")}
 #: The config key naming each task's label field.
 TASK_LABEL_KEYS = {"click": "CLICK_FIELD", "purchase": "PURCHASE_FIELD"}
 #: Values of ``embedding_update`` (see ``properties/overall.yaml``).
@@ -82,8 +86,10 @@ class Config(RecBoleConfig):
     """RecBole ``Config`` that finds plugin models and loads the plugin's YAML defaults.
 
     Besides RecBole's keys it knows ``CLICK_FIELD`` and ``PURCHASE_FIELD`` (the two label columns)
-    and fills ``eval_tasks``: ``{task: label field}`` for the tasks the model is scored on
-    (both for the multi-task models; the one named by ``LABEL_FIELD`` for RecBole's models).
+    and ``eval_tasks``: the user lists tasks (``[click, purchase, cvr, ctcvr]``, see
+    :mod:`recbole_cstwa.evaluator`), and the config holds ``{task: label field}`` for those the
+    model is scored on (all listed for the multi-task models; for a RecBole model trained on
+    ``LABEL_FIELD``, that label's task and, trained on purchase, the listed ``cvr`` / ``ctcvr``).
     """
 
     def _get_model_and_dataset(self, model, dataset):
@@ -203,6 +209,24 @@ class Config(RecBoleConfig):
                 f"embedding rows a batch used are updated; dense: every row, every step), got {value!r}."
             )
 
+    @staticmethod
+    def _requested_tasks(value):
+        """The ``eval_tasks`` setting as a list of task names (YAML list, ``[a,b]`` or ``a,b`` text
+        from the command line, or an already resolved ``{task: label}`` dict)."""
+        if isinstance(value, dict):
+            value = list(value)
+        elif isinstance(value, str):
+            value = [part.strip(" '\"") for part in value.strip("[] ").split(",") if part.strip(" '\"")]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(
+                f"eval_tasks must list evaluation tasks from {list(TASKS)}, e.g. "
+                f"[click, purchase, cvr], got {value!r}."
+            )
+        unknown = [task for task in value if task not in TASKS]
+        if unknown:
+            raise ConfigError(f"eval_tasks: unknown task(s) {unknown}; choose from {list(TASKS)}.")
+        return list(dict.fromkeys(value))
+
     def _resolve_tasks(self):
         """Checks the label keys and sets ``eval_tasks`` and a task-prefixed ``valid_metric``."""
         config = self.final_config_dict
@@ -241,7 +265,7 @@ class Config(RecBoleConfig):
                     f"head, so LABEL_FIELD must equal PURCHASE_FIELD [{labels['purchase']}], "
                     f"got [{label_field}]. Remove the LABEL_FIELD setting."
                 )
-            tasks = dict(labels)
+            requested = self._requested_tasks(config.get("eval_tasks"))
         else:
             trained = [task for task, field in labels.items() if field == label_field]
             if not trained:
@@ -249,8 +273,14 @@ class Config(RecBoleConfig):
                     f"LABEL_FIELD [{label_field}] is neither CLICK_FIELD [{labels['click']}] nor "
                     f"PURCHASE_FIELD [{labels['purchase']}]: set --LABEL_FIELD to one of them."
                 )
-            tasks = {trained[0]: label_field}
-        config["eval_tasks"] = tasks
+            applicable = SINGLE_LABEL_TASKS[trained[0]]
+            listed = self._requested_tasks(config.get("eval_tasks"))
+            requested = [trained[0]] + [t for t in listed if t in applicable and t != trained[0]]
+        config["eval_tasks"] = {
+            task: labels["click" if TASK_DEFINITIONS[task][0] == "CLICK_FIELD" else "purchase"]
+            for task in requested
+        }
+        tasks = config["eval_tasks"]
 
         metrics = config["metrics"]
         metrics = [metrics] if isinstance(metrics, str) else list(metrics)

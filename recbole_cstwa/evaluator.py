@@ -1,13 +1,41 @@
-"""Two-task evaluation with RecBole's own metrics.
+"""Multi-task evaluation with RecBole's own metrics, and the definition of every evaluation task.
 
-Each task (click, purchase) gets RecBole's ``Collector`` and ``Evaluator``, built from a view of
-the config whose ``LABEL_FIELD`` is that task's label, so every metric in ``metrics`` is RecBole's
-own code. Results are merged with the task as prefix: ``click_auc``, ``purchase_logloss``, ...
+Each task gets RecBole's ``Collector`` and ``Evaluator``, built from a view of the config whose
+``LABEL_FIELD`` is that task's label, so every metric in ``metrics`` is RecBole's own code.
+Results are merged with the task as prefix: ``click_auc``, ``purchase_logloss``, ``cvr_auc``, ...
+
+The tasks (:data:`TASKS`), the one place they are defined for every model:
+
+- ``click``: the click probability against the click label, over all impressions.
+- ``purchase``: the impression-level purchase probability against the purchase label, over all
+  impressions (AITM's and the CSTWA paper's "purchase AUC").
+- ``cvr``: post-click conversion, over the **clicked** impressions only, against the purchase
+  label (the CVR AUC of the ESMM and ESCM2 papers). Scored with the model's pCVR head when it
+  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2), otherwise with its
+  purchase probability restricted to the clicked rows.
+- ``ctcvr``: click-and-conversion, over all impressions, against the purchase label, scored with
+  the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2). Every model here
+  already scores ``purchase`` with that probability, so ``ctcvr`` equals ``purchase``: it is
+  offered under the literature's name.
 """
 
 from collections import OrderedDict
 
+from recbole.data.interaction import Interaction
 from recbole.evaluator import Collector, Evaluator
+
+#: Evaluation tasks: name -> (config key of the label, scores read in this order, clicked rows only).
+TASKS = OrderedDict(
+    click=("CLICK_FIELD", ("click",), False),
+    purchase=("PURCHASE_FIELD", ("purchase",), False),
+    cvr=("PURCHASE_FIELD", ("cvr", "purchase"), True),
+    ctcvr=("PURCHASE_FIELD", ("purchase",), False),
+)
+
+
+def task_scores(task):
+    """The model outputs a task can be scored with, in order of preference."""
+    return TASKS[task][1]
 
 
 class _TaskConfig:
@@ -29,12 +57,17 @@ class TaskEvaluator:
 
     Args:
         config: the run's config.
-        tasks (dict): task name -> label field, e.g. ``{"click": "click", "purchase": "purchase"}``.
+        tasks (dict): task name (a key of :data:`TASKS`) -> label field, e.g. ``{"click":
+            "click", "purchase": "purchase", "cvr": "purchase"}`` (``config["eval_tasks"]``).
         metrics (list, optional): RecBole metric names to compute instead of ``config["metrics"]``.
     """
 
     def __init__(self, config, tasks, metrics=None):
         self.tasks = dict(tasks)
+        unknown = [task for task in self.tasks if task not in TASKS]
+        if unknown:
+            raise ValueError(f"eval_tasks: unknown task(s) {unknown}; known: {list(TASKS)}.")
+        self.click_field = config["CLICK_FIELD"]
         self.collectors, self.evaluators = {}, {}
         overrides = {} if metrics is None else {"metrics": list(metrics)}
         for task, label_field in self.tasks.items():
@@ -43,9 +76,20 @@ class TaskEvaluator:
             self.evaluators[task] = Evaluator(task_config)
 
     def collect(self, interaction, scores):
-        """Adds one batch: ``scores`` maps each task to its ``(B,)`` predicted probabilities."""
+        """Adds one batch: ``scores`` maps model outputs (``click``, ``purchase``, optionally
+        ``cvr``) to their ``(B,)`` predicted probabilities."""
+        clicked = None
         for task, collector in self.collectors.items():
-            collector.eval_batch_collect(scores[task], interaction, None, None)
+            _, sources, clicked_only = TASKS[task]
+            score = next((scores[name] for name in sources if name in scores), None)
+            if score is None:
+                raise KeyError(f"task {task} needs one of the model outputs {list(sources)}, got {list(scores)}.")
+            label = interaction[self.tasks[task]]
+            if clicked_only:
+                if clicked is None:
+                    clicked = interaction[self.click_field] > 0.5
+                score, label = score[clicked], label[clicked]
+            collector.eval_batch_collect(score, Interaction({self.tasks[task]: label}), None, None)
 
     def evaluate(self):
         """Scores everything collected since the last call and starts afresh."""

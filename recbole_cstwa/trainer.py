@@ -19,15 +19,14 @@ from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_cstwa.artifact_cache import ArtifactCache, dataset_fingerprint
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.model.layers import sparse_row_parameters
 from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
 from recbole_cstwa.model.structure import (
-    ArtifactCache,
     build_graph,
-    dataset_fingerprint,
     graph_from_state,
     graph_summary,
     graph_to_state,
@@ -170,7 +169,8 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
         self.task_evaluator = TaskEvaluator(config, config["eval_tasks"])
 
     def predict_tasks(self, interaction):
-        """Scores of one batch: task name -> ``(B,)`` probabilities."""
+        """Model outputs of one batch: ``click`` / ``purchase`` (/ ``cvr``) -> ``(B,)``
+        probabilities; :class:`~recbole_cstwa.evaluator.TaskEvaluator` maps them to the tasks."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -195,11 +195,12 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
 
 class SingleTaskTrainer(TaskTrainer):
     """For RecBole's built-in (single-label) models: trains on ``LABEL_FIELD`` and scores
-    ``model.predict`` as that label's task (``click_*`` or ``purchase_*``)."""
+    ``model.predict`` as that label's output: ``click_*``, or ``purchase_*`` (with ``cvr_*`` on
+    the clicked rows and ``ctcvr_*`` when listed in ``eval_tasks``)."""
 
     def predict_tasks(self, interaction):
-        task = next(iter(self.config["eval_tasks"]))
-        return {task: self.model.predict(interaction)}
+        trained = "click" if self.config["LABEL_FIELD"] == self.config["CLICK_FIELD"] else "purchase"
+        return {trained: self.model.predict(interaction)}
 
 
 class MultiTaskTrainer(TaskTrainer):
@@ -207,7 +208,7 @@ class MultiTaskTrainer(TaskTrainer):
 
     Stages that must run before training (CSTWA's pre-training and graph building) are given by
     :meth:`pre_training_stages`; each is run once at the start of :meth:`fit` and its wall time
-    is logged. ``model.on_epoch_start(epoch)`` is called before every training epoch.
+    is logged.
     """
 
     def pre_training_stages(self):
@@ -215,8 +216,7 @@ class MultiTaskTrainer(TaskTrainer):
         return []
 
     def predict_tasks(self, interaction):
-        click, purchase = self.model.predict_tasks(interaction)
-        return {"click": click, "purchase": purchase}
+        return self.model.predict_tasks(interaction)
 
     #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise.
     SPARSE_LEARNERS = {"adam": False, "adamw": True}  # learner -> decoupled weight decay
@@ -287,7 +287,6 @@ class MultiTaskTrainer(TaskTrainer):
         Returns what RecBole's returns: the sum of the loss (a tuple: of each part) over the
         epoch's steps.
         """
-        self.model.on_epoch_start(epoch_idx)
         if not self.config["single_spec"] or self.enable_amp or self.enable_scaler:
             return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.model.train()
@@ -334,6 +333,15 @@ class CSTWATrainer(MultiTaskTrainer):
     - ``graphs`` (Sections 3.3.2-3.3.3): the user and item graphs (Eqs. 2-5) from the
       pre-trained embedding, given to the model with ``set_graphs``.
 
+    - ``train``: CSTWA itself. With ``sm_mode: epoch`` this trainer schedules the Structure
+      Migrator's ``P = A_hat^L E`` (:meth:`CSTWA.update_structure
+      <recbole_cstwa.model.multitask.cstwa.CSTWA.update_structure>`, the way RecBole's trainer
+      calls KGAT's ``update_attentive_A``): with ``sm_refresh_steps: 0`` at the start of every
+      epoch except the first, otherwise before every ``sm_refresh_steps``-th training step
+      (counted over the whole run). Never before the first step: no step trains on a ``P`` of
+      the randomly initialised embedding; until the first refresh the CVR input is the live
+      rows. Evaluation uses the ``P`` the last training step used (it is saved with the model).
+
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
     settings they depend on; a change of a graph setting alone (say ``graph_top_k``) reuses the
@@ -368,6 +376,32 @@ class CSTWATrainer(MultiTaskTrainer):
         self.pretrained_embedding = None
         self.cache_events = []  # ("pretrain" / "graphs", "loaded" / "computed", path): for tests and logs
         self._data_fingerprint = None
+        self.training_steps = 0  # steps taken in this run: the Structure Migrator's clock
+        self.structure_updates = []  # training steps before which P was refreshed (logs, tests)
+
+    # ----- the Structure Migrator's schedule --------------------------------------------------
+    def _schedules_structure(self):
+        return self.model.use_sm and self.model.sm_mode == "epoch"
+
+    def _update_structure(self):
+        self.model.update_structure()
+        self.structure_updates.append(self.training_steps)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if not self._schedules_structure():
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        every = self.model.sm_refresh_steps
+        if every == 0 and self.training_steps > 0:
+            self._update_structure()  # epoch start, from the second epoch on
+        step_loss = loss_func or self.model.calculate_loss
+
+        def scheduled_loss(interaction):
+            if every and self.training_steps > 0 and self.training_steps % every == 0:
+                self._update_structure()
+            self.training_steps += 1
+            return step_loss(interaction)
+
+        return super()._train_epoch(train_data, epoch_idx, scheduled_loss, show_progress)
 
     def pre_training_stages(self):
         if not self.model.use_sm:

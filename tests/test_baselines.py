@@ -239,10 +239,71 @@ def test_ple_has_shared_and_specific_experts(build):
     model, batch = build("PLE")
     (level,) = model.levels
     assert isinstance(level, ExtractionLayer)
-    assert len(level.shared_experts) == 4
-    assert [len(experts) for experts in level.specific_experts] == [4, 4]
+    assert len(level.shared_experts) == 1  # torch-rechub's Ali-CCP example: 1 shared, 2 specific
+    assert [len(experts) for experts in level.specific_experts] == [2, 2]
     assert len(level.task_gates) == 2 and level.shared_gate is None  # last level: no shared gate
-    assert level.task_gates[0].out_features == 8
+    assert level.task_gates[0].out_features == 3
+
+
+def _linear(layer, x):
+    return x @ layer.weight.T + layer.bias
+
+
+def _hand_tower_and_head(model, task, mixture):
+    """Task tower (Linear-ReLU layers; dropout is off in eval) and Linear + sigmoid, by hand."""
+    hidden = mixture
+    for layer in model.task_towers.towers[task].layers:
+        if isinstance(layer, torch.nn.Linear):
+            hidden = torch.relu(_linear(layer, hidden))
+    return torch.sigmoid(_linear(model.task_towers.heads[task].linear, hidden)).squeeze(-1)
+
+
+def _hand_expert(expert, x):
+    for layer in expert.layers:
+        if isinstance(layer, torch.nn.Linear):
+            x = torch.relu(_linear(layer, x))
+    return x
+
+
+def test_mmoe_gate_mixture_and_task_tower_by_hand(build):
+    model, batch = build("MMoE", num_experts=3, expert_hidden_size=[4], task_tower_hidden_size=[2])
+    x = model.embed_input(batch, model.embedding)
+    experts = [_hand_expert(expert, x) for expert in model.experts.experts]  # each (B, 4)
+    output = model(batch)
+    for task, name in enumerate(("click", "purchase")):
+        gate = model.experts.gates[task]
+        weights = torch.exp(_linear(gate, x))
+        weights = weights / weights.sum(dim=1, keepdim=True)  # softmax by hand
+        mixture = sum(weights[:, k : k + 1] * experts[k] for k in range(3))
+        expected = _hand_tower_and_head(model, task, mixture)
+        assert torch.allclose(output[name], expected, atol=1e-6)
+    # The towers sit after the gates: a change of the purchase tower moves only the purchase head.
+    with torch.no_grad():
+        model.task_towers.towers[1].layers[0].bias.add_(1.0)
+    changed = model(batch)
+    assert torch.allclose(changed["click"], output["click"])
+    assert not torch.allclose(changed["purchase"], output["purchase"])
+
+
+def test_ple_gate_mixture_and_task_tower_by_hand(build):
+    model, batch = build("PLE", expert_hidden_size=[4], task_tower_hidden_size=[2])
+    (level,) = model.levels
+    x = model.embed_input(batch, model.embedding)
+    shared = [_hand_expert(expert, x) for expert in level.shared_experts]
+    output = model(batch)
+    for task, name in enumerate(("click", "purchase")):
+        own = [_hand_expert(expert, x) for expert in level.specific_experts[task]]
+        candidates = own + shared  # the task's gate: its own experts, then the shared ones
+        logits = _linear(level.task_gates[task], x)
+        weights = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+        mixture = sum(weights[:, k : k + 1] * candidates[k] for k in range(len(candidates)))
+        expected = _hand_tower_and_head(model, task, mixture)
+        assert torch.allclose(output[name], expected, atol=1e-6)
+
+
+def test_expert_models_need_a_task_tower(build):
+    with pytest.raises(ValueError, match="task_tower_hidden_size"):
+        build("MMoE", task_tower_hidden_size=[], task_tower_dropout=[])
 
 
 def test_ple_levels_chain_shared_gates(build):

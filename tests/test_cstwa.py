@@ -1,10 +1,13 @@
 """CSTWA: graph building, the three components, the switches, the trainer's cache, end to end."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from recbole.utils import init_seed
 
+from recbole_cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.multitask.cstwa import (
     CSTWA,
@@ -13,7 +16,6 @@ from recbole_cstwa.model.multitask.cstwa import (
 )
 from recbole_cstwa.model.multitask.mlp import MLP
 from recbole_cstwa.model.structure import (
-    ArtifactCache,
     RowGraph,
     build_graph,
     group_representations,
@@ -21,6 +23,7 @@ from recbole_cstwa.model.structure import (
     propagate_all,
     propagate_rows,
 )
+from recbole_cstwa.trainer import CSTWATrainer
 
 
 # ----- helpers ---------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def test_structure_migrator_mix_equals_its_formula(build):
     user_graph, _ = _give_graphs(model)
     batch = next(iter(train_data))
     model.train()
-    model.on_epoch_start(0)
+    model.update_structure()
     with torch.no_grad():
         everyone = group_representations(model.purchase_embedding, model.entity_features("user"), "user")
         propagated = user_graph.to_dense() @ everyone
@@ -252,11 +255,22 @@ def test_structure_migrator_off_keeps_live_rows(build):
     )
 
 
+def test_epoch_mode_does_not_mix_before_the_first_update(build):
+    model, train_data, _ = build()
+    _give_graphs(model)
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.conversion_input(batch), model.embed_input(batch, model.purchase_embedding)
+        )
+
+
 def test_batch_mode_equals_epoch_mode_and_trains_neighbours(build):
     model, train_data, _ = build()
     _give_graphs(model)
     batch = next(iter(train_data))
     model.eval()
+    model.update_structure()
     with torch.no_grad():
         by_epoch = model.purchase_input(batch)
         model.sm_mode = "batch"
@@ -269,41 +283,96 @@ def test_batch_mode_equals_epoch_mode_and_trains_neighbours(build):
     touched_batch_mode = int((table.abs().sum(1) > 0).sum())
     model.zero_grad()
     model.sm_mode = "epoch"
-    model.on_epoch_start(0)
     model.purchase_input(batch).sum().backward()
     epoch_grad = model.purchase_embedding.token_table.weight.grad.to_dense()
     touched_epoch_mode = int((epoch_grad.abs().sum(1) > 0).sum())
     assert touched_batch_mode > touched_epoch_mode
 
 
-def test_epoch_mode_holds_p_in_training_and_refreshes_for_evaluation(build):
+def test_held_p_changes_only_on_update_and_travels_with_the_state_dict(build):
     model, train_data, _ = build()
     _give_graphs(model)
     batch = next(iter(train_data))
-    model.train()
-    model.on_epoch_start(0)
+    model.update_structure()
+
+    def propagated_part():
+        with torch.no_grad():
+            live = model.purchase_embedding(batch, "user")[0].flatten(1)
+            return model.migrated_rows(batch, "user") - 0.7 * live
+
+    before = propagated_part()
     with torch.no_grad():
-        before = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
-            0
-        ].flatten(1)
         model.purchase_embedding.token_table.weight.mul_(2.0)  # an "optimizer step"
-        held = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[0].flatten(
-            1
-        )
-        torch.testing.assert_close(held, before)  # P fixed during the epoch
-        model.eval()
-        refreshed = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
-            0
-        ].flatten(1)
-    torch.testing.assert_close(refreshed, 2 * before)  # P recomputed from the new parameters
-    # Loading other parameters while in eval mode is noticed too.
-    state = {name: value * 0.5 for name, value in model.state_dict().items()}
-    model.load_state_dict(state)
-    with torch.no_grad():
-        reloaded = model.migrated_rows(batch, "user") - 0.7 * model.purchase_embedding(batch, "user")[
-            0
-        ].flatten(1)
-    torch.testing.assert_close(reloaded, before)
+    for mode in (True, False):  # neither training nor evaluation recomputes P by itself
+        model.train(mode)
+        torch.testing.assert_close(propagated_part(), before)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    model.update_structure()
+    torch.testing.assert_close(propagated_part(), 2 * before)
+    model.load_state_dict(state)  # a checkpoint brings back the P its training used
+    torch.testing.assert_close(propagated_part(), before)
+
+
+def _fit_recording_p(make_config, **overrides):
+    """Trains CSTWA with its trainer; records, at every training step, the held user P (or None)."""
+    config = make_config("CSTWA", epochs=3, stopping_step=10, cstwa_cache=False, **overrides)
+    init_seed(config["seed"], True)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = CSTWA(config, train_data._dataset)
+    trainer = CSTWATrainer(config, model)
+    initial_embedding = copy.deepcopy(model.purchase_embedding)
+    used, valid_scores = [], []
+    train_loss = model.calculate_loss
+
+    def recording_loss(interaction):
+        graph = model.structure["user"]
+        used.append(graph.propagated.clone() if bool(graph.ready) else None)
+        return train_loss(interaction)
+
+    model.calculate_loss = recording_loss
+    trainer.fit(train_data, valid_data, saved=True, callback_fn=lambda epoch, score: valid_scores.append(score))
+    return model, trainer, train_data, valid_data, initial_embedding, used, valid_scores
+
+
+def test_no_training_step_uses_p_of_the_initial_embedding(make_config):
+    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(make_config)
+    steps = len(train_data)
+    assert len(used) == 3 * steps
+    assert trainer.structure_updates == [steps, 2 * steps]  # epochs 1 and 2 start with a refresh
+    assert all(p is None for p in used[:steps])  # epoch 0: no P at all (no mixing)
+    graph = copy.deepcopy(model.structure["user"])
+    graph.refresh(initial_embedding)  # the P the random initial embedding would give
+    for p in used[steps:]:
+        assert p is not None and not torch.allclose(p, graph.propagated)
+    assert torch.equal(used[steps], used[2 * steps - 1])  # held for the epoch
+
+
+def test_evaluation_uses_the_p_of_the_last_training_step(make_config):
+    model, trainer, _, valid_data, _, used, valid_scores = _fit_recording_p(make_config)
+    torch.testing.assert_close(model.structure["user"].propagated, used[-1])
+    # The best checkpoint, reloaded, is scored with the P of its own epoch's last step.
+    result = trainer.evaluate(valid_data, load_best_model=True)
+    steps = len(used) // 3
+    best_epoch = max(range(3), key=lambda epoch: (valid_scores[epoch], -epoch))
+    last_of_best = used[(best_epoch + 1) * steps - 1]
+    if last_of_best is None:
+        assert not bool(model.structure["user"].ready)
+    else:
+        torch.testing.assert_close(model.structure["user"].propagated, last_of_best)
+    assert result["purchase_auc"] == pytest.approx(valid_scores[best_epoch])
+
+
+def test_refresh_every_n_steps(make_config):
+    model, trainer, train_data, _, _, used, _ = _fit_recording_p(make_config, sm_refresh_steps=2)
+    total = 3 * len(train_data)
+    assert trainer.structure_updates == list(range(2, total, 2))
+    assert used[0] is None and used[1] is None and used[2] is not None
+    torch.testing.assert_close(model.structure["user"].propagated, used[-1])
+
+
+def test_batch_mode_is_not_scheduled(make_config):
+    _, trainer, _, _, _, used, _ = _fit_recording_p(make_config, sm_mode="batch")
+    assert trainer.structure_updates == [] and all(p is None for p in used)
 
 
 # ----- all switches off = MLP ---------------------------------------------------------------------

@@ -3,12 +3,14 @@
 import math
 
 import pytest
+import torch
 from recbole.model.context_aware_recommender import DeepFM
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.utils import get_model, plugin_model_names
 
-TWO_TASK_KEYS = {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss"}
+#: The default eval_tasks: click, purchase and cvr (purchase over the clicked rows).
+TWO_TASK_KEYS = {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc", "cvr_logloss"}
 
 
 def _check_metrics(result, keys):
@@ -35,7 +37,8 @@ def test_plugin_model_one_epoch(run_tiny, model):
 @pytest.mark.parametrize("label", ["click", "purchase"])
 def test_recbole_builtin_model_on_either_label(run_tiny, label):
     result = run_tiny("DeepFM", LABEL_FIELD=label)
-    _check_metrics(result, {f"{label}_auc", f"{label}_logloss"})
+    extra = {"cvr_auc", "cvr_logloss"} if label == "purchase" else set()  # cvr needs a purchase score
+    _check_metrics(result, {f"{label}_auc", f"{label}_logloss"} | extra)
     assert result["best_valid_score"] == result["best_valid_result"][f"{label}_auc"]
 
 
@@ -55,7 +58,10 @@ def test_multitask_model_returns_per_task_losses_and_both_heads(make_config):
     batch = next(iter(train_data))
     losses = model.calculate_loss(batch)
     assert isinstance(losses, tuple) and len(losses) == 2
-    p_click, p_purchase = model.predict_tasks(batch)
+    model.eval()
+    scores = model.predict_tasks(batch)
+    p_click, p_purchase = scores["click"], scores["purchase"]
+    assert torch.equal(scores["cvr"], model(batch)["cvr"])  # the separate pCVR head
     assert p_click.shape == p_purchase.shape == (len(batch),)
     assert (p_purchase <= p_click + 1e-7).all()  # ESMM: pCTCVR = pCTR * pCVR
     assert model.predict(batch).shape == (len(batch),)

@@ -36,7 +36,8 @@ class MultiTaskRecommender(AbstractRecommender):
     - :meth:`calculate_loss` returns the per-task losses as a tuple (RecBole sums them for the
       step and logs each part as ``train_loss1``, ``train_loss2``, ...);
     - :meth:`predict` gives the purchase head, for RecBole's single-label code paths;
-    - :meth:`predict_tasks` gives both heads, for the two-task evaluation.
+    - :meth:`predict_tasks` gives both heads (and a separate pCVR head as ``cvr`` where the model
+      has one), for the evaluation tasks of :mod:`recbole_cstwa.evaluator`.
 
     Shared pieces: :meth:`embed_input` (the paper's Eq. 7 input: user field vectors, item field
     vectors and the mean of the present context fields' vectors) and :meth:`tower` (Linear-ReLU-
@@ -152,12 +153,10 @@ class MultiTaskRecommender(AbstractRecommender):
         return self.bce(output["click"], click), self.bce(output["purchase"], purchase)
 
     def predict_tasks(self, interaction):
-        """``(p_click, p_purchase)``, each of shape ``(B,)``."""
+        """``{"click": p_click, "purchase": p_purchase}``, each of shape ``(B,)``, plus ``"cvr"``
+        (the post-click conversion probability) for a model with a separate pCVR head."""
         output = self.forward(interaction)
-        return output["click"], output["purchase"]
+        return {name: output[name] for name in ("click", "purchase", "cvr") if name in output}
 
     def predict(self, interaction):
-        return self.predict_tasks(interaction)[1]
-
-    def on_epoch_start(self, epoch_idx):
-        """Called by the trainer before each training epoch (CSTWA refreshes its graphs here)."""
+        return self.predict_tasks(interaction)["purchase"]

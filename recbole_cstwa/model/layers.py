@@ -255,6 +255,27 @@ class ExtractionLayer(nn.Module):
         return outputs
 
 
+class TaskTowers(nn.Module):
+    """One task tower (an :class:`MLPTower`) and one :class:`ProbabilityHead` per task, each
+    reading its own task's input: the towers the Expert-Bottom models (MMoE, OMoE, PLE) put
+    after each task's gated mixture, as their papers and torch-rechub / MTReclib / PaddleRec do.
+    """
+
+    def __init__(self, input_size, num_tasks, hidden_sizes, dropouts):
+        super().__init__()
+        if not list(hidden_sizes):
+            raise ValueError(
+                "task_tower_hidden_size must hold at least one layer: every reference puts a "
+                "tower after each task's mixture (torch-rechub's Ali-CCP example: [8])."
+            )
+        self.towers = nn.ModuleList(MLPTower(input_size, hidden_sizes, dropouts) for _ in range(num_tasks))
+        self.heads = nn.ModuleList(ProbabilityHead(tower.output_size) for tower in self.towers)
+
+    def forward(self, task_inputs):
+        """``task_inputs``: one ``(B, input_size)`` tensor per task -> one ``(B,)`` probability each."""
+        return [head(tower(x)) for tower, head, x in zip(self.towers, self.heads, task_inputs)]
+
+
 class ProbabilityHead(nn.Module):
     """Linear -> sigmoid: a tower's output to a probability of shape ``(B,)``."""
 

@@ -16,16 +16,15 @@ Pieces, each usable and testable on its own:
   ``torch.sparse_coo_tensor``;
 - :class:`RowGraph` and :func:`propagate_rows`: Eq. 9 for a few rows only (CSTWA's per-batch
   Structure Migrator), differentiable;
-- :func:`dataset_fingerprint` and :class:`ArtifactCache`: the pre-trained embedding and the
-  graphs cached on disk, keyed by the data and the settings they depend on.
+
+The graph state a model keeps (``A_hat`` and ``P``) lives in
+:class:`~recbole_cstwa.model.entity_graph.EntityGraph`; the on-disk cache of the pre-trained
+embedding and the graphs in :mod:`recbole_cstwa.artifact_cache`.
 
 All node loops are vectorised (numpy / torch), none runs in Python per node.
 """
 
-import hashlib
-import json
 import logging
-import os
 
 import faiss
 import numpy as np
@@ -368,97 +367,3 @@ def propagate_rows(graph, rows, representations_of, layers=1):
             len(frontiers[layer]), current.shape[1], dtype=current.dtype, device=current.device
         ).index_add(0, owner, weighted)
     return current
-
-
-# ----- the artifact cache --------------------------------------------------------------------
-def dataset_fingerprint(dataset):
-    """A content hash of what a dataset loaded: its interactions and user / item features.
-
-    Hashes every field's tensor (name, dtype, shape, bytes), so the same data gives the same
-    fingerprint wherever its files lie, and any change in the rows, the token remapping or the
-    split changes it.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    parts = [("inter", dataset.inter_feat)]
-    for name, getter in (("user", "get_user_feature"), ("item", "get_item_feature")):
-        try:
-            parts.append((name, getattr(dataset, getter)()))
-        except (AttributeError, ValueError):  # no user / item id field
-            continue
-    for name, features in parts:
-        if features is None:
-            continue
-        for field in sorted(features.columns):
-            array = np.ascontiguousarray(features[field].cpu().numpy())
-            digest.update(f"{name}/{field}/{array.dtype}/{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def settings_hash(settings):
-    """A short stable hash of a JSON-able settings dict."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-class ArtifactCache:
-    """Tensors cached on disk under ``directory``, one file per settings key.
-
-    ``<prefix>-<kind>-<hash>.pth`` holds a dict of tensors and plain values (``torch.save``,
-    read back with ``weights_only=True``); ``<...>.json`` beside it holds the settings, so that a
-    miss can say which settings differ from the newest cached artifact of the same kind.
-    """
-
-    def __init__(self, directory, prefix):
-        self.directory = directory
-        self.prefix = prefix
-
-    def path(self, kind, settings):
-        return os.path.join(self.directory, f"{self.prefix}-{kind}-{settings_hash(settings)}.pth")
-
-    def load(self, kind, settings):
-        """``(artifact or None, path, reason)``: reason says why nothing was loaded."""
-        path = self.path(kind, settings)
-        if not os.path.isfile(path):
-            return None, path, self._miss_reason(kind, settings)
-        try:
-            artifact = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a truncated or foreign file: recompute it
-            return None, path, f"cached file [{path}] could not be read ({type(error).__name__})"
-        if artifact.get("settings") != json.loads(json.dumps(settings, default=str)):
-            return None, path, f"cached file [{path}] holds other settings"
-        return artifact, path, None
-
-    def save(self, kind, settings, tensors):
-        os.makedirs(self.directory, exist_ok=True)
-        path = self.path(kind, settings)
-        plain = json.loads(json.dumps(settings, default=str))
-        temporary = f"{path}.{os.getpid()}.tmp"
-        torch.save({"settings": plain, **tensors}, temporary)
-        os.replace(temporary, path)  # atomic: a concurrent reader never sees half a file
-        with open(f"{temporary}.json", "w", encoding="utf-8") as file:
-            json.dump(plain, file, sort_keys=True, indent=1)
-        os.replace(f"{temporary}.json", path[: -len(".pth")] + ".json")
-        return path
-
-    def _miss_reason(self, kind, settings):
-        head = f"{self.prefix}-{kind}-"
-        try:
-            names = [n for n in os.listdir(self.directory) if n.startswith(head) and n.endswith(".json")]
-        except FileNotFoundError:
-            names = []
-        if not names:
-            return f"no cached {kind} in [{self.directory}]"
-        newest = max(names, key=lambda n: os.path.getmtime(os.path.join(self.directory, n)))
-        try:
-            with open(os.path.join(self.directory, newest), encoding="utf-8") as file:
-                previous = json.load(file)
-        except (OSError, ValueError):
-            return f"no readable cached {kind} in [{self.directory}]"
-        current = json.loads(json.dumps(settings, default=str))
-        changed = [
-            f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
-            for key in sorted(set(previous) | set(current))
-            if previous.get(key) != current.get(key)
-        ]
-        return f"settings changed since the newest cached {kind} ({'; '.join(changed) or 'none'})"

@@ -14,13 +14,8 @@ import torch
 import torch.nn as nn
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender, init_linear_weights
+from recbole_cstwa.model.entity_graph import EntityGraph
 from recbole_cstwa.model.layers import MLPTower, ProbabilityHead
-from recbole_cstwa.model.structure import (
-    RowGraph,
-    group_representations,
-    propagate_all,
-    propagate_rows,
-)
 
 #: Groups the Structure Migrator works on, with the config key of each group's id field.
 SM_GROUPS = {"user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
@@ -161,15 +156,18 @@ class CSTWA(MultiTaskRecommender):
 
     Readings of the project's spec (``[reading]``), each a setting:
 
-    - ``sm_mode: epoch`` (default): ``P = A_hat^L E`` is computed from the current CVR embedding
-      at the start of every training epoch (:meth:`on_epoch_start`), without gradient, and held
-      fixed for the epoch; the live rows keep their gradient. For evaluation, P is recomputed
-      from the current parameters when the model enters ``eval()`` (and whenever the CVR
-      embedding's parameters changed since P was computed, e.g. the best checkpoint was loaded),
-      so validation and test always use the P the next epoch would start with.
+    - Structure Migrator schedule (Eq. 10's "in the t-th epoch", whose condition was lost).
+      ``sm_mode: epoch``: ``P = A_hat^L E`` is computed from the current CVR embedding without
+      gradient (:meth:`update_structure`, scheduled by
+      :class:`~recbole_cstwa.trainer.CSTWATrainer`) and held; the live rows keep their gradient.
+      With ``sm_refresh_steps: 0`` P is refreshed at the start of every epoch but the first,
+      otherwise before every ``sm_refresh_steps``-th training step; never before the first step,
+      so no step trains on a P of the random initial embedding, and until the first refresh the
+      CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last training
+      step (P is saved in checkpoints, so the reloaded best epoch is scored with its own P).
       ``sm_mode: batch``: each batch gathers the L-hop graph neighbourhood of its users / items
       and propagates the live embedding rows differentiably (exact ``A_hat^L E`` rows for any L;
-      the rows looked up grow as K^L).
+      the rows looked up grow as K^L); training and evaluation then use the same live P.
     - ``sm_layers`` (L = 1, the paper's setting); ``sm_lambda`` (0.3).
     - Graphs (built by the trainer): cosine top-``graph_top_k`` (8) with faiss;
       ``graph_self_loop`` (True): the node itself is one of its K edges; ``graph_symmetric``
@@ -201,6 +199,7 @@ class CSTWA(MultiTaskRecommender):
         self.use_ce = config["use_ce"]
         self.use_calibration = config["use_calibration"]
         self.sm_mode, self.sm_layers, self.sm_lambda = config["sm_mode"], config["sm_layers"], config["sm_lambda"]
+        self.sm_refresh_steps = config["sm_refresh_steps"]
         self.ce_window = config["ce_window"]
         self.ce_low_percentile = config["ce_low_percentile"]
         self.ce_high_percentile = config["ce_high_percentile"]
@@ -228,8 +227,8 @@ class CSTWA(MultiTaskRecommender):
     # ----- Structure Migrator (Eqs. 8-11) ----------------------------------------------------
     def _init_structure_migrator(self, config, dataset):
         self.id_fields = {}
-        self.num_entities = {}
         features = {"user": dataset.get_user_feature(), "item": dataset.get_item_feature()}
+        graphs = {}
         for group, id_key in SM_GROUPS.items():
             id_field = config[id_key]
             fields = [field for field, _ in self.field_groups[group]]
@@ -240,102 +239,59 @@ class CSTWA(MultiTaskRecommender):
                     "(load_col) or set use_sm: False."
                 )
             self.id_fields[group] = id_field
-            self.num_entities[group] = len(features[group])
-            # Every entity's feature row (row i = id i), to build E_u / E_i (Eq. 8) on any device.
-            for position, field in enumerate(fields):
-                self.register_buffer(
-                    f"_{group}_feature_{position}", features[group][field].clone(), persistent=False
-                )
-            # The graph A_hat as CSR arrays (set by set_graphs) and the epoch's P = A_hat^L E.
-            self.register_buffer(
-                f"_{group}_graph_pointers", torch.zeros(0, dtype=torch.long), persistent=False
+            width = len(fields) * self.embedding_size
+            graphs[group] = EntityGraph(
+                group, {field: features[group][field] for field in fields}, width, self.sm_layers
             )
-            self.register_buffer(
-                f"_{group}_graph_columns", torch.zeros(0, dtype=torch.long), persistent=False
-            )
-            self.register_buffer(f"_{group}_graph_values", torch.zeros(0), persistent=False)
-            self.register_buffer(f"_{group}_propagated", torch.zeros(0), persistent=False)
-        self._propagated_version = None
-        self._propagation_stale = True
+        self.structure = nn.ModuleDict(graphs)  # the Structure Migrator's whole state
 
     def entity_features(self, group):
         """``field -> (N, ...)`` tensor of every user's (item's) features, row i = id i."""
-        fields = [field for field, _ in self.field_groups[group]]
-        return {field: getattr(self, f"_{group}_feature_{i}") for i, field in enumerate(fields)}
+        return self.structure[group].features()
 
     def set_graphs(self, user_graph, item_graph):
-        """Gives the model its normalised user and item graphs (``(N, N)`` sparse tensors)."""
+        """Gives the model its normalised user and item graphs (``(N, N)`` sparse tensors).
+
+        ``P`` is unset afterwards: until :meth:`update_structure` runs, the CVR input is the live
+        rows (the Structure Migrator does not mix yet).
+        """
         if not self.use_sm:
             raise ValueError("set_graphs: the Structure Migrator is off (use_sm: False).")
-        for group, graph in (("user", user_graph), ("item", item_graph)):
-            size = self.num_entities[group]
-            if tuple(graph.shape) != (size, size):
-                raise ValueError(
-                    f"The {group} graph is {tuple(graph.shape)} but the dataset has {size} {group} rows "
-                    "([PAD] included): build it from this dataset's get_{group}_feature()."
-                )
-            rows = RowGraph.from_sparse(graph.to(self._device()))
-            setattr(self, f"_{group}_graph_pointers", rows.row_pointers)
-            setattr(self, f"_{group}_graph_columns", rows.columns)
-            setattr(self, f"_{group}_graph_values", rows.values.float())
-        self._propagation_stale = True
+        self.structure["user"].set_graph(user_graph)
+        self.structure["item"].set_graph(item_graph)
 
     def has_graphs(self):
-        return self.use_sm and len(self._user_graph_pointers) > 0
+        return self.use_sm and self.structure["user"].has_graph()
 
     def graph(self, group):
-        """``A_hat`` of ``group`` as a :class:`RowGraph`."""
-        if not self.has_graphs():
-            raise RuntimeError(
-                "CSTWA's Structure Migrator has no graphs: train it with CSTWATrainer (it builds "
-                "them before training), call set_graphs(user_graph, item_graph), or set use_sm: False."
-            )
-        return RowGraph(
-            getattr(self, f"_{group}_graph_pointers"),
-            getattr(self, f"_{group}_graph_columns"),
-            getattr(self, f"_{group}_graph_values"),
-        )
+        """``A_hat`` of ``group`` as a :class:`~recbole_cstwa.model.structure.RowGraph`."""
+        return self.structure[group].row_graph()
 
-    def _device(self):
-        return self.click_head.linear.weight.device
+    def update_structure(self):
+        """``P = A_hat^L E`` (Eq. 9) for users and items from the current CVR embedding.
 
-    def _embedding_version(self):
-        return tuple((p.data_ptr(), p._version) for p in self.purchase_embedding.parameters())
-
-    @torch.no_grad()
-    def refresh_propagation(self):
-        """``P = A_hat^L E`` (Eq. 9) for users and items from the current CVR embedding."""
-        for group in SM_GROUPS:
-            graph = self.graph(group)
-            representations = group_representations(
-                self.purchase_embedding, self.entity_features(group), group
-            )
-            setattr(self, f"_{group}_propagated", propagate_all(graph, representations, self.sm_layers))
-        self._propagated_version = self._embedding_version()
-        self._propagation_stale = False
-
-    def _propagated_rows(self, group, ids):
-        """``(A_hat^L E)[ids]`` as the current mode defines it."""
-        if self.sm_mode == "batch":
-            unique, inverse = torch.unique(ids, return_inverse=True)
-            features = self.entity_features(group)
-
-            def live_rows(nodes):
-                rows = {field: values[nodes] for field, values in features.items()}
-                return self.purchase_embedding(rows, group)[0].flatten(1)
-
-            return propagate_rows(self.graph(group), unique, live_rows, self.sm_layers)[inverse]
-        stale = len(getattr(self, f"_{group}_propagated")) == 0
-        if not self.training:
-            stale = stale or self._propagation_stale or self._propagated_version != self._embedding_version()
-        if stale:
-            self.refresh_propagation()
-        return getattr(self, f"_{group}_propagated")[ids]
+        Called by :class:`~recbole_cstwa.trainer.CSTWATrainer` on its schedule (``sm_mode:
+        epoch``): at the start of every epoch but the first, or every ``sm_refresh_steps``
+        training steps. The model trains and is scored with the ``P`` of the last call (saved
+        with its checkpoints); before the first call it does not mix. ``sm_mode: batch`` needs
+        no call.
+        """
+        for graph in self.structure.values():
+            graph.refresh(self.purchase_embedding)
 
     def migrated_rows(self, interaction, group):
-        """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items)."""
+        """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items);
+        the live rows alone while ``sm_mode: epoch`` holds no ``P`` yet."""
         live = self.purchase_embedding(interaction, group)[0].flatten(1)
-        propagated = self._propagated_rows(group, interaction[self.id_fields[group]])
+        ids = interaction[self.id_fields[group]]
+        graph = self.structure[group]
+        if self.sm_mode == "batch":
+            propagated = graph.live_rows(ids, self.purchase_embedding)
+        else:
+            graph.row_graph()  # a clear error when no graphs were given
+            propagated = graph.held_rows(ids)
+            if propagated is None:
+                return live
         return (1 - self.sm_lambda) * live + self.sm_lambda * propagated.to(live.dtype)
 
     def purchase_input(self, interaction):
@@ -346,16 +302,6 @@ class CSTWA(MultiTaskRecommender):
         return self.embed_input(interaction, self.purchase_embedding, user_item=user_item)
 
     # ----- RecBole interface ---------------------------------------------------------------
-    def train(self, mode=True):
-        super().train(mode)
-        if not mode and self.use_sm:
-            self._propagation_stale = True  # evaluation recomputes P from the current parameters
-        return self
-
-    def on_epoch_start(self, epoch_idx):
-        if self.use_sm and self.sm_mode == "epoch":
-            self.refresh_propagation()
-
     def forward(self, interaction):
         x_ctr = self.embed_input(interaction, self.click_embedding)  # Eq. 7
         x_cvr = self.purchase_input(interaction)  # Eqs. 8-11

@@ -11,8 +11,8 @@ from recbole_cstwa.model.multitask.mmoe import MMoE
 class OMoE(MMoE):
     r"""Expert-Bottom sharing with a single softmax gate shared by both tasks.
 
-    The MMoE model with one gate: every task's output layer reads the same mixture of the
-    ``num_experts`` MLP experts (as MTReclib's ``omoe.py``). Experts, ``num_experts = 8`` and
+    The MMoE model with one gate: every task's tower reads the same mixture of the
+    ``num_experts`` MLP experts (as MTReclib's ``omoe.py``). Experts, towers, their sizes and
     the losses (BCE of each head over all impressions) are MMoE's.
     """
 

@@ -8,7 +8,7 @@ Reference:
 import torch.nn as nn
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
-from recbole_cstwa.model.layers import ExtractionLayer, ProbabilityHead
+from recbole_cstwa.model.layers import ExtractionLayer, TaskTowers
 
 
 class PLE(MultiTaskRecommender):
@@ -17,21 +17,19 @@ class PLE(MultiTaskRecommender):
     Each of the ``ple_num_levels`` levels is an :class:`~recbole_cstwa.model.layers.ExtractionLayer`
     (a CGC layer): ``ple_specific_experts`` experts per task, ``ple_shared_experts`` shared ones,
     one gate per task over its own and the shared experts and, below the last level, a shared
-    gate over all experts. Every expert is the common MLP ([128, 64, 32], dropout
-    [0.1, 0.3, 0.3]); a higher level's experts read the level below's mixtures. Each task's
-    output layer reads its last-level mixture; both heads are trained with BCE on their labels
-    over all impressions.
+    gate over all experts. Every expert is an MLP (``expert_hidden_size``); a higher level's
+    experts read the level below's mixtures. Each task's tower (``task_tower_hidden_size``, then
+    a Linear + sigmoid output layer) reads its last-level mixture, as the PLE paper (Fig. 5:
+    "Tower A / Tower B") and torch-rechub / MTReclib / PaddleRec; both heads are trained with
+    BCE on their labels over all impressions.
 
-    [reading] The CSTWA paper gives no PLE settings beyond "Expert-Bottom pattern". Defaults:
-
-    - ``ple_num_levels = 1``: torch-rechub's Ali-CCP example uses one level; with experts that
-      are the full common MLP, one level keeps PLE as deep as every other model's towers (a
-      second level would stack another [128, 64, 32] MLP on the 32-d mixtures). MTReclib uses 2
-      levels, but each of its levels is a single layer of its bottom MLP.
-    - ``ple_shared_experts = ple_specific_experts = 4``: MTReclib's split of ``expert_num`` into
-      ``expert_num / 2`` shared and ``expert_num / 2`` specific per task, applied to the
-      ``num_experts = 8`` of our MMoE/OMoE (torch-rechub's and PaddleRec's MMoE setting).
-      torch-rechub's Ali-CCP PLE uses 1 shared + 2 specific per task instead.
+    [reading] The CSTWA paper gives no PLE settings beyond "Expert-Bottom pattern". Defaults are
+    torch-rechub's Ali-CCP example (``examples/ranking/run_ali_ccp_multi_task.py``), the only
+    reference with Ali-CCP settings: ``ple_num_levels`` 1, ``ple_specific_experts`` 2,
+    ``ple_shared_experts`` 1, experts [16], towers [8], no dropout. MTReclib uses 2 levels
+    (one layer of its bottom MLP each) with ``expert_num / 2`` shared and specific experts.
+    Difference: torch-rechub's MLP layers carry BatchNorm; ours are the plain Linear-ReLU-Dropout
+    layers every model here uses.
     """
 
     num_tasks = 2
@@ -51,15 +49,16 @@ class PLE(MultiTaskRecommender):
                 self.num_tasks,
                 num_shared,
                 num_specific,
-                self.hidden_sizes,
-                self.dropouts,
+                config["expert_hidden_size"],
+                config["expert_dropout"],
                 shared_output=level < num_levels - 1,
             )
             levels.append(layer)
             input_size = layer.output_size
         self.levels = nn.ModuleList(levels)
-        self.click_head = ProbabilityHead(input_size)
-        self.purchase_head = ProbabilityHead(input_size)
+        self.task_towers = TaskTowers(
+            input_size, self.num_tasks, config["task_tower_hidden_size"], config["task_tower_dropout"]
+        )
         self.init_weights()
 
     def forward(self, interaction):
@@ -67,5 +66,5 @@ class PLE(MultiTaskRecommender):
         inputs = [x] * (self.num_tasks + 1)  # each task's input, then the shared input
         for level in self.levels:
             inputs = level(inputs)
-        click_mixture, purchase_mixture = inputs
-        return {"click": self.click_head(click_mixture), "purchase": self.purchase_head(purchase_mixture)}
+        p_click, p_purchase = self.task_towers(inputs)
+        return {"click": p_click, "purchase": p_purchase}

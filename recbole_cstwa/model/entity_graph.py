@@ -1,0 +1,101 @@
+"""One graph of CSTWA's Structure Migrator (the user graph or the item graph) and its state.
+
+Reference:
+    Kai Ouyang et al. "Click-aware Structure Transfer with Sample Weight Assignment for Post-Click
+    Conversion Rate Estimation." in ECML-PKDD 2023, Section 3.4.1 (Eqs. 8-10).
+
+:class:`EntityGraph` is the single owner of everything the Structure Migrator keeps for one
+group: the entities' feature rows (to build ``E``, Eq. 8), the normalised graph ``A_hat`` (as CSR
+arrays) and the propagation ``P = A_hat^L E`` (Eq. 9) the model trains and is scored on. ``P``
+changes only in :meth:`EntityGraph.refresh`, which the model's
+:meth:`~recbole_cstwa.model.multitask.cstwa.CSTWA.update_structure` calls and the trainer
+schedules (as KGAT's ``update_attentive_A`` or NCL's ``e_step``); ``P`` and whether it was ever
+computed are saved in checkpoints, so a reloaded model is scored with the ``P`` its training
+used last.
+"""
+
+import torch
+import torch.nn as nn
+
+from recbole_cstwa.model.structure import RowGraph, group_representations, propagate_all, propagate_rows
+
+
+class EntityGraph(nn.Module):
+    """The user (or item) graph of the Structure Migrator and its propagation ``P``.
+
+    Args:
+        group (str): ``"user"`` or ``"item"``.
+        features (dict): ``field -> (N, ...)`` tensor of every entity's features, row i = id i
+            (RecBole's ``get_user_feature()`` / ``get_item_feature()`` columns).
+        width (int): width of an entity's representation (``n_fields * d``).
+        layers (int): propagation layers L (Eq. 9).
+    """
+
+    def __init__(self, group, features, width, layers):
+        super().__init__()
+        self.group = group
+        self.fields = list(features)
+        self.layers = int(layers)
+        self.num_entities = len(next(iter(features.values())))
+        for position, field in enumerate(self.fields):
+            self.register_buffer(f"feature_{position}", features[field].clone(), persistent=False)
+        # A_hat as CSR arrays: set with set_graph (the trainer builds it before training).
+        self.register_buffer("row_pointers", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("columns", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("values", torch.zeros(0), persistent=False)
+        # P = A_hat^L E and whether it holds one: training state, saved with the model.
+        self.register_buffer("propagated", torch.zeros(self.num_entities, width))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+
+    def features(self):
+        """``field -> (N, ...)`` tensor of every entity's features."""
+        return {field: getattr(self, f"feature_{i}") for i, field in enumerate(self.fields)}
+
+    def set_graph(self, graph):
+        """Takes ``A_hat`` (an ``(N, N)`` sparse tensor); ``P`` is unset until :meth:`refresh`."""
+        if tuple(graph.shape) != (self.num_entities, self.num_entities):
+            raise ValueError(
+                f"The {self.group} graph is {tuple(graph.shape)} but the dataset has "
+                f"{self.num_entities} {self.group} rows ([PAD] included): build it from this "
+                f"dataset's get_{self.group}_feature()."
+            )
+        rows = RowGraph.from_sparse(graph.to(self.propagated.device))
+        self.row_pointers, self.columns, self.values = rows.row_pointers, rows.columns, rows.values.float()
+        self.ready.fill_(False)
+
+    def has_graph(self):
+        return len(self.row_pointers) > 0
+
+    def row_graph(self):
+        """``A_hat`` as a :class:`~recbole_cstwa.model.structure.RowGraph`."""
+        if not self.has_graph():
+            raise RuntimeError(
+                "CSTWA's Structure Migrator has no graphs: train it with CSTWATrainer (it builds "
+                "them before training), call set_graphs(user_graph, item_graph), or set use_sm: False."
+            )
+        return RowGraph(self.row_pointers, self.columns, self.values)
+
+    @torch.no_grad()
+    def refresh(self, embedding):
+        """``P = A_hat^L E`` (Eq. 9) from ``embedding``'s current rows, held until the next call."""
+        representations = group_representations(embedding, self.features(), self.group)
+        self.propagated.copy_(propagate_all(self.row_graph(), representations, self.layers))
+        self.ready.fill_(True)
+
+    def held_rows(self, ids):
+        """Rows ``ids`` of the held ``P`` (no gradient), or ``None`` while it is unset."""
+        if not bool(self.ready):
+            return None
+        return self.propagated[ids]
+
+    def live_rows(self, ids, embedding):
+        """Rows ``ids`` of ``A_hat^L E`` propagated from the live embedding rows (differentiable;
+        looks up only the L-hop neighbourhood of ``ids``)."""
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        features = self.features()
+
+        def representations_of(nodes):
+            rows = {field: values[nodes] for field, values in features.items()}
+            return embedding(rows, self.group)[0].flatten(1)
+
+        return propagate_rows(self.row_graph(), unique, representations_of, self.layers)[inverse]
