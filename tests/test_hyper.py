@@ -290,7 +290,7 @@ def test_command_line_bad_params_file_is_a_message(tmp_path):
 def test_ray_space_translation():
     from ray.tune.search.sample import Categorical, Float
 
-    from recbole_cstwa.hyper import ray_space
+    from recbole_cstwa.ray_tune import ray_space
 
     params = parse_params(FOUR_TYPES.splitlines())
     space = ray_space(params)
