@@ -213,14 +213,6 @@ def broadcast_tensor(tensor, dtype, device):
     return buffer
 
 
-def barrier(device):
-    """All ranks wait here (on CUDA, for ``device``'s stream as NCCL needs)."""
-    if device.type == "cuda":
-        dist.barrier(device_ids=[device.index])
-    else:
-        dist.barrier()
-
-
 # ----- evaluation ------------------------------------------------------------------------------
 def unpadded_count(eval_data):
     """How many of this rank's evaluation rows are real (the rest repeat rows of other ranks).
@@ -270,7 +262,7 @@ def gather_data_struct(struct, device):
 
 def all_sum(value, device):
     """The sum of a number over all ranks."""
-    total = torch.tensor([value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.item()
 
