@@ -25,7 +25,7 @@ nproc, port, config = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]
 sys.argv = sys.argv[:1]
 result = run_recbole_cstwa(config_dict=config, nproc=nproc, port=port)
 print("RESULT " + json.dumps({key: result[key] for key in (
-    "world_size", "epoch_seconds", "fit_seconds", "peak_rss_mb", "test_result", "stage_times") if key in result}))
+    "world_size", "epoch_seconds", "fit_seconds", "peak_rss_mb", "pss_mb", "test_result", "stage_times") if key in result}))
 """
 
 
@@ -64,7 +64,8 @@ def main():
         test = {key: round(value, 6) for key, value in result["test_result"].items()}
         print(
             f"{args.model} nproc={nproc}: epoch train s {[round(s, 2) for s in result['epoch_seconds']]}, "
-            f"fit s {result['fit_seconds']:.1f}, peak RSS MiB a rank {result['peak_rss_mb']}, test {test}"
+            f"fit s {result['fit_seconds']:.1f}, peak RSS MiB a rank {result['peak_rss_mb']}, "
+            f"PSS at the end MiB a rank {result['pss_mb']}, test {test}"
             + (f", stages s { {k: round(v, 2) for k, v in result['stage_times'].items()} }" if "stage_times" in result else "")
         )
 

@@ -36,7 +36,7 @@ def run_recbole_cstwa(
         ``test_result`` (metric name -> value, e.g. ``purchase_auc``), ``epochs_trained``,
         ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
         best checkpoint, when ``saved``), ``world_size``, ``peak_rss_mb`` (peak resident memory
-        of each rank, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
+        of each rank, MiB), ``pss_mb`` (each rank's proportional set size at the end, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
         DDP, rank 0's result on the machine running rank 0, ``None`` on the others.
     """
     if int(nproc) != 1 or int(world_size) > 0:
@@ -90,16 +90,17 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "model_file": trainer.saved_model_file if saved else None,
         "world_size": 1,
         "peak_rss_mb": [round(distributed.peak_rss_mb(), 1)],
+        "pss_mb": [round(distributed.pss_mb(), 1)],
     }
     if distributed.is_distributed(config):
         result["world_size"] = config["world_size"]
-        result["peak_rss_mb"] = [
-            round(value, 1)
-            for value in distributed.gather_tensor(
-                torch.tensor([distributed.peak_rss_mb()], dtype=torch.float64), config["device"]
-            ).tolist()
-        ]
-    logger.info(f"peak resident memory (MiB) of each rank: {result['peak_rss_mb']}")
+        memory = torch.tensor([[distributed.peak_rss_mb(), distributed.pss_mb()]], dtype=torch.float64)
+        memory = distributed.gather_tensor(memory, config["device"]).tolist()
+        result["peak_rss_mb"] = [round(peak, 1) for peak, _ in memory]
+        result["pss_mb"] = [round(pss, 1) for _, pss in memory]
+    logger.info(
+        f"memory of each rank (MiB): peak resident {result['peak_rss_mb']}, proportional now {result['pss_mb']}"
+    )
     if getattr(trainer, "stage_times", None):
         result["stage_times"] = dict(trainer.stage_times)
     return result

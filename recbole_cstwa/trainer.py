@@ -198,7 +198,7 @@ class CSTWATrainer(MultiTaskTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.pretrained_embedding = None
-        self.graphs = None  # {"user", "item"}: the graphs given to the model
+        self.graphs = None  # under DDP, rank 0's {"user", "item"} graphs until they are sent
         self.cache_events = []  # ("pretrain" / "graphs", "loaded" / "computed", path): for tests and logs
         self._data_fingerprint = None
 
@@ -350,7 +350,8 @@ class CSTWATrainer(MultiTaskTrainer):
             self.cache_events.append(("graphs", "computed", path))
         for group, graph in graphs.items():
             self.logger.info(f"{group} graph: {graph_summary(graph)}")
-        self.graphs = graphs
+        if distributed.is_distributed(self.config):
+            self.graphs = graphs  # for _share_graphs_stage
         self.model.set_graphs(graphs["user"], graphs["item"])
 
     # ----- under DDP (recbole_cstwa.distributed) -----------------------------------------------
@@ -382,9 +383,9 @@ class CSTWATrainer(MultiTaskTrainer):
             }
             received[group] = graph_from_state({key: value.cpu() for key, value in parts.items()})
         if not distributed.is_rank_zero():
-            self.graphs = received
             self.model.set_graphs(received["user"], received["item"])
             self.cache_events.append(("graphs", "received", None))
+        self.graphs = None  # the model holds them now
 
 
 @contextmanager
