@@ -1,5 +1,6 @@
 """RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers."""
 
+import os
 import sys
 import time
 from logging import getLogger
@@ -41,7 +42,10 @@ def run_recbole_cstwa(
     """
     if int(nproc) != 1 or int(world_size) > 0:
         # Settings are checked here once, so that a bad one is one message, not one a rank.
-        Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        # RecBole makes these folders with check-then-create, which the ranks would race on.
+        os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         return distributed.launch(
             _run, model, dataset, config_file_list, config_dict, saved,
             nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=group_offset,
