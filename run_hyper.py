@@ -8,7 +8,8 @@ Each trial trains with the fixed settings (config files, ``--key=value`` pairs) 
 the params file's space, early-stops on ``valid_metric`` (``purchase_auc`` by default) and scores
 the test set. ``--algo exhaustive`` tries every combination of the choices once (max_evals is the
 grid size); random and bayes (TPE) run ``--max_evals`` trials. ``--tool Ray`` runs the trials in
-parallel with Ray Tune (on this machine, or a cluster with ``--ray_address=auto``). The output
+parallel with Ray Tune (on this machine, or an existing cluster with ``--ray_address=auto`` or
+``--ray_address=HOST:PORT``; ``--nproc_per_trial=2`` trains each trial with 2 DDP processes). The output
 file (JSON) holds every trial's parameters and valid/test results and the best one.
 """
 
@@ -48,13 +49,21 @@ def _parser():
     )
     parser.add_argument("--search_seed", type=int, default=None, help="seed of the search itself")
     parser.add_argument(
-        "--ray_address", default=None, help="Ray: cluster address (e.g. auto); default: start one here"
+        "--ray_address",
+        default=None,
+        help="Ray: an existing cluster, auto (on one of its nodes) or HOST:PORT of its head; default: start Ray here",
     )
     parser.add_argument(
         "--cpus_per_trial", type=float, default=1, help="Ray: CPUs of each trial (default: 1)"
     )
     parser.add_argument(
         "--gpus_per_trial", type=float, default=0, help="Ray: GPUs of each trial (default: 0)"
+    )
+    parser.add_argument(
+        "--nproc_per_trial",
+        type=int,
+        default=1,
+        help="Ray: DDP processes of each trial, on one node (default: 1; with GPUs, one a GPU)",
     )
     return parser
 
@@ -81,6 +90,7 @@ def main(argv=None):
                 "address": args.ray_address,
                 "cpus_per_trial": args.cpus_per_trial,
                 "gpus_per_trial": args.gpus_per_trial,
+                "nproc_per_trial": args.nproc_per_trial,
             },
         )
     best = report["best"]

@@ -184,6 +184,15 @@ class Config(RecBoleConfig):
         self.dataset_yaml = path
         return set(loaded)
 
+    def _init_device(self):
+        # Work-around: RecBole 1.2.1's DDP set-up hard-codes nccl and CUDA; a DDP rank (a
+        # ``local_rank`` is set) joins with nccl on CUDA and gloo on CPU instead.
+        if "local_rank" not in self.final_config_dict:
+            return super()._init_device()
+        from recbole_cstwa.distributed import init_rank_device
+
+        init_rank_device(self.final_config_dict)
+
     def _set_default_parameters(self):
         # The embedded dataset is found wherever the command runs from, unless data_path is set.
         if (

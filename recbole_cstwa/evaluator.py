@@ -60,14 +60,18 @@ class TaskEvaluator:
         tasks (dict): task name (a key of :data:`TASKS`) -> label field, e.g. ``{"click":
             "click", "purchase": "purchase", "cvr": "purchase"}`` (``config["eval_tasks"]``).
         metrics (list, optional): RecBole metric names to compute instead of ``config["metrics"]``.
+        gather (callable, optional): applied to each task's collected ``DataStruct`` before the
+            metrics; under DDP it gathers every rank's scores and labels
+            (:func:`recbole_cstwa.distributed.gather_data_struct`).
     """
 
-    def __init__(self, config, tasks, metrics=None):
+    def __init__(self, config, tasks, metrics=None, gather=None):
         self.tasks = dict(tasks)
         unknown = [task for task in self.tasks if task not in TASKS]
         if unknown:
             raise ValueError(f"eval_tasks: unknown task(s) {unknown}; known: {list(TASKS)}.")
         self.click_field = config["CLICK_FIELD"]
+        self.gather = gather
         self.collectors, self.evaluators = {}, {}
         overrides = {} if metrics is None else {"metrics": list(metrics)}
         for task, label_field in self.tasks.items():
@@ -95,6 +99,9 @@ class TaskEvaluator:
         """Scores everything collected since the last call and starts afresh."""
         result = OrderedDict()
         for task, collector in self.collectors.items():
-            for metric, value in self.evaluators[task].evaluate(collector.get_data_struct()).items():
+            struct = collector.get_data_struct()
+            if self.gather is not None:
+                struct = self.gather(struct)
+            for metric, value in self.evaluators[task].evaluate(struct).items():
                 result[f"{task}_{metric}"] = value
         return result

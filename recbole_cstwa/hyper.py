@@ -21,7 +21,7 @@ Two routes run the same search:
   hyperopt >= 0.2.7), random or bayes (TPE).
 * ``tool="Ray"``: Ray Tune, trials in parallel on a machine or a Ray cluster; exhaustive =
   ``tune.grid_search``, random = Tune's sampling, bayes = Tune's ``HyperOptSearch`` (TPE). Ray
-  is imported only on this route.
+  is imported only on this route, in :mod:`recbole_cstwa.ray_tune`.
 
 Both optimise the run's task-prefixed ``valid_metric`` (``purchase_auc`` by default; maximised or
 minimised by ``valid_metric_bigger``) and write every trial's parameters and results, and the
@@ -158,28 +158,6 @@ def hyperopt_space(params):
             space[param.name] = hp.quniform(param.name, param.low, param.high, param.q)
         else:
             space[param.name] = hp.loguniform(param.name, param.low, param.high)
-    return space
-
-
-def ray_space(params, grid=False):
-    """The Ray Tune space of ``params``; ``grid=True`` makes every choice a grid search.
-
-    loguniform bounds are logs, so they become ``tune.loguniform(exp(low), exp(high))``, as in
-    RecBole's ``run_hyper.py``.
-    """
-    from ray import tune
-
-    space = {}
-    for param in params:
-        if param.kind == "choice":
-            values = list(param.values)
-            space[param.name] = tune.grid_search(values) if grid else tune.choice(values)
-        elif param.kind == "uniform":
-            space[param.name] = tune.uniform(param.low, param.high)
-        elif param.kind == "quniform":
-            space[param.name] = tune.quniform(param.low, param.high, param.q)
-        else:
-            space[param.name] = tune.loguniform(math.exp(param.low), math.exp(param.high))
     return space
 
 
@@ -361,8 +339,9 @@ def run_search(
         output_file: JSON report, rewritten after every trial on the Hyperopt route; ``"auto"``:
             ``results/hyper/<model>-<dataset>-<algo>.json``.
         search_seed (int): seeds the search itself (each trial's training seed is ``seed``).
-        ray_options (dict): Ray route only: ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
-            ``storage_path``, ``max_concurrent_trials``.
+        ray_options (dict): Ray route only (:mod:`recbole_cstwa.ray_tune`): ``address``,
+            ``cpus_per_trial``, ``gpus_per_trial``, ``nproc_per_trial``, ``storage_path``,
+            ``max_concurrent_trials``.
 
     Returns:
         dict: the report written to ``output_file``: ``best`` and ``trials`` (``params``,
@@ -389,7 +368,9 @@ def run_search(
     if tool == "Hyperopt":
         _search_hyperopt(search, algo, int(max_evals), early_stop, output_file, search_seed)
     else:
-        _search_ray(search, algo, int(max_evals), output_file, search_seed, dict(ray_options or {}))
+        from recbole_cstwa.ray_tune import search_ray
+
+        search_ray(search, algo, int(max_evals), output_file, search_seed, dict(ray_options or {}))
     _write_output(search, output_file)
     return {
         **search.info,
@@ -448,151 +429,3 @@ def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
     )
     with _hyperopt_seed(seed):
         tuner.run()
-
-
-def _ray_trainable():
-    """A Ray Tune class trainable running one training per trial (one ``step``).
-
-    The class API, not the function API: Ray 2.6's function trainables share one session per
-    process, which breaks when two trials meet in one process (``ray.init(local_mode=True)``).
-    """
-    from ray import tune
-
-    class RecBoleTrial(tune.Trainable):
-        def setup(self, config, search_params, fixed, config_file_list, valid_metric, gpus_per_trial):
-            self.sampled = dict(config)
-            self.search_params, self.fixed = search_params, dict(fixed)
-            self.config_file_list, self.valid_metric = config_file_list, valid_metric
-            # RecBole's Config sets CUDA_VISIBLE_DEVICES from gpu_id: point it at Ray's GPUs.
-            self.fixed["gpu_id"] = ",".join(str(gpu) for gpu in self.gpu_ids()) if gpus_per_trial else ""
-
-        def gpu_ids(self):
-            import ray
-
-            return ray.get_gpu_ids()
-
-        def step(self):
-            params, result, seconds = _run_trial(
-                self.search_params, self.fixed, self.config_file_list, self.sampled
-            )
-            record = _record(0, params, result, seconds)
-            return {
-                self.valid_metric: record["valid_score"],
-                "valid_result": record["valid_result"],
-                "test_result": record["test_result"],
-                "run_seconds": record["seconds"],
-                "done": True,
-            }
-
-    return RecBoleTrial
-
-
-def _search_ray(search, algo, max_evals, output_file, seed, options):
-    import ray
-    from ray import tune
-
-    # Trials run in their own folders (Ray's default), so every path they read is made absolute.
-    search.fixed["data_path"] = search.data_dir
-    gpus = float(options.get("gpus_per_trial") or 0)
-    cpus = float(options.get("cpus_per_trial") or 1)
-    mode = "max" if search.bigger else "min"
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=options.get("address"), include_dashboard=False)
-    run_args = {"num_samples": max_evals}
-    if algo == "exhaustive":
-        run_args = {"config": ray_space(search.params, grid=True), "num_samples": 1}
-    elif algo == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        run_args["config"] = ray_space(search.params)
-        run_args["search_alg"] = BasicVariantGenerator(random_state=seed)
-    else:
-        from ray.tune.search.hyperopt import HyperOptSearch
-
-        run_args["search_alg"] = HyperOptSearch(
-            hyperopt_space(search.params), metric=search.valid_metric, mode=mode, random_state_seed=seed
-        )
-    storage = options.get("storage_path") or os.path.abspath(
-        (os.path.splitext(output_file)[0] if output_file else "ray_results") + "-ray"
-    )
-    search.info.update(max_evals=max_evals if algo != "exhaustive" else None, ray_storage=storage)
-
-    class RecordTrials(tune.Callback):
-        """Records each trial as it ends and rewrites the output file, as the Hyperopt route."""
-
-        def __init__(self):
-            self.order, self.results = [], {}
-
-        def _note(self, trial, record):
-            if trial.trial_id not in self.results:
-                self.order.append(trial.trial_id)
-            self.results[trial.trial_id] = record
-            search.trials[:] = [
-                {**self.results[trial_id], "trial": number}
-                for number, trial_id in enumerate(self.order, start=1)
-            ]
-            _write_output(search, output_file)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._note(trial, _ray_record(search, trial.config, result))
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            params = trial_config(search.params, {p.name: trial.config.get(p.name) for p in search.params})
-            self._note(
-                trial, {"params": params, "status": "error", "error": getattr(trial, "error_file", None)}
-            )
-
-    recorder = RecordTrials()
-    try:
-        tune.run(
-            tune.with_parameters(
-                _ray_trainable(),
-                search_params=search.params,
-                fixed=search.fixed,
-                config_file_list=search.config_file_list,
-                valid_metric=search.valid_metric,
-                gpus_per_trial=gpus,
-            ),
-            metric=search.valid_metric,
-            mode=mode,
-            resources_per_trial={"cpu": cpus, "gpu": gpus},
-            storage_path=storage,
-            name=f"{search.info['model']}-{search.info['dataset']}-{algo}",
-            raise_on_failed_trial=False,
-            max_concurrent_trials=options.get("max_concurrent_trials"),
-            callbacks=[recorder],
-            verbose=1,
-            **run_args,
-        )
-    except RuntimeError as error:
-        # Ray 2.6's tune.run builds an ExperimentAnalysis at the very end, which needs pyarrow
-        # (in ray[tune], not in plain ray, which is what RecBole requires). The trials are done
-        # and recorded by the callback by then, so only that last step is skipped.
-        if "pyarrow" not in str(error) or not recorder.results:
-            raise
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
-def _ray_record(search, sampled, result):
-    """A trial record from a Ray result (nested dicts may come flattened as ``valid_result/x``)."""
-
-    def part(name):
-        value = result.get(name)
-        if isinstance(value, dict):
-            return {key: float(item) for key, item in value.items()}
-        prefix = name + "/"
-        return {key[len(prefix) :]: float(item) for key, item in result.items() if key.startswith(prefix)}
-
-    return {
-        "params": trial_config(
-            search.params, {param.name: sampled.get(param.name) for param in search.params}
-        ),
-        "valid_score": float(result[search.valid_metric]),
-        "valid_result": part("valid_result"),
-        "test_result": part("test_result"),
-        "seconds": result.get("run_seconds"),
-        "status": "ok",
-    }

@@ -19,6 +19,7 @@ from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_cstwa import distributed
 from recbole_cstwa.artifact_cache import ArtifactCache, dataset_fingerprint
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
 from recbole_cstwa.config import ConfigError
@@ -157,8 +158,12 @@ class SplitOptimizer:
         return f"SplitOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
-class TaskTrainer(SafeCheckpointMixin, Trainer):
-    """RecBole's ``Trainer`` with task-prefixed evaluation and safe checkpoints."""
+class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMixin):
+    """RecBole's ``Trainer`` with task-prefixed evaluation and safe checkpoints.
+
+    Under DDP (see :mod:`recbole_cstwa.distributed`) the evaluation gathers every rank's scores
+    and labels before the metrics, so they are the single-process metrics of the same parameters.
+    """
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -166,12 +171,22 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
         # would share a file, so the name also carries the process id and a random suffix.
         root, extension = os.path.splitext(self.saved_model_file)
         self.saved_model_file = f"{root}-{os.getpid()}-{uuid.uuid4().hex[:6]}{extension}"
-        self.task_evaluator = TaskEvaluator(config, config["eval_tasks"])
+        gather = None
+        if distributed.is_distributed(config):
+            gather = lambda struct: distributed.gather_data_struct(struct, self.device)  # noqa: E731
+        self.task_evaluator = TaskEvaluator(config, config["eval_tasks"], gather=gather)
+        self.epoch_seconds = []  # training time of each epoch (validation not included)
 
     def predict_tasks(self, interaction):
         """Model outputs of one batch: ``click`` / ``purchase`` (/ ``cvr``) -> ``(B,)``
         probabilities; :class:`~recbole_cstwa.evaluator.TaskEvaluator` maps them to the tasks."""
         raise NotImplementedError
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time()
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.epoch_seconds.append(time() - start)
+        return loss
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -185,12 +200,36 @@ class TaskTrainer(SafeCheckpointMixin, Trainer):
             if show_progress
             else eval_data
         )
+        ddp = distributed.is_distributed(self.config)
+        if ddp:  # every rank scores with rank 0's model; padded repeats are not scored
+            distributed.broadcast_persistent_buffers(self.model)
+            rows_left = distributed.unpadded_count(eval_data)
+        scored = 0
         for batched_data in batches:
-            interaction = batched_data[0].to(self.device)
-            self.task_evaluator.collect(interaction, self.predict_tasks(interaction))
+            interaction = batched_data[0]
+            if ddp:
+                interaction = interaction[: max(0, min(len(interaction), rows_left - scored))]
+            interaction = interaction.to(self.device)
+            scored += len(interaction)
+            if len(interaction):
+                self.task_evaluator.collect(interaction, self.predict_tasks(interaction))
+        if ddp:
+            self.eval_rows = int(distributed.all_sum(scored, self.device))
+            if self.eval_rows != len(eval_data.sampler.dataset):
+                raise RuntimeError(
+                    f"DDP evaluation scored {self.eval_rows} rows of {len(eval_data.sampler.dataset)}."
+                )
         result = self.task_evaluator.evaluate()
         self.wandblogger.log_eval_metrics(result, head="eval")
         return result
+
+    def load_best_model(self, model_file=None):
+        if not distributed.is_distributed(self.config):
+            return super().load_best_model(model_file)
+        # Only rank 0 wrote the file: it reads it and sends the parameters to the other ranks.
+        if distributed.is_rank_zero():
+            super().load_best_model(model_file)
+        distributed.broadcast_state(self.model)
 
 
 class SingleTaskTrainer(TaskTrainer):
@@ -374,6 +413,7 @@ class CSTWATrainer(MultiTaskTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.pretrained_embedding = None
+        self.graphs = None  # under DDP, rank 0's {"user", "item"} graphs until they are sent
         self.cache_events = []  # ("pretrain" / "graphs", "loaded" / "computed", path): for tests and logs
         self._data_fingerprint = None
         self.training_steps = 0  # steps taken in this run: the Structure Migrator's clock
@@ -410,7 +450,10 @@ class CSTWATrainer(MultiTaskTrainer):
                 "graph building are skipped."
             )
             return []
-        return [("pretrain", self._pretrain_stage), ("graphs", self._graph_stage)]
+        stages = [("pretrain", self._pretrain_stage), ("graphs", self._graph_stage)]
+        if distributed.is_distributed(self.config):
+            return self._distributed_stages(stages)
+        return stages
 
     # ----- cache keys ----------------------------------------------------------------------
     def _cache(self):
@@ -570,6 +613,8 @@ class CSTWATrainer(MultiTaskTrainer):
             self.cache_events.append(("graphs", "computed", path))
         for group, graph in graphs.items():
             self.logger.info(f"{group} graph: {graph_summary(graph)}")
+        if distributed.is_distributed(self.config):
+            self.graphs = graphs  # for _share_graphs_stage
         self.model.set_graphs(graphs["user"], graphs["item"])
 
     def _cached_graphs(self, cached):
@@ -599,6 +644,39 @@ class CSTWATrainer(MultiTaskTrainer):
                 f"graph_top_k={top_k} is above the nodes of the graph: {' and '.join(small)}; "
                 "each row keeps all of them."
             )
+
+    # ----- under DDP (recbole_cstwa.distributed) -----------------------------------------------
+    def _distributed_stages(self, stages):
+        """The stages run once, on rank 0, over the whole training data (not its shard), with the
+        same loader, seed and cache as a single process, so the embedding and graphs are those a
+        single-process run gets; then every rank receives rank 0's graphs (no shared folder
+        needed) and sets them, so all ranks train on the same graphs."""
+
+        def on_rank_zero(stage):
+            def run(train_data, valid_data, show_progress):
+                if distributed.is_rank_zero():
+                    valid_data = distributed.unsharded(valid_data) if valid_data else valid_data
+                    stage(distributed.unsharded(train_data), valid_data, show_progress)
+
+            return run
+
+        return [(name, on_rank_zero(stage)) for name, stage in stages] + [
+            ("share graphs", self._share_graphs_stage)
+        ]
+
+    def _share_graphs_stage(self, train_data, valid_data, show_progress):
+        received = {}
+        for group in ("user", "item"):
+            state = graph_to_state(self.graphs[group]) if distributed.is_rank_zero() else None
+            parts = {
+                key: distributed.broadcast_tensor(state and torch.as_tensor(state[key]), dtype, self.device)
+                for key, dtype in (("indices", torch.long), ("values", torch.float32), ("size", torch.long))
+            }
+            received[group] = graph_from_state({key: value.cpu() for key, value in parts.items()})
+        if not distributed.is_rank_zero():
+            self.model.set_graphs(received["user"], received["item"])
+            self.cache_events.append(("graphs", "received", None))
+        self.graphs = None  # the model holds them now
 
 
 def _state_mismatch(state, module):

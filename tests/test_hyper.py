@@ -295,7 +295,7 @@ def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, 
 def test_ray_space_translation():
     from ray.tune.search.sample import Categorical, Float
 
-    from recbole_cstwa.hyper import ray_space
+    from recbole_cstwa.ray_tune import ray_space
 
     params = parse_params(FOUR_TYPES.splitlines())
     space = ray_space(params)
