@@ -26,8 +26,6 @@ TASKS = tuple(TASK_DEFINITIONS)
 SINGLE_LABEL_TASKS = {"click": ("click",), "purchase": ("purchase", "cvr", "ctcvr")}
 #: The config key naming each task's label field.
 TASK_LABEL_KEYS = {"click": "CLICK_FIELD", "purchase": "PURCHASE_FIELD"}
-#: Values of ``embedding_update`` (see ``properties/overall.yaml``).
-EMBEDDING_UPDATES = ("sparse", "dense")
 #: Name of the dataset that ships with the plugin under ``dataset/``.
 EMBEDDED_DATASET = "synthetic-ccp"
 
@@ -204,19 +202,10 @@ class Config(RecBoleConfig):
         # Every setting checked once, here, before any data is read (recbole_cstwa.settings).
         check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
         self._resolve_tasks()
-        self._check_embedding_update()
         super()._set_default_parameters()
         self.final_config_dict["valid_metric_bigger"] = (
             self.final_config_dict["valid_metric"].split("_", 1)[1].lower() not in smaller_metrics
         )
-
-    def _check_embedding_update(self):
-        value = self.final_config_dict.get("embedding_update")
-        if value not in EMBEDDING_UPDATES:
-            raise ConfigError(
-                f"embedding_update must be one of {list(EMBEDDING_UPDATES)} (sparse: only the "
-                f"embedding rows a batch used are updated; dense: every row, every step), got {value!r}."
-            )
 
     @staticmethod
     def _requested_tasks(value):

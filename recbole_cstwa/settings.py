@@ -83,12 +83,21 @@ def _use_sm(config):
 
 PAPER = "the CSTWA paper, Section 4.1.4"
 CSTWA = ("CSTWA",)
+EXPERT_MODELS = ("MMoE", "OMoE", "PLE")
 
 #: The settings table. Defaults are the ones in ``properties/overall.yaml`` and
 #: ``properties/model/<Model>.yaml``; ``source`` says where each comes from.
 SETTINGS = (
     # ----- shared (overall.yaml) ---------------------------------------------------------------
     Setting("embedding_size", "int", 5, PAPER, models=(ANY_MODEL,), low=1),
+    Setting(
+        "embedding_update",
+        "choice",
+        "sparse",
+        "measured (README, Training at scale): sparse updates only the rows a batch used",
+        choices=("sparse", "dense"),
+    ),
+    Setting("cache_dataset", "bool", True, "cache on", models=(ANY_MODEL,)),
     Setting("embedding_init_std", "number", 0.01, "N(0, 0.01), AITM's official code", low=0, low_open=True),
     Setting("context_pooling", "choice", "mean", "the paper's Eq. 7 (mean); concat", choices=("mean", "concat")),
     Setting("tower_hidden_size", "int_list", [128, 64, 32], PAPER, low=1),
@@ -146,6 +155,14 @@ SETTINGS = (
         models=CSTWA,
         choices=("epoch", "batch"),
     ),
+    Setting(
+        "sm_refresh_steps",
+        "int",
+        0,
+        "the project's reading: 0 refreshes P at the start of every epoch but the first",
+        models=CSTWA,
+        low=0,
+    ),
     Setting("sm_layers", "int", 1, PAPER + ", L = 1", models=CSTWA, low=1),
     Setting("sm_lambda", "number", 0.3, PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
     Setting(
@@ -156,11 +173,15 @@ SETTINGS = (
     Setting(
         "graph_index",
         "choice",
-        "exact",
-        "exact: faiss IndexFlatIP; ivf: IndexIVFFlat; hnsw: IndexHNSWFlat",
+        "auto",
+        "auto: exact up to graph_exact_max_nodes nodes, IVF above; exact: faiss IndexFlatIP; ivf: "
+        "IndexIVFFlat; hnsw: IndexHNSWFlat",
         models=CSTWA,
-        choices=("exact", "ivf", "hnsw"),
+        choices=("auto", "exact", "ivf", "hnsw"),
         when=_use_sm,
+    ),
+    Setting(
+        "graph_exact_max_nodes", "int", 50000, "measured (README, Training at scale)", models=CSTWA, low=1, when=_use_sm
     ),
     Setting("graph_ivf_nlist", "int", 1024, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
     Setting("graph_nprobe", "int", 16, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
@@ -240,20 +261,47 @@ SETTINGS = (
         low=1,
     ),
     Setting("ple_num_levels", "int", 1, "torch-rechub's Ali-CCP example", models=("PLE",), low=1),
-    Setting("ple_shared_experts", "int", 4, "MTReclib's expert_num / 2", models=("PLE",), low=0),
-    Setting("ple_specific_experts", "int", 4, "MTReclib's expert_num / 2", models=("PLE",), low=0),
+    Setting("ple_shared_experts", "int", 1, "torch-rechub's n_expert_shared=1", models=("PLE",), low=0),
+    Setting("ple_specific_experts", "int", 2, "torch-rechub's n_expert_specific=2", models=("PLE",), low=0),
+    Setting("expert_hidden_size", "int_list", [16], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
+    Setting(
+        "expert_dropout",
+        "number_list",
+        [0.0],
+        "torch-rechub's MLP default",
+        models=EXPERT_MODELS,
+        low=0,
+        high=1,
+        high_open=True,
+        scalar_ok=True,
+    ),
+    Setting("task_tower_hidden_size", "int_list", [8], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
+    Setting(
+        "task_tower_dropout",
+        "number_list",
+        [0.0],
+        "torch-rechub's MLP default",
+        models=EXPERT_MODELS,
+        low=0,
+        high=1,
+        high_open=True,
+        scalar_ok=True,
+    ),
 )
 
 
-def _dropout_per_layer(config):
-    dropouts, sizes = config["tower_dropout"], config["tower_hidden_size"]
-    if isinstance(dropouts, list) and len(dropouts) != len(sizes):
-        return (
-            f"tower_dropout {dropouts} needs one value per layer of tower_hidden_size {sizes} "
-            f"({len(dropouts)} values for {len(sizes)} layers). Fix: give {len(sizes)} values, or "
-            "one number for every layer."
-        )
-    return None
+def _dropout_per_layer(prefix):
+    def check(config):
+        dropouts, sizes = config[f"{prefix}_dropout"], config[f"{prefix}_hidden_size"]
+        if isinstance(dropouts, list) and len(dropouts) != len(sizes):
+            return (
+                f"{prefix}_dropout {dropouts} needs one value per layer of {prefix}_hidden_size {sizes} "
+                f"({len(dropouts)} values for {len(sizes)} layers). Fix: give {len(sizes)} values, or "
+                "one number for every layer."
+            )
+        return None
+
+    return check
 
 
 def _percentile_order(config):
@@ -289,7 +337,9 @@ def _ple_experts(config):
 
 #: Conditions between settings, checked after every single setting passed.
 RULES = (
-    Rule(("tower_dropout", "tower_hidden_size"), _dropout_per_layer),
+    Rule(("tower_dropout", "tower_hidden_size"), _dropout_per_layer("tower")),
+    Rule(("expert_dropout", "expert_hidden_size"), _dropout_per_layer("expert"), models=EXPERT_MODELS),
+    Rule(("task_tower_dropout", "task_tower_hidden_size"), _dropout_per_layer("task_tower"), models=EXPERT_MODELS),
     Rule(("ce_low_percentile", "ce_high_percentile"), _percentile_order, models=CSTWA),
     Rule(("graph_hnsw_ef_search", "graph_top_k", "graph_index"), _hnsw_breadth, models=CSTWA, when=_use_sm),
     Rule(("ple_shared_experts", "ple_specific_experts"), _ple_experts, models=("PLE",)),

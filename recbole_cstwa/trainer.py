@@ -621,7 +621,7 @@ class CSTWATrainer(MultiTaskTrainer):
         """``(graphs, None)`` from a cache file, or ``(None, why)`` when they do not fit the data."""
         graphs = {}
         for group in ("user", "item"):
-            size = self.model.num_entities[group]
+            size = self.model.structure[group].num_entities
             try:
                 graphs[group] = graph_from_state(cached[group])
             except (KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -635,7 +635,7 @@ class CSTWATrainer(MultiTaskTrainer):
         top_k = self.config["graph_top_k"]
         small = []
         for group in ("user", "item"):
-            nodes = self.model.num_entities[group] - 1  # without RecBole's [PAD] row
+            nodes = self.model.structure[group].num_entities - 1  # without RecBole's [PAD] row
             reachable = nodes if self.config["graph_self_loop"] else nodes - 1
             if top_k > reachable:
                 small.append(f"{nodes} {group}s (K = {max(reachable, 0)})")

@@ -261,7 +261,7 @@ def test_epoch_mode_does_not_mix_before_the_first_update(build):
     batch = next(iter(train_data))
     with torch.no_grad():
         torch.testing.assert_close(
-            model.conversion_input(batch), model.embed_input(batch, model.purchase_embedding)
+            model.purchase_input(batch), model.embed_input(batch, model.purchase_embedding)
         )
 
 

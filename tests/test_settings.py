@@ -85,7 +85,7 @@ BAD_SETTINGS = [
     ("CSTWA", {"sm_mode": "step"}, "sm_mode must be one of 'epoch', 'batch', got 'step'"),
     ("CSTWA", {"sm_layers": 0}, "sm_layers must be an integer >= 1, got 0"),
     ("CSTWA", {"graph_top_k": 0}, "graph_top_k must be an integer >= 1, got 0. Fix: --graph_top_k=8"),
-    ("CSTWA", {"graph_index": "annoy"}, "graph_index must be one of 'exact', 'ivf', 'hnsw', got 'annoy'"),
+    ("CSTWA", {"graph_index": "annoy"}, "graph_index must be one of 'auto', 'exact', 'ivf', 'hnsw', got 'annoy'"),
     ("CSTWA", {"graph_nprobe": 0}, "graph_nprobe must be an integer >= 1, got 0"),
     (
         "CSTWA",
@@ -260,7 +260,7 @@ def test_a_failed_cache_write_warns_and_goes_on(cstwa_stages, monkeypatch, caplo
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("recbole_cstwa.model.structure.ArtifactCache.save", full_disk)
+    monkeypatch.setattr("recbole_cstwa.artifact_cache.ArtifactCache.save", full_disk)
     with caplog.at_level(logging.WARNING):
         trainer, model = cstwa_stages()
     assert [event[:2] for event in trainer.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
@@ -292,7 +292,7 @@ def test_graph_top_k_above_the_nodes_is_said_once(cstwa_stages, caplog):
     with caplog.at_level(logging.WARNING):
         trainer, model = cstwa_stages(graph_top_k=100000, cstwa_cache=False)
     said = [r.getMessage() for r in caplog.records if "graph_top_k=100000" in r.getMessage()]
-    users, items = model.num_entities["user"] - 1, model.num_entities["item"] - 1
+    users, items = model.structure["user"].num_entities - 1, model.structure["item"].num_entities - 1
     assert said == [
         f"graph_top_k=100000 is above the nodes of the graph: {users} users (K = {users}) and "
         f"{items} items (K = {items}); each row keeps all of them."

@@ -116,11 +116,15 @@ def check_evaluation_splits(config, valid_data, test_data):
     if metric not in RANKING_METRICS:
         return
     tasks = config["eval_tasks"]
+    labels = {name: config[key] for name, key in (("click", "CLICK_FIELD"), ("purchase", "PURCHASE_FIELD"))}
     for split, data in (("valid", valid_data), ("test", test_data)):
-        counts = {name: _label_counts(data, field) for name, field in tasks.items()}
+        counts = {name: _label_counts(data, field) for name, field in labels.items() if field in tasks.values()}
         rows = next(iter(counts.values()))[0]
-        positives = counts[task][1]
-        if 0 < positives < rows:
+        # cvr is scored on the clicked rows, ctcvr on all rows: both need purchases and non-purchases.
+        label_task = "purchase" if task in ("cvr", "ctcvr") else task
+        positives = counts[label_task][1] if label_task in counts else 0
+        negatives = (counts["click"][1] if task == "cvr" and "click" in counts else rows) - positives
+        if positives > 0 and negatives > 0:
             continue
         described = ", ".join(f"{positive} {name}s" for name, (_, positive) in counts.items())
         message = (

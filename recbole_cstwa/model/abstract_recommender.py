@@ -82,13 +82,17 @@ class MultiTaskRecommender(AbstractRecommender):
     # ----- shared pieces -------------------------------------------------------------------
     def make_embedding(self, dataset):
         """A new embedding layer over every feature field (models may own several); its tables
-        give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`)."""
+        give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`).
+
+        Under DDP the tables stay dense: RecBole's distributed step adds every parameter to the
+        loss (``sum(p) * 0``), which makes embedding gradients dense, and nccl all-reduces dense
+        tensors only; the update is then ``embedding_update: dense`` (README, "Scaling out")."""
         return FieldEmbedding(
             dataset,
             self.field_groups,
             self.embedding_size,
             self.config["embedding_init_std"],
-            sparse=self.config["embedding_update"] == "sparse",
+            sparse=self.config["embedding_update"] == "sparse" and self.config["single_spec"],
         )
 
     def input_size(self):
