@@ -247,3 +247,14 @@ def test_the_model_library_does_not_import_the_tools():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root),
                    timeout=300)
+
+
+def test_no_split_writes_one_inter_file_for_eval_args(tmp_path):
+    path = write_csv(tmp_path / "all.csv", stratified_rows())
+    summary = import_dataset(tmp_path / "out", "whole", "click", "conversion", input=path, split=False,
+                             user_id="user", item_id="item", context_fields=["categorical_1"])
+    folder = tmp_path / "out" / "whole"
+    assert sorted(os.listdir(folder)) == ["whole.inter", "whole.item", "whole.meta.json", "whole.user", "whole.yaml"]
+    assert summary["counts"] == {"all": {"rows": 40, "clicks": 20, "purchases": 10}}
+    assert "benchmark_filename: ~\n" in (folder / "whole.yaml").read_text()
+    assert len(read_table(folder / "whole.inter")) == 41

@@ -62,7 +62,7 @@ SPLITS = ("train", "valid", "test")
 #: Label spellings accepted in a label column (parquet booleans read as "true"/"false").
 LABEL_TEXTS = ("0", "1", "0.0", "1.0", "false", "true")
 POSITIVE_TEXTS = ("1", "1.0", "true")
-CSV_BLOCK_BYTES = 16 << 20
+CSV_BLOCK_BYTES = 4 << 20  # with the reader's read-ahead, this bounds the memory held
 PARQUET_BATCH_ROWS = 65_536
 #: The most rows a stratification block may hold (ratios are rounded to 1/1000).
 MAX_BLOCK = 1000
@@ -133,7 +133,7 @@ def iter_batches(path, columns, separator=None, batch_rows=None):
             block = CSV_BLOCK_BYTES if batch_rows is None else max(1 << 12, batch_rows * 16)
             source = pa_csv.open_csv(
                 path,
-                read_options=pa_csv.ReadOptions(block_size=block),
+                read_options=pa_csv.ReadOptions(block_size=block, use_threads=False),
                 parse_options=pa_csv.ParseOptions(delimiter=separator),
                 convert_options=pa_csv.ConvertOptions(
                     include_columns=columns,
