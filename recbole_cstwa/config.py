@@ -57,9 +57,6 @@ def embedded_data_path():
     return os.path.join(_REPOSITORY_DIR, "dataset")
 
 
-__all__ = ["Config", "ConfigError", "TASKS", "TASK_LABEL_KEYS", "properties_dir", "embedded_data_path"]
-
-
 def _read_yaml(path, loader):
     """A YAML settings file, any failure as one line naming the file."""
     try:

@@ -384,7 +384,9 @@ class CSTWATrainer(MultiTaskTrainer):
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
     settings they depend on; a change of a graph setting alone (say ``graph_top_k``) reuses the
-    pre-trained embedding and rebuilds the graphs. With ``use_sm: False`` neither stage runs.
+    pre-trained embedding and rebuilds the graphs. A cache file that does not fit the model or the
+    data (other shapes) is rebuilt, and a failed cache write is a warning: the run goes on. With
+    ``use_sm: False`` neither stage runs.
     """
 
     PRETRAIN_SETTINGS = (

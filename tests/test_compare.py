@@ -54,19 +54,24 @@ def comparison(tiny_data_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        result = run_comparison(
-            MODELS,
-            SEEDS,
-            dataset=TINY,
-            overrides=_overrides(tiny_data_path, folder),
-            variants=[VARIANT],
-            reference="MLP",
-            output_dir=str(folder / "out"),
-            runner=scripted_runner,
-            log=lambda message: None,
-        )
+        result = _compare(tiny_data_path, folder, scripted_runner)
     result["folder"] = folder
     return result
+
+
+def _compare(tiny_data_path, folder, runner):
+    """The module's comparison (MODELS, SEEDS, VARIANT) into ``folder/out`` with ``runner``."""
+    return run_comparison(
+        MODELS,
+        SEEDS,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, folder),
+        variants=[VARIANT],
+        reference="MLP",
+        output_dir=str(folder / "out"),
+        runner=runner,
+        log=lambda message: None,
+    )
 
 
 @pytest.mark.slow
@@ -207,17 +212,7 @@ def test_a_second_run_keeps_the_finished_runs(comparison, tiny_data_path, monkey
 
     folder = comparison["folder"]
     monkeypatch.chdir(folder)
-    again = run_comparison(
-        MODELS,
-        SEEDS,
-        dataset=TINY,
-        overrides=_overrides(tiny_data_path, folder),
-        variants=[VARIANT],
-        reference="MLP",
-        output_dir=str(folder / "out"),
-        runner=no_training,
-        log=lambda message: None,
-    )
+    again = _compare(tiny_data_path, folder, no_training)
     assert again["rows"] == comparison["rows"]
 
 
