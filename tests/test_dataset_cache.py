@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from recbole.data.dataset import Dataset
 
 from recbole_cstwa.data import create_dataset, data_preparation
@@ -255,3 +256,36 @@ def test_one_file_dataset_equals_recbole_and_reports_filtered_rows(make_config, 
             assert np.array_equal(mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)), (name, field)
     for field, tokens in reference.field2id_token.items():
         assert list(ours.field2id_token[field]) == list(tokens), field
+
+
+def test_compact_loaders_give_recbole_batches(make_config):
+    """Same batches, in the same shuffled order over epochs, as RecBole's own dataloaders."""
+    from recbole.data.utils import data_preparation as recbole_data_preparation
+
+    config = make_config("ESMM", train_batch_size=700)
+    ours = data_preparation(config, create_dataset(config))
+    theirs = recbole_data_preparation(config, create_dataset(config))
+    assert type(ours[0]).__name__ == "CompactTrainDataLoader"
+    assert type(ours[0].batch_sampler).__name__ == "_IndexBatches"
+    for mine, reference in zip(ours, theirs):
+        for _ in range(2):  # two epochs: the shuffle generator advances as RecBole's does
+            batches = list(mine)
+            expected = list(reference)
+            assert len(batches) == len(expected) == len(mine)
+            for a, b in zip(batches, expected):
+                _assert_same_batch(a, b)
+
+
+def _assert_same_batch(a, b):
+    if isinstance(a, tuple):  # evaluation batches: (interaction, row index, ...)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_batch(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif a is None:
+        assert b is None
+    else:
+        assert a.columns == b.columns
+        for field in a.columns:
+            assert torch.equal(a[field], b[field]), field

@@ -10,10 +10,12 @@ import os
 import time
 from logging import getLogger
 
+from recbole.data.dataloader import NegSampleEvalDataLoader, TrainDataLoader
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.utils import ModelType, set_color
 
 from recbole_cstwa.data import cache
+from recbole_cstwa.data.dataloader import CompactEvalDataLoader, CompactTrainDataLoader
 from recbole_cstwa.data.dataset import MultiTaskDataset
 
 
@@ -55,6 +57,13 @@ def create_dataset(config):
     return dataset
 
 
+def _compact(loader_class):
+    """The plugin's memory-light version of RecBole's point-wise loaders (same batches)."""
+    return {TrainDataLoader: CompactTrainDataLoader, NegSampleEvalDataLoader: CompactEvalDataLoader}.get(
+        loader_class, loader_class
+    )
+
+
 def data_preparation(config, dataset):
     """RecBole's ``data_preparation`` without its pickled dataloader cache.
 
@@ -72,9 +81,11 @@ def data_preparation(config, dataset):
         raise ValueError("Knowledge-aware models are not supported by recbole-cstwa's data path.")
     train_dataset, valid_dataset, test_dataset = built_datasets = dataset.build()
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built_datasets)
-    train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
-    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
-    test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
+    train_data = _compact(get_dataloader(config, "train"))(
+        config, train_dataset, train_sampler, shuffle=config["shuffle"]
+    )
+    valid_data = _compact(get_dataloader(config, "valid"))(config, valid_dataset, valid_sampler, shuffle=False)
+    test_data = _compact(get_dataloader(config, "test"))(config, test_dataset, test_sampler, shuffle=False)
     logger.info(
         set_color("[Training]: ", "pink")
         + set_color("train_batch_size", "cyan")
