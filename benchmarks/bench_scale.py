@@ -1,7 +1,7 @@
 """Training cost at real size: does a step cost the same with Ali-CCP's vocabularies?
 
 For each model (plugin MLP, AITM, CSTWA and RecBole's DeepFM), on an Ali-CCP-shaped dataset
-(``--dataset``, generated with ``recbole_cstwa.data.generator`` when its folder is missing) and on
+(``--dataset``, generated with ``recbole_cstwa.tools.generator`` when its folder is missing) and on
 its small-vocabulary twin (``--small-dataset``: the same row count, 10K users / 10K items), each
 model in a fresh process:
 
@@ -254,7 +254,7 @@ def ensure_dataset(args, name, n_users, n_items):
     if args.n_impressions is None:
         raise SystemExit(f"error: no dataset [{folder}]: give --n-impressions to generate it.")
     command = [
-        sys.executable, "-m", "recbole_cstwa.data.generator", "generate", "--output", args.data_path,
+        sys.executable, "-m", "recbole_cstwa.tools.generator", "generate", "--output", args.data_path,
         "--name", name, "--n-impressions", str(args.n_impressions), "--n-users", str(n_users),
         "--n-items", str(n_items),
     ]  # fmt: skip

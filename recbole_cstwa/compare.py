@@ -369,7 +369,7 @@ def summarize(plan, records):
 
 def oracle_row(plan):
     """The generator's oracle metrics on the test file, when the dataset has truth files."""
-    from recbole_cstwa.data.generator import oracle_metrics
+    from recbole_cstwa.oracle import oracle_metrics
 
     if not plan.test_split:
         return None  # split by RecBole: the truth files' test split is not the test set

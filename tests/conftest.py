@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from recbole_cstwa.data.generator import generate
 from recbole_cstwa.quick_start import run_recbole_cstwa
+from recbole_cstwa.tools.generator import generate
 
 TINY = "tiny-ccp"
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

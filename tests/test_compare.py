@@ -14,8 +14,8 @@ from scipy import stats
 
 from recbole_cstwa.cli import split_assignments
 from recbole_cstwa.compare import METRICS, Entry, make_plan, parse_variant, run_comparison
-from recbole_cstwa.data.generator import oracle_metrics
 from recbole_cstwa.errors import InputError
+from recbole_cstwa.oracle import oracle_metrics
 
 SEEDS = [2020, 2021]
 MODELS = ["MLP", "ESMM", "DeepFM"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from recbole_cstwa.data.generator import (
+from recbole_cstwa.tools.generator import (
     INTER_COLUMNS,
     SPLIT_NAMES,
     TRUTH_COLUMNS,
@@ -63,7 +63,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
 
 def test_streamed_blocks_give_the_same_files(tmp_path, monkeypatch):
     """Drawing and writing in small blocks (as for 85M impressions) changes no byte."""
-    import recbole_cstwa.data.generator as generator
+    import recbole_cstwa.tools.generator as generator
 
     whole = _file_bytes(generate(tmp_path / "whole", n_impressions=SMALL, seed=11))
     monkeypatch.setattr(generator, "STREAM_ROWS", 777)
