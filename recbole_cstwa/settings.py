@@ -81,6 +81,11 @@ def _use_sm(config):
     return config.get("use_sm") is True
 
 
+def dropout_setting(key, default, source, models=(MULTITASK,)):
+    """A dropout list: one probability in [0, 1) a layer, or one number for every layer."""
+    return Setting(key, "number_list", default, source, models=models, low=0, high=1, high_open=True, scalar_ok=True)
+
+
 PAPER = "the CSTWA paper, Section 4.1.4"
 CSTWA = ("CSTWA",)
 EXPERT_MODELS = ("MMoE", "OMoE", "PLE")
@@ -101,16 +106,7 @@ SETTINGS = (
     Setting("embedding_init_std", "number", 0.01, "N(0, 0.01), AITM's official code", low=0, low_open=True),
     Setting("context_pooling", "choice", "mean", "the paper's Eq. 7 (mean); concat", choices=("mean", "concat")),
     Setting("tower_hidden_size", "int_list", [128, 64, 32], PAPER, low=1),
-    Setting(
-        "tower_dropout",
-        "number_list",
-        [0.1, 0.3, 0.3],
-        PAPER,
-        low=0,
-        high=1,
-        high_open=True,
-        scalar_ok=True,
-    ),
+    dropout_setting("tower_dropout", [0.1, 0.3, 0.3], PAPER),
     Setting(
         "learner",
         "choice",
@@ -264,29 +260,9 @@ SETTINGS = (
     Setting("ple_shared_experts", "int", 1, "torch-rechub's n_expert_shared=1", models=("PLE",), low=0),
     Setting("ple_specific_experts", "int", 2, "torch-rechub's n_expert_specific=2", models=("PLE",), low=0),
     Setting("expert_hidden_size", "int_list", [16], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
-    Setting(
-        "expert_dropout",
-        "number_list",
-        [0.0],
-        "torch-rechub's MLP default",
-        models=EXPERT_MODELS,
-        low=0,
-        high=1,
-        high_open=True,
-        scalar_ok=True,
-    ),
+    dropout_setting("expert_dropout", [0.0], "torch-rechub's MLP default", models=EXPERT_MODELS),
     Setting("task_tower_hidden_size", "int_list", [8], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
-    Setting(
-        "task_tower_dropout",
-        "number_list",
-        [0.0],
-        "torch-rechub's MLP default",
-        models=EXPERT_MODELS,
-        low=0,
-        high=1,
-        high_open=True,
-        scalar_ok=True,
-    ),
+    dropout_setting("task_tower_dropout", [0.0], "torch-rechub's MLP default", models=EXPERT_MODELS),
 )
 
 
