@@ -127,8 +127,12 @@ def _rows_per_second(run, rows):
     return rows / (time.perf_counter() - start)
 
 
-def bench_model(args, model_name, dataset, measure_graph):
-    """One model on one dataset, in this process. Returns a dict of measurements."""
+def bench_model(args, model_name, dataset, measure_graph, loaded=None):
+    """One model on one dataset, in this process. Returns a dict of measurements.
+
+    ``loaded``: a dict shared by the models of one process (``--one-process``): the dataset is
+    loaded by the first model and reused by the others (their load figures are the first's).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     from recbole.utils import init_seed
@@ -147,10 +151,19 @@ def bench_model(args, model_name, dataset, measure_graph):
     config = Config(model=model_name, config_dict=_config_dict(args, dataset))
     init_seed(config["seed"], config["reproducibility"])
     start = time.perf_counter()
-    data = create_dataset(config)
+    if loaded is not None and "data" in loaded:
+        data = loaded["data"]
+    else:
+        data = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, data)
-    result["load_s"] = time.perf_counter() - start
-    result["load_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if loaded is not None and "data" in loaded:
+        result["load_s"], result["load_mib"] = loaded["load_s"], loaded["load_mib"]
+        result["load_shared"] = True
+    else:
+        result["load_s"] = time.perf_counter() - start
+        result["load_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if loaded is not None:
+            loaded.update(data=data, load_s=result["load_s"], load_mib=result["load_mib"])
     result["train_rows_total"] = len(train_data._dataset)
     result["threads"] = torch.get_num_threads()
     result["device"] = str(config["device"])
@@ -227,24 +240,27 @@ def bench_model(args, model_name, dataset, measure_graph):
     return result
 
 
-def _worker(args, model_name, dataset, measure_graph, queue):
-    try:
-        queue.put(bench_model(args, model_name, dataset, measure_graph))
-    except Exception as error:  # reported in the table, the other models still run
-        import traceback
+def _worker(args, model_names, dataset, measure_graph, queue):
+    loaded = {} if len(model_names) > 1 else None
+    for model_name in model_names:
+        try:
+            queue.put(bench_model(args, model_name, dataset, measure_graph, loaded))
+        except Exception as error:  # reported in the table, the other models still run
+            import traceback
 
-        traceback.print_exc()
-        queue.put({"model": model_name, "dataset": dataset, "error": f"{type(error).__name__}: {error}"})
+            traceback.print_exc()
+            queue.put({"model": model_name, "dataset": dataset, "error": f"{type(error).__name__}: {error}"})
 
 
-def run_isolated(args, model_name, dataset, measure_graph):
+def run_isolated(args, model_names, dataset, measure_graph):
+    """Runs ``model_names`` on ``dataset`` in one fresh process; yields each model's result."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_worker, args=(args, model_name, dataset, measure_graph, queue))
+    process = context.Process(target=_worker, args=(args, model_names, dataset, measure_graph, queue))
     process.start()
-    result = queue.get()
+    for _ in model_names:
+        yield queue.get()
     process.join()
-    return result
 
 
 def ensure_dataset(args, name, n_users, n_items):
@@ -286,6 +302,11 @@ def main():
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--cache-dir", default=None, help="CSTWA artifact cache (default: <data-path>/bench-cache)")
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="load each dataset once for all models (faster; load figures and peak RSS then shared)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -307,11 +328,12 @@ def main():
     )
     results = {}
     for dataset in datasets:
-        for model_name in args.models:
-            measure_graph = dataset == args.dataset and not args.skip_graph
-            result = run_isolated(args, model_name, dataset, measure_graph)
-            results[(model_name, dataset)] = result
-            print(json.dumps(result), flush=True)
+        measure_graph = dataset == args.dataset and not args.skip_graph
+        groups = [args.models] if args.one_process else [[name] for name in args.models]
+        for group in groups:
+            for result in run_isolated(args, group, dataset, measure_graph):
+                results[(result["model"], dataset)] = result
+                print(json.dumps(result), flush=True)
 
     header = (
         f"{'model':<8}{'dataset':<16}{'load s':>8}{'load MiB':>9}{'pretrain s':>11}{'graph s':>9}"
@@ -330,6 +352,8 @@ def main():
             else None
         )
         notes = [f"{r['threads']} threads, {r['device']}"]
+        if r.get("load_shared"):
+            notes.append("load shared with the model above")
         if r.get("pretrain_cached"):
             notes.append("pretrain cached")
         if "recall" in r:
