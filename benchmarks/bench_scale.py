@@ -236,6 +236,25 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
     result["eval_rows_s"] = _rows_per_second(
         lambda: trainer.evaluate(LimitedLoader(valid_data, eval_batches), load_best_model=False), eval_rows
     )
+    if args.compare_dense and hasattr(model, "make_embedding"):
+        # The same model with embedding_update: dense (the previous updates), back to back.
+        dense_config = Config(
+            model=model_name, config_dict={**_config_dict(args, dataset), "embedding_update": "dense"}
+        )
+        init_seed(config["seed"], config["reproducibility"])
+        dense_model = get_model(model_name)(dense_config, train_data._dataset).to(config["device"])
+        if model_name == "CSTWA":  # the graphs built above
+            for group in ("user", "item"):
+                for part in ("pointers", "columns", "values"):
+                    name = f"_{group}_graph_{part}"
+                    setattr(dense_model, name, getattr(model, name))
+        dense_trainer = get_trainer(config["MODEL_TYPE"], config["model"])(dense_config, dense_model)
+        dense_trainer._train_epoch(LimitedLoader(train_data, 2), 0)
+        result["dense_train_rows_s"] = _rows_per_second(lambda: dense_trainer._train_epoch(limited, 0), rows)
+        result["dense_prebuilt_rows_s"] = max(
+            _rows_per_second(lambda: dense_trainer._train_epoch(batches, 0), bare_rows) for _ in range(args.repeats)
+        )
+        result["sparse_prebuilt_rows_s"] = result["recbole_rows_s"]
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -303,6 +322,11 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--cache-dir", default=None, help="CSTWA artifact cache (default: <data-path>/bench-cache)")
     parser.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="also time each plugin model with embedding_update: dense, back to back",
+    )
+    parser.add_argument(
         "--one-process",
         action="store_true",
         help="load each dataset once for all models (faster; load figures and peak RSS then shared)",
@@ -352,6 +376,11 @@ def main():
             else None
         )
         notes = [f"{r['threads']} threads, {r['device']}"]
+        if r.get("dense_train_rows_s"):
+            notes.append(
+                f"dense updates: {r['dense_train_rows_s']:,.0f} rows/s, pre-built batches "
+                f"{r['dense_prebuilt_rows_s']:,.0f} vs sparse {r['sparse_prebuilt_rows_s']:,.0f}"
+            )
         if r.get("load_shared"):
             notes.append("load shared with the model above")
         if r.get("pretrain_cached"):
