@@ -127,8 +127,12 @@ def _rows_per_second(run, rows):
     return rows / (time.perf_counter() - start)
 
 
-def bench_model(args, model_name, dataset, measure_graph):
-    """One model on one dataset, in this process. Returns a dict of measurements."""
+def bench_model(args, model_name, dataset, measure_graph, loaded=None):
+    """One model on one dataset, in this process. Returns a dict of measurements.
+
+    ``loaded``: a dict shared by the models of one process (``--one-process``): the dataset is
+    loaded by the first model and reused by the others (their load figures are the first's).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     from recbole.utils import init_seed
@@ -147,10 +151,16 @@ def bench_model(args, model_name, dataset, measure_graph):
     config = Config(model=model_name, config_dict=_config_dict(args, dataset))
     init_seed(config["seed"], config["reproducibility"])
     start = time.perf_counter()
-    data = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, data)
-    result["load_s"] = time.perf_counter() - start
-    result["load_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if loaded is not None and "splits" in loaded:  # RecBole's build() runs once a dataset object
+        train_data, valid_data = loaded["splits"]
+        result["load_s"], result["load_mib"] = loaded["load_s"], loaded["load_mib"]
+        result["load_shared"] = True
+    else:
+        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+        result["load_s"] = time.perf_counter() - start
+        result["load_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if loaded is not None:
+            loaded.update(splits=(train_data, valid_data), load_s=result["load_s"], load_mib=result["load_mib"])
     result["train_rows_total"] = len(train_data._dataset)
     result["threads"] = torch.get_num_threads()
     result["device"] = str(config["device"])
@@ -223,28 +233,50 @@ def bench_model(args, model_name, dataset, measure_graph):
     result["eval_rows_s"] = _rows_per_second(
         lambda: trainer.evaluate(LimitedLoader(valid_data, eval_batches), load_best_model=False), eval_rows
     )
+    if args.compare_dense and hasattr(model, "make_embedding"):
+        # The same model with embedding_update: dense (the previous updates), back to back.
+        dense_config = Config(
+            model=model_name, config_dict={**_config_dict(args, dataset), "embedding_update": "dense"}
+        )
+        init_seed(config["seed"], config["reproducibility"])
+        dense_model = get_model(model_name)(dense_config, train_data._dataset).to(config["device"])
+        if model_name == "CSTWA":  # the graphs built above
+            for group in ("user", "item"):
+                for part in ("pointers", "columns", "values"):
+                    name = f"_{group}_graph_{part}"
+                    setattr(dense_model, name, getattr(model, name))
+        dense_trainer = get_trainer(config["MODEL_TYPE"], config["model"])(dense_config, dense_model)
+        dense_trainer._train_epoch(LimitedLoader(train_data, 2), 0)
+        result["dense_train_rows_s"] = _rows_per_second(lambda: dense_trainer._train_epoch(limited, 0), rows)
+        result["dense_prebuilt_rows_s"] = max(
+            _rows_per_second(lambda: dense_trainer._train_epoch(batches, 0), bare_rows) for _ in range(args.repeats)
+        )
+        result["sparse_prebuilt_rows_s"] = result["recbole_rows_s"]
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
-def _worker(args, model_name, dataset, measure_graph, queue):
-    try:
-        queue.put(bench_model(args, model_name, dataset, measure_graph))
-    except Exception as error:  # reported in the table, the other models still run
-        import traceback
+def _worker(args, model_names, dataset, measure_graph, queue):
+    loaded = {} if len(model_names) > 1 else None
+    for model_name in model_names:
+        try:
+            queue.put(bench_model(args, model_name, dataset, measure_graph, loaded))
+        except Exception as error:  # reported in the table, the other models still run
+            import traceback
 
-        traceback.print_exc()
-        queue.put({"model": model_name, "dataset": dataset, "error": f"{type(error).__name__}: {error}"})
+            traceback.print_exc()
+            queue.put({"model": model_name, "dataset": dataset, "error": f"{type(error).__name__}: {error}"})
 
 
-def run_isolated(args, model_name, dataset, measure_graph):
+def run_isolated(args, model_names, dataset, measure_graph):
+    """Runs ``model_names`` on ``dataset`` in one fresh process; yields each model's result."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_worker, args=(args, model_name, dataset, measure_graph, queue))
+    process = context.Process(target=_worker, args=(args, model_names, dataset, measure_graph, queue))
     process.start()
-    result = queue.get()
+    for _ in model_names:
+        yield queue.get()
     process.join()
-    return result
 
 
 def ensure_dataset(args, name, n_users, n_items):
@@ -286,6 +318,16 @@ def main():
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--cache-dir", default=None, help="CSTWA artifact cache (default: <data-path>/bench-cache)")
+    parser.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="also time each plugin model with embedding_update: dense, back to back",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="load each dataset once for all models (faster; load figures and peak RSS then shared)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -307,11 +349,12 @@ def main():
     )
     results = {}
     for dataset in datasets:
-        for model_name in args.models:
-            measure_graph = dataset == args.dataset and not args.skip_graph
-            result = run_isolated(args, model_name, dataset, measure_graph)
-            results[(model_name, dataset)] = result
-            print(json.dumps(result), flush=True)
+        measure_graph = dataset == args.dataset and not args.skip_graph
+        groups = [args.models] if args.one_process else [[name] for name in args.models]
+        for group in groups:
+            for result in run_isolated(args, group, dataset, measure_graph):
+                results[(result["model"], dataset)] = result
+                print(json.dumps(result), flush=True)
 
     header = (
         f"{'model':<8}{'dataset':<16}{'load s':>8}{'load MiB':>9}{'pretrain s':>11}{'graph s':>9}"
@@ -330,6 +373,13 @@ def main():
             else None
         )
         notes = [f"{r['threads']} threads, {r['device']}"]
+        if r.get("dense_train_rows_s"):
+            notes.append(
+                f"dense updates: {r['dense_train_rows_s']:,.0f} rows/s, pre-built batches "
+                f"{r['dense_prebuilt_rows_s']:,.0f} vs sparse {r['sparse_prebuilt_rows_s']:,.0f}"
+            )
+        if r.get("load_shared"):
+            notes.append("load shared with the model above")
         if r.get("pretrain_cached"):
             notes.append("pretrain cached")
         if "recall" in r:

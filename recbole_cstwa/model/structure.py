@@ -104,7 +104,9 @@ def _faiss_index(vectors, index_type, ivf_nlist, nprobe, hnsw_m, hnsw_ef_search,
         index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = int(max(hnsw_ef_search, search_k))
     if gpu and index_type != "hnsw":
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        index.gpu_resources = resources  # kept alive as long as the index
         if index_type == "ivf":
             index.nprobe = int(min(nprobe, index.nlist))
     index.add(vectors)
