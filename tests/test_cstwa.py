@@ -315,7 +315,8 @@ def test_held_p_changes_only_on_update_and_travels_with_the_state_dict(build):
 
 def _fit_recording_p(make_config, **overrides):
     """Trains CSTWA with its trainer; records, at every training step, the held user P (or None)."""
-    config = make_config("CSTWA", epochs=3, stopping_step=10, cstwa_cache=False, **overrides)
+    settings = {"epochs": 3, "stopping_step": 10, "cstwa_cache": False, "sm_refresh_steps": 0}
+    config = make_config("CSTWA", **{**settings, **overrides})
     init_seed(config["seed"], True)
     train_data, valid_data, _ = data_preparation(config, create_dataset(config))
     model = CSTWA(config, train_data._dataset)
