@@ -5,7 +5,6 @@ checkpoint reloaded for the test set), report task-prefixed metrics (``click_auc
 checkpoints that load with ``weights_only=True`` (see :mod:`recbole_cstwa.checkpoint`).
 """
 
-import math
 import os
 import random
 import uuid
@@ -16,7 +15,6 @@ import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_gpu_usage, set_color
-from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_cstwa import distributed
@@ -33,129 +31,7 @@ from recbole_cstwa.model.structure import (
     graph_to_state,
     group_representations,
 )
-
-
-class LazyRowAdam(torch.optim.Optimizer):
-    """Adam for embedding tables with sparse gradients: only the rows a batch touched move.
-
-    The "lazy" Adam of sparse embeddings (as TensorFlow's ``LazyAdamOptimizer``): a touched row's
-    moments and value get torch's ``Adam`` update (the same formula, ``eps`` added after the
-    bias-corrected square root), with the step count of the whole table for the bias correction;
-    rows a batch did not look up keep their value and moments. Its cost is proportional to the
-    rows touched, not to the table size. ``weight_decay`` (a group setting) is the L2 weight of
-    the touched rows: added to their gradient (``adam``'s coupled decay) or, with
-    ``decoupled=True``, multiplied out of them before the step (``adamw``).
-    """
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError(
-                        "LazyRowAdam needs sparse gradients (nn.Embedding(sparse=True)); a dense "
-                        "gradient reached an embedding table: use embedding_update: dense."
-                    )
-                grad = param.grad.coalesce()  # one value a row: the update is non-linear
-                rows, values = grad.indices()[0], grad.values()
-                if len(rows) == 0:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    # both moments of a row side by side: one gather and one scatter a step
-                    state["moments"] = torch.zeros((len(param), 2, *param.shape[1:]), dtype=param.dtype, device=param.device)
-                state["step"] += 1
-                current = param.index_select(0, rows)
-                if decay and group["decoupled"]:
-                    current.mul_(1 - lr * decay)
-                elif decay:
-                    values = values.add(current, alpha=decay)
-                moments = state["moments"].index_select(0, rows)
-                exp_avg, exp_avg_sq = moments[:, 0], moments[:, 1]
-                exp_avg.mul_(beta1).add_(values, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                state["moments"].index_copy_(0, rows, moments)
-                bias_correction1 = 1 - beta1 ** state["step"]
-                bias_correction2 = 1 - beta2 ** state["step"]
-                denominator = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-                current.addcdiv_(exp_avg, denominator, value=-lr / bias_correction1)
-                param.index_copy_(0, rows, current)
-        return loss
-
-
-def clip_gradients(parameters, max_norm, norm_type=2.0, **options):
-    """``torch.nn.utils.clip_grad_norm_`` (RecBole's ``clip_grad_norm``) that also takes sparse
-    gradients (``embedding_update: sparse``): they are coalesced, so that their norm is the norm
-    of the dense gradient they stand for, and scaled like the others."""
-    parameters = [p for p in parameters if p.grad is not None]
-    if not any(p.grad.is_sparse for p in parameters):
-        return clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **options)
-    for p in parameters:
-        if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
-    parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
-    norm_type = float(norm_type)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type)
-    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for part in parts:
-        part.mul_(scale.to(part.device))
-    return total
-
-
-class SplitOptimizer:
-    """Several optimizers over disjoint parameters, stepped as one (the RecBole trainer's
-    ``optimizer``): the configured learner for dense parameters, :class:`LazyRowAdam` for the
-    sparse embedding tables. Its state dict holds each one's, in order."""
-
-    def __init__(self, optimizers):
-        self.optimizers = list(optimizers)
-
-    @property
-    def param_groups(self):
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-    @property
-    def state(self):
-        return {key: value for optimizer in self.optimizers for key, value in optimizer.state.items()}
-
-    def zero_grad(self, set_to_none=True):
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for optimizer in self.optimizers:
-            optimizer.step()
-        return loss
-
-    def state_dict(self):
-        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
-
-    def load_state_dict(self, state_dict):
-        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
-        if not isinstance(states, list) or len(states) != len(self.optimizers):
-            raise ValueError(
-                "The checkpoint's optimizer state does not match embedding_update: sparse (one "
-                "state a parameter set); resume with the embedding_update it was written with."
-            )
-        for optimizer, state in zip(self.optimizers, states):
-            optimizer.load_state_dict(state)
-
-    def __repr__(self):
-        return f"SplitOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer, clip_gradients
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMixin):

@@ -92,7 +92,8 @@ def test_aitm_l2_covers_only_embeddings_and_attention_projections(build):
 def test_aitm_sparse_embeddings_take_their_l2_in_the_row_optimizer(build):
     """Under embedding_update: sparse the embedding L2 (aitm_l2) acts on touched rows, through the
     row-wise optimizer; the loss's L2 part keeps the AIT projections only."""
-    from recbole_cstwa.trainer import LazyRowAdam, MultiTaskTrainer
+    from recbole_cstwa.optim import LazyRowAdam
+    from recbole_cstwa.trainer import MultiTaskTrainer
 
     model, batch = build("AITM", embedding_update="sparse")
     squares = sum(float(w.detach().double().pow(2).sum()) for w in model.transfer.projection_weights())

@@ -10,7 +10,8 @@ from recbole.data import data_preparation
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.data import create_dataset
 from recbole_cstwa.model.structure import build_graph, choose_index, nearest_neighbours
-from recbole_cstwa.trainer import LazyRowAdam, MultiTaskTrainer, SplitOptimizer
+from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
+from recbole_cstwa.trainer import MultiTaskTrainer
 from recbole_cstwa.utils import get_model
 
 
@@ -210,7 +211,7 @@ def test_approximate_auto_graph_keeps_the_invariants():
 
 
 def test_gradient_clipping_takes_sparse_gradients(setup):
-    from recbole_cstwa.trainer import clip_gradients
+    from recbole_cstwa.optim import clip_gradients
 
     dense_model, _, batches = setup(embedding_update="dense")
     sparse_model, _, _ = setup(embedding_update="sparse")

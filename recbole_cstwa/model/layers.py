@@ -49,7 +49,7 @@ class FieldEmbedding(nn.Module):
 
     With ``sparse=True`` (``embedding_update: sparse``) the tables give sparse gradients (only
     the rows a batch looked up) and their weights are marked for the trainer, which updates them
-    with a row-wise lazy Adam (:class:`recbole_cstwa.trainer.LazyRowAdam`): a step then costs the
+    with a row-wise lazy Adam (:class:`recbole_cstwa.optim.LazyRowAdam`): a step then costs the
     same whatever the vocabulary size. ``row_weight_decay`` is the L2 weight on the touched rows:
     ``None`` (the optimizer's ``weight_decay``) or a number a model sets (AITM's ``aitm_l2``);
     :func:`sparse_row_parameters` lists the tables for the optimizer.
