@@ -23,12 +23,14 @@ def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[-5].split() == ["metric", "valid", "test"]
-    assert [line.split()[0] for line in lines[-4:]] == [
+    assert lines[-7].split() == ["metric", "valid", "test"]
+    assert [line.split()[0] for line in lines[-6:]] == [
         "click_auc",
         "click_logloss",
         "purchase_auc",
         "purchase_logloss",
+        "cvr_auc",  # the default eval_tasks: click, purchase, cvr
+        "cvr_logloss",
     ]
 
 

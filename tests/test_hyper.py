@@ -200,7 +200,7 @@ def _check_report(report, n_trials):
     assert all(trial["status"] == "ok" for trial in report["trials"])
     for trial in report["trials"]:
         assert trial["valid_score"] == trial["valid_result"]["purchase_auc"]
-        assert set(trial["test_result"]) == {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss"}
+        assert set(trial["test_result"]) == {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc", "cvr_logloss"}
     best = max(report["trials"], key=lambda trial: trial["valid_score"])
     assert report["best"] == best
 
