@@ -171,7 +171,7 @@ class CSTWA(MultiTaskRecommender):
       Default ``sm_mode: epoch`` with ``sm_refresh_steps: 0``, chosen by validation purchase
       AUC among three schedules (README, "Faithfulness"; a 500k generated dataset, 150 steps an
       epoch, ``stopping_step=2``): from the second epoch 0.6646 +- 0.0054 (3 seeds), every 50
-      steps 0.6641 +- 0.0071 (3 seeds), ``batch`` 0.6627 +- 0.0035 (2 seeds): differences far
+      steps 0.6641 +- 0.0071 (3 seeds), ``batch`` 0.6626 +- 0.0025 (3 seeds): differences far
       inside the spread over seeds. Every run's best validation epoch there was the first, in
       which this default never mixes, so the model kept on that data has no Structure Migrator.
     - ``sm_layers`` (L = 1, the paper's setting); ``sm_lambda`` (0.3).
