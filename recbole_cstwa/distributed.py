@@ -27,7 +27,7 @@ group_offset)``: one process a device, ``DistributedSampler`` shards, gradients 
 The model stays ``trainer.model`` (the real module, as in RecBole); the DDP wrapper is
 ``trainer.distributed_model`` and only used to hook the gradient all-reduce (RecBole's
 ``set_reduce_hook`` / ``sync_grad_loss`` in ``Trainer._train_epoch``). So every call the
-plugin's trainers make (``calculate_loss``, ``predict_tasks``, ``on_epoch_start``,
+plugin's trainers make (``calculate_loss``, ``predict_tasks``, ``update_structure``,
 ``set_graphs``) reaches the real model on every rank.
 """
 
