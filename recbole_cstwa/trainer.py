@@ -60,9 +60,13 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = time()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        loss = self._run_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.epoch_seconds.append(time() - start)
         return loss
+
+    def _run_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """The steps of one training epoch (RecBole's); :meth:`_train_epoch` times it."""
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -189,7 +193,7 @@ class MultiTaskTrainer(TaskTrainer):
         self.stage_times["train"] = time() - start
         return result
 
-    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+    def _run_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """RecBole's training epoch, with less work a step.
 
         The same steps (``zero_grad``, loss, ``backward``, the configured gradient clipping,
@@ -203,7 +207,7 @@ class MultiTaskTrainer(TaskTrainer):
         epoch's steps.
         """
         if not self.config["single_spec"] or self.enable_amp or self.enable_scaler:
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+            return super()._run_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.model.train()
         loss_func = loss_func or self.model.calculate_loss
         iterator = (

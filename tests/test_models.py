@@ -31,6 +31,8 @@ def test_plugin_model_one_epoch(run_tiny, model):
     assert result["model"] == model
     _check_metrics(result, TWO_TASK_KEYS)
     assert result["best_valid_score"] == result["best_valid_result"]["purchase_auc"]
+    # every training epoch is timed, whichever epoch loop the trainer runs
+    assert len(result["epoch_seconds"]) == result["epochs_trained"] and min(result["epoch_seconds"]) > 0
 
 
 @pytest.mark.slow
