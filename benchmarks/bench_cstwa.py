@@ -105,11 +105,10 @@ def bench_graphs(nodes, fields, top_k, indexes):
 
 
 def bench_training(checkpoint_dir):
-    from recbole.data import data_preparation
     from recbole.utils import init_seed
 
     from recbole_cstwa.config import Config
-    from recbole_cstwa.data import create_dataset
+    from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.model.multitask.cstwa import CSTWA
     from recbole_cstwa.trainer import CSTWATrainer
 

@@ -67,9 +67,7 @@ def make_config(tiny_data_path, tmp_path):
 @pytest.fixture
 def cstwa_stages(make_config):
     """``cstwa_stages(**config)`` -> ``(trainer, model)`` after CSTWATrainer's pre-training stages."""
-    from recbole.data import data_preparation
-
-    from recbole_cstwa.data import create_dataset
+    from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.model.multitask.cstwa import CSTWA
     from recbole_cstwa.trainer import CSTWATrainer
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from recbole.data import data_preparation
+from conftest import tiny_config
 from recbole.data.interaction import Interaction
 from torch.utils.data.distributed import DistributedSampler
 
 from recbole_cstwa.config import Config
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.distributed import DistributedRunError, launch, unpadded_count
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.quick_start import run_recbole_cstwa
@@ -122,20 +122,11 @@ def ddp_data_path(tmp_path_factory):
 
 
 def _settings(data_path, tmp_path, **overrides):
-    return {
-        "dataset": DDP_DATA,
-        "data_path": data_path,
-        "benchmark_filename": ["train", "valid", "test"],
-        "checkpoint_dir": str(tmp_path / "saved"),
-        "epochs": 1,
-        "train_batch_size": 500,
-        "eval_batch_size": 64,  # several evaluation batches, the padded row in the last one
-        "metric_decimal_place": 10,
-        "show_progress": False,
-        "state": "ERROR",
-        "use_gpu": False,
-        **overrides,
-    }
+    """The shared tiny-run settings on the DDP dataset, with several evaluation batches (the
+    padded row in the last one) and metrics to 10 decimals."""
+    return tiny_config(
+        data_path, tmp_path, dataset=DDP_DATA, eval_batch_size=64, metric_decimal_place=10, **overrides
+    )
 
 
 def _single_process_test_metrics(settings, model_file):

@@ -8,12 +8,11 @@ import sys
 import pytest
 import torch
 from conftest import REPOSITORY, TINY, load_script
-from recbole.data import data_preparation
 
 from recbole_cstwa.checkpoint import check_writable_directory
 from recbole_cstwa.cli import INPUT_ERROR_STATUS
 from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError, create_dataset
+from recbole_cstwa.data import DataFormatError, create_dataset, data_preparation
 from recbole_cstwa.errors import InputError
 from recbole_cstwa.settings import ANY_MODEL, MULTITASK, SETTINGS, requirement
 from recbole_cstwa.utils import plugin_model_names

@@ -5,10 +5,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from recbole.data import data_preparation
 
 from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import create_dataset
+from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.structure import build_graph, choose_index, nearest_neighbours
 from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
 from recbole_cstwa.trainer import MultiTaskTrainer
