@@ -156,9 +156,7 @@ class Config(RecBoleConfig):
             if os.path.isfile(path):
                 loaded = self._update_internal_config_dict(path) or {}
                 if is_dataset_file:
-                    self.parameters["Dataset"] += [
-                        key for key in loaded if key not in self.parameters["Dataset"]
-                    ]
+                    self._add_dataset_keys(loaded)
         self.dataset_yaml_keys = self._load_dataset_yaml(dataset)
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
 
@@ -172,12 +170,16 @@ class Config(RecBoleConfig):
         if not os.path.isfile(path):
             return set()
         loaded = self._update_internal_config_dict(path) or {}
-        # A new list: ``+=`` would grow RecBole's module-level ``dataset_arguments``.
-        self.parameters["Dataset"] = self.parameters["Dataset"] + [
-            key for key in loaded if key not in self.parameters["Dataset"]
-        ]
+        self._add_dataset_keys(loaded)
         self.dataset_yaml = path
         return set(loaded)
+
+    def _add_dataset_keys(self, keys):
+        """Counts ``keys`` (from a dataset YAML) among the dataset's settings. A new list: ``+=``
+        would grow RecBole's module-level ``dataset_arguments`` for every later Config."""
+        self.parameters["Dataset"] = self.parameters["Dataset"] + [
+            key for key in keys if key not in self.parameters["Dataset"]
+        ]
 
     def _init_device(self):
         # Work-around: RecBole 1.2.1's DDP set-up hard-codes nccl and CUDA; a DDP rank (a
