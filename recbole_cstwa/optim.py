@@ -12,6 +12,19 @@ import torch
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
 
+def coalesced(grad):
+    """A sparse gradient with one value a row (``grad.coalesce()``), without sorting when its
+    rows already are distinct and ascending: the embedding layers' gradients are built so
+    (:func:`recbole_cstwa.model.layers.gather_unique_rows`), but autograd drops the "coalesced"
+    flag when it stores them."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()
+    if rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()):
+        return torch.sparse_coo_tensor(rows, grad._values(), grad.shape, is_coalesced=True, check_invariants=False)
+    return grad.coalesce()
+
+
 class LazyRowAdam(torch.optim.Optimizer):
     """Adam for embedding tables with sparse gradients: only the rows a batch touched move.
 
@@ -45,7 +58,7 @@ class LazyRowAdam(torch.optim.Optimizer):
                         "LazyRowAdam needs sparse gradients (nn.Embedding(sparse=True)); a dense "
                         "gradient reached an embedding table: use embedding_update: dense."
                     )
-                grad = param.grad.coalesce()  # one value a row: the update is non-linear
+                grad = coalesced(param.grad)  # one value a row: the update is non-linear
                 rows, values = grad.indices()[0], grad.values()
                 if len(rows) == 0:
                     continue
@@ -82,7 +95,7 @@ def clip_gradients(parameters, max_norm, norm_type=2.0, **options):
         return clip_grad_norm_(parameters, max_norm, norm_type=norm_type, **options)
     for p in parameters:
         if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
+            p.grad = coalesced(p.grad)
     parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
     norm_type = float(norm_type)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type)

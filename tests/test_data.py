@@ -4,6 +4,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.data import DataFormatError, create_dataset, data_preparation
@@ -157,3 +158,25 @@ def test_labels_are_never_features(make_config):
 def test_label_as_numerical_feature_is_refused(make_config):
     with pytest.raises(ConfigError, match=r"Label \[purchase\] is listed in numerical_features"):
         make_config("DeepFM", LABEL_FIELD="click", numerical_features=["purchase"])
+
+
+def test_batch_rows_are_gathered_as_recbole_indexes_them(make_config):
+    """The dataset gathers a batch's rows with one index_select a column; the batch equals
+    RecBole's list indexing for every kind of index the loaders pass."""
+    import numpy as np
+    from recbole.data.interaction import Interaction
+
+    from recbole_cstwa.data.dataset import _take_rows
+
+    config = make_config("MLP")
+    dataset = create_dataset(config)
+    feat = dataset.inter_feat
+    order = np.random.default_rng(0).permutation(len(feat))[:37]
+    for index in (order, torch.from_numpy(order), torch.from_numpy(order).int(), slice(3, 40)):
+        ours = _take_rows(feat, index)
+        reference = Interaction.__getitem__(feat, index.tolist() if hasattr(index, "tolist") else index)
+        assert set(ours.interaction) == set(reference.interaction)
+        for field in reference.interaction:
+            assert torch.equal(ours[field], reference[field]), field
+    joined = dataset[order]
+    assert torch.equal(joined[config["USER_ID_FIELD"]], feat[config["USER_ID_FIELD"]][torch.from_numpy(order)].long())

@@ -65,6 +65,21 @@ def smallest_int_dtype(largest):
     return np.dtype(np.int64)
 
 
+def _take_rows(interaction, index):
+    """Rows ``index`` of an ``Interaction``, as RecBole's ``interaction[index]``.
+
+    RecBole turns an array index into a Python list and indexes every column with it (about 10 ms
+    a 2,000-row batch of Ali-CCP's fields, a quarter of a training step); an index array or tensor
+    is gathered here with one ``index_select`` a column. Other indexes go to RecBole.
+    """
+    if isinstance(index, np.ndarray):
+        index = torch.from_numpy(index)
+    if not isinstance(index, torch.Tensor) or index.dtype == torch.bool:
+        return interaction[index]
+    index = index.long().reshape(-1)
+    return Interaction({field: column.index_select(0, index.to(column.device)) for field, column in interaction.interaction.items()})
+
+
 def _as_long(interaction):
     """``interaction`` with every integer column as ``long`` (torch embeddings and indexing need it)."""
     for field, value in interaction.interaction.items():
@@ -528,13 +543,13 @@ class MultiTaskDataset(Dataset):
         """RecBole's join; ids may be stored in small integer types, torch indexes with ``long``."""
         _as_long(df)
         if self.user_feat is not None and self.uid_field in df:
-            df.update(self.user_feat[df[self.uid_field]])
+            df.update(_take_rows(self.user_feat, df[self.uid_field]))
         if self.item_feat is not None and self.iid_field in df:
-            df.update(self.item_feat[df[self.iid_field]])
+            df.update(_take_rows(self.item_feat, df[self.iid_field]))
         return _as_long(df)
 
     def __getitem__(self, index, join=True):
-        df = self.inter_feat[index]
+        df = self.inter_feat[index] if isinstance(index, str) else _take_rows(self.inter_feat, index)
         if not isinstance(df, Interaction):  # one column by name
             return df
         return self.join(df) if join else _as_long(df)

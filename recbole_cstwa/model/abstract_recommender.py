@@ -104,21 +104,19 @@ class MultiTaskRecommender(AbstractRecommender):
         context = (d if n_context else 0) if self.context_pooling == "mean" else n_context * d
         return (n_user + n_item) * d + context
 
-    def embed_input(self, interaction, embedding, user_item=None):
+    def embed_input(self, interaction, embedding, lookups=None):
         """The paper's Eq. 7: ``[user field vectors || item field vectors || context term]``.
 
         Args:
             embedding (FieldEmbedding): the embedding layer to read.
-            user_item (tuple, optional): ``(user_part, item_part)``, flattened ``(B, f*d)``
-                tensors that replace the looked-up user and item parts (CSTWA's Structure
-                Migrator feeds its mixed rows here).
+            lookups (dict, optional): ``embedding.lookup(interaction)``'s output to use instead
+                of looking up again (CSTWA's Structure Migrator replaces the user and item rows
+                in it).
         """
-        if user_item is None:
-            user = embedding(interaction, "user")[0].flatten(1)
-            item = embedding(interaction, "item")[0].flatten(1)
-        else:
-            user, item = user_item
-        context, present = embedding(interaction, "context")
+        lookups = embedding.lookup(interaction) if lookups is None else lookups
+        user = lookups["user"][0].flatten(1)
+        item = lookups["item"][0].flatten(1)
+        context, present = lookups["context"]
         if self.context_pooling == "mean":
             context = mean_of_present(context, present) if context.shape[1] else context.flatten(1)
         else:

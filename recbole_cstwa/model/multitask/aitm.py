@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
-from recbole_cstwa.model.layers import ProbabilityHead
+from recbole_cstwa.model.layers import Dropout, ProbabilityHead
 
 #: The official code draws the three AIT projection matrices from N(0, 0.01) (std 0.01).
 ATTENTION_INIT_STD = 0.01
@@ -122,7 +122,7 @@ class AITM(MultiTaskRecommender):
         self.purchase_tower = self.tower()
         size = self.click_tower.output_size
         last_dropout = self.dropouts[-1] if isinstance(self.dropouts, (list, tuple)) else self.dropouts
-        self.info_layer = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Dropout(last_dropout))
+        self.info_layer = nn.Sequential(nn.Linear(size, size), nn.ReLU(), Dropout(last_dropout))
         self.click_head = ProbabilityHead(size)
         self.purchase_head = ProbabilityHead(size)
         self.transfer = AdaptiveInformationTransfer(size)

@@ -285,10 +285,12 @@ class CSTWA(MultiTaskRecommender):
         for graph in self.structure.values():
             graph.refresh(self.purchase_embedding)
 
-    def migrated_rows(self, interaction, group):
-        """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items);
-        the live rows alone while ``sm_mode: epoch`` holds no ``P`` yet."""
-        live = self.purchase_embedding(interaction, group)[0].flatten(1)
+    def migrated_rows(self, interaction, group, live=None):
+        """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items),
+        flattened ``(B, f*d)``; the live rows alone while ``sm_mode: epoch`` holds no ``P`` yet.
+        ``live``: the batch's looked-up rows of the CVR embedding (looked up when not given)."""
+        if live is None:
+            live = self.purchase_embedding(interaction, group)[0].flatten(1)
         ids = interaction[self.id_fields[group]]
         graph = self.structure[group]
         if self.sm_mode == "batch":
@@ -302,10 +304,13 @@ class CSTWA(MultiTaskRecommender):
 
     def purchase_input(self, interaction):
         """``x_cvr`` (Eq. 11; Eq. 7 on the CVR embedding when the Structure Migrator is off)."""
-        if not self.use_sm:
-            return self.embed_input(interaction, self.purchase_embedding)
-        user_item = (self.migrated_rows(interaction, "user"), self.migrated_rows(interaction, "item"))
-        return self.embed_input(interaction, self.purchase_embedding, user_item=user_item)
+        lookups = self.purchase_embedding.lookup(interaction)
+        if self.use_sm:
+            for group in SM_GROUPS:
+                vectors, present = lookups[group]
+                mixed = self.migrated_rows(interaction, group, vectors.flatten(1))
+                lookups[group] = (mixed.view_as(vectors), present)
+        return self.embed_input(interaction, self.purchase_embedding, lookups)
 
     # ----- RecBole interface ---------------------------------------------------------------
     def forward(self, interaction):
