@@ -7,6 +7,7 @@ steps it together with the configured learner for the dense parameters, and
 """
 
 import math
+from logging import getLogger
 
 import torch
 from torch.nn.utils.clip_grad import clip_grad_norm_
@@ -28,6 +29,9 @@ def coalesced(grad):
 class LazyRowAdam(torch.optim.Optimizer):
     """Adam for embedding tables with sparse gradients: only the rows a batch touched move.
 
+    A dense gradient (a loss that reads the whole table, as a regulariser over its weights)
+    moves every row that step, as torch's ``Adam`` does; it is logged once a table.
+
     The "lazy" Adam of sparse embeddings (as TensorFlow's ``LazyAdamOptimizer``): a touched row's
     moments and value get torch's ``Adam`` update (the same formula, ``eps`` added after the
     bias-corrected square root), with the step count of the whole table for the bias correction;
@@ -40,6 +44,16 @@ class LazyRowAdam(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults)
+        self._dense_noted = set()
+
+    def _note_dense(self, param):
+        if id(param) not in self._dense_noted:
+            self._dense_noted.add(id(param))
+            getLogger().warning(
+                f"An embedding table of shape {tuple(param.shape)} got a dense gradient (the "
+                "model's loss reads the whole table, e.g. a regulariser over its weights): all its "
+                "rows are updated every step, as with embedding_update: dense, at that cost."
+            )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -53,13 +67,12 @@ class LazyRowAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError(
-                        "LazyRowAdam needs sparse gradients (nn.Embedding(sparse=True)); a dense "
-                        "gradient reached an embedding table: use embedding_update: dense."
-                    )
-                grad = coalesced(param.grad)  # one value a row: the update is non-linear
-                rows, values = grad.indices()[0], grad.values()
+                if param.grad.is_sparse:
+                    grad = coalesced(param.grad)  # one value a row: the update is non-linear
+                    rows, values = grad.indices()[0], grad.values()
+                else:  # the loss read the whole table: every row has a gradient, as dense Adam
+                    self._note_dense(param)
+                    rows, values = torch.arange(len(param), device=param.device), param.grad
                 if len(rows) == 0:
                     continue
                 state = self.state[param]

@@ -22,7 +22,7 @@ from recbole_cstwa.artifact_cache import ArtifactCache, dataset_fingerprint
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
-from recbole_cstwa.model.layers import sparse_row_parameters
+from recbole_cstwa.model.layers import mark_tables_sparse, sparse_row_parameters
 from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
 from recbole_cstwa.model.structure import (
     build_graph,
@@ -65,8 +65,85 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         return loss
 
     def _run_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """The steps of one training epoch (RecBole's); :meth:`_train_epoch` times it."""
-        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        """RecBole's training epoch, with less work a step.
+
+        The same steps (``zero_grad``, loss, ``backward``, the configured gradient clipping,
+        ``step``) as RecBole's ``Trainer._train_epoch``, which is still used for distributed
+        training and mixed precision. Differences, none of which changes the parameters: the
+        losses are summed on the device and read once at the end of the epoch (RecBole reads
+        every part of every step with ``.item()``), so the NaN check (RecBole's ``_check_nan``)
+        runs once on the epoch's sums and a NaN loss stops training at the end of the epoch
+        that produced it; the GPU memory text is formatted only when the progress bar shows.
+        Returns what RecBole's returns: the sum of the loss (a tuple: of each part) over the
+        epoch's steps.
+        """
+        if not self.config["single_spec"] or self.enable_amp or self.enable_scaler:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        iterator = (
+            tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+            if show_progress
+            else train_data
+        )
+        totals, is_tuple = None, False
+        for interaction in iterator:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            losses = loss_func(interaction)
+            is_tuple = isinstance(losses, tuple)
+            parts = losses if is_tuple else (losses,)
+            loss = sum(parts)
+            step_losses = torch.stack([part.detach() for part in parts]).double()
+            totals = step_losses if totals is None else totals + step_losses
+            loss.backward()
+            if self.clip_grad_norm:
+                clip_gradients(self.model.parameters(), **self.clip_grad_norm)
+            self.optimizer.step()
+            if self.gpu_available and show_progress:
+                iterator.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
+        if totals is None:
+            return None
+        self._check_nan(totals.sum())
+        values = totals.tolist()
+        return tuple(values) if is_tuple else values[0]
+
+    #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise.
+    SPARSE_LEARNERS = {"adam": False, "adamw": True}  # learner -> decoupled weight decay
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer, except for sparse embedding tables (``embedding_update:
+        sparse``): those get :class:`LazyRowAdam` (with the configured learning rate and each
+        table's L2 weight, on touched rows only), the other parameters the configured learner,
+        both stepped as one :class:`SplitOptimizer`. ``module`` (default: the model) is the
+        module whose tables are looked for among ``params``."""
+        params = list(kwargs.pop("params", self.model.parameters()))
+        module = kwargs.pop("module", self.model)
+        row_decays = {id(weight): decay for weight, decay in sparse_row_parameters(module).items()}
+        tables = [p for p in params if id(p) in row_decays]
+        if not tables:
+            return super()._build_optimizer(params=params, **kwargs)
+        learner = kwargs.get("learner", self.learner).lower()
+        if learner not in self.SPARSE_LEARNERS:
+            raise ConfigError(
+                f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
+                f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
+                "learner: adam."
+            )
+        learning_rate = kwargs.get("learning_rate", self.learning_rate)
+        weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        groups = [
+            {"params": [p], "weight_decay": weight_decay if row_decays[id(p)] is None else row_decays[id(p)]}
+            for p in tables
+        ]
+        optimizers = []
+        dense = [p for p in params if id(p) not in row_decays]
+        if dense:
+            optimizers.append(super()._build_optimizer(params=dense, **kwargs))
+        optimizers.append(
+            LazyRowAdam(groups, lr=learning_rate, decoupled=self.SPARSE_LEARNERS[learner])
+        )
+        return SplitOptimizer(optimizers)
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -115,7 +192,20 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
 class SingleTaskTrainer(TaskTrainer):
     """For RecBole's built-in (single-label) models: trains on ``LABEL_FIELD`` and scores
     ``model.predict`` as that label's output: ``click_*``, or ``purchase_*`` (with ``cvr_*`` on
-    the clicked rows and ``ctcvr_*`` when listed in ``eval_tasks``)."""
+    the clicked rows and ``ctcvr_*`` when listed in ``eval_tasks``).
+
+    ``embedding_update: sparse`` (the default) applies to them as to the plugin's models: their
+    ``nn.Embedding`` tables give sparse gradients and :class:`LazyRowAdam` updates the rows a
+    batch used (:func:`~recbole_cstwa.model.layers.mark_tables_sparse`), so a side-by-side
+    trains every model with the same update rule. A table the model's loss reads whole (a
+    regulariser over its weights, as xDeepFM's) gets a dense gradient: all its rows are then
+    updated every step, as under ``embedding_update: dense`` (logged once). ``dense`` is RecBole's
+    own optimizer."""
+
+    def __init__(self, config, model):
+        if config["embedding_update"] == "sparse" and config["single_spec"]:
+            mark_tables_sparse(model)
+        super().__init__(config, model)
 
     def predict_tasks(self, interaction):
         trained = "click" if self.config["LABEL_FIELD"] == self.config["CLICK_FIELD"] else "purchase"
@@ -137,43 +227,6 @@ class MultiTaskTrainer(TaskTrainer):
     def predict_tasks(self, interaction):
         return self.model.predict_tasks(interaction)
 
-    #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise.
-    SPARSE_LEARNERS = {"adam": False, "adamw": True}  # learner -> decoupled weight decay
-
-    def _build_optimizer(self, **kwargs):
-        """RecBole's optimizer, except for sparse embedding tables (``embedding_update:
-        sparse``): those get :class:`LazyRowAdam` (with the configured learning rate and each
-        table's L2 weight, on touched rows only), the other parameters the configured learner,
-        both stepped as one :class:`SplitOptimizer`. ``module`` (default: the model) is the
-        module whose tables are looked for among ``params``."""
-        params = list(kwargs.pop("params", self.model.parameters()))
-        module = kwargs.pop("module", self.model)
-        row_decays = {id(weight): decay for weight, decay in sparse_row_parameters(module).items()}
-        tables = [p for p in params if id(p) in row_decays]
-        if not tables:
-            return super()._build_optimizer(params=params, **kwargs)
-        learner = kwargs.get("learner", self.learner).lower()
-        if learner not in self.SPARSE_LEARNERS:
-            raise ConfigError(
-                f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
-                f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
-                "learner: adam."
-            )
-        learning_rate = kwargs.get("learning_rate", self.learning_rate)
-        weight_decay = kwargs.get("weight_decay", self.weight_decay)
-        groups = [
-            {"params": [p], "weight_decay": weight_decay if row_decays[id(p)] is None else row_decays[id(p)]}
-            for p in tables
-        ]
-        optimizers = []
-        dense = [p for p in params if id(p) not in row_decays]
-        if dense:
-            optimizers.append(super()._build_optimizer(params=dense, **kwargs))
-        optimizers.append(
-            LazyRowAdam(groups, lr=learning_rate, decoupled=self.SPARSE_LEARNERS[learner])
-        )
-        return SplitOptimizer(optimizers)
-
     def fit(
         self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
     ):
@@ -192,51 +245,6 @@ class MultiTaskTrainer(TaskTrainer):
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.stage_times["train"] = time() - start
         return result
-
-    def _run_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """RecBole's training epoch, with less work a step.
-
-        The same steps (``zero_grad``, loss, ``backward``, the configured gradient clipping,
-        ``step``) as RecBole's ``Trainer._train_epoch``, which is still used for distributed
-        training and mixed precision. Differences, none of which changes the parameters: the
-        losses are summed on the device and read once at the end of the epoch (RecBole reads
-        every part of every step with ``.item()``), so the NaN check (RecBole's ``_check_nan``)
-        runs once on the epoch's sums and a NaN loss stops training at the end of the epoch
-        that produced it; the GPU memory text is formatted only when the progress bar shows.
-        Returns what RecBole's returns: the sum of the loss (a tuple: of each part) over the
-        epoch's steps.
-        """
-        if not self.config["single_spec"] or self.enable_amp or self.enable_scaler:
-            return super()._run_epoch(train_data, epoch_idx, loss_func, show_progress)
-        self.model.train()
-        loss_func = loss_func or self.model.calculate_loss
-        iterator = (
-            tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
-            if show_progress
-            else train_data
-        )
-        totals, is_tuple = None, False
-        for interaction in iterator:
-            interaction = interaction.to(self.device)
-            self.optimizer.zero_grad()
-            losses = loss_func(interaction)
-            is_tuple = isinstance(losses, tuple)
-            parts = losses if is_tuple else (losses,)
-            loss = sum(parts)
-            step_losses = torch.stack([part.detach() for part in parts]).double()
-            totals = step_losses if totals is None else totals + step_losses
-            loss.backward()
-            if self.clip_grad_norm:
-                clip_gradients(self.model.parameters(), **self.clip_grad_norm)
-            self.optimizer.step()
-            if self.gpu_available and show_progress:
-                iterator.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
-        if totals is None:
-            return None
-        self._check_nan(totals.sum())
-        values = totals.tolist()
-        return tuple(values) if is_tuple else values[0]
-
 
 class CSTWATrainer(MultiTaskTrainer):
     """CSTWA's three stages: pre-train a CTR MLP, mine the user / item graphs, train CSTWA.

@@ -8,6 +8,7 @@ import torch
 
 from recbole_cstwa.config import ConfigError
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.model.layers import sparse_row_parameters
 from recbole_cstwa.model.structure import build_graph, choose_index, nearest_neighbours
 from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
 from recbole_cstwa.trainer import MultiTaskTrainer
@@ -248,7 +249,7 @@ def test_coalesced_sums_repeated_and_unordered_rows():
 
     indices = torch.tensor([[5, 1, 5, 3]])
     values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
-    grad = coalesced(torch.sparse_coo_tensor(indices, values, (8, 2)))
+    grad = coalesced(torch.sparse_coo_tensor(indices, values, (8, 2), check_invariants=True))
     assert grad.indices().tolist() == [[1, 3, 5]]
     assert grad.values().tolist() == [[3.0, 4.0], [7.0, 8.0], [6.0, 8.0]]
 
@@ -288,3 +289,62 @@ def test_dropout_keeps_each_element_with_probability_one_minus_p():
     assert layer(x) is x
     assert Dropout(0.0).train()(x) is x
     assert not Dropout(1.0).train()(x).any()
+
+
+def _recbole_model(make_config, model_name, **overrides):
+    from recbole.utils import init_seed
+
+    from recbole_cstwa.trainer import SingleTaskTrainer
+
+    config = make_config(model_name, **overrides)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(0, True)
+    model = get_model(model_name)(config, train_data._dataset)
+    return model, SingleTaskTrainer(config, model), next(iter(train_data))
+
+
+def test_recbole_models_get_row_updates_too(make_config):
+    """RecBole's DeepFM under the plugin's trainer: sparse table gradients and LazyRowAdam by
+    default, moving the touched rows as RecBole's dense Adam moves them and no other row;
+    ``embedding_update: dense`` keeps RecBole's optimizer."""
+    sparse_model, sparse_trainer, batch = _recbole_model(make_config, "DeepFM")
+    dense_model, dense_trainer, _ = _recbole_model(make_config, "DeepFM", embedding_update="dense")
+    assert isinstance(sparse_trainer.optimizer, SplitOptimizer)
+    assert isinstance(dense_trainer.optimizer, torch.optim.Adam)
+    tables = [name for name, module in sparse_model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    assert tables and all(dict(sparse_model.named_modules())[name].sparse for name in tables)
+    before = {name: p.detach().clone() for name, p in sparse_model.named_parameters()}
+    for model, trainer in ((sparse_model, sparse_trainer), (dense_model, dense_trainer)):
+        torch.manual_seed(1)
+        trainer.optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        trainer.optimizer.step()
+    sparse_params, dense_params = dict(sparse_model.named_parameters()), dict(dense_model.named_parameters())
+    for name in tables:
+        weight = sparse_params[f"{name}.weight"]
+        touched = weight.grad.coalesce().indices()[0]
+        untouched = torch.ones(len(weight), dtype=torch.bool)
+        untouched[touched] = False
+        torch.testing.assert_close(weight[touched], dense_params[f"{name}.weight"][touched], rtol=1e-5, atol=1e-8)
+        assert torch.equal(weight[untouched].detach(), before[f"{name}.weight"][untouched])
+
+
+def test_a_table_the_loss_reads_whole_is_updated_as_dense_adam(make_config, caplog):
+    """xDeepFM's loss regularises its first-order embedding weights: that table gets a dense
+    gradient, and LazyRowAdam then moves every row as torch's Adam (logged once)."""
+    model, trainer, batch = _recbole_model(make_config, "xDeepFM")
+    reference, reference_trainer, _ = _recbole_model(make_config, "xDeepFM", embedding_update="dense")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            for each, each_trainer in ((model, trainer), (reference, reference_trainer)):
+                torch.manual_seed(1)
+                each_trainer.optimizer.zero_grad()
+                each.calculate_loss(batch).backward()
+                each_trainer.optimizer.step()
+    dense_tables = [p for p in sparse_row_parameters(model) if not p.grad.is_sparse]
+    assert dense_tables
+    reference_params = dict(reference.named_parameters())
+    for name, parameter in model.named_parameters():
+        if any(parameter is table for table in dense_tables):
+            torch.testing.assert_close(parameter, reference_params[name], rtol=1e-5, atol=1e-7)
+    assert sum("got a dense gradient" in r.getMessage() for r in caplog.records) == len(dense_tables)

@@ -178,14 +178,27 @@ def gather_unique_rows(weight, rows):
 
 
 def sparse_row_parameters(module):
-    """``{parameter: row_weight_decay}`` of every sparse :class:`FieldEmbedding` table in
-    ``module`` (``row_weight_decay`` ``None``: the optimizer's ``weight_decay``)."""
+    """``{parameter: row_weight_decay}`` of every sparse embedding table in ``module``: the
+    :class:`FieldEmbedding` tables (``row_weight_decay`` ``None``: the optimizer's
+    ``weight_decay``) and any other ``nn.Embedding`` with ``sparse=True`` (``None``)."""
     found = {}
-    for layer in module.modules():
+    for layer in module.modules():  # parents first: a FieldEmbedding's own decay wins
         if isinstance(layer, FieldEmbedding) and layer.sparse:
             for weight in layer.parameters():
                 found[weight] = layer.row_weight_decay
+        elif isinstance(layer, nn.Embedding) and layer.sparse:
+            found.setdefault(layer.weight, None)
     return found
+
+
+def mark_tables_sparse(module):
+    """Makes every ``nn.Embedding`` in ``module`` give sparse gradients (``sparse=True``, read by
+    ``nn.Embedding.forward``): how RecBole's built-in models get ``embedding_update: sparse``.
+    Returns the number of tables."""
+    tables = [layer for layer in module.modules() if isinstance(layer, nn.Embedding)]
+    for table in tables:
+        table.sparse = True
+    return len(tables)
 
 
 def mean_of_present(embeddings, present):
