@@ -21,7 +21,7 @@ The tasks (:data:`TASKS`), the one place they are defined for every model:
 
 from collections import OrderedDict
 
-from recbole.data.interaction import Interaction
+import torch
 from recbole.evaluator import Collector, Evaluator
 
 #: Evaluation tasks: name -> (config key of the label, scores read in this order, clicked rows only).
@@ -78,12 +78,16 @@ class TaskEvaluator:
             task_config = _TaskConfig(config, LABEL_FIELD=label_field, **overrides)
             self.collectors[task] = Collector(task_config)
             self.evaluators[task] = Evaluator(task_config)
+        # Batches are kept here and handed to the collector once (its eval_collect): RecBole's
+        # per-batch collection concatenates everything collected so far at every batch, which is
+        # quadratic (minutes for Ali-CCP's 42.8M test impressions).
+        self._batches = {task: ([], []) for task in self.tasks}
 
     def collect(self, interaction, scores):
         """Adds one batch: ``scores`` maps model outputs (``click``, ``purchase``, optionally
         ``cvr``) to their ``(B,)`` predicted probabilities."""
         clicked = None
-        for task, collector in self.collectors.items():
+        for task in self.collectors:
             _, sources, clicked_only = TASKS[task]
             score = next((scores[name] for name in sources if name in scores), None)
             if score is None:
@@ -93,12 +97,18 @@ class TaskEvaluator:
                 if clicked is None:
                     clicked = interaction[self.click_field] > 0.5
                 score, label = score[clicked], label[clicked]
-            collector.eval_batch_collect(score, Interaction({self.tasks[task]: label}), None, None)
+            scores_so_far, labels_so_far = self._batches[task]
+            scores_so_far.append(score.detach())
+            labels_so_far.append(label)
 
     def evaluate(self):
         """Scores everything collected since the last call and starts afresh."""
         result = OrderedDict()
         for task, collector in self.collectors.items():
+            scores, labels = self._batches[task]
+            if scores:
+                collector.eval_collect(torch.cat(scores), torch.cat(labels))
+            self._batches[task] = ([], [])
             struct = collector.get_data_struct()
             if self.gather is not None:
                 struct = self.gather(struct)

@@ -180,3 +180,11 @@ def test_batch_rows_are_gathered_as_recbole_indexes_them(make_config):
             assert torch.equal(ours[field], reference[field]), field
     joined = dataset[order]
     assert torch.equal(joined[config["USER_ID_FIELD"]], feat[config["USER_ID_FIELD"]][torch.from_numpy(order)].long())
+
+
+def test_average_actions_equal_recboles(make_config):
+    from recbole.data.dataset import Dataset
+
+    dataset = create_dataset(make_config("MLP"))
+    for name in ("avg_actions_of_users", "avg_actions_of_items"):
+        assert getattr(dataset, name) == getattr(Dataset, name).fget(dataset)

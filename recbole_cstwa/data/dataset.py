@@ -554,6 +554,23 @@ class MultiTaskDataset(Dataset):
             return df
         return self.join(df) if join else _as_long(df)
 
+    # RecBole counts actions with a Python Counter over every impression (about a minute apiece
+    # at Ali-CCP's 85M, paid each time the dataset is logged); the same mean from a bincount.
+    @property
+    def avg_actions_of_users(self):
+        return self._average_actions(self.uid_field)
+
+    @property
+    def avg_actions_of_items(self):
+        return self._average_actions(self.iid_field)
+
+    def _average_actions(self, field):
+        """Impressions per distinct value of ``field`` (RecBole's ``np.mean`` of its counts)."""
+        column = self.inter_feat[field]
+        values = column.to_numpy() if isinstance(column, pd.Series) else column.numpy()
+        distinct = np.count_nonzero(np.bincount(values.astype(np.int64, copy=False)))
+        return np.float64(len(values)) / distinct
+
     def get_user_feature(self):
         if self.user_feat is None:
             return super().get_user_feature()
