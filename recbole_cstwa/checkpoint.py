@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from recbole_cstwa.errors import ConfigError
+from recbole_cstwa.optim import SplitOptimizer
 
 #: Keys of a checkpoint written by :class:`SafeCheckpointMixin`.
 CHECKPOINT_KEYS = (
@@ -117,7 +118,17 @@ class SafeCheckpointMixin:
             )
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        saved_optimizer = checkpoint["optimizer"]
+        written_sparse = isinstance(saved_optimizer, dict) and "optimizers" in saved_optimizer
+        if written_sparse != isinstance(self.optimizer, SplitOptimizer):
+            written = "sparse" if written_sparse else "dense"
+            raise ConfigError(
+                f"Checkpoint [{resume_file}] was trained with {written} embedding updates (its "
+                f"optimizer state) and this run updates them {'densely' if written_sparse else 'sparsely'}: "
+                f"resume with --embedding_update={written}"
+                + (" and an adam / adamw learner, without DDP or mixed precision." if written_sparse else ".")
+            )
+        self.optimizer.load_state_dict(saved_optimizer)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def load_best_model(self, model_file=None):

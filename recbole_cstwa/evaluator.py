@@ -98,7 +98,7 @@ class TaskEvaluator:
                     clicked = interaction[self.click_field] > 0.5
                 score, label = score[clicked], label[clicked]
             scores_so_far, labels_so_far = self._batches[task]
-            scores_so_far.append(score.detach())
+            scores_so_far.append(score.detach().clone())  # as RecBole's collector: no view kept
             labels_so_far.append(label)
 
     def evaluate(self):

@@ -12,6 +12,31 @@ from logging import getLogger
 import torch
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
+#: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise, with whether
+#: their weight decay is decoupled (``adamw``).
+ROW_WISE_LEARNERS = {"adam": False, "adamw": True}
+
+
+def sparse_updates(config):
+    """``(applies, why_not)``: whether this run's embedding tables get sparse gradients and
+    :class:`LazyRowAdam` (``embedding_update: sparse``), and if not, why.
+
+    ``sparse`` gives way to dense updates, which every case below can train, under distributed
+    training (RecBole's DDP step adds every parameter to the loss, which makes embedding
+    gradients dense, and nccl all-reduces dense tensors only), mixed precision (RecBole's own
+    epoch, whose gradient clipping takes dense gradients only) and a ``learner`` without a
+    row-wise form (only Adam's is implemented)."""
+    if config["embedding_update"] != "sparse":
+        return False, None
+    if not config["single_spec"]:
+        return False, "distributed training"
+    if config["enable_amp"] or config["enable_scaler"]:
+        return False, "mixed precision (enable_amp / enable_scaler)"
+    learner = str(config["learner"]).lower()
+    if learner not in ROW_WISE_LEARNERS:
+        return False, f"learner {learner} (the row-wise update is Adam's: learner adam or adamw)"
+    return True, None
+
 
 def coalesced(grad):
     """A sparse gradient with one value a row (``grad.coalesce()``), without sorting when its
@@ -47,6 +72,8 @@ class LazyRowAdam(torch.optim.Optimizer):
         self._dense_noted = set()
 
     def _note_dense(self, param):
+        if not hasattr(self, "_dense_noted"):  # not kept by Optimizer's pickling
+            self._dense_noted = set()
         if id(param) not in self._dense_noted:
             self._dense_noted.add(id(param))
             getLogger().warning(
@@ -151,8 +178,9 @@ class SplitOptimizer:
         states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
         if not isinstance(states, list) or len(states) != len(self.optimizers):
             raise ValueError(
-                "The checkpoint's optimizer state does not match embedding_update: sparse (one "
-                "state a parameter set); resume with the embedding_update it was written with."
+                "The optimizer state was not written by this split optimizer (sparse embedding "
+                "updates: one state for the dense parameters, one for the tables); it was written "
+                "with embedding_update: dense or for another model."
             )
         for optimizer, state in zip(self.optimizers, states):
             optimizer.load_state_dict(state)

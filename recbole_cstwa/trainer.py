@@ -31,7 +31,7 @@ from recbole_cstwa.model.structure import (
     graph_to_state,
     group_representations,
 )
-from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer, clip_gradients
+from recbole_cstwa.optim import ROW_WISE_LEARNERS, LazyRowAdam, SplitOptimizer, clip_gradients, sparse_updates
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMixin):
@@ -52,6 +52,12 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
             gather = lambda struct: distributed.gather_data_struct(struct, self.device)  # noqa: E731
         self.task_evaluator = TaskEvaluator(config, config["eval_tasks"], gather=gather)
         self.epoch_seconds = []  # training time of each epoch (validation not included)
+        applies, why_not = sparse_updates(config)
+        if config["embedding_update"] == "sparse" and not applies:
+            self.logger.warning(
+                f"embedding_update: sparse gives way to dense updates with {why_not}: every "
+                "embedding row is updated every step (embedding_update: dense)."
+            )
 
     def predict_tasks(self, interaction):
         """Model outputs of one batch: ``click`` / ``purchase`` (/ ``cvr``) -> ``(B,)``
@@ -108,9 +114,6 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         values = totals.tolist()
         return tuple(values) if is_tuple else values[0]
 
-    #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise.
-    SPARSE_LEARNERS = {"adam": False, "adamw": True}  # learner -> decoupled weight decay
-
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer, except for sparse embedding tables (``embedding_update:
         sparse``): those get :class:`LazyRowAdam` (with the configured learning rate and each
@@ -124,7 +127,7 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         if not tables:
             return super()._build_optimizer(params=params, **kwargs)
         learner = kwargs.get("learner", self.learner).lower()
-        if learner not in self.SPARSE_LEARNERS:
+        if learner not in ROW_WISE_LEARNERS:
             raise ConfigError(
                 f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
                 f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
@@ -141,7 +144,7 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         if dense:
             optimizers.append(super()._build_optimizer(params=dense, **kwargs))
         optimizers.append(
-            LazyRowAdam(groups, lr=learning_rate, decoupled=self.SPARSE_LEARNERS[learner])
+            LazyRowAdam(groups, lr=learning_rate, decoupled=ROW_WISE_LEARNERS[learner])
         )
         return SplitOptimizer(optimizers)
 
@@ -200,10 +203,11 @@ class SingleTaskTrainer(TaskTrainer):
     trains every model with the same update rule. A table the model's loss reads whole (a
     regulariser over its weights, as xDeepFM's) gets a dense gradient: all its rows are then
     updated every step, as under ``embedding_update: dense`` (logged once). ``dense`` is RecBole's
-    own optimizer."""
+    own optimizer, and so is every run where sparse updates give way
+    (:func:`~recbole_cstwa.optim.sparse_updates`)."""
 
     def __init__(self, config, model):
-        if config["embedding_update"] == "sparse" and config["single_spec"]:
+        if sparse_updates(config)[0]:
             mark_tables_sparse(model)
         super().__init__(config, model)
 

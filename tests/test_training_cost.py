@@ -164,11 +164,52 @@ def test_bad_embedding_update_is_a_config_error(make_config):
         make_config("MLP", embedding_update="lazy")
 
 
-def test_sparse_needs_an_adam_learner(setup):
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"learner": "sgd"}, "learner sgd"), ({"enable_amp": True}, "mixed precision")],
+)
+@pytest.mark.parametrize("model_name", ["MLP", "DeepFM"])
+def test_sparse_gives_way_where_it_cannot_apply(make_config, caplog, model_name, overrides, reason):
+    """A learner without a row-wise form, or mixed precision (RecBole's epoch, whose clipping
+    takes dense gradients only): dense tables and the configured optimizer, with a warning."""
+    from recbole_cstwa.utils import get_trainer
+
+    config = make_config(model_name, embedding_update="sparse", clip_grad_norm={"max_norm": 0.1}, **overrides)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model(model_name)(config, train_data._dataset)
+    with caplog.at_level(logging.WARNING):
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    assert not sparse_row_parameters(model)
+    assert not isinstance(trainer.optimizer, SplitOptimizer)
+    assert any("gives way to dense updates" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    trainer._train_epoch(Batches([next(iter(train_data))]), 0)  # trains (clipping included)
+
+
+def test_sparse_table_with_another_learner_is_refused(setup):
+    """The optimizer's guard, for tables made sparse by hand."""
+    model, trainer, _ = setup(embedding_update="sparse")
+    trainer.config["learner"] = "sgd"
     with pytest.raises(ConfigError, match="learner"):
-        setup(embedding_update="sparse", learner="sgd")
-    model, trainer, _ = setup(embedding_update="dense", learner="sgd")
-    assert isinstance(trainer.optimizer, torch.optim.SGD)
+        trainer._build_optimizer(learner="sgd")
+
+
+@pytest.mark.parametrize("written", ["sparse", "dense"])
+def test_resuming_with_the_other_embedding_update_names_the_fix(make_config, tmp_path, written):
+    from recbole_cstwa.trainer import SingleTaskTrainer
+
+    other = "dense" if written == "sparse" else "sparse"
+    config = make_config("DeepFM", embedding_update=written)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    trainer = SingleTaskTrainer(config, get_model("DeepFM")(config, train_data._dataset))
+    trainer._save_checkpoint(0, verbose=False)
+    config = make_config("DeepFM", embedding_update=other)
+    resumed = SingleTaskTrainer(config, get_model("DeepFM")(config, train_data._dataset))
+    with pytest.raises(ConfigError, match=f"--embedding_update={written}"):
+        resumed.resume_checkpoint(trainer.saved_model_file)
+    config = make_config("DeepFM", embedding_update=written)
+    same = SingleTaskTrainer(config, get_model("DeepFM")(config, train_data._dataset))
+    same.resume_checkpoint(trainer.saved_model_file)
+    assert same.start_epoch == 1
 
 
 # ----- graph_index: auto ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
 from recbole_cstwa.model.layers import GROUPS, FieldEmbedding, MLPTower, group_fields, mean_of_present
+from recbole_cstwa.optim import sparse_updates
 
 #: More context fields than this mean-pooled into one vector earn a warning (Eq. 7's mean suits
 #: Ali-CCP's five context fields; with many, concatenation keeps them apart).
@@ -82,17 +83,15 @@ class MultiTaskRecommender(AbstractRecommender):
     # ----- shared pieces -------------------------------------------------------------------
     def make_embedding(self, dataset):
         """A new embedding layer over every feature field (models may own several); its tables
-        give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`).
-
-        Under DDP the tables stay dense: RecBole's distributed step adds every parameter to the
-        loss (``sum(p) * 0``), which makes embedding gradients dense, and nccl all-reduces dense
-        tensors only; the update is then ``embedding_update: dense`` (README, "Scaling out")."""
+        give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`),
+        except where :func:`~recbole_cstwa.optim.sparse_updates` says sparse updates give way
+        (DDP, mixed precision, a learner other than Adam: README, "Training at scale")."""
         return FieldEmbedding(
             dataset,
             self.field_groups,
             self.embedding_size,
             self.config["embedding_init_std"],
-            sparse=self.config["embedding_update"] == "sparse" and self.config["single_spec"],
+            sparse=sparse_updates(self.config)[0],
         )
 
     def input_size(self):
