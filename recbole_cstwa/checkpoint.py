@@ -122,11 +122,12 @@ class SafeCheckpointMixin:
         written_sparse = isinstance(saved_optimizer, dict) and "optimizers" in saved_optimizer
         if written_sparse != isinstance(self.optimizer, SplitOptimizer):
             written = "sparse" if written_sparse else "dense"
+            fix = f"--embedding_update={written}"
+            if written_sparse:  # where sparse updates give way (optim.sparse_updates)
+                fix += " with an adam / adamw learner, without DDP or mixed precision"
             raise ConfigError(
                 f"Checkpoint [{resume_file}] was trained with {written} embedding updates (its "
-                f"optimizer state) and this run updates them {'densely' if written_sparse else 'sparsely'}: "
-                f"resume with --embedding_update={written}"
-                + (" and an adam / adamw learner, without DDP or mixed precision." if written_sparse else ".")
+                f"optimizer state) and this run uses the other kind: resume with {fix}."
             )
         self.optimizer.load_state_dict(saved_optimizer)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

@@ -69,13 +69,11 @@ class LazyRowAdam(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults)
-        self._dense_noted = set()
 
     def _note_dense(self, param):
-        if not hasattr(self, "_dense_noted"):  # not kept by Optimizer's pickling
-            self._dense_noted = set()
-        if id(param) not in self._dense_noted:
-            self._dense_noted.add(id(param))
+        noted = self.__dict__.setdefault("_dense_noted", set())  # made here: pickling drops it
+        if id(param) not in noted:
+            noted.add(id(param))
             getLogger().warning(
                 f"An embedding table of shape {tuple(param.shape)} got a dense gradient (the "
                 "model's loss reads the whole table, e.g. a regulariser over its weights): all its "

@@ -52,8 +52,8 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
             gather = lambda struct: distributed.gather_data_struct(struct, self.device)  # noqa: E731
         self.task_evaluator = TaskEvaluator(config, config["eval_tasks"], gather=gather)
         self.epoch_seconds = []  # training time of each epoch (validation not included)
-        applies, why_not = sparse_updates(config)
-        if config["embedding_update"] == "sparse" and not applies:
+        _, why_not = sparse_updates(config)
+        if why_not:  # embedding_update: sparse asked for, but it cannot apply
             self.logger.warning(
                 f"embedding_update: sparse gives way to dense updates with {why_not}: every "
                 "embedding row is updated every step (embedding_update: dense)."

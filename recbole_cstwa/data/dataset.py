@@ -549,7 +549,7 @@ class MultiTaskDataset(Dataset):
         return _as_long(df)
 
     def __getitem__(self, index, join=True):
-        df = self.inter_feat[index] if isinstance(index, str) else _take_rows(self.inter_feat, index)
+        df = _take_rows(self.inter_feat, index)  # a column name goes on to RecBole's indexing
         if not isinstance(df, Interaction):  # one column by name
             return df
         return self.join(df) if join else _as_long(df)

@@ -193,12 +193,10 @@ def sparse_row_parameters(module):
 
 def mark_tables_sparse(module):
     """Makes every ``nn.Embedding`` in ``module`` give sparse gradients (``sparse=True``, read by
-    ``nn.Embedding.forward``): how RecBole's built-in models get ``embedding_update: sparse``.
-    Returns the number of tables."""
-    tables = [layer for layer in module.modules() if isinstance(layer, nn.Embedding)]
-    for table in tables:
-        table.sparse = True
-    return len(tables)
+    ``nn.Embedding.forward``): how RecBole's built-in models get ``embedding_update: sparse``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Embedding):
+            layer.sparse = True
 
 
 def mean_of_present(embeddings, present):
