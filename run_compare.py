@@ -1,84 +1,12 @@
-"""Compare models on one dataset, one split and several seeds, in one command.
+"""Compare models over seeds in one command: ``python run_compare.py --models "CSTWA MLP" ...``.
 
-    python run_compare.py --models "CSTWA AITM ESCM2 MLP DeepFM DCN" --seeds 2020 2021 2022
-                          [--dataset=synthetic-ccp] [--config_files="a.yaml b.yaml"]
-                          [--variant "SM=CSTWA:use_sm=True,use_cp=False,use_ce=False" ...]
-                          [--reference CSTWA] [--output_dir results/compare] [--epochs=10 ...]
-
-Plugin models (two heads) run once per seed; RecBole's built-in models (DeepFM, WideDeep, DCN,
-xDeepFM, ...) run twice per seed, on the click label and on the purchase label, and their row
-joins the two. ``--variant NAME=MODEL:key=value,...`` adds a row: MODEL with those settings (an
-ablation table is a list of variants). Other ``--key=value`` pairs are RecBole settings for every
-run. Each run is appended to OUTPUT_DIR/runs.jsonl when it finishes; running the same command
-again skips the runs already there (``--fresh`` starts over). The table (mean ± std over seeds,
-times, paired t-test against the reference: with 3 seeds it has little power) is printed and
-written to summary.md and summary.csv; summary.html is a plot of the purchase and click AUC.
+The same command as ``recbole-cstwa-compare`` (:mod:`recbole_cstwa.commands.compare`); ``--help``
+lists its options.
 """
 
-import argparse
+from recbole_cstwa.commands.compare import main
 
-from recbole_cstwa.cli import parse_overrides, reported_errors
-from recbole_cstwa.compare import run_comparison
-
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    parser.add_argument("--models", nargs="+", default=[], help="model names (one string or several)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[2020], help="seeds (default: 2020)")
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        help='a named variant, NAME=MODEL:key=value,key=value (repeatable), e.g. "SM=CSTWA:use_sm=True"',
-    )
-    parser.add_argument("--dataset", "-d", default=None, help="dataset (default: synthetic-ccp)")
-    parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
-    parser.add_argument(
-        "--reference", default=None, help="row the others are tested against (default: the first)"
-    )
-    parser.add_argument(
-        "--output_dir", default="results/compare", help="output folder (default: results/compare)"
-    )
-    parser.add_argument(
-        "--fresh", action="store_true", help="ignore (and back up) the runs already in runs.jsonl"
-    )
-    parser.add_argument("--no_oracle", action="store_true", help="leave out the oracle row")
-    parser.add_argument(
-        "--plotlyjs",
-        choices=("inline", "cdn"),
-        default="inline",
-        help="inline: a self-contained HTML (about 4.8 MB); cdn: a small file that loads plotly.js online",
-    )
-    return parser
-
-
-def main(argv=None):
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    models = [name for item in args.models for name in item.split()]
-    with reported_errors():
-        overrides = parse_overrides(extra, parser)
-        result = run_comparison(
-            models,
-            args.seeds,
-            dataset=args.dataset,
-            config_file_list=args.config_files.split() if args.config_files else None,
-            overrides=overrides,
-            variants=args.variant,
-            reference=args.reference,
-            output_dir=args.output_dir,
-            resume=not args.fresh,
-            oracle=not args.no_oracle,
-            plotlyjs=True if args.plotlyjs == "inline" else "cdn",
-        )
-    print()
-    print(result["table"])
-    print()
-    print("written: " + ", ".join(result["files"].values()))
-    return result
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Wall time and peak memory of CSTWA's stages.
 
-1. Graph building (Eqs. 2-5, :func:`recbole_cstwa.model.structure.build_graph`) on synthetic
+1. Graph building (Eqs. 2-5, :func:`recbole_cstwa.model.multitask.cstwa.structure.build_graph`) on synthetic
    representations of ``--nodes`` entities, each the concatenation of ``--fields`` field vectors
    of size 5 (an id field unique to the entity plus shared profile fields, as Eq. 2 builds them
    from an embedding table), with the exact faiss index and the approximate IVF and HNSW
@@ -8,7 +8,7 @@
 2. On the embedded ``synthetic-ccp`` dataset (unless ``--skip-training``): the pre-training
    stage, the graph stage and one training epoch with ``sm_mode: epoch``, with
    ``sm_mode: batch`` and without the Structure Migrator (``use_sm: False``), through
-   :class:`recbole_cstwa.trainer.CSTWATrainer`, without the artifact cache.
+   :class:`recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`, without the artifact cache.
 
 Peak memory is the largest resident-set growth above the start of each step (sampled every
 5 ms; CPU; each graph build runs in its own fresh process, the training steps one after the
@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import torch
 
-from recbole_cstwa.model.structure import build_graph
+from recbole_cstwa.model.multitask.cstwa.structure import build_graph
 
 PROFILE_VOCABULARIES = (100, 13, 3, 7, 4, 4, 3, 97, 50, 20)  # shared fields after the id
 
@@ -110,7 +110,7 @@ def bench_training(checkpoint_dir):
     from recbole_cstwa.config import Config
     from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.model.multitask.cstwa import CSTWA
-    from recbole_cstwa.trainer import CSTWATrainer
+    from recbole_cstwa.model.multitask.cstwa.trainer import CSTWATrainer
 
     def setup(**overrides):
         config = Config(

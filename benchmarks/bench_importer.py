@@ -22,7 +22,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = (
     "import resource, runpy, sys\n"
     "try:\n"
-    "    runpy.run_module('recbole_cstwa.tools.importer', run_name='__main__')\n"
+    "    runpy.run_module('recbole_cstwa.commands.import_dataset', run_name='__main__')\n"
     "except SystemExit as exit:\n"
     "    assert not exit.code, exit.code\n"
     "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"

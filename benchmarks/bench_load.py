@@ -42,7 +42,7 @@ if phase == "train":
         from recbole_cstwa.data import data_preparation
     except ImportError:
         from recbole.data import data_preparation
-    from recbole_cstwa.utils import get_model
+    from recbole_cstwa.registry import get_model
     train_data, _, _ = data_preparation(config, dataset)
     model = get_model("MLP")(config, train_data._dataset)
     batch = next(iter(train_data))

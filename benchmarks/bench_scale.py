@@ -116,7 +116,7 @@ def _config_dict(args, dataset):
 def _edge_recall(representations, graph, top_k, queries, seed=0):
     """Share of an exact cosine top-K search's edges the graph holds, over sampled nodes.
 
-    ``graph`` is the model's :class:`~recbole_cstwa.model.structure.RowGraph`. The exact search
+    ``graph`` is the model's :class:`~recbole_cstwa.model.multitask.cstwa.structure.RowGraph`. The exact search
     (faiss ``IndexFlatIP`` on L2-normalised rows) runs over every node for ``queries`` sampled
     query nodes (the padding row 0 excluded); the node's K-1 nearest other nodes are compared
     (the self edge is always kept). Edges whose weight was cut to 0 (negative cosine) count as
@@ -160,7 +160,7 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
 
     from recbole_cstwa.config import Config
     from recbole_cstwa.data import create_dataset
-    from recbole_cstwa.utils import get_model, get_trainer
+    from recbole_cstwa.registry import get_model, get_trainer
 
     try:  # the plugin's own data preparation where it has one, else RecBole's
         from recbole_cstwa.data import data_preparation
@@ -203,7 +203,7 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
             stages["graphs"](train_data, valid_data, False)
             result["graph_s"] = time.perf_counter() - start
             trainer.config["cstwa_cache"] = True
-            from recbole_cstwa.model.structure import group_representations
+            from recbole_cstwa.model.multitask.cstwa.structure import group_representations
 
             recalls = {}
             for group in ("user", "item"):
@@ -318,7 +318,7 @@ def ensure_dataset(args, name, n_users, n_items):
     if args.n_impressions is None:
         raise SystemExit(f"error: no dataset [{folder}]: give --n-impressions to generate it.")
     command = [
-        sys.executable, "-m", "recbole_cstwa.tools.generator", "generate", "--output", args.data_path,
+        sys.executable, "-m", "recbole_cstwa.commands.generate", "generate", "--output", args.data_path,
         "--name", name, "--n-impressions", str(args.n_impressions), "--n-users", str(n_users),
         "--n-items", str(n_items),
     ]  # fmt: skip

@@ -60,7 +60,7 @@ def bench_compile(args):
 
     from recbole_cstwa.config import Config
     from recbole_cstwa.data import create_dataset, data_preparation
-    from recbole_cstwa.utils import get_model, get_trainer
+    from recbole_cstwa.registry import get_model, get_trainer
 
     os.chdir(tempfile.mkdtemp(prefix="bench_step_"))
     settings = {

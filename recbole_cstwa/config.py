@@ -16,8 +16,8 @@ from recbole.evaluator import metric_types, smaller_metrics
 
 from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TASKS as TASK_DEFINITIONS
+from recbole_cstwa.registry import get_model, is_multitask_model
 from recbole_cstwa.settings import check_settings
-from recbole_cstwa.utils import get_model, is_multitask_model
 
 #: Task names: the prefixes of every reported metric (``click_auc``, ``cvr_auc``, ...); each is
 #: defined in :mod:`recbole_cstwa.evaluator`.

@@ -38,14 +38,10 @@ import torch
 import torch.distributed as dist
 from recbole.trainer import AbstractTrainer
 
-from recbole_cstwa.errors import InputError
+from recbole_cstwa.errors import DistributedRunError
 
 #: Seconds a rank waits for the others (``ddp_timeout``), e.g. for rank 0's CSTWA pre-training.
 DEFAULT_TIMEOUT = 4 * 3600
-
-
-class DistributedRunError(InputError):
-    """A DDP setting that cannot work (the message names the setting and the fix)."""
 
 
 # ----- launching -----------------------------------------------------------------------------
@@ -279,28 +275,3 @@ def unsharded(loader):
     config.final_config_dict = dict(config.final_config_dict)
     config["single_spec"] = True
     return type(loader)(config, loader._dataset, loader._sampler, shuffle=loader.shuffle)
-
-
-def peak_rss_mb():
-    """This process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def pss_mb():
-    """This process's proportional set size now, in MiB (Linux; ``nan`` elsewhere).
-
-    Unlike the resident size, pages shared with other processes (a memory-mapped dataset read by
-    every rank) count once over all of them, so the ranks' PSS add up to the memory they use.
-    """
-    try:
-        with open("/proc/self/smaps_rollup", encoding="ascii") as file:
-            for line in file:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")

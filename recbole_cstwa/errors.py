@@ -1,9 +1,11 @@
-"""The plugin's one error type for bad input and settings.
+"""The plugin's error types for bad input and settings: one hierarchy under :class:`InputError`.
 
 Every error a user can fix (a setting, a data file, a params file, a model name, a comparison
 request) is an :class:`InputError`; its message is one line naming the file or key, the bad value
 and the fix. The command-line scripts print it as ``error: <message>`` and exit with status 2
-(:func:`recbole_cstwa.cli.reported_errors`); anything else is a bug and keeps its traceback.
+(:func:`recbole_cstwa.commands.cli.reported_errors`); anything else is a bug and keeps its
+traceback. Every error type of the plugin is defined here, so any module can raise one without
+importing the module that first needed it.
 """
 
 
@@ -13,3 +15,44 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """A configuration that cannot give correct results, with the key to change."""
+
+
+class DataFormatError(InputError):
+    """Bad input data: the message names the file, the field and the fix."""
+
+
+class UnknownModelError(InputError):
+    """A model name that is neither a plugin model nor a RecBole built-in model."""
+
+
+class ParamsFileError(InputError):
+    """A params file line that cannot be read, with the file and the line number."""
+
+
+class CompareError(InputError):
+    """A comparison that cannot run as asked, with what to change."""
+
+
+class DistributedRunError(InputError):
+    """A DDP setting that cannot work (the message names the setting and the fix)."""
+
+
+class ValueTextError(InputError):
+    """A value written on the command line or in a params file that cannot be used."""
+
+
+class InputFileError(InputError):
+    """Bad input for the importer: the message names the file, the column and the fix."""
+
+
+class MalformedLineError(InputError):
+    """A line of an input file that cannot be converted, with its file and 1-based number."""
+
+    def __init__(self, path, line_number, reason, detail):
+        super().__init__(
+            f"{path}, line {line_number}: {reason}: {detail}. Fix or remove the line, or pass "
+            "--skip-malformed (skip_malformed=True) to skip such lines and count them."
+        )
+        self.path = path
+        self.line_number = line_number
+        self.reason = reason

@@ -12,7 +12,8 @@ from recbole_cstwa import distributed
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
-from recbole_cstwa.utils import get_model, get_trainer
+from recbole_cstwa.memory import peak_rss_mb, pss_mb
+from recbole_cstwa.registry import get_model, get_trainer
 
 
 def run_recbole_cstwa(
@@ -95,12 +96,12 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "epoch_seconds": list(trainer.epoch_seconds),
         "model_file": trainer.saved_model_file if saved else None,
         "world_size": 1,
-        "peak_rss_mb": [round(distributed.peak_rss_mb(), 1)],
-        "pss_mb": [round(distributed.pss_mb(), 1)],
+        "peak_rss_mb": [round(peak_rss_mb(), 1)],
+        "pss_mb": [round(pss_mb(), 1)],
     }
     if distributed.is_distributed(config):
         result["world_size"] = config["world_size"]
-        memory = torch.tensor([[distributed.peak_rss_mb(), distributed.pss_mb()]], dtype=torch.float64)
+        memory = torch.tensor([[peak_rss_mb(), pss_mb()]], dtype=torch.float64)
         memory = distributed.gather_tensor(memory, config["device"]).tolist()
         result["peak_rss_mb"] = [round(peak, 1) for peak, _ in memory]
         result["pss_mb"] = [round(pss, 1) for _, pss in memory]

@@ -69,7 +69,7 @@ def cstwa_stages(make_config):
     """``cstwa_stages(**config)`` -> ``(trainer, model)`` after CSTWATrainer's pre-training stages."""
     from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.model.multitask.cstwa import CSTWA
-    from recbole_cstwa.trainer import CSTWATrainer
+    from recbole_cstwa.model.multitask.cstwa.trainer import CSTWATrainer
 
     def stages(**overrides):
         config = make_config("CSTWA", **overrides)

@@ -12,6 +12,8 @@ import random
 
 import pytest
 
+from recbole_cstwa.commands.convert_ali_ccp import main
+from recbole_cstwa.errors import MalformedLineError
 from recbole_cstwa.tools.ali_ccp import (
     AITM_MIN_COUNT,
     BAD_LABEL,
@@ -19,10 +21,8 @@ from recbole_cstwa.tools.ali_ccp import (
     UNKNOWN_COMMON_INDEX,
     UNPARSABLE_FEATURE,
     WRONG_COLUMN_COUNT,
-    MalformedLineError,
     convert_csv,
     convert_raw,
-    main,
 )
 
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "data", "ali-ccp-sample")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.layers import ExtractionLayer
 from recbole_cstwa.model.multitask.escm2 import dr_counterfactual_risk, ips_counterfactual_risk
-from recbole_cstwa.utils import get_model
+from recbole_cstwa.registry import get_model
 
 #: Labels of the crafted batch: clicks with and without purchase, and no-click rows.
 CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]

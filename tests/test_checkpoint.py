@@ -29,7 +29,7 @@ def test_builtin_model_checkpoint_round_trip(run_tiny, tmp_path):
 @pytest.mark.slow
 def test_reloaded_model_gives_the_same_test_result(make_config, run_tiny, tmp_path):
     from recbole_cstwa.data import create_dataset, data_preparation
-    from recbole_cstwa.utils import get_model, get_trainer
+    from recbole_cstwa.registry import get_model, get_trainer
 
     result = run_tiny("ESMM", epochs=2)
     (checkpoint_file,) = glob.glob(str(tmp_path / "saved" / "ESMM-*.pth"))

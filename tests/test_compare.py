@@ -12,10 +12,10 @@ import pytest
 from conftest import TINY, load_script, tiny_config
 from scipy import stats
 
-from recbole_cstwa.cli import split_assignments
-from recbole_cstwa.compare import METRICS, Entry, make_plan, parse_variant, run_comparison
 from recbole_cstwa.errors import InputError
-from recbole_cstwa.oracle import oracle_metrics
+from recbole_cstwa.experiments.compare import METRICS, Entry, make_plan, parse_variant, run_comparison
+from recbole_cstwa.experiments.oracle import oracle_metrics
+from recbole_cstwa.values import split_assignments
 
 SEEDS = [2020, 2021]
 MODELS = ["MLP", "ESMM", "DeepFM"]
@@ -269,7 +269,8 @@ def test_bad_comparisons_fail_before_any_run(tiny_data_path, tmp_path, arguments
 def test_run_key_changes_when_a_yaml_default_changes(monkeypatch, tmp_path):
     import shutil
 
-    from recbole_cstwa import compare, config
+    from recbole_cstwa import config
+    from recbole_cstwa.experiments import compare
 
     copy = tmp_path / "properties"
     shutil.copytree(config.properties_dir(), copy)

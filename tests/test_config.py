@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.utils import UnknownModelError, get_model
+from recbole_cstwa.errors import ConfigError, UnknownModelError
+from recbole_cstwa.registry import get_model
 
 
 def test_plugin_model_then_recbole_model_then_clear_error():

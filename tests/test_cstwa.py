@@ -7,15 +7,14 @@ import pytest
 import torch
 from recbole.utils import init_seed
 
-from recbole_cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.data import create_dataset, data_preparation
-from recbole_cstwa.model.multitask.cstwa import (
+from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
+from recbole_cstwa.model.multitask.cstwa.cstwa import (
     CSTWA,
     PredictionWindow,
     curse_escaper_weights,
 )
-from recbole_cstwa.model.multitask.mlp import MLP
-from recbole_cstwa.model.structure import (
+from recbole_cstwa.model.multitask.cstwa.structure import (
     RowGraph,
     build_graph,
     group_representations,
@@ -23,7 +22,8 @@ from recbole_cstwa.model.structure import (
     propagate_all,
     propagate_rows,
 )
-from recbole_cstwa.trainer import CSTWATrainer
+from recbole_cstwa.model.multitask.cstwa.trainer import CSTWATrainer
+from recbole_cstwa.model.multitask.mlp import MLP
 
 
 # ----- helpers ---------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError, create_dataset, data_preparation
+from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.errors import ConfigError, DataFormatError
 from recbole_cstwa.model.layers import group_fields
 
 TINY = "tiny-ccp"  # the dataset name conftest.py generates

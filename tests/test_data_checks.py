@@ -5,9 +5,10 @@ import logging
 
 import pytest
 
-from recbole_cstwa.config import Config, ConfigError
-from recbole_cstwa.data import DataFormatError, create_dataset
+from recbole_cstwa.config import Config
+from recbole_cstwa.data import create_dataset
 from recbole_cstwa.data.checks import check_dataset_settings
+from recbole_cstwa.errors import ConfigError, DataFormatError
 from recbole_cstwa.quick_start import run_recbole_cstwa
 from recbole_cstwa.tools.aliexpress_sample import write_sample
 from recbole_cstwa.tools.importer import import_dataset

@@ -17,11 +17,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
-from recbole_cstwa.distributed import DistributedRunError, launch, unpadded_count
+from recbole_cstwa.distributed import launch, unpadded_count
+from recbole_cstwa.errors import DistributedRunError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.quick_start import run_recbole_cstwa
+from recbole_cstwa.registry import get_model, get_trainer
 from recbole_cstwa.tools.generator import generate
-from recbole_cstwa.utils import get_model, get_trainer
 
 DDP_DATA = "ddp-ccp"
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from recbole_cstwa.experiments.oracle import oracle_metrics
 from recbole_cstwa.tools.generator import (
     INTER_COLUMNS,
     SPLIT_NAMES,
     TRUTH_COLUMNS,
     USER_PROFILE_FIELDS,
     generate,
-    oracle_metrics,
 )
 
 NAME = "synthetic-ccp"

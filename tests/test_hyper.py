@@ -11,16 +11,10 @@ import pytest
 from conftest import TINY, load_script, tiny_config
 from hyperopt import Trials, fmin, hp
 
-from recbole_cstwa.exhaustive import exhaustive_search, grid_size
-from recbole_cstwa.hyper import (
-    ParamsFileError,
-    SearchParam,
-    hyperopt_space,
-    parse_params,
-    read_params_file,
-    run_search,
-    trial_config,
-)
+from recbole_cstwa.errors import ParamsFileError
+from recbole_cstwa.experiments.exhaustive import exhaustive_search, grid_size
+from recbole_cstwa.experiments.hyper import parse_params, read_params_file, run_search
+from recbole_cstwa.experiments.search_space import SearchParam, hyperopt_space, trial_config
 
 FOUR_TYPES = """\
 # every type RecBole's params files know
@@ -295,7 +289,7 @@ def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, 
 def test_ray_space_translation():
     from ray.tune.search.sample import Categorical, Float
 
-    from recbole_cstwa.ray_tune import ray_space
+    from recbole_cstwa.experiments.ray_tune import ray_space
 
     params = parse_params(FOUR_TYPES.splitlines())
     space = ray_space(params)
@@ -349,7 +343,7 @@ def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
     ],
 )
 def test_values_outside_a_settings_range_are_refused_before_any_trial(line, message):
-    from recbole_cstwa.hyper import check_space
+    from recbole_cstwa.experiments.hyper import check_space
 
     with pytest.raises(ParamsFileError) as error:
         check_space(parse_params([line]), "CSTWA", "params file [space.hyper]")

@@ -6,8 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recbole_cstwa.commands.import_dataset import main
+from recbole_cstwa.errors import InputFileError
 from recbole_cstwa.tools.aliexpress_sample import HEADER, write_sample
-from recbole_cstwa.tools.importer import InputFileError, StratifiedSplitter, import_dataset, main
+from recbole_cstwa.tools.importer import StratifiedSplitter, import_dataset
 
 # AliExpress' schema (categorical_*, numerical_*, click, conversion) plus optional id columns.
 COLUMNS = ["search_id", "user", "item", "categorical_1", "categorical_2", "numerical_1", "numerical_2",
@@ -241,7 +243,7 @@ def test_the_model_library_does_not_import_the_tools():
     import sys
 
     code = (
-        "import sys, recbole_cstwa.quick_start, recbole_cstwa.compare, recbole_cstwa.hyper\n"
+        "import sys, recbole_cstwa.quick_start, recbole_cstwa.experiments.compare, recbole_cstwa.experiments.hyper\n"
         "assert not [m for m in sys.modules if m.startswith('recbole_cstwa.tools')]\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import torch
 from recbole.model.context_aware_recommender import DeepFM
 
 from recbole_cstwa.data import create_dataset, data_preparation
-from recbole_cstwa.utils import get_model, plugin_model_names
+from recbole_cstwa.registry import get_model, plugin_model_names
 
 #: The default eval_tasks: click, purchase and cvr (purchase over the clicked rows).
 TWO_TASK_KEYS = {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc", "cvr_logloss"}

@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import tiny_config
 
-from recbole_cstwa.hyper import parse_params, run_search
+from recbole_cstwa.experiments.hyper import parse_params, run_search
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

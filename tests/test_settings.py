@@ -10,12 +10,11 @@ import torch
 from conftest import REPOSITORY, TINY, load_script
 
 from recbole_cstwa.checkpoint import check_writable_directory
-from recbole_cstwa.cli import INPUT_ERROR_STATUS
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data import DataFormatError, create_dataset, data_preparation
-from recbole_cstwa.errors import InputError
+from recbole_cstwa.commands.cli import INPUT_ERROR_STATUS
+from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.errors import ConfigError, DataFormatError, InputError
+from recbole_cstwa.registry import plugin_model_names
 from recbole_cstwa.settings import ANY_MODEL, MULTITASK, SETTINGS, requirement
-from recbole_cstwa.utils import plugin_model_names
 
 
 # ----- the table -----------------------------------------------------------------------------------
@@ -259,7 +258,7 @@ def test_a_failed_cache_write_warns_and_goes_on(cstwa_stages, monkeypatch, caplo
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("recbole_cstwa.artifact_cache.ArtifactCache.save", full_disk)
+    monkeypatch.setattr("recbole_cstwa.model.multitask.cstwa.artifact_cache.ArtifactCache.save", full_disk)
     with caplog.at_level(logging.WARNING):
         trainer, model = cstwa_stages()
     assert [event[:2] for event in trainer.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]

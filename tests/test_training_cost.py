@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_cstwa.config import ConfigError
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.model.layers import sparse_row_parameters
-from recbole_cstwa.model.structure import build_graph, choose_index, nearest_neighbours
+from recbole_cstwa.model.multitask.cstwa.structure import build_graph, choose_index, nearest_neighbours
 from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
+from recbole_cstwa.registry import get_model
 from recbole_cstwa.trainer import MultiTaskTrainer
-from recbole_cstwa.utils import get_model
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_sparse_optimizer_state_round_trips(setup):
 
 
 def test_cstwa_and_its_pretraining_model_use_row_updates_for_their_tables(make_config):
-    from recbole_cstwa.model.multitask.cstwa import ClickPretrainModel
-    from recbole_cstwa.trainer import CSTWATrainer
+    from recbole_cstwa.model.multitask.cstwa.cstwa import ClickPretrainModel
+    from recbole_cstwa.model.multitask.cstwa.trainer import CSTWATrainer
 
     config = make_config("CSTWA", embedding_update="sparse")
     train_data, _, _ = data_preparation(config, create_dataset(config))
@@ -172,7 +172,7 @@ def test_bad_embedding_update_is_a_config_error(make_config):
 def test_sparse_gives_way_where_it_cannot_apply(make_config, caplog, model_name, overrides, reason):
     """A learner without a row-wise form, or mixed precision (RecBole's epoch, whose clipping
     takes dense gradients only): dense tables and the configured optimizer, with a warning."""
-    from recbole_cstwa.utils import get_trainer
+    from recbole_cstwa.registry import get_trainer
 
     config = make_config(model_name, embedding_update="sparse", clip_grad_norm={"max_norm": 0.1}, **overrides)
     train_data, _, _ = data_preparation(config, create_dataset(config))

@@ -15,8 +15,7 @@ from logging import getLogger
 
 import numpy as np
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.data.dataset import DataFormatError
+from recbole_cstwa.errors import ConfigError, DataFormatError
 
 #: Metrics undefined on a split whose label takes a single value.
 RANKING_METRICS = ("auc", "gauc")
@@ -137,6 +136,6 @@ def check_evaluation_splits(config, valid_data, test_data):
         others = [f"{name}_{metric}" for name in tasks if name != task]
         raise DataFormatError(
             f"{message} Split the data so that valid and test hold both labels (the importer's "
-            "stratified split: python -m recbole_cstwa.tools.importer), or choose another "
+            "stratified split: recbole-cstwa-import), or choose another "
             f"valid_metric (e.g. {', '.join(others + [f'{task}_logloss'])})."
         )

@@ -1,37 +1,32 @@
 """The two-label impressions dataset: RecBole's ``Dataset`` with checked click and purchase labels.
 
-The atomic files are read column by column with pyarrow (token columns dictionary-encoded, so
-no Python string is built per row), ids are remapped exactly as RecBole remaps them, and token
-ids stay in the smallest integer type that holds them until a batch is taken.
+The atomic files are read column by column with pyarrow (:mod:`recbole_cstwa.data.atomic`: token
+columns dictionary-encoded, so no Python string is built per row), ids are remapped exactly as
+RecBole remaps them, and token ids stay in the smallest integer type that holds them until a
+batch is taken.
 """
 
-import ctypes
 import os
 from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import torch
-from pandas._libs.parsers import STR_NA_VALUES
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_cstwa.errors import InputError
+from recbole_cstwa.data.atomic import (
+    as_strings,
+    merge_token_blocks,
+    read_columns,
+    read_header,
+    sequence_cells,
+)
+from recbole_cstwa.errors import DataFormatError
 
 SPLIT_NAMES = ("train", "valid", "test")
-
-
-class DataFormatError(InputError):
-    """Bad input data: the message names the file, the field and the fix."""
-
-
-# The strings pandas reads as missing: RecBole reads with pandas, so the same cells are missing here.
-_MISSING_STRINGS = sorted(STR_NA_VALUES)
 
 
 class TokenIds(Mapping):
@@ -86,78 +81,6 @@ def _as_long(interaction):
         if value.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
             interaction.interaction[field] = value.long()
     return interaction
-
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim  # noqa: B018 (glibc only)
-except (OSError, AttributeError):
-    _LIBC = None
-# Bytes of text parsed per block of the streamed CSV reader.
-READ_BLOCK_BYTES = 1 << 24
-def _release_free_memory():
-    """Hands freed blocks back to the system: the reader's threads leave freed memory in
-    Arrow's pool and in glibc's per-thread arenas, which otherwise grows the peak RSS by
-    about half of what the columns themselves take."""
-    pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
-
-
-def _encode_tokens(array):
-    """One block of token cells as (int32 codes, distinct values); code -1 is a missing cell.
-
-    Cells that are all integers written canonically (no sign, no leading zero, ...) are
-    factorized as int64: the same tokens as their strings, hashed ~10x faster. Any other
-    column goes through Arrow's dictionary encoding of the strings.
-    """
-    missing = array.is_null().to_numpy(zero_copy_only=False)
-    try:
-        integers = pc.cast(array, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        integers = None
-    if integers is not None:
-        values = integers.fill_null(0).to_numpy()
-        lengths = pc.binary_length(array).fill_null(0).to_numpy()
-        digits = np.searchsorted(_POWERS_OF_TEN, np.abs(values), side="right") + 1 + (values < 0)
-        if np.all((lengths == digits) | missing):
-            if missing.any():
-                codes = np.full(len(values), -1, dtype=np.int32)
-                present_codes, uniques = pd.factorize(values[~missing])
-                codes[~missing] = present_codes
-            else:
-                codes, uniques = pd.factorize(values)
-            return codes.astype(np.int32, copy=False), uniques
-    encoded = array.dictionary_encode()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return codes, encoded.dictionary.to_numpy(zero_copy_only=False)
-
-
-def _as_strings(values):
-    return values if values.dtype == object else values.astype(str).astype(object)
-
-
-def _merge_token_blocks(blocks):
-    """Blocks of (codes, distinct values) as one pandas categorical over all distinct values."""
-    if not blocks:
-        return pd.Categorical([], categories=pd.Index([], dtype=object))
-    if any(uniques.dtype == object for _, uniques in blocks):
-        blocks = [(codes, _as_strings(uniques)) for codes, uniques in blocks]
-    if len(blocks) == 1:
-        codes, categories = blocks[0]
-    else:
-        categories = pd.unique(np.concatenate([uniques for _, uniques in blocks]))
-        index = pd.Index(categories)
-        codes = np.empty(sum(len(block_codes) for block_codes, _ in blocks), dtype=np.int32)
-        start = 0
-        for block_codes, uniques in blocks:
-            lookup = np.append(index.get_indexer(uniques), -1).astype(np.int32)
-            codes[start : start + len(block_codes)] = lookup[block_codes]
-            start += len(block_codes)
-    return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
 def _line_numbers(mask, limit=5):
@@ -240,7 +163,7 @@ class MultiTaskDataset(Dataset):
         for field in fields:
             pieces = [part.pop(field) for part in parts]
             if all(isinstance(piece.dtype, pd.CategoricalDtype) for piece in pieces):
-                columns[field] = _merge_token_blocks(
+                columns[field] = merge_token_blocks(
                     [(piece.array.codes, np.asarray(piece.array.categories)) for piece in pieces]
                 )
             elif all(piece.dtype.kind == "f" for piece in pieces):
@@ -252,9 +175,10 @@ class MultiTaskDataset(Dataset):
         self.field2seqlen = seqlen
 
     def _read_atomic_file(self, filepath, source):
-        """RecBole's ``_load_feat`` with pyarrow's CSV reader: the same header parsing
-        (``name:type``), ``load_col`` / ``unload_col``, missing cells and field properties, but
-        token columns come back as pandas categoricals (codes + the distinct strings)."""
+        """RecBole's ``_load_feat`` with the streamed pyarrow reader of
+        :mod:`recbole_cstwa.data.atomic`: the same header parsing (``name:type``), ``load_col`` /
+        ``unload_col``, missing cells and field properties, but token columns come back as pandas
+        categoricals (codes + the distinct strings)."""
         field_separator = self.config["field_separator"]
         encoding = self.config["encoding"] or "utf-8"
         if len(field_separator) != 1:  # pyarrow needs a one-character delimiter
@@ -262,16 +186,9 @@ class MultiTaskDataset(Dataset):
         load_col, unload_col = self._get_load_and_unload_col(source)
         if load_col == set():
             return None
-        with open(filepath, encoding=encoding) as file:
-            header = file.readline().rstrip("\r\n").split(field_separator)
-        names, columns, column_types = [], [], {}
-        for position, field_type in enumerate(header):
-            field, ftype = field_type.split(":")
-            try:
-                ftype = FeatureType(ftype)
-            except ValueError:
-                raise ValueError(f"Type {ftype} from field {field} is not supported.") from None
-            names.append(f"{position}:{field_type}")  # unique even if a name repeats
+        header = read_header(filepath, field_separator, encoding)
+        columns = []
+        for name, field, ftype in header:
             if load_col is not None and field not in load_col:
                 continue
             if unload_col is not None and field in unload_col:
@@ -283,65 +200,18 @@ class MultiTaskDataset(Dataset):
                     self.field2seqlen[field] = 1
                 if "float" in ftype.value:
                     self.field2bucketnum[field] = 2
-            columns.append((field, names[-1], ftype))
-            column_types[names[-1]] = pa.float64() if ftype == FeatureType.FLOAT else pa.string()
+            columns.append((field, name, ftype))
         if not columns:
             self.logger.warning(f"No columns has been loaded from [{source}]")
             return None
-        # Streamed in blocks: each block's token cells become int32 codes at once, so the
-        # text of the whole file is never resident.
-        reader = pa_csv.open_csv(
-            filepath,
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES),
-            parse_options=pa_csv.ParseOptions(delimiter=field_separator),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=[name for _, name, _ in columns],
-                column_types=column_types,
-                null_values=_MISSING_STRINGS,
-                strings_can_be_null=True,
-            ),
-        )
-        parts = {field: [] for field, _, _ in columns}
-        for block, batch in enumerate(reader):
-            if block % 8 == 7:
-                _release_free_memory()
-            for field, name, ftype in columns:
-                array = batch.column(name)
-                if ftype == FeatureType.TOKEN:
-                    parts[field].append(_encode_tokens(array))
-                elif ftype == FeatureType.FLOAT:
-                    parts[field].append(array.to_numpy(zero_copy_only=False))
-                else:
-                    parts[field].append(array.to_pandas())
-        reader = batch = array = None  # drop the last block before trimming
-        _release_free_memory()
-        frame = {}
+        frame = read_columns(filepath, [name for name, _, _ in header], columns, field_separator, encoding)
+        seq_len = self.config["seq_len"]
         for field, _, ftype in columns:
-            if ftype == FeatureType.TOKEN:
-                frame[field] = _merge_token_blocks(parts.pop(field))
-            elif ftype == FeatureType.FLOAT:
-                frame[field] = np.concatenate(parts.pop(field) or [np.empty(0)])
-            else:
-                blocks = parts.pop(field)
-                frame[field] = pd.concat(blocks, ignore_index=True) if blocks else pd.Series([], dtype=object)
-        frame = pd.DataFrame(frame)
-        seq_fields = [field for field, _, ftype in columns if ftype.value.endswith("seq")]
-        seq_separator = self.config["seq_separator"]
-        for field in seq_fields:  # RecBole's own parsing of sequence cells (rare in CVR data)
-            ftype = self.field2type[field]
-            values = frame[field].fillna("").values
-            cast = int if ftype == FeatureType.TOKEN_SEQ else float
-            if ftype == FeatureType.TOKEN_SEQ:
-                frame[field] = [np.array(list(filter(None, cell.split(seq_separator)))) for cell in values]
-            else:
-                frame[field] = [np.array(list(map(cast, filter(None, cell.split(seq_separator))))) for cell in values]
-            max_seq_len = max(map(len, frame[field].values))
-            if self.config["seq_len"] and field in self.config["seq_len"]:
-                seq_len = self.config["seq_len"][field]
-                frame[field] = [seq[:seq_len] for seq in frame[field].values]
-                self.field2seqlen[field] = min(seq_len, max_seq_len)
-            else:
-                self.field2seqlen[field] = max_seq_len
+            if ftype.value.endswith("seq"):  # RecBole's own parsing of sequence cells (rare in CVR data)
+                limit = seq_len[field] if seq_len and field in seq_len else None
+                frame[field], self.field2seqlen[field] = sequence_cells(
+                    frame[field], ftype == FeatureType.TOKEN_SEQ, self.config["seq_separator"], limit
+                )
         return frame
 
     def _load_feat(self, filepath, source):
@@ -469,7 +339,7 @@ class MultiTaskDataset(Dataset):
         columns = [feat[field].array for feat, field, _ in remap_list]
         categories = [np.asarray(column.categories) for column in columns]
         if any(values.dtype == object for values in categories):  # integers and strings: as strings
-            categories = [_as_strings(values) for values in categories]
+            categories = [as_strings(values) for values in categories]
         ordered = []
         for column, values in zip(columns, categories):
             first_codes = pd.unique(column.codes)

@@ -1,7 +1,8 @@
-"""Tools a user runs (importer, Ali-CCP converter, synthetic-data generator, sample makers).
+"""Dataset tools (importer, Ali-CCP converter, synthetic-data generator, sample maker): library
+functions only; their command lines are in :mod:`recbole_cstwa.commands`.
 
 The model library never imports this package (it reads the generator's truth files through
-:mod:`recbole_cstwa.oracle`): ``python -m recbole_cstwa.tools.importer`` and
-``python -m recbole_cstwa.tools.ali_ccp`` write RecBole atomic dataset folders that the library
-then reads like any other dataset.
+:mod:`recbole_cstwa.experiments.oracle`): ``recbole-cstwa-import`` and
+``recbole-cstwa-convert-ali-ccp`` write RecBole atomic dataset folders that the library then
+reads like any other dataset. This package imports neither RecBole nor torch.
 """

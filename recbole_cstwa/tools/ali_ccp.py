@@ -59,13 +59,11 @@ table (bounded by the number of blocks, 18 fields each) grow; rows are never hel
 
 Malformed lines (wrong column count, ``feature_num`` mismatch, unparsable feature, unknown
 common block, label other than 0/1, bad token or dense value, bytes that are not UTF-8) raise :class:`MalformedLineError`
-(a ``ValueError``) naming the file and the 1-based line number, or with ``skip_malformed`` are
+(an :class:`~recbole_cstwa.errors.InputError`) naming the file and the 1-based line number, or with ``skip_malformed`` are
 skipped and counted per file and reason.
 """
 
-import argparse
 import itertools
-import json
 import logging
 import math
 import os
@@ -79,6 +77,7 @@ from operator import itemgetter
 
 from tqdm import tqdm
 
+from recbole_cstwa.errors import MalformedLineError
 from recbole_cstwa.tools.writer import CHUNK_ROWS, AtomicDatasetWriter, TableWriter, is_purchase_without_click
 
 logger = logging.getLogger(__name__)
@@ -144,19 +143,6 @@ def column_name(code):
     if code == ITEM_ID_CODE:
         return "item_id"
     return f"f{code}"
-
-
-class MalformedLineError(ValueError):
-    """A line of an input file that cannot be converted, with its file and 1-based number."""
-
-    def __init__(self, path, line_number, reason, detail):
-        super().__init__(
-            f"{path}, line {line_number}: {reason}: {detail}. Fix or remove the line, or pass "
-            "--skip-malformed (skip_malformed=True) to skip such lines and count them."
-        )
-        self.path = path
-        self.line_number = line_number
-        self.reason = reason
 
 
 class _LineProblem(Exception):
@@ -825,107 +811,3 @@ def convert_csv(
     tally.log()
     logger.info("wrote %s in %.1f s", outputs.directory, summary["elapsed_seconds"])
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_cstwa.tools.ali_ccp",
-        description="Convert Ali-CCP to RecBole atomic files (<output>/<name>/).",
-    )
-    modes = parser.add_subparsers(dest="mode", required=True)
-
-    raw = modes.add_parser(
-        "raw",
-        help="official sample_skeleton/common_features files (AITM preprocessing)",
-    )
-    raw.add_argument("--train-skeleton", required=True)
-    raw.add_argument("--train-common", required=True)
-    raw.add_argument("--test-skeleton", required=True)
-    raw.add_argument("--test-common", required=True)
-    raw.add_argument(
-        "--min-count",
-        type=int,
-        default=AITM_MIN_COUNT,
-        help="keep an id seen at least this many times in train (default %(default)s = AITM's "
-        "'counter > 10' with a counter starting at 0)",
-    )
-    raw.add_argument(
-        "--valid-ratio", type=float, default=0.1, help="share of train moved to valid (default %(default)s)"
-    )
-    raw.add_argument(
-        "--seed", type=int, default=2020, help="seed of the train/valid split (default %(default)s)"
-    )
-    raw.add_argument("--tmp-dir", default=None, help="folder for the temporary joined train file")
-
-    csv = modes.add_parser("csv", help="preprocessed train/valid/test CSV files (torch-rechub style)")
-    csv.add_argument("--train", required=True)
-    csv.add_argument("--valid", required=True)
-    csv.add_argument("--test", required=True)
-    csv.add_argument("--keep-dense", action="store_true", help="write the D* columns as float fields")
-
-    for mode in (raw, csv):
-        mode.add_argument(
-            "--output",
-            default="dataset",
-            help="parent folder of <name>/ (default %(default)s)",
-        )
-        mode.add_argument("--name", default="ali-ccp", help="dataset name (default %(default)s)")
-        mode.add_argument(
-            "--keep-210",
-            action="store_true",
-            help="also keep field 210 (item intention node)",
-        )
-        mode.add_argument(
-            "--skip-malformed",
-            action="store_true",
-            help="skip malformed lines and count them",
-        )
-        mode.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv=None):
-    """Command line entry point; prints the summary as JSON on stdout."""
-    arguments = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    common = {
-        "output": arguments.output,
-        "name": arguments.name,
-        "keep_210": arguments.keep_210,
-        "skip_malformed": arguments.skip_malformed,
-        "show_progress": not arguments.no_progress,
-    }
-    try:
-        if arguments.mode == "raw":
-            summary = convert_raw(
-                arguments.train_skeleton,
-                arguments.train_common,
-                arguments.test_skeleton,
-                arguments.test_common,
-                min_count=arguments.min_count,
-                valid_ratio=arguments.valid_ratio,
-                seed=arguments.seed,
-                tmp_dir=arguments.tmp_dir,
-                **common,
-            )
-        else:
-            summary = convert_csv(
-                arguments.train,
-                arguments.valid,
-                arguments.test,
-                keep_dense=arguments.keep_dense,
-                **common,
-            )
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

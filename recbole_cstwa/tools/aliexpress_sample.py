@@ -1,6 +1,6 @@
 """Writes a small seeded CSV shaped like AliExpress (Tianchi dataset 74690), for trying the importer.
 
-    python -m recbole_cstwa.tools.aliexpress_sample --output raw/aliexpress --rows 200000
+    recbole-cstwa-aliexpress-sample --output raw/aliexpress --rows 200000
 
 AliExpress' public files (one folder a country, ``train.csv`` and ``test.csv``, as the
 Multi-Task Recommendation Library and PaddleRec read them) hold, per impression, ``search_id``,
@@ -12,9 +12,7 @@ logistic model of a few fields, so that models learn something from a small samp
 about 9 % clicks and 24 % of clicks converted, are far above AliExpress' for that reason). Put AliExpress' real files in their place to work on the real data.
 """
 
-import argparse
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -69,21 +67,3 @@ def write_sample(output, rows, seed=2020, chunk_rows=100_000):
                 pa_csv.write_csv(table, file, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
         paths[split] = path
     return paths
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_cstwa.tools.aliexpress_sample",
-        description="Write a seeded AliExpress-shaped train.csv / test.csv (synthetic values).",
-    )
-    parser.add_argument("--output", required=True, help="folder for train.csv and test.csv")
-    parser.add_argument("--rows", type=int, default=200_000, help="train rows (test: half) (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=2020)
-    arguments = parser.parse_args(argv)
-    for split, path in write_sample(arguments.output, arguments.rows, arguments.seed).items():
-        print(f"{split}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,8 +39,8 @@ impressions fits in a few GB.
 
 Command line::
 
-    python -m recbole_cstwa.tools.generator generate --output dataset
-    python -m recbole_cstwa.tools.generator oracle --dataset-dir dataset/synthetic-ccp
+    recbole-cstwa-generate generate --output dataset
+    recbole-cstwa-generate oracle --dataset-dir dataset/synthetic-ccp
 
 This module deliberately imports only numpy, pandas, scikit-learn and the
 standard library so that it runs without RecBole or torch.
@@ -48,11 +48,8 @@ standard library so that it runs without RecBole or torch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,8 +57,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from recbole_cstwa.oracle import oracle_metrics
 
 DEFAULT_NAME = "synthetic-ccp"
 DEFAULT_N_IMPRESSIONS = 300_000
@@ -681,7 +676,7 @@ def generate(
         "split": [float(fraction) for fraction in split],
     }
     regenerate = " ".join(
-        ["python -m recbole_cstwa.tools.generator generate --output <dir>"]
+        ["recbole-cstwa-generate generate --output <dir>"]
         + [f"--{key.replace('_', '-')} {value}" for key, value in parameters.items() if key != "split"]
         + ["--split " + " ".join(str(fraction) for fraction in parameters["split"])]
     )
@@ -713,84 +708,3 @@ def generate(
     }
     (dataset_dir / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dataset_dir
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_cstwa.tools.generator",
-        description="Synthetic Ali-CCP-like impressions with a known click/purchase truth.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("generate", help="write the RecBole atomic files and the truth")
-    make.add_argument("--output", default="dataset", help="parent folder (default: dataset)")
-    make.add_argument("--name", default=DEFAULT_NAME)
-    make.add_argument("--n-impressions", type=int, default=DEFAULT_N_IMPRESSIONS)
-    make.add_argument("--n-users", type=int, default=None, help="default: n_impressions / 30")
-    make.add_argument("--n-items", type=int, default=None, help="default: n_impressions / 30")
-    make.add_argument("--n-categories", type=int, default=DEFAULT_N_CATEGORIES)
-    make.add_argument("--ctr", type=float, default=DEFAULT_CTR, help="mean P(click)")
-    make.add_argument("--cvr", type=float, default=DEFAULT_CVR, help="mean P(purchase | click)")
-    make.add_argument(
-        "--rho",
-        type=float,
-        default=DEFAULT_RHO,
-        help="click/purchase affinity correlation",
-    )
-    make.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    make.add_argument(
-        "--split",
-        type=float,
-        nargs=3,
-        default=list(DEFAULT_SPLIT),
-        metavar=("TRAIN", "VALID", "TEST"),
-    )
-    oracle = commands.add_parser("oracle", help="print the oracle metrics of a split")
-    oracle.add_argument("--dataset-dir", required=True)
-    oracle.add_argument("--split", default="test", choices=SPLIT_NAMES)
-    oracle.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "generate":
-        started = time.perf_counter()
-        try:
-            path = generate(
-                output_dir=args.output,
-                name=args.name,
-                n_impressions=args.n_impressions,
-                n_users=args.n_users,
-                n_items=args.n_items,
-                n_categories=args.n_categories,
-                ctr=args.ctr,
-                cvr=args.cvr,
-                rho=args.rho,
-                seed=args.seed,
-                split=args.split,
-            )
-        except ValueError as error:
-            parser.error(str(error))
-        elapsed = time.perf_counter() - started
-        counts = json.loads((path / f"{args.name}.meta.json").read_text())["counts"]
-        print(f"wrote {path} in {elapsed:.1f} s")
-        for split_name in (*SPLIT_NAMES, "all"):
-            row = counts[split_name]
-            print(
-                f"{split_name:>5}: rows={row['rows']} users={row['users']} items={row['items']}"
-                f" clicks={row['clicks']} purchases={row['purchases']}"
-            )
-        return 0
-    metrics = oracle_metrics(args.dataset_dir, args.split)
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        for key, value in metrics.items():
-            print(f"{key}: {value:.6f}" if isinstance(value, float) else f"{key}: {value}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

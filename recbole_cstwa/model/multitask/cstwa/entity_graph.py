@@ -8,7 +8,7 @@ Reference:
 group: the entities' feature rows (to build ``E``, Eq. 8), the normalised graph ``A_hat`` (as CSR
 arrays) and the propagation ``P = A_hat^L E`` (Eq. 9) the model trains and is scored on. ``P``
 changes only in :meth:`EntityGraph.refresh`, which the model's
-:meth:`~recbole_cstwa.model.multitask.cstwa.CSTWA.update_structure` calls and the trainer
+:meth:`~recbole_cstwa.model.multitask.cstwa.cstwa.CSTWA.update_structure` calls and the trainer
 schedules (as KGAT's ``update_attentive_A`` or NCL's ``e_step``); ``P`` and whether it was ever
 computed are saved in checkpoints, so a reloaded model is scored with the ``P`` its training
 used last.
@@ -17,7 +17,12 @@ used last.
 import torch
 import torch.nn as nn
 
-from recbole_cstwa.model.structure import RowGraph, group_representations, propagate_all, propagate_rows
+from recbole_cstwa.model.multitask.cstwa.structure import (
+    RowGraph,
+    group_representations,
+    propagate_all,
+    propagate_rows,
+)
 
 
 class EntityGraph(nn.Module):
@@ -67,7 +72,7 @@ class EntityGraph(nn.Module):
         return len(self.row_pointers) > 0
 
     def row_graph(self):
-        """``A_hat`` as a :class:`~recbole_cstwa.model.structure.RowGraph`."""
+        """``A_hat`` as a :class:`~recbole_cstwa.model.multitask.cstwa.structure.RowGraph`."""
         if not self.has_graph():
             raise RuntimeError(
                 "CSTWA's Structure Migrator has no graphs: train it with CSTWATrainer (it builds "

@@ -1,22 +1,17 @@
-"""What the command-line scripts share: reading ``--key=value`` values, and one ``error:`` line.
+"""Values written as text (``--key=value`` on a command line, a params file), read without ``eval``.
 
-Values are read without ``eval``: a Python literal (``ast.literal_eval``), else YAML
-(``[adam, sgd]``). RecBole's ``Config`` later ``eval``s every string it is given, so a string
-that would run code there (a call such as ``"__import__('os')"``) or fail there (``1/0``) is
-refused here, with where it was written.
+A value is a Python literal (``ast.literal_eval``), else YAML (``[adam, sgd]``). RecBole's
+``Config`` later ``eval``s every string it is given, so a string that would run code there (a
+call such as ``"__import__('os')"``) or fail there (``1/0``) is refused here, with where it was
+written.
 """
 
 import ast
-import contextlib
-import sys
 
 import numpy as np
 import yaml
 
-from recbole_cstwa.errors import InputError
-
-#: Exit status of a script stopped by bad input or settings (argparse's status for bad usage).
-INPUT_ERROR_STATUS = 2
+from recbole_cstwa.errors import ValueTextError
 
 # Expression nodes RecBole's ``eval`` of a config string may meet without running code: names,
 # constants and light operators (``leaky-relu`` is a BinOp of two names; the eval fails, the text
@@ -40,22 +35,6 @@ _INERT_NODES = (
     ast.Or,
     ast.cmpop,
 )
-
-
-class ValueTextError(InputError):
-    """A value written on the command line or in a params file that cannot be used."""
-
-
-@contextlib.contextmanager
-def reported_errors():
-    """Turns bad input (:class:`~recbole_cstwa.errors.InputError`) into one ``error: ...`` line on
-    stderr and exit status 2; any other exception is a bug and keeps its traceback."""
-    try:
-        yield
-    except InputError as error:
-        message = " ".join(str(error).split())  # one line, whatever the message holds
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(INPUT_ERROR_STATUS)
 
 
 # ----- quote-aware scanning ------------------------------------------------------------------
@@ -159,26 +138,3 @@ def parse_assignments(items, where):
             raise ValueTextError(f"{where}: expected key=value, got {item!r}.")
         settings[key] = parse_literal(value, f"{where}, {key}" if where != "command line" else f"--{key}")
     return settings
-
-
-def parse_overrides(extra, parser):
-    """A script's remaining arguments, RecBole settings given as ``--key=value``, as values."""
-    bad = [arg for arg in extra if not arg.startswith("--") or "=" not in arg or arg.startswith("--=")]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}: RecBole settings are given as --key=value")
-    return parse_assignments(extra, "command line")
-
-
-@contextlib.contextmanager
-def isolated_argv():
-    """Hides the command line from RecBole's ``Config``, which reads ``--key=value`` pairs there.
-
-    A run's settings are then exactly its ``config_dict`` and config files: a script's own flags
-    cannot leak in, and a fixed ``--key=value`` cannot silently override a searched one.
-    """
-    saved = sys.argv
-    sys.argv = saved[:1] or ["recbole_cstwa"]
-    try:
-        yield
-    finally:
-        sys.argv = saved

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender, init_linear_weights
-from recbole_cstwa.model.entity_graph import EntityGraph
 from recbole_cstwa.model.layers import MLPTower, ProbabilityHead
+from recbole_cstwa.model.multitask.cstwa.entity_graph import EntityGraph
 
 #: Groups the Structure Migrator works on, with the config key of each group's id field.
 SM_GROUPS = {"user": "USER_ID_FIELD", "item": "ITEM_ID_FIELD"}
@@ -133,7 +133,7 @@ class CSTWA(MultiTaskRecommender):
 
     - Structure Migrator (``use_sm``, Eqs. 8-11): user and item rows of the CVR input are mixed
       with their propagation over a user graph and an item graph mined from a pre-trained CTR
-      model (Eqs. 2-5; built by :class:`~recbole_cstwa.trainer.CSTWATrainer` and given with
+      model (Eqs. 2-5; built by :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` and given with
       :meth:`set_graphs`): ``(1 - sm_lambda) * live row + sm_lambda * (A_hat^L E)[row]``.
     - Click Perceptron (``use_cp``, Eqs. 12-14): ``b = 2 * sigmoid(MLP(h_ctr))``,
       Conversion Tower input ``x_cvr * b``.
@@ -159,7 +159,7 @@ class CSTWA(MultiTaskRecommender):
     - Structure Migrator schedule (Eq. 10's "in the t-th epoch", whose condition was lost).
       ``sm_mode: epoch``: ``P = A_hat^L E`` is computed from the current CVR embedding without
       gradient (:meth:`update_structure`, scheduled by
-      :class:`~recbole_cstwa.trainer.CSTWATrainer`) and held; the live rows keep their gradient.
+      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows keep their gradient.
       With ``sm_refresh_steps: 0`` P is refreshed at the start of every epoch but the first,
       otherwise before every ``sm_refresh_steps``-th training step; never before the first step,
       so no step trains on a P of the random initial embedding, and until the first refresh the
@@ -205,7 +205,6 @@ class CSTWA(MultiTaskRecommender):
         self.use_ce = config["use_ce"]
         self.use_calibration = config["use_calibration"]
         self.sm_mode, self.sm_layers, self.sm_lambda = config["sm_mode"], config["sm_layers"], config["sm_lambda"]
-        self.sm_refresh_steps = config["sm_refresh_steps"]
         self.ce_window = config["ce_window"]
         self.ce_low_percentile = config["ce_low_percentile"]
         self.ce_high_percentile = config["ce_high_percentile"]
@@ -251,6 +250,10 @@ class CSTWA(MultiTaskRecommender):
             )
         self.structure = nn.ModuleDict(graphs)  # the Structure Migrator's whole state
 
+    def num_entities(self, group):
+        """Rows of ``group``'s graph: its entities, RecBole's ``[PAD]`` row included."""
+        return self.structure[group].num_entities
+
     def entity_features(self, group):
         """``field -> (N, ...)`` tensor of every user's (item's) features, row i = id i."""
         return self.structure[group].features()
@@ -270,13 +273,13 @@ class CSTWA(MultiTaskRecommender):
         return self.use_sm and self.structure["user"].has_graph()
 
     def graph(self, group):
-        """``A_hat`` of ``group`` as a :class:`~recbole_cstwa.model.structure.RowGraph`."""
+        """``A_hat`` of ``group`` as a :class:`~recbole_cstwa.model.multitask.cstwa.structure.RowGraph`."""
         return self.structure[group].row_graph()
 
     def update_structure(self):
         """``P = A_hat^L E`` (Eq. 9) for users and items from the current CVR embedding.
 
-        Called by :class:`~recbole_cstwa.trainer.CSTWATrainer` on its schedule (``sm_mode:
+        Called by :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` on its schedule (``sm_mode:
         epoch``): at the start of every epoch but the first, or every ``sm_refresh_steps``
         training steps. The model trains and is scored with the ``P`` of the last call (saved
         with its checkpoints); before the first call it does not mix. ``sm_mode: batch`` needs

@@ -18,8 +18,8 @@ Pieces, each usable and testable on its own:
   Structure Migrator), differentiable;
 
 The graph state a model keeps (``A_hat`` and ``P``) lives in
-:class:`~recbole_cstwa.model.entity_graph.EntityGraph`; the on-disk cache of the pre-trained
-embedding and the graphs in :mod:`recbole_cstwa.artifact_cache`.
+:class:`~recbole_cstwa.model.multitask.cstwa.entity_graph.EntityGraph`; the on-disk cache of the pre-trained
+embedding and the graphs in :mod:`recbole_cstwa.model.multitask.cstwa.artifact_cache`.
 
 All node loops are vectorised (numpy / torch), none runs in Python per node.
 """

@@ -17,11 +17,11 @@ as ``"__import__('os')"``) is refused here too.
 Two routes run the same search:
 
 * ``tool="Hyperopt"``: RecBole's ``HyperTuning`` on one machine, trials one after another, with
-  ``algo`` exhaustive (:func:`recbole_cstwa.exhaustive.exhaustive_search`, as RecBole's is broken on
+  ``algo`` exhaustive (:func:`recbole_cstwa.experiments.exhaustive.exhaustive_search`, as RecBole's is broken on
   hyperopt >= 0.2.7), random or bayes (TPE).
 * ``tool="Ray"``: Ray Tune, trials in parallel on a machine or a Ray cluster; exhaustive =
   ``tune.grid_search``, random = Tune's sampling, bayes = Tune's ``HyperOptSearch`` (TPE). Ray
-  is imported only on this route, in :mod:`recbole_cstwa.ray_tune`.
+  is imported only on this route, in :mod:`recbole_cstwa.experiments.ray_tune`.
 
 Both optimise the run's task-prefixed ``valid_metric`` (``purchase_auc`` by default; maximised or
 minimised by ``valid_metric_bigger``) and write every trial's parameters and results, and the
@@ -29,18 +29,24 @@ best, to one JSON file.
 """
 
 import contextlib
-import json
 import math
 import os
 import re
-import time
-from dataclasses import dataclass, field
 
-from recbole_cstwa.cli import ValueTextError, isolated_argv, parse_literal, plain_value, strip_comment
-from recbole_cstwa.errors import ConfigError, InputError
+from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.errors import ConfigError, ParamsFileError, ValueTextError
+from recbole_cstwa.experiments.search_space import (
+    PARAM_TYPES,
+    Search,
+    SearchParam,
+    best_trial,
+    hyperopt_space,
+    run_trial,
+    trial_record,
+    write_report,
+)
+from recbole_cstwa.values import parse_literal, strip_comment
 
-#: Parameter types of RecBole's params files.
-PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
 #: Search algorithms, as RecBole names them.
 ALGOS = ("exhaustive", "random", "bayes")
 #: Search back-ends.
@@ -49,31 +55,6 @@ TOOLS = ("Hyperopt", "Ray")
 RECBOLE_EARLY_STOP = 10
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class ParamsFileError(InputError):
-    """A params file line that cannot be read, with the file and the line number."""
-
-
-@dataclass(frozen=True)
-class SearchParam:
-    """One searched parameter: ``kind`` is one of :data:`PARAM_TYPES`.
-
-    ``values`` holds a choice's options; ``low``/``high`` (and ``q``) the bounds of the others
-    (natural logs for loguniform, as in RecBole and hyperopt).
-    """
-
-    name: str
-    kind: str
-    values: tuple = ()
-    low: float = 0.0
-    high: float = 0.0
-    q: float = 0.0
-
-    @property
-    def integral(self):
-        """A quniform parameter with whole-number bounds and step gives ints (64, not 64.0)."""
-        return self.kind == "quniform" and all(float(v).is_integer() for v in (self.low, self.high, self.q))
 
 
 def _numbers(text, count, where, kind):
@@ -144,105 +125,6 @@ def read_params_file(path):
         return parse_params(file.read().splitlines(), source=path)
 
 
-def hyperopt_space(params):
-    """The hyperopt space of ``params`` (what RecBole builds from a params file)."""
-    from hyperopt import hp
-
-    space = {}
-    for param in params:
-        if param.kind == "choice":
-            space[param.name] = hp.choice(param.name, list(param.values))
-        elif param.kind == "uniform":
-            space[param.name] = hp.uniform(param.name, param.low, param.high)
-        elif param.kind == "quniform":
-            space[param.name] = hp.quniform(param.name, param.low, param.high, param.q)
-        else:
-            space[param.name] = hp.loguniform(param.name, param.low, param.high)
-    return space
-
-
-def trial_config(params, sampled):
-    """A sampled point as plain config values (numpy scalars to Python; integral quniform to int)."""
-    by_name = {param.name: param for param in params}
-    config = {}
-    for name, value in sampled.items():
-        value = plain_value(value, f"parameter {name}")
-        if name in by_name and by_name[name].integral and value is not None:
-            value = int(round(value))
-        config[name] = value
-    return config
-
-
-@dataclass
-class _Search:
-    """Settings shared by the trials of one search."""
-
-    params: list
-    fixed: dict
-    config_file_list: list
-    valid_metric: str
-    bigger: bool
-    data_dir: str
-    info: dict = field(default_factory=dict)
-    trials: list = field(default_factory=list)
-
-
-def _run_trial(search_params, fixed, config_file_list, sampled):
-    """Trains once with ``fixed`` + the sampled point; returns ``(params, result, seconds)``."""
-    from recbole_cstwa.quick_start import objective_function
-
-    params = trial_config(search_params, sampled)
-    start = time.perf_counter()
-    with isolated_argv():
-        result = objective_function({**fixed, **params}, config_file_list, saved=True)
-    return params, result, time.perf_counter() - start
-
-
-def _record(number, params, result, seconds):
-    def metrics(part):
-        return {key: float(value) for key, value in dict(result.get(part) or {}).items()}
-
-    return {
-        "trial": number,
-        "params": params,
-        "valid_score": float(result["best_valid_score"]),
-        "valid_result": metrics("best_valid_result"),
-        "test_result": metrics("test_result"),
-        "seconds": round(seconds, 3),
-        "status": "ok",
-    }
-
-
-def best_trial(trials, bigger):
-    """The finished trial with the best valid score (the first one on a tie)."""
-    done = [trial for trial in trials if trial.get("status") == "ok" and math.isfinite(trial["valid_score"])]
-    if not done:
-        return None
-    pick = max if bigger else min  # both return the first of equal scores
-    return pick(done, key=lambda trial: trial["valid_score"])
-
-
-def _write_output(search, output_file):
-    if not output_file:
-        return
-    report = {
-        **search.info,
-        "valid_metric": search.valid_metric,
-        "mode": "max" if search.bigger else "min",
-        "fixed": search.fixed,
-        "config_files": search.config_file_list,
-        "best": best_trial(search.trials, search.bigger),
-        "trials": search.trials,
-    }
-    folder = os.path.dirname(os.path.abspath(output_file))
-    os.makedirs(folder, exist_ok=True)
-    partial = output_file + ".partial"
-    with open(partial, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-        file.write("\n")
-    os.replace(partial, output_file)  # a reader never sees a half-written file
-
-
 def _prepare(params, model, dataset, config_file_list, overrides):
     """Checks the settings once, before any trial, and reads the metric to optimise."""
     from recbole_cstwa.config import Config
@@ -266,7 +148,7 @@ def _prepare(params, model, dataset, config_file_list, overrides):
         config = Config(config_file_list=config_file_list or None, config_dict=dict(fixed))
     fixed.setdefault("model", config["model"])
     fixed.setdefault("dataset", config["dataset"])
-    return _Search(
+    return Search(
         params=params,
         fixed=fixed,
         config_file_list=config_file_list,
@@ -280,8 +162,8 @@ def _prepare(params, model, dataset, config_file_list, overrides):
 def check_space(params, model, source):
     """Checks every value a search can try against the settings table, before any trial: each
     choice, and the bounds of a range (``exp`` of a loguniform's)."""
+    from recbole_cstwa.registry import get_model, is_multitask_model
     from recbole_cstwa.settings import applies, check_value, setting
-    from recbole_cstwa.utils import get_model, is_multitask_model
 
     multitask = is_multitask_model(get_model(model))
     for param in params:
@@ -339,7 +221,7 @@ def run_search(
         output_file: JSON report, rewritten after every trial on the Hyperopt route; ``"auto"``:
             ``results/hyper/<model>-<dataset>-<algo>.json``.
         search_seed (int): seeds the search itself (each trial's training seed is ``seed``).
-        ray_options (dict): Ray route only (:mod:`recbole_cstwa.ray_tune`): ``address``,
+        ray_options (dict): Ray route only (:mod:`recbole_cstwa.experiments.ray_tune`): ``address``,
             ``cpus_per_trial``, ``gpus_per_trial``, ``nproc_per_trial``, ``storage_path``,
             ``max_concurrent_trials``.
 
@@ -368,10 +250,10 @@ def run_search(
     if tool == "Hyperopt":
         _search_hyperopt(search, algo, int(max_evals), early_stop, output_file, search_seed)
     else:
-        from recbole_cstwa.ray_tune import search_ray
+        from recbole_cstwa.experiments.ray_tune import search_ray
 
         search_ray(search, algo, int(max_evals), output_file, search_seed, dict(ray_options or {}))
-    _write_output(search, output_file)
+    write_report(search, output_file)
     return {
         **search.info,
         "valid_metric": search.valid_metric,
@@ -401,7 +283,7 @@ def _hyperopt_seed(seed):
 def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
     from recbole.trainer import HyperTuning
 
-    from recbole_cstwa.exhaustive import exhaustive_search, grid_size
+    from recbole_cstwa.experiments.exhaustive import exhaustive_search, grid_size
 
     space = hyperopt_space(search.params)
     if algo == "exhaustive":
@@ -414,9 +296,9 @@ def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
     search.info["max_evals"] = max_evals
 
     def objective(config_dict, config_file_list):
-        params, result, seconds = _run_trial(search.params, search.fixed, config_file_list, config_dict)
-        search.trials.append(_record(len(search.trials) + 1, params, result, seconds))
-        _write_output(search, output_file)
+        params, result, seconds = run_trial(search.params, search.fixed, config_file_list, config_dict)
+        search.trials.append(trial_record(len(search.trials) + 1, params, result, seconds))
+        write_report(search, output_file)
         return result
 
     tuner = HyperTuning(

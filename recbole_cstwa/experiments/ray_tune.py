@@ -7,7 +7,7 @@ Each trial asks Ray for ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs
 with that many DDP processes on its node (:mod:`recbole_cstwa.distributed`; give it as many GPUs,
 or CPUs). On a cluster, every node needs recbole-cstwa installed and the dataset at the same
 ``data_path``. The trials are recorded in the same output file as the Hyperopt route
-(:mod:`recbole_cstwa.hyper`). Ray is imported only here.
+(:mod:`recbole_cstwa.experiments.hyper`). Ray is imported only here.
 """
 
 import math
@@ -15,14 +15,14 @@ import os
 import socket
 import time
 
-from recbole_cstwa.config import ConfigError
-from recbole_cstwa.hyper import (
-    _record,
-    _run_trial,
-    _write_output,
+from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.errors import ConfigError
+from recbole_cstwa.experiments.search_space import (
     hyperopt_space,
-    isolated_argv,
+    run_trial,
     trial_config,
+    trial_record,
+    write_report,
 )
 
 
@@ -55,7 +55,7 @@ def _free_port():
 
 
 def _run_ddp_trial(search_params, fixed, config_file_list, sampled, nproc):
-    """As :func:`recbole_cstwa.hyper._run_trial`, with ``nproc`` DDP processes on this node."""
+    """As :func:`~recbole_cstwa.experiments.search_space.run_trial`, with ``nproc`` DDP processes on this node."""
     from recbole_cstwa.quick_start import run_recbole_cstwa
 
     params = trial_config(search_params, sampled)
@@ -102,10 +102,10 @@ def _ray_trainable():
                     self.search_params, self.fixed, self.config_file_list, self.sampled, self.nproc
                 )
             else:
-                params, result, seconds = _run_trial(
+                params, result, seconds = run_trial(
                     self.search_params, self.fixed, self.config_file_list, self.sampled
                 )
-            record = _record(0, params, result, seconds)
+            record = trial_record(0, params, result, seconds)
             return {
                 self.valid_metric: record["valid_score"],
                 "valid_result": record["valid_result"],
@@ -171,7 +171,7 @@ def search_ray(search, algo, max_evals, output_file, seed, options):
                 {**self.results[trial_id], "trial": number}
                 for number, trial_id in enumerate(self.order, start=1)
             ]
-            _write_output(search, output_file)
+            write_report(search, output_file)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self._note(trial, _ray_record(search, trial.config, result))

@@ -1,7 +1,11 @@
-"""Name look-ups: a model name resolves to a plugin model first, then to a RecBole built-in model.
+"""The model and trainer registry: a model name resolves to a plugin model first, then to a RecBole
+built-in model; a model's trainer is found next to the model, else it is a general one.
 
-The same pattern as RecBole-GNN's ``utils.py``: plugin models live one a file in
-``recbole_cstwa/model/<category>/<name.lower()>.py``, and a class with the model's name.
+The same pattern as RecBole-GNN's ``utils.py``: plugin models live one a module in
+``recbole_cstwa/model/<category>/<name.lower()>.py`` (or one a package,
+``recbole_cstwa/model/<category>/<name.lower()>/``, exporting the model), and a class with the
+model's name. A model that needs its own trainer keeps it in its package's ``trainer`` module as
+``<ModelName>Trainer`` (CSTWA's: ``recbole_cstwa/model/multitask/cstwa/trainer.py``).
 """
 
 import importlib
@@ -11,7 +15,7 @@ import pkgutil
 from recbole.utils import ModelType
 from recbole.utils import get_model as get_recbole_model
 
-from recbole_cstwa.errors import InputError
+from recbole_cstwa.errors import UnknownModelError
 
 #: Sub-packages of ``recbole_cstwa.model`` holding one model a file.
 PLUGIN_MODEL_CATEGORIES = ("multitask",)
@@ -23,10 +27,6 @@ RECBOLE_MODEL_CATEGORIES = (
     "sequential_recommender",
     "knowledge_aware_recommender",
 )
-
-
-class UnknownModelError(InputError):
-    """A model name that is neither a plugin model nor a RecBole built-in model."""
 
 
 def _module_names(package_name):
@@ -119,17 +119,31 @@ def is_multitask_model(model_class):
     return isinstance(model_class, type) and issubclass(model_class, MultiTaskRecommender)
 
 
+def model_trainer(model_class):
+    """The trainer a plugin model brings (``<ModelName>Trainer`` in the ``trainer`` module of the
+    model's package), or None."""
+    package, _, _ = model_class.__module__.rpartition(".")
+    if not package.startswith("recbole_cstwa."):
+        return None
+    module_path = f"{package}.trainer"
+    if importlib.util.find_spec(module_path) is None:
+        return None
+    return getattr(importlib.import_module(module_path), model_class.__name__ + "Trainer", None)
+
+
 def get_trainer(model_type, model_name):
     """Returns the trainer class for a model, RecBole-GNN style.
 
-    A plugin trainer named ``<model_name>Trainer`` wins; otherwise this plugin's multi-task
-    trainer for its two-task models, and its single-task trainer for RecBole's context-aware
-    models (trained on ``LABEL_FIELD``, scored as the click or the purchase task).
+    A plugin model's own trainer (:func:`model_trainer`) wins; otherwise this plugin's
+    multi-task trainer for its two-task models, and its single-task trainer for RecBole's
+    context-aware models (trained on ``LABEL_FIELD``, scored as the click or the purchase task).
     """
     trainer_module = importlib.import_module("recbole_cstwa.trainer")
-    if hasattr(trainer_module, model_name + "Trainer"):
-        return getattr(trainer_module, model_name + "Trainer")
-    if is_multitask_model(get_model(model_name)):
+    model_class = get_model(model_name)
+    own_trainer = model_trainer(model_class)
+    if own_trainer is not None:
+        return own_trainer
+    if is_multitask_model(model_class):
         return trainer_module.MultiTaskTrainer
     if model_type != ModelType.CONTEXT:
         raise UnknownModelError(

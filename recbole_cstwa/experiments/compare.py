@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recbole_cstwa.cli import isolated_argv, parse_assignments, split_assignments
-from recbole_cstwa.compare_report import (
+from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.errors import CompareError, ConfigError
+from recbole_cstwa.experiments.report import (
     METRICS,
     TESTED_METRICS,
     table_lines,
@@ -51,16 +52,12 @@ from recbole_cstwa.compare_report import (
     write_markdown,
     write_plot,
 )
-from recbole_cstwa.errors import ConfigError, InputError
+from recbole_cstwa.values import parse_assignments, split_assignments
 
 RUNS_FILE = "runs.jsonl"
 DEFAULT_OUTPUT_DIR = os.path.join("results", "compare")
 #: Settings the comparison sets itself in every run.
 RESERVED_KEYS = ("seed", "LABEL_FIELD", "model", "dataset")
-
-
-class CompareError(InputError):
-    """A comparison that cannot run as asked, with what to change."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def parse_variant(text):
 
 
 def _is_two_task(model):
-    from recbole_cstwa.utils import get_model, is_multitask_model
+    from recbole_cstwa.registry import get_model, is_multitask_model
 
     return is_multitask_model(get_model(model))
 
@@ -369,7 +366,7 @@ def summarize(plan, records):
 
 def oracle_row(plan):
     """The generator's oracle metrics on the test file, when the dataset has truth files."""
-    from recbole_cstwa.oracle import oracle_metrics
+    from recbole_cstwa.experiments.oracle import oracle_metrics
 
     if not plan.test_split:
         return None  # split by RecBole: the truth files' test split is not the test set
