@@ -13,3 +13,7 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """A configuration that cannot give correct results, with the key to change."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used as asked: the message names the file and the fix."""
