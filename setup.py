@@ -24,6 +24,7 @@ setup(
         "recbole_cstwa.data",
         "recbole_cstwa.model",
         "recbole_cstwa.model.multitask",
+        "recbole_cstwa.serving",
         "recbole_cstwa.properties",
         "recbole_cstwa.tools",
     ],

@@ -19,6 +19,7 @@ trained label's probability for a RecBole model).
   the metrics.
 """
 
+import csv
 import os
 import sys
 import time
@@ -116,8 +117,9 @@ def _file_format(path, allowed, role):
 
 
 def _csv_header(path, delimiter, encoding="utf-8"):
-    with open(path, encoding=encoding) as file:
-        return file.readline().rstrip("\r\n").split(delimiter)
+    """The column names of the first line (quoted or not)."""
+    with open(path, encoding=encoding, newline="") as file:
+        return next(csv.reader([file.readline().rstrip("\r\n")], delimiter=delimiter), [])
 
 
 def _blocks(path, extension, wanted, types, threads):
