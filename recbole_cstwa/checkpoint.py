@@ -6,18 +6,30 @@ into its checkpoints, so ``Trainer.evaluate(load_best_model=True)`` and
 ``weights_only`` off would let a checkpoint file run code when loaded. Instead,
 :class:`SafeCheckpointMixin` writes checkpoints that hold only tensors and plain Python data and
 reads them back with ``weights_only=True`` (see README, "Dependencies and RecBole work-arounds").
+
+Since format 2 a checkpoint also carries what it takes to use the model without the training
+run (README, "Using a trained model"): the resolved settings, the fields, vocabularies and
+user / item feature tables (:mod:`recbole_cstwa.serving.schema`), the plugin version, CSTWA's
+graphs, and the random states at the save, so that a resumed run continues as the interrupted one
+would have. A format-1 checkpoint (parameters only) still loads for training-time use.
 """
 
 import os
+import random
 import uuid
 
 import numpy as np
 import torch
 
-from recbole_cstwa.errors import ConfigError
+import recbole_cstwa
+from recbole_cstwa.errors import CheckpointError, ConfigError
 from recbole_cstwa.optim import SplitOptimizer
+from recbole_cstwa.serving.schema import describe_dataset, stored_settings
 
-#: Keys of a checkpoint written by :class:`SafeCheckpointMixin`.
+#: Version of what a checkpoint holds; 1: parameters and training state only.
+CHECKPOINT_FORMAT = 2
+
+#: Keys of a checkpoint written by :class:`SafeCheckpointMixin` (CSTWA's add ``graphs``).
 CHECKPOINT_KEYS = (
     "model",
     "dataset",
@@ -27,6 +39,11 @@ CHECKPOINT_KEYS = (
     "state_dict",
     "other_parameter",
     "optimizer",
+    "format",
+    "plugin_version",
+    "settings",
+    "data",
+    "random_state",
 )
 
 
@@ -49,7 +66,7 @@ def load_checkpoint(path, map_location=None):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError by version
-        raise ValueError(
+        raise CheckpointError(
             f"Checkpoint [{path}] holds Python objects other than tensors and plain data, so it "
             "is not loaded (loading it could run code). Checkpoints written by recbole-cstwa's "
             "trainers load safely; retrain with them to get one. "
@@ -100,15 +117,48 @@ class SafeCheckpointMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
         }
+        state.update(self._serving_entries())
         torch.save(state, saved_model_file)
+        self.saved_epoch = int(epoch)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
+
+    def fit(self, train_data, *args, **kwargs):
+        self._checkpoint_train_data = train_data  # its dataset and loader go into checkpoints
+        pending = getattr(self, "_resumed_loader_state", None)
+        if pending is not None and getattr(train_data, "generator", None) is not None:
+            train_data.generator.set_state(pending)
+            self._resumed_loader_state = None
+        return super().fit(train_data, *args, **kwargs)
+
+    def _serving_entries(self):
+        """What a checkpoint holds besides the training state (format 2, see the module doc)."""
+        train_data = getattr(self, "_checkpoint_train_data", None)
+        if getattr(self, "_data_description", None) is None and train_data is not None:
+            self._data_description = describe_dataset(train_data._dataset)  # once a run
+        entries = {
+            "format": CHECKPOINT_FORMAT,
+            "plugin_version": recbole_cstwa.__version__,
+            "settings": stored_settings(self.config),
+            "data": getattr(self, "_data_description", None),
+            "random_state": random_state(getattr(train_data, "generator", None)),
+        }
+        if hasattr(self.model, "graph_state") and self.model.graph_state() is not None:
+            entries["graphs"] = self.model.graph_state()
+        return entries
+
+    def _load_saved_graphs(self, checkpoint):
+        """CSTWA's graphs from the checkpoint, for a model that has none yet (a new process)."""
+        graphs = checkpoint.get("graphs")
+        if graphs and hasattr(self.model, "load_graph_state") and not self.model.has_graphs():
+            self.model.load_graph_state(graphs)
 
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
         self.saved_model_file = resume_file
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
         self.start_epoch = checkpoint["epoch"] + 1
+        self.saved_epoch = checkpoint["epoch"]
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         if checkpoint["model"].lower() != self.config["model"].lower():
@@ -118,6 +168,7 @@ class SafeCheckpointMixin:
             )
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self._load_saved_graphs(checkpoint)
         saved_optimizer = checkpoint["optimizer"]
         written_sparse = isinstance(saved_optimizer, dict) and "optimizers" in saved_optimizer
         if written_sparse != isinstance(self.optimizer, SplitOptimizer):
@@ -130,6 +181,8 @@ class SafeCheckpointMixin:
                 f"optimizer state) and this run uses the other kind: resume with {fix}."
             )
         self.optimizer.load_state_dict(saved_optimizer)
+        if checkpoint.get("random_state"):  # format 2: continue the random streams of the save
+            self._resumed_loader_state = restore_random_state(checkpoint["random_state"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def load_best_model(self, model_file=None):
@@ -138,4 +191,36 @@ class SafeCheckpointMixin:
         checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self._load_saved_graphs(checkpoint)
         self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+
+
+def random_state(loader_generator=None):
+    """torch's, numpy's and Python's random states (and a data loader's), as plain data."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached_gaussian),
+        ],
+        "python": [version, list(internal), gauss_next],
+        "loader": loader_generator.get_state() if loader_generator is not None else None,
+    }
+
+
+def restore_random_state(state):
+    """Sets the states :func:`random_state` saved; returns the loader's (set by ``fit``)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    return state["loader"]

@@ -56,3 +56,11 @@ class MalformedLineError(InputError):
         self.path = path
         self.line_number = line_number
         self.reason = reason
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used as asked: the message names the file and the fix."""
+
+
+class PredictInputError(InputError):
+    """A file to score or write that cannot be used: names the file, the column and the fix."""

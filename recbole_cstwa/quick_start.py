@@ -9,16 +9,24 @@ import torch
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_cstwa import distributed
+from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
+from recbole_cstwa.errors import CheckpointError
 from recbole_cstwa.memory import peak_rss_mb, pss_mb
 from recbole_cstwa.registry import get_model, get_trainer
+from recbole_cstwa.serving.trained import (
+    StoredConfig,
+    build_model,
+    check_vocabularies,
+    read_trained_checkpoint,
+)
 
 
 def run_recbole_cstwa(
     model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-    nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0,
+    nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0, resume=None,
 ):
     """Trains ``model`` on ``dataset``, early-stops on ``valid_metric`` and scores the test set.
 
@@ -32,16 +40,25 @@ def run_recbole_cstwa(
             RecBole's ``run``: ``nproc`` processes here (one a GPU; CPU processes without one),
             ranks ``group_offset ..`` of ``world_size`` in all, meeting at ``ip:port``
             (see :mod:`recbole_cstwa.distributed`). The default is one process.
+        resume (str): a checkpoint to continue training from (RecBole's ``resume_checkpoint``:
+            parameters, optimizer state, the next epoch, the best score so far, and, in checkpoints
+            of this version, the random states of the save, so the run goes on as the interrupted
+            one would have). Checkpoints of this version give the model, the dataset and the
+            settings, which ``config_dict``, files and the command line override (``--epochs``).
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
         ``test_result`` (metric name -> value, e.g. ``purchase_auc``), ``epochs_trained``,
         ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
-        best checkpoint, when ``saved``), ``world_size``, ``peak_rss_mb`` (peak resident memory
+        best checkpoint, when ``saved``), ``best_epoch`` (the epoch it holds), ``world_size``, ``peak_rss_mb`` (peak resident memory
         of each rank, MiB), ``pss_mb`` (each rank's proportional set size at the end, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
         DDP, rank 0's result on the machine running rank 0, ``None`` on the others.
     """
+    if resume is not None:
+        model, dataset, config_dict = checkpoint_settings(resume, model, dataset, config_dict)
     if int(nproc) != 1 or int(world_size) > 0:
+        if resume is not None:
+            raise CheckpointError("--resume runs in one process: drop --nproc / --world_size.")
         # Settings are checked here once, so that a bad one is one message, not one a rank.
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
         # RecBole makes these folders with check-then-create, which the ranks would race on.
@@ -51,10 +68,103 @@ def run_recbole_cstwa(
             _run, model, dataset, config_file_list, config_dict, saved,
             nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=group_offset,
         )
-    return _run(model, dataset, config_file_list, config_dict, saved)
+    return _run(model, dataset, config_file_list, config_dict, saved, resume=resume)
 
 
-def _run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
+    """``(model, dataset, config_dict)`` for a run on ``model_file``: a checkpoint of this
+    version gives its model, dataset and settings (``model`` / ``dataset`` given must match,
+    ``config_dict`` overrides); an earlier one (parameters only) needs them given, as in the run
+    that trained it."""
+    checkpoint = load_checkpoint(model_file, map_location="cpu")  # refuses pickles
+    if checkpoint.get("format", 1) < CHECKPOINT_FORMAT or "settings" not in checkpoint:
+        if model is None:
+            raise CheckpointError(
+                f"Checkpoint [{model_file}] was written by an earlier recbole-cstwa and holds no "
+                f"settings. Fix: give --model={checkpoint.get('model', '<model>')} and the settings "
+                "it was trained with."
+            )
+        return model, dataset, config_dict
+    for given, stored, key in ((model, checkpoint["model"], "model"), (dataset, checkpoint["dataset"], "dataset")):
+        if given is not None and str(given).lower() != str(stored).lower():
+            raise CheckpointError(
+                f"Checkpoint [{model_file}] holds {key} {stored}, not {given}. Fix: drop --{key} "
+                f"or give --{key}={stored}."
+            )
+    settings = dict(checkpoint["settings"])
+    settings.update(config_dict or {})
+    return checkpoint["model"], checkpoint["dataset"], settings
+
+
+def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Scores the checkpoint ``model_file`` on the dataset's validation and test splits, without
+    training (``run_recbole_cstwa.py --model_file=...``).
+
+    Returns:
+        dict: as :func:`run_recbole_cstwa`'s, ``best_valid_result`` holding the validation result
+        and ``best_epoch`` the epoch the checkpoint was saved at.
+    """
+    model, dataset, config_dict = checkpoint_settings(model_file, model, dataset, config_dict)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    check_dataset_settings(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    if "data" in checkpoint:
+        check_vocabularies(checkpoint, train_data._dataset, model_file)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    show = config["show_progress"]
+    valid_result = trainer.evaluate(valid_data, load_best_model=True, model_file=model_file, show_progress=show)
+    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=show)
+    logger.info(set_color("valid result", "yellow") + f": {dict(valid_result or {})}")
+    logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")
+    return {
+        "model": config["model"],
+        "best_valid_result": valid_result,
+        "test_result": test_result,
+        "model_file": str(model_file),
+        "best_epoch": checkpoint.get("epoch"),
+        "epochs_trained": 0,
+    }
+
+
+def load_data_and_model(model_file, config_dict=None):
+    """RecBole's ``load_data_and_model`` for the plugin's checkpoints, which hold no pickled
+    ``Config``: the dataset is read again with the settings stored in the checkpoint (checked
+    to give the same vocabularies), and the model is rebuilt with its parameters (and CSTWA's
+    graphs). Works for the plugin's models and RecBole's models trained through it.
+
+    Args:
+        model_file (str): a checkpoint written by the plugin's trainers (this version).
+        config_dict (dict, optional): settings replacing stored ones, e.g. ``data_path`` when
+            the data moved.
+
+    Returns:
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
+    """
+    checkpoint = read_trained_checkpoint(model_file)
+    settings = dict(checkpoint["settings"])
+    settings.update(config_dict or {})
+    config = StoredConfig(model=checkpoint["model"], dataset=checkpoint["dataset"], config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    check_vocabularies(checkpoint, train_data._dataset, model_file)
+    model = build_model(config, train_data._dataset, checkpoint, model_file).to(config["device"])
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def _run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume=None):
     """The pipeline of one process (of a DDP rank when ``config_dict`` sets ``local_rank``)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -76,6 +186,8 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     logger.info(model)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume is not None:
+        trainer.resume_checkpoint(resume)
     fit_start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -95,6 +207,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "fit_seconds": fit_seconds,  # trainer.fit: stages, training and per-epoch validation
         "epoch_seconds": list(trainer.epoch_seconds),
         "model_file": trainer.saved_model_file if saved else None,
+        "best_epoch": getattr(trainer, "saved_epoch", None),
         "world_size": 1,
         "peak_rss_mb": [round(peak_rss_mb(), 1)],
         "pss_mb": [round(pss_mb(), 1)],

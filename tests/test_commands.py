@@ -26,8 +26,8 @@ def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[-7].split() == ["metric", "valid", "test"]
-    assert [line.split()[0] for line in lines[-6:]] == [
+    assert lines[-8].split() == ["metric", "valid", "test"]
+    assert [line.split()[0] for line in lines[-7:-1]] == [
         "click_auc",
         "click_logloss",
         "purchase_auc",
@@ -35,6 +35,7 @@ def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
         "cvr_auc",
         "cvr_logloss",
     ]
+    assert lines[-1].startswith(f"best epoch: 0; checkpoint: {tmp_path}/saved/ESMM-")
 
 
 @pytest.mark.slow

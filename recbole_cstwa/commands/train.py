@@ -1,10 +1,15 @@
 """``recbole-cstwa`` (or ``python run_recbole_cstwa.py``): train and evaluate a model, RecBole style.
 
+
     python run_recbole_cstwa.py --model=CSTWA [--dataset=synthetic-ccp] [--config_files="a.yaml b.yaml"]
                                 [--nproc=N] [--world_size=W --ip=HOST --port=P --group_offset=R]
                                 [--any_recbole_key=value ...]
+    python run_recbole_cstwa.py --model_file=saved/MLP-....pth      # evaluate, no training
+    python run_recbole_cstwa.py --resume=saved/MLP-....pth [--epochs=20]   # continue training
 
-Prints the click and purchase metrics of the best validation epoch and of the test set.
+Prints the click and purchase metrics of the best validation epoch and of the test set, the best
+epoch and the checkpoint that holds it. A checkpoint of this version brings its model, dataset and
+settings (the command line overrides them); one of an earlier version needs them given.
 ``--nproc=2`` trains with 2 data-parallel processes (DDP: one a GPU with nccl, or CPU processes
 with gloo); over several machines, each runs ``--nproc`` ranks from ``--group_offset`` of
 ``--world_size``, meeting at rank 0's ``--ip`` and ``--port``.
@@ -13,11 +18,11 @@ with gloo); over several machines, each runs ``--nproc`` ranks from ``--group_of
 import argparse
 
 from recbole_cstwa.commands.cli import reported_errors
-from recbole_cstwa.quick_start import run_recbole_cstwa
+from recbole_cstwa.quick_start import evaluate_checkpoint, run_recbole_cstwa
 
 
 def format_results(result):
-    """The valid and test metrics as an aligned table."""
+    """The valid and test metrics as an aligned table, then the best epoch and its checkpoint."""
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
     metrics = list(test) or list(valid)
     lines = [f"{'metric':<20}{'valid':>10}{'test':>10}"]
@@ -25,6 +30,10 @@ def format_results(result):
         lines.append(
             f"{metric:<20}{valid.get(metric, float('nan')):>10.4f}{test.get(metric, float('nan')):>10.4f}"
         )
+    if result.get("model_file"):
+        epoch = result.get("best_epoch")
+        saved = epoch if epoch is not None else "none saved"
+        lines.append(f"best epoch: {saved}; checkpoint: {result['model_file']}")
     return "\n".join(lines)
 
 
@@ -32,7 +41,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", "-m", default="CSTWA", help="plugin model or RecBole context-aware model")
+    parser.add_argument("--model", "-m", default=None, help="plugin or RecBole context model (default: CSTWA)")
     parser.add_argument("--dataset", "-d", default=None, help="dataset name (default: synthetic-ccp)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: 1)")
@@ -40,11 +49,19 @@ def main(argv=None):
     parser.add_argument("--ip", default="localhost", help="address of the machine running rank 0")
     parser.add_argument("--port", type=int, default=5678, help="free port on the machine running rank 0")
     parser.add_argument("--group_offset", type=int, default=0, help="rank of this machine's first process")
+    parser.add_argument("--model_file", default=None, help="evaluate this checkpoint on the splits, no training")
+    parser.add_argument("--resume", default=None, help="continue training from this checkpoint")
     args, _ = parser.parse_known_args(argv)  # other --key=value pairs are RecBole config overrides
     config_files = args.config_files.split() if args.config_files else None
     with reported_errors():  # bad input or settings: one `error: ...` line naming the key and the fix
+        if args.model_file:
+            result = evaluate_checkpoint(args.model_file, args.model, args.dataset, config_files)
+            print(f"{result['model']} from {args.model_file} (evaluated, not trained)")
+            print(format_results(result))
+            return
+        model = args.model if args.model or args.resume else "CSTWA"
         result = run_recbole_cstwa(
-            model=args.model,
+            model=model,
             dataset=args.dataset,
             config_file_list=config_files,
             nproc=args.nproc,
@@ -52,11 +69,13 @@ def main(argv=None):
             ip=args.ip,
             port=args.port,
             group_offset=args.group_offset,
+            resume=args.resume,
         )
     if result is None:  # a machine without rank 0
         print(f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} done; rank 0 reports the results")
         return
-    print(f"{result['model']} on {args.dataset or 'synthetic-ccp'}")
+    resumed = f", resumed from {args.resume}" if args.resume else ""
+    print(f"{result['model']} on {args.dataset or 'synthetic-ccp'}{resumed}")
     print(format_results(result))
 
 

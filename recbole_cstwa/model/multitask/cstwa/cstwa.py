@@ -272,6 +272,18 @@ class CSTWA(MultiTaskRecommender):
     def has_graphs(self):
         return self.use_sm and self.structure["user"].has_graph()
 
+    def graph_state(self):
+        """The user and item graphs as CSR tensors, for checkpoints (``None`` without graphs):
+        a model rebuilt from its checkpoint scores without the training data."""
+        if not self.has_graphs():
+            return None
+        return {group: graph.csr_state() for group, graph in self.structure.items()}
+
+    def load_graph_state(self, state):
+        """Takes :meth:`graph_state`'s output; the held ``P`` (in the parameters) is kept."""
+        for group, graph in self.structure.items():
+            graph.load_csr_state(state[group])
+
     def graph(self, group):
         """``A_hat`` of ``group`` as a :class:`~recbole_cstwa.model.multitask.cstwa.structure.RowGraph`."""
         return self.structure[group].row_graph()

@@ -68,6 +68,29 @@ class EntityGraph(nn.Module):
         self.row_pointers, self.columns, self.values = rows.row_pointers, rows.columns, rows.values.float()
         self.ready.fill_(False)
 
+    def csr_state(self):
+        """``A_hat``'s CSR arrays, plain tensors (checkpoints)."""
+        return {"row_pointers": self.row_pointers, "columns": self.columns, "values": self.values}
+
+    def load_csr_state(self, state):
+        """Takes :meth:`csr_state`'s output, checked against the entity count; ``P`` is kept."""
+        row_pointers, columns, values = state["row_pointers"], state["columns"], state["values"]
+        valid = (
+            len(row_pointers) == self.num_entities + 1
+            and len(columns) == len(values) == int(row_pointers[-1])
+            and bool((row_pointers[1:] >= row_pointers[:-1]).all())
+            and (len(columns) == 0 or 0 <= int(columns.min()) <= int(columns.max()) < self.num_entities)
+        )
+        if not valid:
+            raise ValueError(
+                f"The saved {self.group} graph does not fit the {self.num_entities} {self.group} "
+                "rows of the model: the checkpoint is damaged or from other data."
+            )
+        device = self.propagated.device
+        self.row_pointers = row_pointers.to(device)
+        self.columns = columns.to(device)
+        self.values = values.float().to(device)
+
     def has_graph(self):
         return len(self.row_pointers) > 0
 

@@ -1,0 +1,193 @@
+"""Scoring cost: run_predict.py on a 4M-impression Ali-CCP-shaped dataset's test split, and the
+exported TorchScript model against eager torch.
+
+1. The dataset (``--dataset``, default ``s4m``: 4M impressions, 0.2M users, 0.5M items, the
+   generator's default 80/10/10 split) is generated when its folder is missing
+   (``--n-impressions``), as ``bench_scale.py`` does.
+2. A model is trained for one epoch (``run_recbole_cstwa.py --epochs=1``), unless
+   ``--model_file`` gives a checkpoint.
+3. The test split is written as CSV (the header without RecBole's ``:type``, labels kept).
+4. ``run_predict.py`` scores that CSV with one thread under ``/usr/bin/time -v``: rows/s over
+   the wall time and over the CPU time (user + system: rows/s a core), peak RSS.
+5. Exported vs eager: ``--repeats`` calls of the TorchScript model and of the eager module on
+   batches of 1, 256 and 4096 test rows, one thread: median latency and rows/s.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --data-path ../data --dataset s4m \\
+        --n-impressions 4000000
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def ensure_dataset(args):
+    folder = os.path.join(args.data_path, args.dataset)
+    if os.path.isfile(os.path.join(folder, f"{args.dataset}.test.inter")):
+        return folder
+    if args.n_impressions is None:
+        raise SystemExit(f"error: no dataset [{folder}]: give --n-impressions to generate it.")
+    command = [
+        sys.executable, "-m", "recbole_cstwa.tools.generator", "generate", "--output", args.data_path,
+        "--name", args.dataset, "--n-impressions", str(args.n_impressions), "--n-users", str(args.n_users),
+        "--n-items", str(args.n_items),
+    ]  # fmt: skip
+    print("generating:", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    return folder
+
+
+def train(args, work):
+    command = [
+        sys.executable, os.path.join(ROOT, "run_recbole_cstwa.py"), f"--model={args.model}",
+        f"--dataset={args.dataset}", f"--data_path={os.path.abspath(args.data_path)}", "--epochs=1",
+        "--show_progress=False", f"--checkpoint_dir={os.path.join(work, 'saved')}", "--state=WARNING",
+    ]  # fmt: skip
+    print("training:", " ".join(command), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=work)
+    print(f"trained in {time.perf_counter() - start:.1f}s")
+    return re.search(r"checkpoint: (\S+)", done.stdout).group(1)
+
+
+def test_split_as_csv(folder, dataset, path):
+    """The atomic test file as CSV (plain header), streamed."""
+    source = os.path.join(folder, f"{dataset}.test.inter")
+    with open(source, encoding="utf-8") as file:
+        header = file.readline().rstrip("\n").split("\t")
+    names = [name.split(":")[0] for name in header]
+    reader = pa_csv.open_csv(
+        source,
+        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1),
+        parse_options=pa_csv.ParseOptions(delimiter="\t"),
+        convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in names}),
+    )
+    rows = 0
+    with pa_csv.CSVWriter(
+        path, reader.schema, write_options=pa_csv.WriteOptions(quoting_style="none")
+    ) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def score_file(model_file, source, output):
+    command = [
+        "/usr/bin/time", "-v", sys.executable, os.path.join(ROOT, "run_predict.py"), f"--model_file={model_file}",
+        f"--input={source}", f"--output={output}", "--threads=1",
+    ]  # fmt: skip
+    print("scoring:", " ".join(command), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    print(done.stdout.strip())
+
+    def field(name):
+        return float(re.search(rf"{re.escape(name)}: ([\d.:]+)", done.stderr).group(1).split(":")[-1])
+
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", done.stderr).group(1)
+    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
+    return {
+        "wall_s": seconds,
+        "cpu_s": field("User time (seconds)") + field("System time (seconds)"),
+        "peak_rss_mb": field("Maximum resident set size (kbytes)") / 1024,
+        "scored": re.search(r"scored (\d+) rows in ([\d.]+)s", done.stdout),
+    }
+
+
+def exported_vs_eager(model_file, folder, dataset, repeats):
+    import torch
+
+    from recbole_cstwa.serving.export import export_model
+    from recbole_cstwa.serving.module import ServingModule
+    from recbole_cstwa.serving.predict import FieldVocabulary
+    from recbole_cstwa.serving.trained import load_trained
+
+    torch.set_num_threads(1)
+    trained = load_trained(model_file)
+    export_dir = os.path.join(os.path.dirname(model_file), "exported")
+    export_model(trained, export_dir)
+    exported = torch.jit.load(os.path.join(export_dir, "model.pt"))
+    serving = ServingModule(trained).eval()
+    table = pa_csv.read_csv(
+        os.path.join(folder, f"{dataset}.test.inter"),
+        read_options=pa_csv.ReadOptions(block_size=1 << 20),
+        parse_options=pa_csv.ParseOptions(delimiter="\t"),
+    ).slice(0, 4096)
+    names = {name.split(":")[0]: name for name in table.column_names}
+    tokens = torch.stack(
+        [
+            torch.from_numpy(
+                FieldVocabulary(trained.dataset.vocabulary(f)).indices(
+                    table.column(names[f]).cast(pa.string())
+                )[0]
+            )
+            for f in serving.token_fields
+        ],
+        dim=1,
+    )
+    floats = torch.zeros(len(tokens), len(serving.float_fields))
+    rows = []
+    with torch.no_grad():
+        for batch in (1, 256, 4096):
+            inputs = (tokens[:batch], floats[:batch])
+            for name, model in (("exported", exported), ("eager", serving)):
+                for _ in range(3):
+                    model(*inputs)  # warm-up (the TorchScript profiler optimises on the first calls)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(*inputs)
+                    times.append(time.perf_counter() - start)
+                median = statistics.median(times)
+                rows.append((batch, name, median * 1000, batch / median))
+            difference = (exported(*inputs) - serving(*inputs)).abs().max().item()
+            print(f"batch {batch}: max |exported - eager| = {difference:.2e}")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-path", default="dataset")
+    parser.add_argument("--dataset", default="s4m")
+    parser.add_argument("--n-impressions", type=int, default=None, help="generate the dataset when missing")
+    parser.add_argument("--n-users", type=int, default=200_000)
+    parser.add_argument("--n-items", type=int, default=500_000)
+    parser.add_argument("--model", default="MLP")
+    parser.add_argument("--model_file", default=None, help="a checkpoint of a model trained on --dataset")
+    parser.add_argument("--work", default=None, help="folder for the checkpoint, CSV and scores")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    folder = ensure_dataset(args)
+    work = os.path.abspath(args.work or os.path.join(args.data_path, "bench-predict"))
+    os.makedirs(work, exist_ok=True)
+    model_file = args.model_file or train(args, work)
+    source = os.path.join(work, f"{args.dataset}.test.csv")
+    rows = test_split_as_csv(folder, args.dataset, source)
+    print(f"test split: {rows} rows, {os.path.getsize(source) / 2**20:.0f} MiB of CSV")
+    scored = score_file(model_file, source, os.path.join(work, "scores.parquet"))
+    loop_rows, loop_seconds = int(scored["scored"].group(1)), float(scored["scored"].group(2))
+    print(f"run_predict.py's read-map-score-write loop: {loop_rows / loop_seconds:,.0f} rows/s (1 thread)")
+    print(
+        f"run_predict.py, 1 thread, whole process: {rows} rows, wall {scored['wall_s']:.1f}s ({rows / scored['wall_s']:,.0f} rows/s), "
+        f"CPU {scored['cpu_s']:.1f}s ({rows / scored['cpu_s']:,.0f} rows/s a core), peak RSS {scored['peak_rss_mb']:.0f} MiB"
+    )
+    print(f"{'batch':>6} {'model':<9} {'ms a call':>10} {'rows/s':>12}")
+    for batch, name, milliseconds, rate in exported_vs_eager(model_file, folder, args.dataset, args.repeats):
+        print(f"{batch:>6} {name:<9} {milliseconds:>10.3f} {rate:>12,.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""A trained model as a plain tensor function: field indices in, probabilities out.
+
+:class:`ServingModule` wraps a model rebuilt from its checkpoint
+(:func:`recbole_cstwa.serving.trained.load_trained`). It takes, for a batch of impressions,
+
+- ``tokens``: ``(B, T)`` int64, the index of each token field of the impression (the user id,
+  the item id, the context fields; :func:`input_fields` gives the order), 0 for a missing or
+  unseen token (RecBole's ``[PAD]``: the field counts as absent);
+- ``floats``: ``(B, F)`` float32, the value of each numerical field (``numerical_features``);
+
+looks up the user's and item's feature fields in the tables the training data held (as RecBole's
+``Dataset.join``) and returns ``(B, K)`` float32 probabilities, one column a name of
+:attr:`ServingModule.output_names`: ``p_click``, ``p_purchase`` (impression level) and
+``p_cvr`` (post-click) for the plugin's models; the trained label's probability for a RecBole
+model. The predictor runs it eagerly and the exporter traces it, so both score alike.
+
+``p_cvr`` of a model without a pCVR head (all but ESMM and ESCM2) is the ESMM paper's DIVISION
+baseline, ``p_purchase / p_click`` clipped to ``[CVR_EPSILON, 1 - CVR_EPSILON]``: the
+post-click probability implied by the model's two impression-level heads.
+"""
+
+import copy
+
+import torch
+import torch.nn as nn
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, FeatureType
+
+from recbole_cstwa.errors import InputError
+from recbole_cstwa.model.layers import FieldEmbedding
+
+#: Output columns: model output -> column name.
+OUTPUT_COLUMNS = {"click": "p_click", "purchase": "p_purchase", "cvr": "p_cvr"}
+#: Clip of the DIVISION p_cvr (p_purchase / p_click), inside (0, 1).
+CVR_EPSILON = 1e-7
+#: The sources of the fields an impression row carries (the ``.inter`` file's).
+ROW_SOURCES = (FeatureSource.INTERACTION, FeatureSource.USER_ID, FeatureSource.ITEM_ID)
+
+
+def division_cvr(p_purchase, p_click):
+    """The ESMM paper's DIVISION pCVR: ``pCTCVR / pCTR``, clipped into (0, 1)."""
+    ratio = p_purchase / p_click.clamp_min(CVR_EPSILON)
+    return ratio.clamp(CVR_EPSILON, 1.0 - CVR_EPSILON)
+
+
+def input_fields(dataset, config):
+    """``(token_fields, float_fields)`` an impression row gives the model, in input order.
+
+    Labels are left out; float fields outside ``numerical_features`` are read by no model.
+    """
+    labels = {config["CLICK_FIELD"], config["PURCHASE_FIELD"], config["LABEL_FIELD"]}
+    numerical = set(config["numerical_features"] or [])
+    tokens, floats = [], []
+    for field in dataset.fields(source=list(ROW_SOURCES)):
+        if field in labels:
+            continue
+        ftype = dataset.field2type[field]
+        if ftype == FeatureType.TOKEN:
+            tokens.append(field)
+        elif ftype == FeatureType.FLOAT and field in numerical:
+            floats.append(field)
+        elif ftype in (FeatureType.TOKEN_SEQ, FeatureType.FLOAT_SEQ):
+            raise InputError(
+                f"Field [{field}] is a {ftype.value} field: scoring new rows supports token and "
+                "float fields of the impressions (sequence fields may sit in the .user / .item "
+                "files)."
+            )
+    return tokens, floats
+
+
+class ServingModule(nn.Module):
+    """``forward(tokens, floats) -> (B, K) probabilities`` of a trained model (module doc)."""
+
+    def __init__(self, trained):
+        super().__init__()
+        config, dataset = trained.config, trained.dataset
+        if config["discretization"]:
+            raise InputError(
+                "The model was trained with discretization: its bucket boundaries are not stored, "
+                "so new rows cannot be bucketed the same way. Fix: train without discretization."
+            )
+        self.token_fields, self.float_fields = input_fields(dataset, config)
+        model = copy.deepcopy(trained.model).cpu().eval()
+        for layer in model.modules():
+            if isinstance(layer, FieldEmbedding):
+                layer.sparse = False  # a dense look-up: the same rows, no custom autograd op
+        if getattr(model, "use_sm", False) and model.sm_mode == "batch":
+            # P = A_hat^L E of the final embedding, which the per-batch propagation computes
+            # row by row: computed once, the module holds no graph.
+            model.update_structure()
+            model.sm_mode = "epoch"
+        self.model = model
+        self.multitask = trained.is_multitask
+        trained_task = "click" if config["LABEL_FIELD"] == config["CLICK_FIELD"] else "purchase"
+        self.outputs = ["click", "purchase", "cvr"] if self.multitask else [trained_task]
+        self.output_names = [OUTPUT_COLUMNS[name] for name in self.outputs]
+        self.joins = []  # (id field, [(feature field, buffer name)])
+        for group, feat, id_field in (
+            ("user", dataset.get_user_feature(), dataset.uid_field),
+            ("item", dataset.get_item_feature(), dataset.iid_field),
+        ):
+            if feat is None or id_field not in self.token_fields:
+                continue
+            columns = []
+            for position, field in enumerate(f for f in feat.columns if f != id_field):
+                name = f"{group}_table_{position}"
+                self.register_buffer(name, feat[field].clone())
+                columns.append((field, name))
+            self.joins.append((id_field, columns))
+        with torch.no_grad():  # one all-padding row: which outputs the model gives itself
+            probe = self.task_outputs(
+                torch.zeros(1, len(self.token_fields), dtype=torch.long),
+                torch.zeros(1, len(self.float_fields)),
+            )
+        #: The model's own outputs (``cvr`` only with a pCVR head): what metrics are computed on.
+        self.native_outputs = [name for name in self.outputs if name in probe]
+
+    def interaction(self, tokens, floats):
+        """The batch as the ``Interaction`` the model reads (user / item features joined)."""
+        columns = {field: tokens[:, i] for i, field in enumerate(self.token_fields)}
+        for j, field in enumerate(self.float_fields):
+            value = floats[:, j]
+            columns[field] = torch.stack([value, torch.ones_like(value)], dim=1)  # RecBole's [value, 1]
+        for id_field, tables in self.joins:
+            ids = columns[id_field]
+            for field, name in tables:
+                columns[field] = getattr(self, name)[ids]
+        return Interaction(columns)
+
+    def task_outputs(self, tokens, floats):
+        """``{"click"/"purchase"/"cvr": (B,)}``: the model's own outputs (no DIVISION p_cvr)."""
+        interaction = self.interaction(tokens, floats)
+        if self.multitask:
+            return self.model.predict_tasks(interaction)
+        return {self.outputs[0]: self.model.predict(interaction)}
+
+    def forward(self, tokens, floats):
+        outputs = self.task_outputs(tokens, floats)
+        if self.multitask and "cvr" not in outputs:
+            outputs["cvr"] = division_cvr(outputs["purchase"], outputs["click"])
+        return torch.stack([outputs[name].float() for name in self.outputs], dim=1)

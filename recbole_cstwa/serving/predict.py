@@ -1,0 +1,289 @@
+"""Score a file of impressions with a trained model, streamed in blocks.
+
+:func:`predict_file` reads CSV, TSV, parquet or a RecBole atomic ``.inter`` file block by block
+(pyarrow), maps each token field's raw tokens to the model's indices with the vocabularies
+stored in the checkpoint (:class:`FieldVocabulary`), scores the block with the model
+(:class:`~recbole_cstwa.serving.module.ServingModule`, eagerly) and appends one output row an
+input row: the key columns asked for, then ``p_click``, ``p_purchase``, ``p_cvr`` (or the
+trained label's probability for a RecBole model).
+
+- Columns are found by name: their order does not matter and other columns are ignored. Every
+  feature column the model reads must be there (a cell may be empty: the field is then absent).
+- A token the training data never had (an unseen user, item or value) gets index 0, RecBole's
+  padding: the field counts as absent, as an empty cell. Unseen tokens are counted a field and
+  reported.
+- Labels are optional: when the click / purchase columns (``CLICK_FIELD``, ``PURCHASE_FIELD``)
+  are there, the rows are also scored with the run's metrics, per task as in training
+  (:class:`~recbole_cstwa.evaluator.TaskEvaluator`).
+- Memory is bounded by the block, the vocabularies and, with labels, one float a task a row for
+  the metrics.
+"""
+
+import csv
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from recbole_cstwa.errors import PredictInputError
+from recbole_cstwa.evaluator import TaskEvaluator
+from recbole_cstwa.serving.module import ServingModule, division_cvr
+
+#: Bytes of CSV text parsed a block.
+BLOCK_BYTES = 1 << 22
+#: Rows of a parquet block.
+PARQUET_BLOCK_ROWS = 65536
+INPUT_FORMATS = (".csv", ".tsv", ".parquet", ".inter")
+OUTPUT_FORMATS = (".csv", ".parquet")
+
+
+class FieldVocabulary:
+    """Raw token -> the model's index for one token field; 0 for a missing or unseen token."""
+
+    def __init__(self, tokens):
+        # Index 0 is [PAD]: not a token a file can hold (a cell reading "[PAD]" is unseen).
+        self._index = pd.Index(tokens[1:])
+
+    def indices(self, column):
+        """``(int64 indices, unseen count)`` of an Arrow string column."""
+        encoded = column.dictionary_encode() if not pa.types.is_dictionary(column.type) else column
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
+        found = self._index.get_indexer(dictionary.astype(object, copy=False)) + 1  # 0: unseen
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        lookup = np.append(found, 0).astype(np.int64)  # code -1 (a missing cell) -> 0
+        indices = lookup[codes]
+        unseen = int(np.count_nonzero((codes >= 0) & (lookup[codes] == 0)))
+        return indices, unseen
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_file` did."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    unseen: dict = field(default_factory=dict)  # field -> rows whose token was not in training
+    metrics: dict = field(default_factory=dict)
+    labels: list = field(default_factory=list)
+    output_columns: list = field(default_factory=list)
+
+    def lines(self):
+        """The report as printed lines."""
+        rate = self.rows / self.seconds if self.seconds > 0 else float("nan")
+        lines = [
+            f"scored {self.rows} rows in {self.seconds:.2f}s ({rate:,.0f} rows/s); columns {self.output_columns}"
+        ]
+        unseen = {name: count for name, count in self.unseen.items() if count}
+        if unseen:
+            parts = ", ".join(
+                f"{name} {count} ({count / max(self.rows, 1):.2%})" for name, count in unseen.items()
+            )
+            lines.append(f"unseen tokens (scored as absent, index 0): {parts}")
+        else:
+            lines.append("unseen tokens: none")
+        if self.metrics:
+            lines.append(
+                "labels "
+                + ", ".join(self.labels)
+                + ": "
+                + ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
+            )
+        else:
+            lines.append("no label columns: scores only")
+        return lines
+
+
+def _file_format(path, allowed, role):
+    extension = os.path.splitext(str(path))[1].lower()
+    if extension not in allowed:
+        raise PredictInputError(
+            f"{role} file [{path}] ends in {extension or 'no extension'}: use one of {', '.join(allowed)}."
+        )
+    return extension
+
+
+def _csv_header(path, delimiter, encoding="utf-8"):
+    """The column names of the first line (quoted or not)."""
+    with open(path, encoding=encoding, newline="") as file:
+        return next(csv.reader([file.readline().rstrip("\r\n")], delimiter=delimiter), [])
+
+
+def _blocks(path, extension, wanted, types, threads):
+    """Record batches of the ``wanted`` columns (names without ``:type``), and the file's names."""
+    if extension == ".parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as error:
+            raise PredictInputError(f"Cannot read [{path}] as parquet: {error}.") from None
+        names = parquet.schema_arrow.names
+        present = [name for name in wanted if name in names]
+        return names, parquet.iter_batches(
+            batch_size=PARQUET_BLOCK_ROWS, columns=present, use_threads=threads > 1
+        )
+    delimiter = "," if extension == ".csv" else "\t"
+    header = _csv_header(path, delimiter)
+    names = [name.split(":")[0] if extension == ".inter" else name for name in header]
+    present = [name for name in wanted if name in names]
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(
+            column_names=names, skip_rows=1, block_size=BLOCK_BYTES, use_threads=threads > 1
+        ),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+        convert_options=pa_csv.ConvertOptions(
+            include_columns=present,
+            column_types={name: types[name] for name in present if name in types},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+    return names, reader
+
+
+def _writer(path, extension, schema):
+    if extension == ".parquet":
+        return pq.ParquetWriter(path, schema)
+    return pa_csv.CSVWriter(path, schema)
+
+
+def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, threads=None, progress=None):
+    """Scores every row of ``input_path`` into ``output_path`` (see the module doc).
+
+    Args:
+        trained: :func:`~recbole_cstwa.serving.trained.load_trained`'s model.
+        keys (list): input columns copied to the output, first, as read.
+        batch_size (int): rows a model call.
+        threads (int, optional): threads for reading and torch (default: torch's setting).
+        progress (bool, optional): a progress bar; default: when stderr is a terminal.
+
+    Returns:
+        PredictReport
+    """
+    input_path, output_path = str(input_path), str(output_path)
+    in_format = _file_format(input_path, INPUT_FORMATS, "Input")
+    out_format = _file_format(output_path, OUTPUT_FORMATS, "Output")
+    if not os.path.isfile(input_path):
+        raise PredictInputError(f"Input file [{input_path}] does not exist.")
+    if threads:
+        torch.set_num_threads(int(threads))
+        pa.set_cpu_count(int(threads))
+        pa.set_io_thread_count(int(threads))
+    threads = torch.get_num_threads()
+    config = trained.config
+    serving = ServingModule(trained).eval()
+    vocabularies = {name: FieldVocabulary(trained.dataset.vocabulary(name)) for name in serving.token_fields}
+    label_names = [config["CLICK_FIELD"], config["PURCHASE_FIELD"]]
+    types = {name: pa.string() for name in serving.token_fields}
+    types.update({name: pa.float64() for name in serving.float_fields + label_names})
+    keys = list(dict.fromkeys(keys))
+    wanted = list(dict.fromkeys(serving.token_fields + serving.float_fields + label_names + keys))
+    names, blocks = _blocks(input_path, in_format, wanted, types, threads)
+    missing = [name for name in serving.token_fields + serving.float_fields if name not in names]
+    if missing:
+        raise PredictInputError(
+            f"[{input_path}] has no column {missing} (columns: {names}): {config['model']} reads "
+            f"{serving.token_fields + serving.float_fields}. Fix: add the column (an empty cell "
+            "is an absent field)."
+        )
+    missing_keys = [name for name in keys if name not in names]
+    if missing_keys:
+        raise PredictInputError(f"Key column(s) {missing_keys} are not in [{input_path}] (columns: {names}).")
+    labels = [name for name in label_names if name in names]
+    tasks = {task: label for task, label in config["eval_tasks"].items() if label in labels}
+    evaluator = TaskEvaluator(config, tasks) if tasks else None
+    needs_click = evaluator is not None and "cvr" in tasks and config["CLICK_FIELD"] not in labels
+    if needs_click:  # cvr is scored on clicked rows: without the click column it cannot be
+        del tasks["cvr"]
+        evaluator = TaskEvaluator(config, tasks) if tasks else None
+
+    report = PredictReport(unseen={name: 0 for name in serving.token_fields}, labels=labels)
+    report.output_columns = keys + serving.output_names
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(desc="scoring", unit=" rows", disable=not show, file=sys.stderr)
+    writer = None
+    start = time.perf_counter()
+    partial_output = output_path + ".partial"
+    try:
+        for block in blocks:
+            rows = block.num_rows
+            if rows == 0:
+                continue
+            tokens = np.empty((rows, len(serving.token_fields)), dtype=np.int64)
+            for position, name in enumerate(serving.token_fields):
+                column = block.column(name)
+                if not pa.types.is_string(column.type) and not pa.types.is_dictionary(column.type):
+                    column = column.cast(pa.string())
+                tokens[:, position], unseen = vocabularies[name].indices(column)
+                report.unseen[name] += unseen
+            floats = np.empty((rows, len(serving.float_fields)), dtype=np.float32)
+            for position, name in enumerate(serving.float_fields):
+                values = block.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+                floats[:, position] = np.nan_to_num(values, nan=0.0)
+            probabilities = []
+            token_tensor, float_tensor = torch.from_numpy(tokens), torch.from_numpy(floats)
+            label_tensors = {name: _label_tensor(block, name, input_path) for name in labels}
+            with torch.no_grad():
+                for low in range(0, rows, batch_size):
+                    outputs = serving.task_outputs(
+                        token_tensor[low : low + batch_size], float_tensor[low : low + batch_size]
+                    )
+                    if evaluator is not None:
+                        batch_labels = {
+                            name: value[low : low + batch_size] for name, value in label_tensors.items()
+                        }
+                        evaluator.collect(
+                            batch_labels, {name: outputs[name] for name in serving.native_outputs}
+                        )
+                    if serving.multitask and "cvr" not in outputs:
+                        outputs["cvr"] = division_cvr(outputs["purchase"], outputs["click"])
+                    probabilities.append(
+                        torch.stack([outputs[name].float() for name in serving.outputs], dim=1)
+                    )
+            scores = torch.cat(probabilities).numpy()
+            columns = [block.column(name) for name in keys]
+            columns += [pa.array(scores[:, i]) for i in range(scores.shape[1])]
+            table = pa.Table.from_arrays(columns, names=report.output_columns)
+            if writer is None:
+                writer = _writer(partial_output, out_format, table.schema)
+            writer.write_table(table)
+            report.rows += rows
+            bar.update(rows)
+        if writer is None:
+            raise PredictInputError(f"[{input_path}] holds no rows to score.")
+        writer.close()
+        writer = None
+        os.replace(partial_output, output_path)
+    except pa.ArrowInvalid as error:
+        raise PredictInputError(f"Cannot read [{input_path}]: {str(error).splitlines()[0]}.") from None
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if os.path.exists(partial_output):
+            os.remove(partial_output)
+    report.seconds = time.perf_counter() - start
+    if evaluator is not None:
+        report.metrics = dict(evaluator.evaluate())
+    return report
+
+
+def _label_tensor(block, name, path):
+    values = block.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise PredictInputError(
+            f"[{path}] label column [{name}] holds {int(bad.sum())} values other than 0 / 1 "
+            f"(first: {values[bad][0]}). Fix: give 0 / 1 labels, or drop the column to score "
+            "without metrics."
+        )
+    return torch.from_numpy(values)

@@ -1,0 +1,376 @@
+"""From a trained model to scores: checkpoints that load alone, load_data_and_model, the file
+predictor, the TorchScript export, --model_file evaluation and --resume."""
+
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, load_script, tiny_config
+
+from recbole_cstwa.checkpoint import load_checkpoint
+from recbole_cstwa.errors import CheckpointError
+
+PLUGIN_MODELS = ("MLP", "ESMM", "OMoE", "MMoE", "PLE", "AITM", "ESCM2", "CSTWA")
+#: Per-model settings: CSTWA refreshes P every 2 steps, so its checkpoint holds a P in use.
+SETTINGS = {"CSTWA": {"sm_refresh_steps": 2}, "DeepFM": {"LABEL_FIELD": "click"}}
+
+
+def model_predictions(model, data, multitask=True):
+    """``{output: (N,)}`` of ``model`` over every batch of ``data``, in order."""
+    model.eval()
+    collected = {}
+    with torch.no_grad():
+        for batch in data:
+            interaction = batch[0]
+            outputs = model.predict_tasks(interaction) if multitask else {"score": model.predict(interaction)}
+            for name, value in outputs.items():
+                collected.setdefault(name, []).append(value)
+    return {name: torch.cat(values) for name, values in collected.items()}
+
+
+class Trained:
+    """One model trained for one epoch on the tiny dataset, with its trainer's test predictions."""
+
+    def __init__(self, name, data_path, folder):
+        from recbole_cstwa.config import Config
+        from recbole_cstwa.data import create_dataset, data_preparation
+        from recbole_cstwa.registry import get_model, get_trainer, is_multitask_model
+
+        overrides = dict(SETTINGS.get(name, {}))
+        self.config = Config(model=name, config_dict=tiny_config(data_path, folder, **overrides))
+        train_data, valid_data, self.test_data = data_preparation(self.config, create_dataset(self.config))
+        model = get_model(name)(self.config, train_data._dataset)
+        trainer = get_trainer(self.config["MODEL_TYPE"], name)(self.config, model)
+        trainer.fit(train_data, valid_data, saved=True)
+        self.test_result = trainer.evaluate(self.test_data, load_best_model=True)
+        self.multitask = is_multitask_model(type(model))
+        self.predictions = model_predictions(trainer.model, self.test_data, self.multitask)
+        self.model_file = trainer.saved_model_file
+        self.name = name
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_path, tmp_path_factory):
+    """``trained(name)``: the model trained once a module (cached), in its own folder."""
+    cache = {}
+    root = tmp_path_factory.mktemp("serving")
+
+    def get(name):
+        if name not in cache:
+            folder = root / name
+            folder.mkdir()
+            previous = os.getcwd()
+            os.chdir(folder)  # RecBole writes log/ into the working directory
+            try:
+                cache[name] = Trained(name, tiny_data_path, folder)
+            finally:
+                os.chdir(previous)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MLP", "AITM", "ESCM2", "CSTWA", "DeepFM"])
+def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name):
+    from recbole_cstwa.quick_start import load_data_and_model
+
+    run = trained(name)
+    state = torch.load(run.model_file, weights_only=True)  # still plain data only
+    assert state["format"] == 2 and state["settings"]["embedding_size"] == run.config["embedding_size"]
+    config, model, dataset, _, _, test_data = load_data_and_model(run.model_file)
+    assert config["model"] == name and len(test_data.dataset) == len(run.test_data.dataset)
+    reloaded = model_predictions(model, test_data, run.multitask)
+    assert set(reloaded) == set(run.predictions)
+    for output, values in run.predictions.items():
+        assert torch.equal(reloaded[output], values), output
+    if name == "CSTWA":  # trained with a P in use: the checkpoint brought graphs and P
+        assert model.has_graphs() and bool(model.structure["user"].ready)
+
+
+def _scored_inputs(run):
+    """The test split as raw tokens (the atomic file), and the trainer's predictions."""
+    path = os.path.join(run.config["data_path"], f"{TINY}.test.inter")
+    frame = pd.read_csv(path, sep="\t", dtype=str)
+    frame.columns = [name.split(":")[0] for name in frame.columns]
+    assert len(frame) == len(run.test_data.dataset)
+    return frame
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MLP", "CSTWA"])
+def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(trained, name, tmp_path):
+    from recbole_cstwa.serving.predict import predict_file
+    from recbole_cstwa.serving.trained import load_trained
+
+    run = trained(name)
+    frame = _scored_inputs(run)
+    unseen_rows = np.arange(0, len(frame), 7)
+    frame.loc[unseen_rows, "user_id"] = "a-user-never-seen"
+    frame.loc[unseen_rows[:5], "position"] = "99999"
+    frame["request_id"] = [f"r{i}" for i in range(len(frame))]
+    frame["ignored"] = "x"
+    unlabelled = frame.drop(columns=["click", "purchase"])
+    unlabelled = unlabelled[list(reversed(unlabelled.columns))]
+    source = tmp_path / "new.csv"
+    unlabelled.to_csv(source, index=False)
+
+    model = load_trained(run.model_file)
+    report = predict_file(model, source, tmp_path / "scores.parquet", keys=["request_id"], batch_size=97)
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert list(scores.columns) == ["request_id", "p_click", "p_purchase", "p_cvr"]
+    assert scores["request_id"].tolist() == frame["request_id"].tolist()
+    assert report.rows == len(frame) and report.metrics == {}
+    assert report.unseen["user_id"] == len(unseen_rows) and report.unseen["position"] == 5
+    assert report.unseen["item_id"] == 0
+
+    known = np.setdiff1d(np.arange(len(frame)), unseen_rows)
+    for column, output in (("p_click", "click"), ("p_purchase", "purchase")):
+        expected = run.predictions[output].numpy()[known]
+        np.testing.assert_allclose(scores[column].to_numpy()[known], expected, rtol=0, atol=1e-6)
+    # An unseen user scores as the padding user (index 0), as an empty cell would.
+    from recbole_cstwa.serving.module import ServingModule
+
+    serving = ServingModule(model)
+    row = frame.iloc[unseen_rows[-1]]
+    tokens = torch.tensor(
+        [
+            [
+                0 if field == "user_id" else model.dataset.vocabulary(field).tolist().index(row[field])
+                for field in serving.token_fields
+            ]
+        ]
+    )
+    expected = serving(tokens, torch.zeros(1, 0))[0].detach().numpy()
+    np.testing.assert_allclose(
+        scores.iloc[unseen_rows[-1]][["p_click", "p_purchase", "p_cvr"]].to_numpy(float), expected, atol=1e-6
+    )
+
+    # With the labels (and the file's own column order), the run's metrics are printed.
+    labelled = tmp_path / "labelled.inter"
+    original = os.path.join(run.config["data_path"], f"{TINY}.test.inter")
+    with open(original) as source_file, open(labelled, "w") as target:
+        target.write(source_file.read())
+    report = predict_file(model, labelled, tmp_path / "scores.csv")
+    for metric, value in run.test_result.items():
+        assert report.metrics[metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stub):
+    from recbole_cstwa.errors import PredictInputError
+    from recbole_cstwa.serving.predict import predict_file
+
+    source = tmp_path / "new.csv"
+    pd.DataFrame({"user_id": ["1"], "item_id": ["2"]}).to_csv(source, index=False)
+    with pytest.raises(PredictInputError, match=r"has no column \['position'"):
+        predict_file(trained_stub, source, tmp_path / "out.csv")
+
+
+@pytest.fixture
+def trained_stub(trained):
+    from recbole_cstwa.serving.trained import load_trained
+
+    return load_trained(trained("MLP").model_file)
+
+
+@pytest.mark.slow
+def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(trained, tmp_path):
+    from recbole_cstwa.serving.export import export_model
+    from recbole_cstwa.serving.module import ServingModule
+    from recbole_cstwa.serving.trained import load_trained
+
+    cases = []
+    for name in PLUGIN_MODELS:
+        run = trained(name)
+        model = load_trained(run.model_file)
+        folder = tmp_path / name
+        schema = export_model(model, str(folder))
+        serving = ServingModule(model)
+        interaction = run.test_data.dataset.inter_feat
+        tokens = torch.stack(
+            [interaction[field].long() for field in schema["inputs"]["tokens"]["fields"]], dim=1
+        )
+        floats = torch.zeros(len(tokens), 0)
+        exported = torch.jit.load(str(folder / "model.pt"))
+        with torch.no_grad():
+            eager = serving(tokens, floats)
+            for rows in (1, 256, len(tokens)):
+                difference = (exported(tokens[:rows], floats[:rows]) - eager[:rows]).abs().max().item()
+                assert difference <= 1e-6, (name, rows, difference)
+        # and the eager module is the trainer's model
+        np.testing.assert_allclose(eager[:, 1].numpy(), run.predictions["purchase"].numpy(), atol=1e-6)
+        torch.save({"tokens": tokens, "floats": floats, "expected": eager}, folder / "check.pt")
+        assert json.loads((folder / "schema.json").read_text())["output"]["columns"] == [
+            "p_click",
+            "p_purchase",
+            "p_cvr",
+        ]
+        assert (folder / "vocab" / "user_id.txt").read_text().split("\n")[0] == "[PAD]"
+        cases.append(str(folder))
+
+    # Loaded by a Python that cannot import RecBole or the plugin: torch only.
+    import site
+
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('recbole', 'recbole_cstwa'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = {site.getsitepackages()!r}\n"
+        "import torch\n"
+        "for folder in sys.argv[1:]:\n"
+        "    check = torch.load(folder + '/check.pt', weights_only=True)\n"
+        "    model = torch.jit.load(folder + '/model.pt')\n"
+        "    with torch.no_grad():\n"
+        "        out = model(check['tokens'], check['floats'])\n"
+        "    print(folder.rsplit('/', 1)[-1], float((out - check['expected']).abs().max()))\n"
+        "assert not any(m.split('.')[0] in ('recbole', 'recbole_cstwa') for m in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script, *cases],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    differences = dict(line.split() for line in done.stdout.strip().splitlines())
+    assert set(differences) == set(PLUGIN_MODELS)
+    assert all(float(value) <= 1e-6 for value in differences.values()), differences
+
+
+class Planted:
+    """A pickled object that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_is_refused_by_every_new_entry_point(trained, tmp_path, monkeypatch, capsys):
+    from recbole_cstwa.quick_start import evaluate_checkpoint, load_data_and_model, run_recbole_cstwa
+    from recbole_cstwa.serving.trained import load_trained
+
+    run = trained("MLP")
+    state = torch.load(run.model_file, weights_only=True)
+    marker = tmp_path / "unpickled"
+    state["settings"]["planted"] = Planted(str(marker))
+    planted = tmp_path / "planted.pth"
+    torch.save(state, planted)
+
+    for call in (
+        lambda: load_data_and_model(planted),
+        lambda: load_trained(planted),
+        lambda: evaluate_checkpoint(planted),
+        lambda: run_recbole_cstwa(resume=str(planted)),
+    ):
+        with pytest.raises(CheckpointError, match="is not loaded"):
+            call()
+    run_predict = load_script("run_predict")
+    for argv in (["--input", "x.csv", "--output", "y.csv"], ["--export", "torchscript", "--output", "out"]):
+        with pytest.raises(SystemExit) as stopped:
+            run_predict.main(["--model_file", str(planted), *argv])
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.startswith("error: Checkpoint")
+    script = load_script("run_recbole_cstwa")
+    monkeypatch.setattr(sys, "argv", ["run_recbole_cstwa.py", f"--model_file={planted}"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "is not loaded" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_an_earlier_format_checkpoint_evaluates_with_its_settings_given(trained, tmp_path):
+    from recbole_cstwa.quick_start import evaluate_checkpoint
+    from recbole_cstwa.serving.trained import load_trained
+
+    run = trained("MLP")
+    state = torch.load(run.model_file, weights_only=True)
+    for key in ("format", "plugin_version", "settings", "data", "random_state"):
+        del state[key]
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    with pytest.raises(CheckpointError, match="earlier recbole-cstwa.*Fix: evaluate it with"):
+        load_trained(old)
+    with pytest.raises(CheckpointError, match="Fix: give --model=MLP"):
+        evaluate_checkpoint(old)
+    settings = tiny_config(run.config["data_path"].rsplit("/", 1)[0], tmp_path)
+    result = evaluate_checkpoint(old, "MLP", config_dict=settings)
+    assert result["test_result"] == run.test_result
+
+
+@pytest.mark.slow
+def test_model_file_evaluation_equals_the_training_runs_test_result(
+    tiny_data_path, tmp_path, monkeypatch, capsys
+):
+    from recbole_cstwa.quick_start import run_recbole_cstwa
+
+    result = run_recbole_cstwa(model="ESMM", config_dict=tiny_config(tiny_data_path, tmp_path, epochs=2))
+    script = load_script("run_recbole_cstwa")
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["run_recbole_cstwa.py", f"--model_file={result['model_file']}"])
+    script.main()
+    printed = capsys.readouterr().out
+    assert f"best epoch: {result['best_epoch']}; checkpoint: {result['model_file']}" in printed
+    for metric, value in result["test_result"].items():
+        row = next(line for line in printed.splitlines() if line.startswith(metric + " "))
+        assert float(row.split()[-1]) == pytest.approx(value, abs=5e-5)
+    from recbole_cstwa.quick_start import evaluate_checkpoint
+
+    assert evaluate_checkpoint(result["model_file"])["test_result"] == result["test_result"]
+    assert result["best_epoch"] == load_checkpoint(result["model_file"])["epoch"]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_with_the_parameters_of_an_uninterrupted_run(
+    tiny_data_path, tmp_path, monkeypatch
+):
+    from recbole_cstwa.quick_start import run_recbole_cstwa
+    from recbole_cstwa.trainer import MultiTaskTrainer, TaskTrainer
+
+    finals = []
+    fit = MultiTaskTrainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        result = fit(self, *args, **kwargs)
+        finals.append(copy.deepcopy(self.model.state_dict()))
+        return result
+
+    monkeypatch.setattr(MultiTaskTrainer, "fit", recording_fit)
+    settings = dict(epochs=3, stopping_step=10)
+    whole = run_recbole_cstwa(
+        model="MLP", config_dict=tiny_config(tiny_data_path, tmp_path / "a", **settings)
+    )
+
+    train_epoch = TaskTrainer._train_epoch
+
+    def killed_at_epoch_two(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise KeyboardInterrupt("killed")
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(TaskTrainer, "_train_epoch", killed_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_recbole_cstwa(model="MLP", config_dict=tiny_config(tiny_data_path, tmp_path / "b", **settings))
+    monkeypatch.setattr(TaskTrainer, "_train_epoch", train_epoch)
+    (interrupted,) = glob.glob(str(tmp_path / "b" / "saved" / "MLP-*.pth"))
+    resumed = run_recbole_cstwa(resume=interrupted, config_dict={"state": "ERROR"})
+
+    assert len(finals) == 2
+    for name, value in finals[0].items():
+        assert torch.equal(finals[1][name], value), name
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["best_epoch"] == whole["best_epoch"]
