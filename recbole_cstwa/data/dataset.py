@@ -7,6 +7,7 @@ ids stay in the smallest integer type that holds them until a batch is taken.
 
 import ctypes
 import os
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -16,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import torch
-from pandas._libs.parsers import STR_NA_VALUES
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
@@ -30,8 +30,50 @@ class DataFormatError(InputError):
     """Bad input data: the message names the file, the field and the fix."""
 
 
-# The strings pandas reads as missing: RecBole reads with pandas, so the same cells are missing here.
-_MISSING_STRINGS = sorted(STR_NA_VALUES)
+# Only an empty cell is missing: ``NA``, ``null``, ``None``, ``nan`` ... (pandas' missing-value
+# strings, which RecBole's pandas reader drops) are tokens like any other, and no number in a
+# float column.
+_MISSING_CELLS = [""]
+_FIELD_TYPES = tuple(ftype.value for ftype in FeatureType)
+# Arrow's message for a float cell that is no number.
+_NOT_A_NUMBER = re.compile(
+    r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to double: invalid value '(.*)'"
+)
+
+
+def header_problem(path, line, separator):
+    """What is wrong with an atomic file's header ``line`` (``name:type`` columns separated by
+    ``separator``), as one sentence naming ``path`` and the fix; None when it is well formed."""
+    if not line.strip():
+        return (
+            f"[{path}] is empty or starts with an empty line: an atomic file's first line is its "
+            f"header, name:type columns separated by field_separator {separator!r} (e.g. "
+            "user_id:token, click:float)."
+        )
+    columns = line.split(separator)
+    bad = [
+        column for column in columns if column.count(":") != 1 or column.partition(":")[2] not in _FIELD_TYPES
+    ]
+    if bad:
+        others = [sep for sep in ("\t", ",", ";", "|", " ") if sep != separator and sep in bad[0]]
+        guess = (
+            f" It looks separated by {others[0]!r}: write it with {separator!r} between fields, or "
+            f"set field_separator: {others[0]!r}."
+            if others
+            else ""
+        )
+        return (
+            f"[{path}] header column {bad[0]!r} is not name:type with a type of {list(_FIELD_TYPES)} "
+            f"(columns split by field_separator {separator!r}).{guess}"
+        )
+    names = [column.partition(":")[0] for column in columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return (
+            f"[{path}] names column [{repeated[0]}] {names.count(repeated[0])} times in its header: "
+            "each column needs its own name. Rename or drop the copies."
+        )
+    return None
 
 
 class TokenIds(Mapping):
@@ -160,6 +202,31 @@ def _merge_token_blocks(blocks):
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
+def _check_finite(path, field, array, first_row):
+    """A float column's cells are numbers: ``nan`` / ``inf`` written in the file are refused (an
+    empty cell, Arrow's null, is the missing value)."""
+    written = pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
+    if written.any():
+        at = int(np.flatnonzero(written)[0])
+        raise DataFormatError(
+            f"[{path}] float column [{field}] holds {array[at].as_py()!r} at line {first_row + at + 2}: "
+            "a float column holds finite numbers, and only an empty cell is a missing value. Fix: "
+            "write a number or leave the cell empty."
+        )
+
+
+def _first_line_holding(path, encoding, separator, position, value):
+    """`` at line N``: the first data line whose column ``position`` holds ``value`` (error path
+    only: Arrow's conversion error names the column and the value, not the line)."""
+    with open(path, encoding=encoding) as file:
+        next(file, None)
+        for number, line in enumerate(file, start=2):
+            cells = line.rstrip("\r\n").split(separator)
+            if position < len(cells) and cells[position] == value:
+                return f" at line {number}"
+    return ""
+
+
 def _line_numbers(mask, limit=5):
     """1-based file line numbers (the header is line 1) of the first ``limit`` rows in ``mask``."""
     rows = np.flatnonzero(np.asarray(mask))[:limit]
@@ -257,13 +324,22 @@ class MultiTaskDataset(Dataset):
         token columns come back as pandas categoricals (codes + the distinct strings)."""
         field_separator = self.config["field_separator"]
         encoding = self.config["encoding"] or "utf-8"
-        if len(field_separator) != 1:  # pyarrow needs a one-character delimiter
-            return super()._load_feat(filepath, source)
+        if len(field_separator) != 1:
+            # pyarrow needs one character; RecBole's pandas reader would turn NA, null, ... into
+            # missing cells.
+            raise DataFormatError(
+                f"field_separator must be one character, got {field_separator!r} (reading "
+                f'[{filepath}]). Fix: write the atomic files tab separated (field_separator: "\\t").'
+            )
         load_col, unload_col = self._get_load_and_unload_col(source)
         if load_col == set():
             return None
         with open(filepath, encoding=encoding) as file:
-            header = file.readline().rstrip("\r\n").split(field_separator)
+            header_line = file.readline().rstrip("\r\n")
+        problem = header_problem(filepath, header_line, field_separator)
+        if problem:
+            raise DataFormatError(problem)
+        header = header_line.split(field_separator)
         names, columns, column_types = [], [], {}
         for position, field_type in enumerate(header):
             field, ftype = field_type.split(":")
@@ -290,29 +366,47 @@ class MultiTaskDataset(Dataset):
             return None
         # Streamed in blocks: each block's token cells become int32 codes at once, so the
         # text of the whole file is never resident.
-        reader = pa_csv.open_csv(
-            filepath,
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES),
-            parse_options=pa_csv.ParseOptions(delimiter=field_separator),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=[name for _, name, _ in columns],
-                column_types=column_types,
-                null_values=_MISSING_STRINGS,
-                strings_can_be_null=True,
-            ),
-        )
         parts = {field: [] for field, _, _ in columns}
-        for block, batch in enumerate(reader):
-            if block % 8 == 7:
-                _release_free_memory()
-            for field, name, ftype in columns:
-                array = batch.column(name)
-                if ftype == FeatureType.TOKEN:
-                    parts[field].append(_encode_tokens(array))
-                elif ftype == FeatureType.FLOAT:
-                    parts[field].append(array.to_numpy(zero_copy_only=False))
-                else:
-                    parts[field].append(array.to_pandas())
+        first_row = 0
+        try:
+            reader = pa_csv.open_csv(
+                filepath,
+                read_options=pa_csv.ReadOptions(
+                    column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES
+                ),
+                parse_options=pa_csv.ParseOptions(delimiter=field_separator),
+                convert_options=pa_csv.ConvertOptions(
+                    include_columns=[name for _, name, _ in columns],
+                    column_types=column_types,
+                    null_values=_MISSING_CELLS,
+                    strings_can_be_null=True,
+                ),
+            )
+            for block, batch in enumerate(reader):
+                if block % 8 == 7:
+                    _release_free_memory()
+                for field, name, ftype in columns:
+                    array = batch.column(name)
+                    if ftype == FeatureType.TOKEN:
+                        parts[field].append(_encode_tokens(array))
+                    elif ftype == FeatureType.FLOAT:
+                        _check_finite(filepath, field, array, first_row)
+                        parts[field].append(array.to_numpy(zero_copy_only=False))
+                    else:
+                        parts[field].append(array.to_pandas())
+                first_row += batch.num_rows
+        except pa.ArrowInvalid as error:
+            found = _NOT_A_NUMBER.search(str(error))
+            if not found:
+                raise
+            position, value = int(found.group(1)), found.group(2)
+            field = header[position].partition(":")[0]
+            line = _first_line_holding(filepath, encoding, field_separator, position, value)
+            raise DataFormatError(
+                f"[{filepath}] float column [{field}] holds {value!r}{line}, not a number: a float "
+                "column holds numbers, and only an empty cell is a missing value. Fix: write a number "
+                f"or leave the cell empty, or declare the column {field}:token if it holds words."
+            ) from None
         reader = batch = array = None  # drop the last block before trimming
         _release_free_memory()
         frame = {}
@@ -347,6 +441,8 @@ class MultiTaskDataset(Dataset):
     def _load_feat(self, filepath, source):
         try:
             feat = self._read_atomic_file(filepath, source)
+        except DataFormatError:
+            raise
         except ValueError as error:
             raise DataFormatError(
                 f"Cannot read [{filepath}]: {error}. Check the header (name:type, separated by "
