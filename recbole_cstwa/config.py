@@ -8,16 +8,21 @@ when present (the importer and the Ali-CCP converter write it beside the atomic 
 a dataset's settings travel with it; any config file or command-line key still overrides it.
 """
 
+import ast
 import os
+import sys
+from logging import getLogger
 
 import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator import metric_types, smaller_metrics
+from recbole.utils import EvaluatorType
 
 from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TASKS as TASK_DEFINITIONS
 from recbole_cstwa.registry import get_model, is_multitask_model
 from recbole_cstwa.settings import check_settings
+from recbole_cstwa.values import YAML_MAX_NODES, SettingsYamlLoader, parse_literal
 
 #: Task names: the prefixes of every reported metric (``click_auc``, ``cvr_auc``, ...); each is
 #: defined in :mod:`recbole_cstwa.evaluator`.
@@ -66,6 +71,8 @@ def _read_yaml(path, loader):
         raise ConfigError(f"Config file [{path}] does not exist (--config_files).") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Config file [{path}] cannot be read: {error}.") from None
+    except RecursionError:
+        raise ConfigError(f"Config file [{path}] is nested too deeply to hold settings.") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f", line {where.line + 1}" if where is not None else ""
@@ -73,7 +80,8 @@ def _read_yaml(path, loader):
         raise ConfigError(
             f"Config file [{path}]{line} is not plain YAML: {problem}. Fix: write settings as "
             "plain values (numbers, true/false, words, lists); Python tags such as !!python/... "
-            "are not read."
+            "are not read, and aliases (*name) may not expand to more than "
+            f"{YAML_MAX_NODES:,} values."
         ) from None
 
 
@@ -124,26 +132,48 @@ class Config(RecBoleConfig):
             self.internal_config_dict.update(loaded)
         return loaded
 
+    def _build_yaml_loader(self):
+        # Every YAML file (config files, the dataset's YAML, properties/) as plain values; RecBole's
+        # FullLoader would build Python names (!!python/name:os.system) and expand alias bombs.
+        return SettingsYamlLoader
+
     def _load_cmd_line(self):
-        try:
-            return super()._load_cmd_line()
-        except SyntaxError as error:  # RecBole's word for a setting given twice
-            raise ConfigError(f"Command line: {error} Fix: give each --key=value once.") from None
+        """RecBole's ``--key=value`` pairs, each value read by the plugin's literal parser
+        (:func:`recbole_cstwa.values.parse_literal`), never by RecBole's ``eval``."""
+        settings, ignored = {}, []
+        arguments = [] if "ipykernel_launcher" in sys.argv[0] else sys.argv[1:]
+        for argument in arguments:
+            key, sep, text = argument[2:].partition("=")
+            if not argument.startswith("--") or not sep or not key:
+                ignored.append(argument)
+                continue
+            if key in settings and text != settings[key][0]:
+                raise ConfigError(
+                    f"Command line: --{key} is given twice, as {settings[key][0]!r} and {text!r}. "
+                    "Fix: give each --key=value once."
+                )
+            settings[key] = (text, parse_literal(text, f"--{key}"))
+        if ignored:
+            getLogger().warning(f"command line args [{' '.join(ignored)}] will not be used in RecBole")
+        return {key: value for key, (_, value) in settings.items()}
 
     def _convert_config_dict(self, config_dict):
-        # RecBole evals every string setting (command line, config_dict); an expression that
-        # fails there with anything but a name or syntax error (--learning_rate=1/0) would end
-        # in a traceback without the key.
-        for key in list(config_dict):
+        """``config_dict``'s strings as RecBole reads them, without ``eval``: a Python literal
+        (``"[1, 2]"``, ``"1e-3"``, ``"None"``), ``true`` / ``false`` in any letter case, else the
+        text itself. RecBole ``eval``s them, which would run a call written there."""
+        for key, value in config_dict.items():
+            if not isinstance(value, str):
+                continue
             try:
-                super()._convert_config_dict({key: config_dict[key]})
-            except Exception as error:
-                raise ConfigError(
-                    f"Setting {key} = {config_dict[key]!r} cannot be read as a value "
-                    f"({type(error).__name__}: {error}). Fix: give a number, true/false, a word or "
-                    "a list."
-                ) from None
-        return super()._convert_config_dict(config_dict)
+                parsed = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                lowered = value.strip().lower()
+                parsed = True if lowered == "true" else False if lowered == "false" else value
+            # RecBole's rule: anything but plain data (a set, bytes, ...) keeps its text.
+            config_dict[key] = (
+                parsed if isinstance(parsed, (str, int, float, list, tuple, dict, type(None))) else value
+            )
+        return config_dict
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
@@ -200,11 +230,37 @@ class Config(RecBoleConfig):
             self.final_config_dict["data_path"] = embedded_data_path()
         # Every setting checked once, here, before any data is read (recbole_cstwa.settings).
         check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
+        self._check_paths_and_files()
         self._resolve_tasks()
         super()._set_default_parameters()
         self.final_config_dict["valid_metric_bigger"] = (
             self.final_config_dict["valid_metric"].split("_", 1)[1].lower() not in smaller_metrics
         )
+
+    def _check_paths_and_files(self):
+        """Folders and file names RecBole would read without a check: an empty checkpoint_dir
+        puts the dataset cache in the current folder, a benchmark_filename text is split into
+        its characters."""
+        config = self.final_config_dict
+        for key in ("checkpoint_dir", "dataset_cache_dir"):
+            value = config.get(key)
+            if key == "dataset_cache_dir" and value is None:
+                continue  # the cache then goes to checkpoint_dir
+            if not isinstance(value, str) or not value.strip():
+                got = "an empty value" if value is None or not str(value).strip() else repr(value)
+                raise ConfigError(
+                    f"{key} must name a folder, got {got}. Fix: --{key}=saved (or another folder)"
+                    + (", or leave it unset to use checkpoint_dir." if key == "dataset_cache_dir" else ".")
+                )
+        names = config.get("benchmark_filename")
+        if names is not None and (
+            not isinstance(names, (list, tuple)) or not all(isinstance(name, str) and name for name in names)
+        ):
+            raise ConfigError(
+                f"benchmark_filename must be a list of split names, got {names!r}. Fix: "
+                "benchmark_filename: [train, valid, test] in a config file, or "
+                '--benchmark_filename="[train,valid,test]" on the command line.'
+            )
 
     @staticmethod
     def _requested_tasks(value):
@@ -284,6 +340,16 @@ class Config(RecBoleConfig):
         for metric in metrics:
             if metric_types.get(metric.lower()) is None:
                 raise ConfigError(f"metrics: there is no RecBole metric named [{metric}].")
+        kinds = {metric: metric_types[metric.lower()] for metric in metrics}
+        ranking = [metric for metric, kind in kinds.items() if kind == EvaluatorType.RANKING]
+        if ranking:
+            values = [metric for metric, kind in kinds.items() if kind == EvaluatorType.VALUE]
+            raise ConfigError(
+                f"metrics {metrics} hold top-k ranking metrics {ranking}, which score a ranked list "
+                f"of items per user, not one score per impression as {self.model} gives. Fix: "
+                f"metrics: {values or ['AUC', 'LogLoss']} (value metrics such as AUC, GAUC, LogLoss, "
+                "MAE, RMSE)."
+            )
         metric_names = [metric.lower() for metric in metrics]
         valid_metric = str(config["valid_metric"]).lower()
         task, _, metric = valid_metric.partition("_")

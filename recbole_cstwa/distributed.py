@@ -32,7 +32,9 @@ plugin's trainers make (``calculate_loss``, ``predict_tasks``, ``update_structur
 """
 
 import copy
+import errno
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -64,6 +66,8 @@ def launch(
             "each machine runs nproc ranks starting at group_offset, and world_size is the total "
             "(e.g. 2 machines of 2: --nproc=2 --world_size=4, --group_offset=0 and 2)."
         )
+    if group_offset == 0:  # this machine runs rank 0, which listens on the port
+        check_port_free(int(port))
     import torch.multiprocessing as mp
 
     config_dict = dict(config_dict or {})
@@ -76,6 +80,24 @@ def launch(
         join=True,
     )
     return None if queue.empty() else queue.get()
+
+
+def check_port_free(port):
+    """Refuses a port rank 0 cannot listen on, before any rank starts (PyTorch would end in a
+    ``DistNetworkError`` traceback after its connection timeout)."""
+    if not 0 < port < 65536:
+        raise DistributedRunError(f"--port={port} is no TCP port: give one in 1..65535, e.g. --port=5678.")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            reason = "is taken by another program" if error.errno == errno.EADDRINUSE else "needs privileges"
+            raise DistributedRunError(
+                f"port {port} {reason}: rank 0 listens there to gather the ranks. Fix: choose a free "
+                f"port with --port (e.g. --port={port + 1 if port < 65535 else 29500})."
+            ) from None
 
 
 def _run_rank(local_rank, run, model, dataset, config_file_list, config_dict, saved, queue):

@@ -1,12 +1,15 @@
 """RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers."""
 
+import contextlib
+import hashlib
+import logging
 import os
 import sys
 import time
 from logging import getLogger
 
 import torch
-from recbole.utils import init_logger, init_seed, set_color
+from recbole.utils import get_local_time, init_logger, init_seed, set_color
 
 from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
@@ -168,7 +171,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     """The pipeline of one process (of a DDP rank when ``config_dict`` sets ``local_rank``)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_run_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -224,6 +227,58 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     if getattr(trainer, "stage_times", None):
         result["stage_times"] = dict(trainer.stage_times)
     return result
+
+
+def init_run_logger(config):
+    """RecBole's logger, writing to a log file of this run alone.
+
+    RecBole names the file ``log/<model>/<model>-<dataset>-<second>-<hash of the settings>.log``
+    and appends to it, so two runs with the same settings started in the same second would write
+    into one file; and a second run in one process (``run_compare.py``) keeps logging into the
+    first run's file. The root logger's file is replaced by ``<RecBole's name>-<process id>.log``,
+    created only when no such file exists (else ``-<process id>-2``, ...); RecBole's own file is
+    removed when it stayed empty.
+    """
+    init_logger(config)
+    settings = "".join(str(value) for value in config.final_config_dict.values())
+    name = (
+        f"{config['model']}-{config['dataset']}-{get_local_time()}-"
+        f"{hashlib.md5(settings.encode('utf-8')).hexdigest()[:6]}"
+    )
+    folder = os.path.join("log", str(config["model"]))
+    root = logging.getLogger()
+    recbole_files = [
+        handler
+        for handler in root.handlers
+        if isinstance(handler, logging.FileHandler)
+        and os.path.dirname(handler.baseFilename) == os.path.abspath(folder)
+    ]
+    for old in recbole_files:
+        stem = os.path.join(folder, f"{name}-{os.getpid()}")
+        path = _exclusive_file([f"{stem}.log"] + [f"{stem}-{n}.log" for n in range(2, 1000)])
+        new = logging.FileHandler(path, encoding=old.encoding)
+        new.setLevel(old.level)
+        new.setFormatter(old.formatter)
+        for log_filter in old.filters:
+            new.addFilter(log_filter)
+        root.removeHandler(old)
+        root.addHandler(new)
+        old.close()
+        for leftover in {old.baseFilename, os.path.abspath(os.path.join(folder, f"{name}.log"))}:
+            with contextlib.suppress(OSError):  # absent, or removed by another run first
+                if os.path.getsize(leftover) == 0:
+                    os.remove(leftover)
+
+
+def _exclusive_file(candidates):
+    """Creates the first of ``candidates`` that does not exist yet (``O_EXCL``) and returns it."""
+    for path in candidates:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"log files {candidates[0]} ... {candidates[-1]} all exist already")
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

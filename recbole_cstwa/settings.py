@@ -13,6 +13,7 @@ under ``properties/``; a test checks that the two agree) and, for a condition be
 a :class:`Rule` to :data:`RULES`.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -121,6 +122,35 @@ SETTINGS = (
     Setting("eval_batch_size", "int", 4096, "RecBole's default", models=(ANY_MODEL,), low=1),
     Setting("epochs", "int", 10, PAPER, models=(ANY_MODEL,), low=1),
     Setting("weight_decay", "number", 0.000001, PAPER, models=(ANY_MODEL,), low=0),
+    # RecBole's training settings, passed through to its trainer.
+    Setting(
+        "seed",
+        "int",
+        2020,
+        "RecBole's default",
+        models=(ANY_MODEL,),
+        low=0,
+        high=2**32 - 1,
+        note="numpy's seed range",
+    ),
+    Setting(
+        "stopping_step",
+        "int",
+        10,
+        "RecBole's default",
+        models=(ANY_MODEL,),
+        low=1,
+        note="validations without improvement before early stopping",
+    ),
+    Setting(
+        "eval_step",
+        "int",
+        1,
+        "RecBole's default",
+        models=(ANY_MODEL,),
+        low=0,
+        note="epochs between validations; 0 validates never and keeps the last epoch's model",
+    ),
     Setting(
         "invalid_purchase",
         "choice",
@@ -301,6 +331,34 @@ def _hnsw_breadth(config):
     return None
 
 
+#: The keyword arguments of ``torch.nn.utils.clip_grad_norm_`` that ``clip_grad_norm`` may give.
+CLIP_GRAD_NORM_KEYS = ("max_norm", "norm_type", "error_if_nonfinite", "foreach")
+
+
+def _clip_grad_norm(config):
+    value = config["clip_grad_norm"]
+    if value is None:
+        return None
+    fix = "Fix: --clip_grad_norm=\"{'max_norm':5}\" or clip_grad_norm: ~ (no clipping, RecBole's default)."
+    if not isinstance(value, dict) or set(value) - set(CLIP_GRAD_NORM_KEYS) or "max_norm" not in value:
+        return (
+            f"clip_grad_norm must be ~ or a dict with max_norm and optionally "
+            f"{', '.join(CLIP_GRAD_NORM_KEYS[1:])} (torch's clip_grad_norm_ arguments), got {value!r}. {fix}"
+        )
+    max_norm = value["max_norm"]
+    if not (_is_number(max_norm) and math.isfinite(max_norm) and max_norm > 0):
+        return (
+            f"clip_grad_norm max_norm must be a finite number > 0, got {max_norm!r}: a negative norm "
+            f"turns every gradient step around (gradient ascent). {fix}"
+        )
+    norm_type = value.get("norm_type", 2.0)
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
+        return (
+            f"clip_grad_norm norm_type must be a number > 0 (inf for the max norm), got {norm_type!r}. {fix}"
+        )
+    return None
+
+
 def _ple_experts(config):
     if config["ple_shared_experts"] + config["ple_specific_experts"] < 1:
         return (
@@ -319,6 +377,7 @@ RULES = (
     Rule(("ce_low_percentile", "ce_high_percentile"), _percentile_order, models=CSTWA),
     Rule(("graph_hnsw_ef_search", "graph_top_k", "graph_index"), _hnsw_breadth, models=CSTWA, when=_use_sm),
     Rule(("ple_shared_experts", "ple_specific_experts"), _ple_experts, models=("PLE",)),
+    Rule(("clip_grad_norm",), _clip_grad_norm, models=(ANY_MODEL,)),
 )
 
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -340,7 +399,8 @@ def _is_int(value):
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    """An int or a finite float (NaN and inf are no setting's value: ``--learning_rate=1e999``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _in_range(spec, value):
@@ -349,11 +409,18 @@ def _in_range(spec, value):
     return not (spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high))
 
 
+def _bound(value):
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _range_text(spec):
-    low = None if spec.low is None else f"{'>' if spec.low_open else '>='} {spec.low:g}"
-    high = None if spec.high is None else f"{'<' if spec.high_open else '<='} {spec.high:g}"
+    low = None if spec.low is None else f"{'>' if spec.low_open else '>='} {_bound(spec.low)}"
+    high = None if spec.high is None else f"{'<' if spec.high_open else '<='} {_bound(spec.high)}"
     if low and high:
-        return f"in {'(' if spec.low_open else '['}{spec.low:g}, {spec.high:g}{')' if spec.high_open else ']'}"
+        return (
+            f"in {'(' if spec.low_open else '['}{_bound(spec.low)}, {_bound(spec.high)}"
+            f"{')' if spec.high_open else ']'}"
+        )
     return low or high or ""
 
 

@@ -1,21 +1,22 @@
 """Values written as text (``--key=value`` on a command line, a params file), read without ``eval``.
 
-A value is a Python literal (``ast.literal_eval``), else YAML (``[adam, sgd]``). RecBole's
-``Config`` later ``eval``s every string it is given, so a string that would run code there (a
-call such as ``"__import__('os')"``) or fail there (``1/0``) is refused here, with where it was
-written.
+Values are read without ``eval``: a Python literal (``ast.literal_eval``), else YAML
+(``[adam, sgd]``) read by :class:`SettingsYamlLoader` (plain values only). Text that is Python
+code (a call such as ``"__import__('os')"``) or arithmetic (``1/0``) is refused with where it was
+written: nothing is evaluated, so it could only end up as a misleading string.
 """
 
 import ast
+import re
 
 import numpy as np
 import yaml
+from yaml.composer import ComposerError
 
 from recbole_cstwa.errors import ValueTextError
 
-# Expression nodes RecBole's ``eval`` of a config string may meet without running code: names,
-# constants and light operators (``leaky-relu`` is a BinOp of two names; the eval fails, the text
-# stays). No calls, attributes or subscripts; no ``**`` or ``*`` (``9**9**9`` would hang the eval).
+# Expression nodes of text that reads as words, not code: names, constants and light operators
+# (``leaky-relu`` is a BinOp of two names). No calls, attributes, subscripts, ``**`` or ``*``.
 _INERT_NODES = (
     ast.Expression,
     ast.Name,
@@ -35,6 +36,62 @@ _INERT_NODES = (
     ast.Or,
     ast.cmpop,
 )
+
+
+#: The most nodes a YAML document may expand to through its aliases (``*name``): a settings file
+#: holds a few hundred; a few lines of nested aliases can expand to billions.
+YAML_MAX_NODES = 100_000
+#: RecBole's float pattern: ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``), as in RecBole's loader.
+_RECBOLE_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class SettingsYamlLoader(yaml.SafeLoader):
+    """YAML settings as plain values: YAML's own types only (a ``!!python/...`` tag is an error,
+    wherever it is), RecBole's float spelling, and at most :data:`YAML_MAX_NODES` nodes once the
+    aliases are expanded (an alias bomb fails before anything is built)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        expanded_size(node)
+        return node
+
+
+SettingsYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _RECBOLE_FLOAT, list("-+0123456789."))
+
+
+def expanded_size(root):
+    """Nodes of ``root`` with every alias expanded; more than :data:`YAML_MAX_NODES`, or an alias
+    inside itself, is a :class:`yaml.composer.ComposerError`."""
+    sizes, pending = {}, [(root, False)]
+    while pending:  # iterative: a deeply nested document must not exhaust Python's stack
+        node, children_done = pending.pop()
+        if id(node) in sizes:
+            continue
+        children = (
+            [child for pair in node.value for child in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in children)
+            if sizes[id(node)] > YAML_MAX_NODES:
+                raise ComposerError(
+                    None, None, f"its aliases expand to more than {YAML_MAX_NODES:,} values", node.start_mark
+                )
+            continue
+        pending.append((node, True))
+        pending.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
 
 
 # ----- quote-aware scanning ------------------------------------------------------------------
@@ -73,31 +130,30 @@ def split_assignments(text):
 
 # ----- values ----------------------------------------------------------------------------------
 def check_recbole_string(text, where):
-    """Refuses a string that RecBole's ``Config`` would ``eval`` into running code or an error.
+    """Refuses a string that is Python code or arithmetic; returns ``text`` otherwise.
 
-    RecBole converts every string in ``config_dict`` and on the command line with ``eval``; a
-    plain word (``adam``), a word with operators (``leaky-relu``) or text that is no Python
-    expression stays a string there, and those are the strings accepted.
+    Nothing is evaluated (the plugin's ``Config`` keeps RecBole's ``eval`` away from every value),
+    so ``open('x').write('y')`` or ``1/0`` would only become a string where the user meant code
+    or a number. A plain word (``adam``), a word with operators (``leaky-relu``), a path or text
+    that is no Python expression is accepted.
     """
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         return text
     if not all(isinstance(node, _INERT_NODES) for node in ast.walk(tree)):
         raise ValueTextError(
-            f"{where}: the string {text!r} is Python code that RecBole's Config would evaluate. "
-            "Give plain values: numbers, true/false, words, lists."
+            f"{where}: the string {text!r} is Python code; values are read as plain data and never "
+            "run. Give plain values: numbers, true/false, words, lists."
         )
-    if not any(isinstance(node, ast.Name) for node in ast.walk(tree)):
-        # Constants and light operators only: evaluating it runs no code, and shows whether
-        # RecBole's eval would fail (1/0) instead of keeping the text.
-        try:
-            eval(compile(tree, where, "eval"), {"__builtins__": {}}, {})
-        except Exception as error:
-            raise ValueTextError(
-                f"{where}: {text!r} is an expression that fails when RecBole's Config evaluates "
-                f"it ({type(error).__name__}: {error}). Give a number, true/false, a word or a list."
-            ) from None
+    body = tree.body.operand if isinstance(tree.body, ast.UnaryOp) else tree.body  # -1 is a number
+    if not isinstance(body, (ast.Name, ast.Constant)) and not any(
+        isinstance(node, ast.Name) for node in ast.walk(tree)
+    ):
+        raise ValueTextError(
+            f"{where}: {text!r} is arithmetic; values are never evaluated. Give the value itself "
+            "(a number, true/false, a word or a list)."
+        )
     return text
 
 
@@ -122,10 +178,23 @@ def parse_literal(text, where):
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=SettingsYamlLoader)
         except yaml.YAMLError:
-            raise ValueTextError(f"{where}: cannot read {text.strip()!r} as a value.") from None
-    return plain_value(value, where)
+            raise ValueTextError(f"{where}: cannot read {_shorten(text.strip())!r} as a value.") from None
+        except RecursionError:
+            raise ValueTextError(
+                f"{where}: {_shorten(text.strip())!r} is nested too deeply to be a setting."
+            ) from None
+    try:
+        return plain_value(value, where)
+    except RecursionError:
+        raise ValueTextError(
+            f"{where}: {_shorten(text.strip())!r} is nested too deeply to be a setting."
+        ) from None
+
+
+def _shorten(text, limit=80):
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_assignments(items, where):

@@ -280,3 +280,21 @@ def test_run_key_changes_when_a_yaml_default_changes(monkeypatch, tmp_path):
     with open(copy / "model" / "CSTWA.yaml", "a") as file:
         file.write("pretrain_epochs: 2\n")
     assert compare.run_key("CSTWA", "both", {"seed": 1}, "synthetic-ccp", []) != before
+
+
+@pytest.mark.parametrize(
+    "line", ['{"row": "MLP"}', '["key", "abc"]', '{"key": "abc"}', '{"key": 1, "test_result": {}}']
+)
+def test_a_runs_file_line_that_is_no_run_record_is_one_error(tmp_path, line):
+    """run_compare resumes from runs.jsonl: a record without key ended in KeyError: 'key'."""
+    from recbole_cstwa.errors import CompareError
+    from recbole_cstwa.experiments.compare import read_runs
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"key": "k1", "test_result": {"purchase_auc": 0.6}}\n' + line + "\n" + '{"key": "cut')
+    with pytest.raises(
+        CompareError, match=r"runs.jsonl, line 2: not a run record of this command .* --fresh"
+    ):
+        read_runs(str(path))
+    path.write_text('{"key": "k1", "test_result": {"purchase_auc": 0.6}}\n{"key": "cut')  # cut by a crash
+    assert list(read_runs(str(path))) == ["k1"]

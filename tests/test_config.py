@@ -68,3 +68,31 @@ def test_eval_tasks_are_listed_and_applied_per_model(make_config):
     assert on_click["eval_tasks"] == {"click": "click"}
     with pytest.raises(ConfigError, match="unknown task"):
         make_config("ESMM", eval_tasks=["click", "ctr"])
+
+
+def test_each_run_writes_its_own_log_file(make_config, tmp_path, monkeypatch):
+    """RecBole names the log by the second and the settings: two runs in one second shared a file."""
+    import logging
+    import os
+
+    from recbole_cstwa.quick_start import init_run_logger
+
+    root = logging.getLogger()
+    monkeypatch.setattr(
+        root, "handlers", []
+    )  # as in a fresh process, where RecBole's handlers are the root's
+    monkeypatch.setattr(root, "level", root.level)
+    config = make_config("MLP", state="INFO")
+    files = []
+    for _ in range(2):
+        init_run_logger(config)
+        logging.getLogger().info("a line")
+        (handler,) = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        files.append(handler.baseFilename)
+    assert files[0] != files[1] and all(os.path.getsize(path) > 0 for path in files)
+    assert sorted(os.listdir("log/MLP")) == sorted(os.path.basename(path) for path in files)
+    assert all(
+        os.path.basename(path).endswith(f"-{os.getpid()}.log") or f"-{os.getpid()}-" in path for path in files
+    )
+    for handler in logging.getLogger().handlers:
+        handler.close()

@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -85,7 +86,7 @@ def test_non_numeric_label(make_config, editable_data):
         return frame
 
     path = rewrite("train", edit)
-    with pytest.raises(DataFormatError, match="Cannot read") as error:
+    with pytest.raises(DataFormatError, match=r"float column \[click\] holds 'yes' at line 3, not a number") as error:
         _load(make_config, data_path)
     assert path in str(error.value)
 
@@ -188,3 +189,152 @@ def test_average_actions_equal_recboles(make_config):
     dataset = create_dataset(make_config("MLP"))
     for name in ("avg_actions_of_users", "avg_actions_of_items"):
         assert getattr(dataset, name) == getattr(Dataset, name).fget(dataset)
+
+
+# ----- cells read as written: only an empty cell is missing ---------------------------------------
+MISSING_VALUE_STRINGS = ["NA", "null", "None", "N/A", "NaN", "nan", "#N/A", "NULL", "<NA>", "n/a", "-NaN"]
+
+
+def _edit_lines(path, edit):
+    """Rewrites an atomic file line by line (pandas would read NA, null, ... as missing)."""
+    with open(path, encoding="utf-8") as file:
+        lines = file.read().splitlines()
+    header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+    header, rows = edit(header, rows)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join("\t".join(cells) for cells in [header, *rows]) + "\n")
+    return str(path)
+
+
+def test_missing_value_strings_are_tokens_not_padding(make_config, editable_data):
+    """pandas' missing-value strings were read as missing: items lost their category, impressions
+    their item id, silently."""
+    data_path, _ = editable_data
+    folder = f"{data_path}/{TINY}"
+
+    def categories(header, rows):
+        for row, token in zip(rows, MISSING_VALUE_STRINGS):
+            row[header.index("category:token")] = token
+        rows[len(MISSING_VALUE_STRINGS)][header.index("category:token")] = ""  # the one missing cell
+        return header, rows
+
+    def item_ids(header, rows):
+        column = header.index("item_id:token")
+        first_item = rows[0][column]
+        for row in rows:
+            if row[column] == first_item:
+                row[column] = "NA"
+        return header, rows
+
+    _edit_lines(f"{folder}/{TINY}.item", categories)
+    with open(f"{folder}/{TINY}.item", encoding="utf-8") as file:
+        first_item = file.read().splitlines()[1].split("\t")[0]
+    _edit_lines(
+        f"{folder}/{TINY}.item",
+        lambda h, r: (h, [["NA", *row[1:]] if row[0] == first_item else row for row in r]),
+    )
+    for split in ("train", "valid", "test"):
+        _edit_lines(
+            f"{folder}/{TINY}.{split}.inter",
+            lambda h, r: (h, [[row[0], "NA" if row[1] == first_item else row[1], *row[2:]] for row in r]),
+        )
+    _, dataset = _load(make_config, data_path, cache_dataset=False)
+    tokens = list(dataset.field2id_token["category"])
+    assert set(MISSING_VALUE_STRINGS) <= set(tokens)
+    categories_read = np.asarray(dataset.item_feat["category"])
+    assert (categories_read[1:] == 0).sum() == 1  # only the empty cell is the padding id
+    na_item = dataset.field2token_id["item_id"]["NA"]
+    item_ids_read = np.asarray(dataset.inter_feat["item_id"])
+    assert (item_ids_read == na_item).sum() > 0 and (item_ids_read == 0).sum() == 0
+
+
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        (
+            "NA",
+            r"float column \[price\] holds 'NA' at line 4, not a number: .* only an empty cell is a missing value",
+        ),
+        ("null", r"float column \[price\] holds 'null' at line 4, not a number"),
+        ("inf", r"float column \[price\] holds inf at line 4: a float column holds finite numbers"),
+        ("nan", r"float column \[price\] holds nan at line 4: a float column holds finite numbers"),
+    ],
+)
+def test_a_float_column_holds_numbers_or_empty_cells(make_config, editable_data, cell, message):
+    """inf in a numerical column ended in an anonymous BCE RuntimeError; NA was silently the mean."""
+    data_path, _ = editable_data
+    folder = f"{data_path}/{TINY}"
+    for split in ("train", "valid", "test"):
+
+        def add_price(header, rows, split=split):
+            cells = [str(0.5 + index % 3) for index in range(len(rows))]
+            cells[1] = ""  # a missing value: filled with the column mean
+            if split == "train":
+                cells[2] = cell
+            return header[:-2] + ["price:float"] + header[-2:], [
+                row[:-2] + [c] + row[-2:] for row, c in zip(rows, cells)
+            ]
+
+        path = _edit_lines(f"{folder}/{TINY}.{split}.inter", add_price)
+        if split == "train":
+            train = path
+    with pytest.raises(DataFormatError, match=message) as error:
+        _load(make_config, data_path, numerical_features=["price"], cache_dataset=False)
+    assert train in str(error.value)
+
+
+def test_an_empty_float_cell_is_missing(make_config, editable_data):
+    data_path, _ = editable_data
+    folder = f"{data_path}/{TINY}"
+    for split in ("train", "valid", "test"):
+        _edit_lines(
+            f"{folder}/{TINY}.{split}.inter",
+            lambda h, r: (
+                h[:-2] + ["price:float"] + h[-2:],
+                [row[:-2] + ["" if i == 0 else "2"] + row[-2:] for i, row in enumerate(r)],
+            ),
+        )
+    _, dataset = _load(make_config, data_path, numerical_features=["price"], cache_dataset=False)
+    assert dataset.inter_feat["price"].shape[0] == len(dataset.inter_feat)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda text: text.replace("user_category:token", "position:token", 1),
+            r"names column \[position\] 2 times in its header: each column needs its own name",
+        ),
+        (
+            lambda text: "",
+            r"is empty or starts with an empty line: an atomic file's first line is its header",
+        ),
+        (
+            lambda text: text.replace("\t", ","),
+            r"header column 'user_id:token,item_id:token,.*' is not name:type .* It looks separated by ',': "
+            r"write it with '\\t' between fields, or set field_separator: ','",
+        ),
+    ],
+    ids=["duplicate column", "empty file", "comma separated"],
+)
+def test_a_malformed_header_names_the_file_and_what_is_wrong(make_config, editable_data, edit, message):
+    """A duplicate column raised KeyError; an empty or comma-separated file suggested USER_ID_FIELD: ~."""
+    from recbole_cstwa.data.checks import check_dataset_settings
+
+    data_path, _ = editable_data
+    path = f"{data_path}/{TINY}/{TINY}.train.inter"
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(edit(text))
+    config = make_config("ESMM", data_path=data_path, cache_dataset=False)
+    for read in (check_dataset_settings, create_dataset):  # the run's early check, and the reader
+        with pytest.raises(DataFormatError, match=message) as error:
+            read(config)
+        assert str(error.value).startswith(f"[{path}]") and "USER_ID_FIELD" not in str(error.value)
+
+
+def test_a_separator_of_several_characters_is_refused(make_config, editable_data):
+    data_path, _ = editable_data
+    with pytest.raises(DataFormatError, match=r"field_separator must be one character, got '::'"):
+        _load(make_config, data_path, field_separator="::", cache_dataset=False)

@@ -132,3 +132,31 @@ def test_valid_split_without_purchases_or_clicks_is_refused_before_training(tmp_
         r"\[purchase_auc\] .* undefined .* importer.* or choose another valid_metric")):
         run_recbole_cstwa(model="MLP", dataset="nv", config_dict=settings(str(tmp_path / "data"), tmp_path))
     assert not list((tmp_path / "saved").glob("*.pth"))  # nothing trained (the dataset cache may be there)
+
+
+def test_cvr_valid_metric_on_a_split_where_every_click_is_bought_is_refused(tiny_data_path, tmp_path):
+    """With eval_tasks [cvr] only the purchase label was counted: the run trained with NaN scores
+    and ended in FileNotFoundError for the checkpoint."""
+    import shutil
+
+    from conftest import TINY, tiny_config
+
+    shutil.copytree(f"{tiny_data_path}/{TINY}", tmp_path / "data" / TINY)
+    path = tmp_path / "data" / TINY / f"{TINY}.valid.inter"
+    lines = path.read_text().splitlines()
+    path.write_text(
+        "\n".join([lines[0]] + [line.rsplit("\t", 1)[0] + "\t" + line.split("\t")[-2] for line in lines[1:]])
+        + "\n"
+    )
+    config = tiny_config(
+        str(tmp_path / "data"), tmp_path, eval_tasks=["cvr"], valid_metric="cvr_auc", cache_dataset=False
+    )
+    with pytest.raises(
+        DataFormatError,
+        match=(
+            r"valid split .* holds 400 impressions with (\d+) clicks, \1 purchases \(cvr is scored on the \1 clicked "
+            r"rows\): valid_metric \[cvr_auc\] .* undefined"
+        ),
+    ):
+        run_recbole_cstwa(model="ESMM", config_dict=config)
+    assert not list((tmp_path / "saved").glob("*.pth"))

@@ -157,3 +157,13 @@ def test_two_cpu_processes_give_the_single_process_metrics(ddp_data_path, tmp_pa
     assert set(single) == set(result["test_result"])
     for metric, value in single.items():
         assert result["test_result"][metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_a_taken_port_is_named_before_any_rank_starts():
+    """PyTorch's DistNetworkError (EADDRINUSE) came as a traceback after a 10 s wait."""
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DistributedRunError, match=rf"port {port} is taken by another program: .* --port"):
+            launch(lambda **kwargs: pytest.fail("a rank started"), nproc=2, port=port)

@@ -98,7 +98,7 @@ def test_a_repeated_name_is_an_error():
     [
         "__import__('os')",
         "[__import__('os').getcwd()]",
-        "['__import__(\"os\").getcwd()']",  # a string RecBole's Config would eval
+        "['__import__(\"os\").getcwd()']",  # a string RecBole's Config would have evaluated
         "[open('x')]",
         "['9**9**9**9']",  # no code, but an eval that never ends
     ],
@@ -270,9 +270,10 @@ def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsy
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("learner choice __import__('os')", "is Python code that RecBole's Config would evaluate"),
-        ("learning_rate choice ['1/0']", "'1/0' is an expression that fails when RecBole's Config evaluates it"),
-        ("learning_rate choice [1/0]", "fails when RecBole's Config evaluates it .ZeroDivisionError"),
+        ("learner choice __import__('os')", "is Python code; values are read as plain data and never run"),
+        ("learning_rate choice ['1/0']", "'1/0' is arithmetic; values are never evaluated"),
+        ("learning_rate choice [1/0]", "'1/0' is arithmetic; values are never evaluated"),
+        ("learner choice " + "[" * 5000 + "]" * 5000, "is nested too deeply to be a setting"),
     ],
 )
 def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, message):
@@ -284,6 +285,21 @@ def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, 
     (printed,) = capsys.readouterr().err.splitlines()
     assert printed.startswith(f"error: {params_file}, line 2: ")
     assert re.search(message, printed)
+
+
+def test_a_params_file_that_is_not_utf8_is_one_error_line(tmp_path, capsys):
+    params_file = tmp_path / "space.hyper"
+    params_file.write_bytes(
+        "embedding_size choice [4]\nlearner choice ['adam']  # caf\xe9\n".encode("latin-1")
+    )
+    with pytest.raises(SystemExit) as stop:
+        load_script("run_hyper").main(["--model=MLP", f"--params_file={params_file}"])
+    assert stop.value.code == 2
+    (printed,) = capsys.readouterr().err.splitlines()
+    assert (
+        printed
+        == f"error: Params file [{params_file}], line 2: byte 0xe9 is not UTF-8 text. Fix: save the file as UTF-8."
+    )
 
 
 def test_ray_space_translation():

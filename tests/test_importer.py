@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -260,3 +261,67 @@ def test_no_split_writes_one_inter_file_for_eval_args(tmp_path):
     assert summary["counts"] == {"all": {"rows": 40, "clicks": 20, "purchases": 10}}
     assert "benchmark_filename: ~\n" in (folder / "whole.yaml").read_text()
     assert len(read_table(folder / "whole.inter")) == 41
+
+
+def test_missing_value_strings_are_imported_and_read_as_tokens(tmp_path):
+    """NA, null, None, ... in a category or id column are tokens through the importer and the
+    run's reader; only an empty cell is the padding id."""
+    from recbole_cstwa.config import Config
+    from recbole_cstwa.data import create_dataset
+
+    strings = ["NA", "null", "None", "N/A", "NaN", "nan", "#N/A"]
+    rows = [
+        f"1,u{i % 5},{'NA' if i % 4 == 0 else f'i{i % 7}'},{strings[i % 7]},x,0.5,1,30,s1,{i % 2},{int(i % 6 == 1)}"
+        for i in range(60)
+    ]
+    cells = rows[3].split(",")
+    rows[3] = ",".join(cells[:3] + [""] + cells[4:])  # the one empty cell
+    train = write_csv(tmp_path / "na_train.csv", rows)
+    valid = write_csv(tmp_path / "na_valid.csv", rows[20:40])
+    test = write_csv(tmp_path / "na_test.csv", rows[40:])
+    with_ids(
+        tmp_path,
+        train=train,
+        valid=valid,
+        test=test,
+        user_fields=[],
+        item_fields=[],
+        numerical=["numerical_*"],
+    )
+    inter = read_table(tmp_path / "out" / "ae" / "ae.train.inter")
+    written = {row[inter[0].index("categorical_1:token")] for row in inter[1:]}
+    assert set(strings) <= written and "" in written  # as found in the input
+    config = Config(
+        model="MLP",
+        dataset="ae",
+        config_dict={
+            "data_path": str(tmp_path / "out"),
+            "state": "ERROR",
+            "checkpoint_dir": str(tmp_path / "saved"),
+            "cache_dataset": False,
+        },
+    )
+    dataset = create_dataset(config)
+    assert set(strings) <= set(dataset.field2id_token["categorical_1"])
+    assert "NA" in dataset.field2token_id["item"]
+    assert int((np.asarray(dataset.inter_feat["item"]) == 0).sum()) == 0
+
+
+def test_a_repeated_column_name_is_refused(tmp_path):
+    """The importer silently read the first of two columns with one name."""
+    columns = COLUMNS[:4] + ["categorical_1"] + COLUMNS[5:]
+    train = write_csv(tmp_path / "dup.csv", TRAIN, columns=columns)
+    with pytest.raises(
+        InputFileError, match=r"dup\.csv: column \[categorical_1\] appears 2 times in the header"
+    ):
+        with_ids(tmp_path, train=train)
+    assert not os.path.exists(tmp_path / "out" / "ae")
+
+
+@pytest.mark.parametrize("cell", ["NA", "nan", "inf", "-inf"])
+def test_a_numerical_column_holds_finite_numbers_or_empty_cells(tmp_path, cell):
+    train = write_csv(tmp_path / "bad_train.csv", TRAIN[:4] + [f"3,u2,i3,b,y,{cell},0,41,s3,1,0"])
+    with pytest.raises(
+        InputFileError, match=rf"line 6: numerical column \[numerical_1\] holds '{cell}', not a finite number"
+    ):
+        with_ids(tmp_path, train=train)

@@ -104,6 +104,32 @@ BAD_SETTINGS = [
     ("MMoE", {"num_experts": 0}, "num_experts must be an integer >= 1, got 0"),
     ("PLE", {"ple_num_levels": 0}, "ple_num_levels must be an integer >= 1, got 0"),
     ("PLE", {"ple_shared_experts": 0, "ple_specific_experts": 0}, "ple_shared_experts + ple_specific_experts"),
+    # RecBole's training settings the plugin passes through
+    (
+        "MLP",
+        {"clip_grad_norm": {"max_norm": -5}},
+        "clip_grad_norm max_norm must be a finite number > 0, got -5",
+    ),
+    (
+        "MLP",
+        {"clip_grad_norm": {"max_norm": 0}},
+        "clip_grad_norm max_norm must be a finite number > 0, got 0",
+    ),
+    ("MLP", {"clip_grad_norm": {"norm": 5}}, "clip_grad_norm must be ~ or a dict with max_norm"),
+    ("MLP", {"clip_grad_norm": 5}, "clip_grad_norm must be ~ or a dict with max_norm"),
+    (
+        "MLP",
+        {"clip_grad_norm": {"max_norm": 5, "norm_type": -1}},
+        "clip_grad_norm norm_type must be a number > 0",
+    ),
+    ("MLP", {"stopping_step": -1}, "stopping_step must be an integer >= 1"),
+    ("MLP", {"stopping_step": 2.5}, "stopping_step must be an integer >= 1"),
+    ("MLP", {"eval_step": -1}, "eval_step must be an integer >= 0"),
+    ("MLP", {"seed": 1.5}, "seed must be an integer in [0, 4294967295] (numpy's seed range), got 1.5"),
+    ("MLP", {"seed": -3}, "seed must be an integer in [0, 4294967295]"),
+    ("MLP", {"seed": "abc"}, "seed must be an integer in [0, 4294967295] (numpy's seed range), got 'abc'"),
+    ("MLP", {"learning_rate": float("inf")}, "learning_rate must be a number > 0, got inf"),
+    ("MLP", {"learning_rate": float("nan")}, "learning_rate must be a number > 0, got nan"),
 ]
 
 
@@ -161,15 +187,168 @@ def _tiny_arguments(tiny_data_path, tmp_path):
         (["--model=MLP", "--learning_rate=-1"], "error: learning_rate must be a number > 0, got -1."),
         (["--model=CSTWA", "--sm_lambda=1.5"], "error: sm_lambda must be a number in [0, 1], got 1.5."),
         (["--model=CSTWA", "--graph_top_k=0"], "error: graph_top_k must be an integer >= 1, got 0."),
-        (["--model=MLP", "--tower_hidden_size=[64,32]"], "error: tower_dropout [0.1, 0.3, 0.3] needs one value"),
-        (["--model=MLP", "--learning_rate=1/0"], "error: Setting learning_rate = '1/0' cannot be read"),
-        (["--model=MLP", "--model=ESMM"], "error: Command line: There are duplicate"),
+        (
+            ["--model=MLP", "--tower_hidden_size=[64,32]"],
+            "error: tower_dropout [0.1, 0.3, 0.3] needs one value",
+        ),
+        (
+            ["--model=MLP", "--learning_rate=1/0"],
+            "error: --learning_rate: '1/0' is arithmetic; values are never",
+        ),
+        (
+            ["--model=MLP", "--model=ESMM"],
+            "error: Command line: --model is given twice, as 'MLP' and 'ESMM'.",
+        ),
+        (["--model=MLP", "--learning_rate=1e999"], "error: learning_rate must be a number > 0, got inf."),
+        (
+            ["--model=MLP", "--seed=abc"],
+            "error: seed must be an integer in [0, 4294967295] (numpy's seed range), got",
+        ),
+        (
+            ["--model=MLP", "--clip_grad_norm={'max_norm':-5}"],
+            "error: clip_grad_norm max_norm must be a finite",
+        ),
+        (
+            ["--model=MLP", "--metrics=[AUC,Recall]"],
+            "error: metrics ['AUC', 'Recall'] hold top-k ranking metrics",
+        ),
         (["--model=BPR"], "error: Model [BPR] is a RecBole general model"),
     ],
 )
 def test_cli_prints_one_error_line(monkeypatch, capsys, tiny_data_path, tmp_path, arguments, message):
     line = _error_line(monkeypatch, capsys, arguments + _tiny_arguments(tiny_data_path, tmp_path))
     assert line.startswith(message)
+
+
+def test_normal_command_line_values_parse_as_before(monkeypatch, tiny_data_path, tmp_path):
+    from recbole_cstwa.config import Config
+
+    arguments = [
+        "--learning_rate=1e-3",
+        "--train_batch_size=500",
+        "--use_sm=False",
+        "--cstwa_cache=false",
+        "--learner=adam",
+        "--tower_hidden_size=[64,32,16]",
+        "--eval_tasks=[click,purchase]",
+        "--clip_grad_norm={'max_norm': 5}",
+        "--USER_ID_FIELD=None",
+        "--embedding_size=-1",  # a negative number, refused by the table below, not read as text
+    ]
+    monkeypatch.setattr(
+        sys, "argv", ["run_recbole_cstwa.py", *arguments, *_tiny_arguments(tiny_data_path, tmp_path)]
+    )
+    config = Config.__new__(Config)
+    read = config._load_cmd_line()
+    assert read["learning_rate"] == 0.001 and read["train_batch_size"] == 500
+    assert read["use_sm"] is False and read["cstwa_cache"] is False
+    assert read["learner"] == "adam" and read["tower_hidden_size"] == [64, 32, 16]
+    assert read["eval_tasks"] == ["click", "purchase"]
+    assert read["clip_grad_norm"] == {"max_norm": 5} and read["USER_ID_FIELD"] is None
+    assert read["embedding_size"] == -1
+    assert read["benchmark_filename"] == ["train", "valid", "test"]  # "['train','valid','test']"
+
+
+def test_an_empty_checkpoint_dir_is_refused_before_any_file_is_written(
+    monkeypatch, capsys, tiny_data_path, tmp_path
+):
+    """RecBole joined the dataset cache's folder to '' and wrote it into the current folder."""
+    arguments = [a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--checkpoint_dir")]
+    line = _error_line(monkeypatch, capsys, ["--model=MLP", "--checkpoint_dir=", *arguments])
+    assert (
+        line
+        == "error: checkpoint_dir must name a folder, got an empty value. Fix: --checkpoint_dir=saved (or another folder)."
+    )
+    assert not [name for name in os.listdir(".") if "dataset" in name]
+
+
+def test_unquoted_benchmark_filename_is_the_list(monkeypatch, tiny_data_path, tmp_path):
+    from recbole_cstwa.config import Config
+
+    arguments = [
+        a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--benchmark_filename")
+    ]
+    monkeypatch.setattr(
+        sys, "argv", ["run_recbole_cstwa.py", "--benchmark_filename=[train,valid,test]", *arguments]
+    )
+    assert Config(model="MLP")["benchmark_filename"] == ["train", "valid", "test"]
+
+
+def test_benchmark_filename_as_text_is_refused(make_config):
+    with pytest.raises(ConfigError, match=r"benchmark_filename must be a list of split names, got 'train'"):
+        make_config("MLP", benchmark_filename="train")
+
+
+def test_a_call_on_the_command_line_never_runs(monkeypatch, capsys, tiny_data_path, tmp_path):
+    """RecBole's Config evaluated every --key=value text (and the plugin once more): a call there ran."""
+    marker = tmp_path / "marker"
+    line = _error_line(
+        monkeypatch,
+        capsys,
+        [
+            "--model=MLP",
+            f"--note=open({str(marker)!r},'a').write('x')",
+            *_tiny_arguments(tiny_data_path, tmp_path),
+        ],
+    )
+    assert line.startswith('error: --note: the string "open(') and "is Python code" in line
+    assert not marker.exists()
+
+
+def test_a_call_in_config_dict_or_a_config_file_stays_text(make_config, tmp_path):
+    marker = tmp_path / "marker"
+    call = f"open({str(marker)!r},'a').write('x')"
+    assert make_config("MLP", note=call)["note"] == call
+    config_file = tmp_path / "call.yaml"
+    config_file.write_text(f'note: "{call}"\n')
+    from recbole_cstwa.config import Config
+
+    config = Config(model="MLP", config_file_list=[str(config_file)], config_dict={"state": "ERROR"})
+    assert isinstance(config["note"], str) and "write" in config["note"]
+    assert not marker.exists()
+
+
+def test_config_dict_strings_are_read_without_eval(make_config):
+    config = make_config(
+        "MLP", tower_hidden_size="[64, 32, 16]", learning_rate="1e-3", use_gpu="False", note="2**3", seed="7"
+    )
+    assert config["tower_hidden_size"] == [64, 32, 16] and config["learning_rate"] == 0.001
+    assert config["use_gpu"] is False and config["seed"] == 7
+    assert config["note"] == "2**3"  # RecBole's eval gave 8
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("extra: !!python/name:os.system\n", "could not determine a constructor for the tag"),
+        (
+            'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+            + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+            "its aliases expand to more than 100,000 values",
+        ),
+        ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+)
+def test_config_file_yaml_is_plain(monkeypatch, capsys, tiny_data_path, tmp_path, text, message):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(text)
+    line = _error_line(
+        monkeypatch,
+        capsys,
+        ["--model=MLP", f"--config_files={config_file}", *_tiny_arguments(tiny_data_path, tmp_path)],
+    )
+    assert line.startswith(f"error: Config file [{config_file}]") and message in line
+
+
+def test_dataset_yaml_is_read_plain(tmp_path):
+    import shutil
+
+    from recbole_cstwa.config import Config
+
+    shutil.copytree(os.path.join(REPOSITORY, "dataset", "synthetic-ccp"), tmp_path / "synthetic-ccp")
+    (tmp_path / "synthetic-ccp" / "synthetic-ccp.yaml").write_text("extra: !!python/name:os.system\n")
+    with pytest.raises(ConfigError, match=r"synthetic-ccp.yaml\], line 1 is not plain YAML"):
+        Config(model="MLP", config_dict={"data_path": str(tmp_path), "state": "ERROR"})
 
 
 def test_cli_yaml_python_tag_names_the_file(monkeypatch, capsys, tiny_data_path, tmp_path):

@@ -3,22 +3,30 @@
 :class:`~recbole_cstwa.data.dataset.MultiTaskDataset` reads its files with these functions: the
 header (:func:`read_header`), then the kept columns, streamed in blocks (:func:`read_columns`:
 token cells become int32 codes at once, so the text of a whole file is never resident), then
-sequence cells split as RecBole splits them (:func:`sequence_cells`). Missing cells are the
-strings pandas reads as missing, as RecBole reads with pandas.
+sequence cells split as RecBole splits them (:func:`sequence_cells`). Only an empty cell is
+missing: ``NA``, ``null``, ``None``, ``nan`` ... (pandas' missing-value strings, which RecBole's
+pandas reader drops) are tokens like any other, and no number in a float column.
 """
 
 import ctypes
+import re
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-from pandas._libs.parsers import STR_NA_VALUES
 from recbole.utils import FeatureType
 
-# The strings pandas reads as missing: RecBole reads with pandas, so the same cells are missing here.
-_MISSING_STRINGS = sorted(STR_NA_VALUES)
+from recbole_cstwa.errors import DataFormatError
+
+# Only an empty cell is missing (see the module docstring).
+MISSING_CELLS = [""]
+_FIELD_TYPES = tuple(ftype.value for ftype in FeatureType)
+# Arrow's message for a float cell that is no number.
+_NOT_A_NUMBER = re.compile(
+    r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to double: invalid value '(.*)'"
+)
 
 
 try:
@@ -94,11 +102,75 @@ def merge_token_blocks(blocks):
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
+def header_problem(path, line, separator):
+    """What is wrong with an atomic file's header ``line`` (``name:type`` columns separated by
+    ``separator``), as one sentence naming ``path`` and the fix; None when it is well formed."""
+    if not line.strip():
+        return (
+            f"[{path}] is empty or starts with an empty line: an atomic file's first line is its "
+            f"header, name:type columns separated by field_separator {separator!r} (e.g. "
+            "user_id:token, click:float)."
+        )
+    columns = line.split(separator)
+    bad = [
+        column for column in columns if column.count(":") != 1 or column.partition(":")[2] not in _FIELD_TYPES
+    ]
+    if bad:
+        others = [sep for sep in ("\t", ",", ";", "|", " ") if sep != separator and sep in bad[0]]
+        guess = (
+            f" It looks separated by {others[0]!r}: write it with {separator!r} between fields, or "
+            f"set field_separator: {others[0]!r}."
+            if others
+            else ""
+        )
+        return (
+            f"[{path}] header column {bad[0]!r} is not name:type with a type of {list(_FIELD_TYPES)} "
+            f"(columns split by field_separator {separator!r}).{guess}"
+        )
+    names = [column.partition(":")[0] for column in columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return (
+            f"[{path}] names column [{repeated[0]}] {names.count(repeated[0])} times in its header: "
+            "each column needs its own name. Rename or drop the copies."
+        )
+    return None
+
+
+def check_finite(path, field, array, first_row):
+    """A float column's cells are numbers: ``nan`` / ``inf`` written in the file are refused (an
+    empty cell, Arrow's null, is the missing value)."""
+    written = pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
+    if written.any():
+        at = int(np.flatnonzero(written)[0])
+        raise DataFormatError(
+            f"[{path}] float column [{field}] holds {array[at].as_py()!r} at line {first_row + at + 2}: "
+            "a float column holds finite numbers, and only an empty cell is a missing value. Fix: "
+            "write a number or leave the cell empty."
+        )
+
+
+def first_line_holding(path, encoding, separator, position, value):
+    """`` at line N``: the first data line whose column ``position`` holds ``value`` (error path
+    only: Arrow's conversion error names the column and the value, not the line)."""
+    with open(path, encoding=encoding) as file:
+        next(file, None)
+        for number, line in enumerate(file, start=2):
+            cells = line.rstrip("\r\n").split(separator)
+            if position < len(cells) and cells[position] == value:
+                return f" at line {number}"
+    return ""
+
+
 def read_header(filepath, field_separator, encoding):
     """``[(column name, field, FeatureType)]`` of a file's header, in file order; the column name
     (``<position>:<name>:<type>``) is unique even if a field name repeats."""
     with open(filepath, encoding=encoding) as file:
-        header = file.readline().rstrip("\r\n").split(field_separator)
+        header_line = file.readline().rstrip("\r\n")
+    problem = header_problem(filepath, header_line, field_separator)
+    if problem:
+        raise DataFormatError(problem)
+    header = header_line.split(field_separator)
     columns = []
     for position, field_type in enumerate(header):
         field, ftype = field_type.split(":")
@@ -117,29 +189,45 @@ def read_columns(filepath, names, columns, field_separator, encoding):
     column_types = {name: pa.float64() if ftype == FeatureType.FLOAT else pa.string() for _, name, ftype in columns}
     # Streamed in blocks: each block's token cells become int32 codes at once, so the
     # text of the whole file is never resident.
-    reader = pa_csv.open_csv(
-        filepath,
-        read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES),
-        parse_options=pa_csv.ParseOptions(delimiter=field_separator),
-        convert_options=pa_csv.ConvertOptions(
-            include_columns=[name for _, name, _ in columns],
-            column_types=column_types,
-            null_values=_MISSING_STRINGS,
-            strings_can_be_null=True,
-        ),
-    )
     parts = {field: [] for field, _, _ in columns}
-    for block, batch in enumerate(reader):
-        if block % 8 == 7:
-            _release_free_memory()
-        for field, name, ftype in columns:
-            array = batch.column(name)
-            if ftype == FeatureType.TOKEN:
-                parts[field].append(_encode_tokens(array))
-            elif ftype == FeatureType.FLOAT:
-                parts[field].append(array.to_numpy(zero_copy_only=False))
-            else:
-                parts[field].append(array.to_pandas())
+    first_row = 0
+    try:
+        reader = pa_csv.open_csv(
+            filepath,
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES),
+            parse_options=pa_csv.ParseOptions(delimiter=field_separator),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=[name for _, name, _ in columns],
+                column_types=column_types,
+                null_values=MISSING_CELLS,
+                strings_can_be_null=True,
+            ),
+        )
+        for block, batch in enumerate(reader):
+            if block % 8 == 7:
+                _release_free_memory()
+            for field, name, ftype in columns:
+                array = batch.column(name)
+                if ftype == FeatureType.TOKEN:
+                    parts[field].append(_encode_tokens(array))
+                elif ftype == FeatureType.FLOAT:
+                    check_finite(filepath, field, array, first_row)
+                    parts[field].append(array.to_numpy(zero_copy_only=False))
+                else:
+                    parts[field].append(array.to_pandas())
+            first_row += batch.num_rows
+    except pa.ArrowInvalid as error:
+        found = _NOT_A_NUMBER.search(str(error))
+        if not found:
+            raise
+        position, value = int(found.group(1)), found.group(2)
+        field = names[position].split(":")[1]
+        line = first_line_holding(filepath, encoding, field_separator, position, value)
+        raise DataFormatError(
+            f"[{filepath}] float column [{field}] holds {value!r}{line}, not a number: a float "
+            "column holds numbers, and only an empty cell is a missing value. Fix: write a number "
+            f"or leave the cell empty, or declare the column {field}:token if it holds words."
+        ) from None
     reader = batch = array = None  # drop the last block before trimming
     _release_free_memory()
     frame = {}

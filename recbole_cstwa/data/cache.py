@@ -30,7 +30,8 @@ from recbole.utils.argument_list import dataset_arguments
 
 from recbole_cstwa.data.dataset import TokenIds
 
-FORMAT_VERSION = 1
+# 2: cells such as NA, null or None are tokens (version 1 read them as missing, the padding id).
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _BLOCK = 16 << 20
 

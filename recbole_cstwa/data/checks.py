@@ -15,6 +15,7 @@ from logging import getLogger
 
 import numpy as np
 
+from recbole_cstwa.data.atomic import header_problem
 from recbole_cstwa.errors import ConfigError, DataFormatError
 
 #: Metrics undefined on a split whose label takes a single value.
@@ -22,11 +23,15 @@ RANKING_METRICS = ("auc", "gauc")
 
 
 def _read_header(path, separator):
-    """``{field: type}`` of an atomic file's header, or None when the file is not there."""
+    """``{field: type}`` of an atomic file's header, or None when the file is not there; a
+    malformed header (an empty file, another separator, a repeated name) is an error."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8", errors="replace") as file:
         line = file.readline().rstrip("\r\n")
+    problem = header_problem(path, line, separator)
+    if problem:
+        raise DataFormatError(problem)
     header = {}
     for column in line.split(separator):
         name, _, kind = column.partition(":")
@@ -117,15 +122,18 @@ def check_evaluation_splits(config, valid_data, test_data):
     tasks = config["eval_tasks"]
     labels = {name: config[key] for name, key in (("click", "CLICK_FIELD"), ("purchase", "PURCHASE_FIELD"))}
     for split, data in (("valid", valid_data), ("test", test_data)):
-        counts = {name: _label_counts(data, field) for name, field in labels.items() if field in tasks.values()}
-        rows = next(iter(counts.values()))[0]
+        # Both labels, whichever tasks are scored: cvr's rows are the clicked ones.
+        counts = {name: _label_counts(data, field) for name, field in labels.items()}
+        rows = counts["click"][0]
         # cvr is scored on the clicked rows, ctcvr on all rows: both need purchases and non-purchases.
         label_task = "purchase" if task in ("cvr", "ctcvr") else task
-        positives = counts[label_task][1] if label_task in counts else 0
-        negatives = (counts["click"][1] if task == "cvr" and "click" in counts else rows) - positives
+        positives = counts[label_task][1]
+        negatives = (counts["click"][1] if task == "cvr" else rows) - positives
         if positives > 0 and negatives > 0:
             continue
         described = ", ".join(f"{positive} {name}s" for name, (_, positive) in counts.items())
+        if task == "cvr":
+            described += f" (cvr is scored on the {counts['click'][1]} clicked rows)"
         message = (
             f"The {split} split of dataset [{config['dataset']}] holds {rows} impressions with "
             f"{described}: valid_metric [{config['valid_metric']}] (an AUC) is undefined on it."

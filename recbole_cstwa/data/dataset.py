@@ -181,8 +181,13 @@ class MultiTaskDataset(Dataset):
         categoricals (codes + the distinct strings)."""
         field_separator = self.config["field_separator"]
         encoding = self.config["encoding"] or "utf-8"
-        if len(field_separator) != 1:  # pyarrow needs a one-character delimiter
-            return super()._load_feat(filepath, source)
+        if len(field_separator) != 1:
+            # pyarrow needs one character; RecBole's pandas reader would turn NA, null, ... into
+            # missing cells.
+            raise DataFormatError(
+                f"field_separator must be one character, got {field_separator!r} (reading "
+                f'[{filepath}]). Fix: write the atomic files tab separated (field_separator: "\\t").'
+            )
         load_col, unload_col = self._get_load_and_unload_col(source)
         if load_col == set():
             return None
@@ -217,6 +222,8 @@ class MultiTaskDataset(Dataset):
     def _load_feat(self, filepath, source):
         try:
             feat = self._read_atomic_file(filepath, source)
+        except DataFormatError:
+            raise
         except ValueError as error:
             raise DataFormatError(
                 f"Cannot read [{filepath}]: {error}. Check the header (name:type, separated by "

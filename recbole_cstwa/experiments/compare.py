@@ -31,7 +31,6 @@ a rerun skips the runs already there with the same settings), ``summary.md``, ``
 ``summary.html`` (an interactive plot; plotly.js inline by default, so it opens offline).
 """
 
-import contextlib
 import hashlib
 import json
 import math
@@ -232,14 +231,27 @@ def make_plan(
 
 
 def read_runs(path):
-    """The records of ``runs.jsonl`` by key (a line cut off by a crash is skipped)."""
+    """The records of ``runs.jsonl`` by key. A line cut off by a crash is skipped; a line that is
+    no run record (no ``key``, no test result) is an error naming the line."""
     records = {}
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                with contextlib.suppress(json.JSONDecodeError):
+        with open(path, encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, start=1):
+                try:
                     record = json.loads(line)
-                    records[record["key"]] = record
+                except (json.JSONDecodeError, RecursionError):
+                    continue
+                if not (
+                    isinstance(record, dict)
+                    and isinstance(record.get("key"), str)
+                    and isinstance(record.get("test_result"), dict)
+                ):
+                    raise CompareError(
+                        f"{path}, line {number}: not a run record of this command (it needs key and "
+                        "test_result). Fix: remove the line, or start over with --fresh (the file "
+                        "is kept as a .bak copy)."
+                    )
+                records[record["key"]] = record
     return records
 
 

@@ -10,9 +10,8 @@ The params file has RecBole's syntax, one parameter a line (``#`` starts a comme
 
 Unlike RecBole's ``HyperTuning._build_space_from_file`` (which ``eval``s choice values), the
 file is read without ``eval``: choice values are Python literals (``ast.literal_eval``) or a YAML
-flow list (``[adam, sgd]``), and bounds are numbers. RecBole's ``Config`` later ``eval``s every
-string it is given in ``config_dict``, so a string value that would run code there (a call such
-as ``"__import__('os')"``) is refused here too.
+flow list (``[adam, sgd]``), and bounds are numbers. A string value that is Python code (a call
+such as ``"__import__('os')"``) or arithmetic is refused (see :func:`recbole_cstwa.values.check_recbole_string`).
 
 Two routes run the same search:
 
@@ -121,8 +120,16 @@ def read_params_file(path):
     path = str(path)
     if not os.path.isfile(path):
         raise ParamsFileError(f"Params file [{path}] does not exist (--params_file).")
-    with open(path, encoding="utf-8") as file:
-        return parse_params(file.read().splitlines(), source=path)
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ParamsFileError(
+            f"Params file [{path}], line {line}: byte {error.object[error.start]:#04x} is not UTF-8 text. "
+            "Fix: save the file as UTF-8."
+        ) from None
+    return parse_params(lines, source=path)
 
 
 def _prepare(params, model, dataset, config_file_list, overrides):

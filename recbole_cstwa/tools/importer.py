@@ -44,6 +44,7 @@ id) grow.
 """
 
 import fnmatch
+import math
 import os
 import time
 from fractions import Fraction
@@ -97,17 +98,24 @@ def read_columns(path, separator=None):
     kind, separator = _file_format(path, separator)
     try:
         if kind == "parquet":
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(block_size=1 << 16),
-            parse_options=pa_csv.ParseOptions(delimiter=separator),
-        )
-        names = list(reader.schema.names)
-        reader.close()
-        return names
+            names = list(pq.ParquetFile(path).schema_arrow.names)
+        else:
+            reader = pa_csv.open_csv(
+                path,
+                read_options=pa_csv.ReadOptions(block_size=1 << 16),
+                parse_options=pa_csv.ParseOptions(delimiter=separator),
+            )
+            names = list(reader.schema.names)
+            reader.close()
     except (pa.ArrowException, OSError) as error:
         raise InputFileError(f"{path}: cannot read the header: {_first_line_of(error)}") from None
+    repeated = [name for name in dict.fromkeys(names) if names.count(name) > 1]
+    if repeated:
+        raise InputFileError(
+            f"{path}: column [{repeated[0]}] appears {names.count(repeated[0])} times in the header: "
+            "rename the copies (which one to read cannot be told)."
+        )
+    return names
 
 
 def _as_text(array):
@@ -295,20 +303,31 @@ def _labels(path, column, array, position):
 
 
 def _check_numerical(path, column, array, position):
+    """Numbers or empty cells (missing); any other text, ``NA``, ``nan`` and ``inf`` included, is
+    an error: the run's reader accepts the same and nothing else."""
     values = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
     try:
-        pc.cast(values, pa.float64())
+        numbers = pc.cast(values, pa.float64())
+        bad = pc.fill_null(pc.invert(pc.is_finite(numbers)), False).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # error path: which cell is no number (Arrow's message has no row)
+        bad = np.array([not _is_number_text(text) for text in values.to_pylist()])
+    if bad.any():
+        at = _first_bad(bad)
+        raise InputFileError(
+            f"{path}, {_where(path, position + at)}: numerical column [{column}] holds {values[at].as_py()!r}, "
+            "not a finite number: fix the value (an empty cell is a missing value), or drop the column "
+            "from --numerical to read it as a token."
+        )
+
+
+def _is_number_text(text):
+    if text is None:
+        return True
+    try:
+        number = pc.cast(pa.array([text]), pa.float64())[0].as_py()
     except pa.ArrowInvalid:
-        for at, text in enumerate(values.to_pylist()):
-            try:
-                if text is not None:
-                    float(text)
-            except ValueError:
-                raise InputFileError(
-                    f"{path}, {_where(path, position + at)}: numerical column [{column}] holds {text!r}, not a "
-                    "number: fix the value, or drop the column from --numerical to read it as a token."
-                ) from None
-        raise
+        return False
+    return math.isfinite(number)
 
 
 def _check_tokens(path, columns, names, lines, position, origin):
