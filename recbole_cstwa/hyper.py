@@ -36,6 +36,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from recbole_cstwa.atomic_write import write_text
 from recbole_cstwa.cli import ValueTextError, isolated_argv, parse_literal, plain_value, strip_comment
 from recbole_cstwa.errors import ConfigError, InputError
 
@@ -236,11 +237,7 @@ def _write_output(search, output_file):
     }
     folder = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(folder, exist_ok=True)
-    partial = output_file + ".partial"
-    with open(partial, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-        file.write("\n")
-    os.replace(partial, output_file)  # a reader never sees a half-written file
+    write_text(output_file, json.dumps(report, indent=2) + "\n")  # a reader never sees half a file
 
 
 def _prepare(params, model, dataset, config_file_list, overrides):

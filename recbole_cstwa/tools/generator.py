@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recbole_cstwa.atomic_write import atomic_file, write_text
 from recbole_cstwa.oracle import oracle_metrics
 
 DEFAULT_NAME = "synthetic-ccp"
@@ -506,7 +507,8 @@ def _counts(n_rows: int, users_seen: np.ndarray, items_seen: np.ndarray, totals:
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_csv(path, sep="\t", index=False, lineterminator="\n")
+    with atomic_file(path, "w", newline="") as file:
+        frame.to_csv(file, sep="\t", index=False, lineterminator="\n")
 
 
 def generate(
@@ -631,7 +633,10 @@ def generate(
         truth_path = dataset_dir / f"{name}.{split_name}.truth.gz"
         # zlib's gzip wrapper, streamed: the bytes gzip.compress(level 6, mtime 0) gives.
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        with open(inter_path, "w", newline="") as inter_file, open(truth_path, "wb") as truth_file:
+        with (
+            atomic_file(inter_path, "w", newline="") as inter_file,
+            atomic_file(truth_path, "wb") as truth_file,
+        ):
             for index, rows in enumerate(split_blocks):
                 users, items, positions = impression_block(rows)
                 p_click = sigmoid(click_bias + click_offset[rows])
@@ -711,7 +716,7 @@ def generate(
         },
         "counts": counts,
     }
-    (dataset_dir / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(dataset_dir / f"{name}.meta.json", json.dumps(meta, indent=2) + "\n")
     return dataset_dir
 
 
@@ -773,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as error:
             parser.error(str(error))
+        except OSError as error:  # a full disk names its folder
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         elapsed = time.perf_counter() - started
         counts = json.loads((path / f"{args.name}.meta.json").read_text())["counts"]
         print(f"wrote {path} in {elapsed:.1f} s")
