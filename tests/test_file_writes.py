@@ -406,3 +406,13 @@ class _Plan:
     runs = [{"row": "MLP", "seed": 1, "task": "both", "key": "k", "model": "MLP", "config": {}}]
     dataset = TINY
     config_file_list = []
+
+
+def test_empty_tensors_and_arrays_have_checksums(tmp_path):
+    from recbole_cstwa.data.cache import array_checksum
+
+    assert len(array_checksum(np.zeros((0, 3)))) == 32  # dtype and shape are checked beside it
+    cache = ArtifactCache(str(tmp_path), "CSTWA-x")
+    cache.save("graphs", {"k": 1}, {"values": torch.zeros(0, 4), "flags": torch.ones(2, dtype=torch.bool)})
+    artifact, _, reason = cache.load("graphs", {"k": 1})
+    assert reason is None and artifact["values"].shape == (0, 4)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPOSITORY, TINY, load_script
 
+from recbole_cstwa.artifact_cache import CHECKSUMS, tensor_checksums
 from recbole_cstwa.checkpoint import check_writable_directory
 from recbole_cstwa.cli import INPUT_ERROR_STATUS
 from recbole_cstwa.config import ConfigError
@@ -277,6 +278,9 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt(cstwa_stages, caplog):
             artifact["embedding"] = {name: tensor[:-1] for name, tensor in artifact["embedding"].items()}
         else:
             artifact["user"] = {"indices": torch.zeros(2, 1, dtype=torch.long), "values": torch.ones(1), "size": [3, 3]}
+        # Checksums that match the new tensors: the shape checks, not the checksums, must catch it.
+        tensors = {name: value for name, value in artifact.items() if name not in ("settings", CHECKSUMS)}
+        artifact[CHECKSUMS] = tensor_checksums(tensors)
         torch.save(artifact, path)
     with caplog.at_level(logging.INFO):
         again, model = cstwa_stages()

@@ -126,7 +126,8 @@ def changed_files(description):
 
 def array_checksum(array):
     """BLAKE2b of an array's bytes (C order), as hex."""
-    return hashlib.blake2b(memoryview(np.ascontiguousarray(array)).cast("B"), digest_size=16).hexdigest()
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # also for empty arrays
+    return hashlib.blake2b(flat, digest_size=16).hexdigest()
 
 
 def is_plain_name(name):
