@@ -15,13 +15,16 @@ would have. A format-1 checkpoint (parameters only) still loads for training-tim
 """
 
 import os
+import pickle
 import random
 import uuid
+import zipfile
 
 import numpy as np
 import torch
 
 import recbole_cstwa
+from recbole_cstwa.atomic_write import DiskFullError, atomic_file
 from recbole_cstwa.errors import CheckpointError, ConfigError
 from recbole_cstwa.optim import SplitOptimizer
 from recbole_cstwa.serving.schema import describe_dataset, stored_settings
@@ -58,20 +61,64 @@ def load_checkpoint(path, map_location=None):
     """Reads a checkpoint with ``weights_only=True``: loading a file cannot run code.
 
     A file written by RecBole's own trainer (it pickles the ``Config`` object) is refused with an
-    error that says how to get a loadable one, instead of being unpickled.
+    error that says how to get a loadable one, instead of being unpickled; an empty, truncated or
+    foreign file is refused saying so.
     """
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file [{path}] does not exist.")
+    problem = _file_problem(path)
+    if problem:
+        raise CheckpointError(f"Checkpoint [{path}] {problem}: it cannot be loaded. Retrain to write it again.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError/RuntimeError by version
+    except pickle.UnpicklingError as error:  # what weights_only refuses
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
             f"Checkpoint [{path}] holds Python objects other than tensors and plain data, so it "
             "is not loaded (loading it could run code). Checkpoints written by recbole-cstwa's "
             "trainers load safely; retrain with them to get one. "
-            f"Original error: {str(error).splitlines()[0]}"
+            f"Original error: {first_line}"
         ) from None
+    except Exception as error:  # torch raises RuntimeError / EOFError / ... by version
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(
+            f"Checkpoint [{path}] is damaged or not a PyTorch checkpoint ({first_line}): it cannot "
+            "be loaded. Retrain to write it again."
+        ) from None
+
+
+def _file_problem(path):
+    """What is wrong with the checkpoint file itself (empty, truncated, not one), or None.
+
+    ``torch.save`` writes a zip archive (a legacy checkpoint is a bare pickle, read as before).
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes; a run may have stopped while writing it)"
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return f"is truncated or damaged ({size} bytes, an incomplete zip archive)"
+        return None
+    if head[:1] == b"\x80":  # a pickle: a legacy checkpoint
+        return None
+    return f"is not a PyTorch checkpoint (it starts with {head!r})"
+
+
+def _tensor_bytes(value):
+    """The bytes of the tensors in a nested dict / list (a checkpoint's size, nearly)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def check_writable_directory(path, key="checkpoint_dir"):
@@ -118,7 +165,18 @@ class SafeCheckpointMixin:
             "optimizer": self.optimizer.state_dict(),
         }
         state.update(self._serving_entries())
-        torch.save(state, saved_model_file)
+        folder = os.path.dirname(os.path.abspath(saved_model_file))
+        needed = _tensor_bytes(state)
+        try:
+            # A temporary file renamed at the end: the previous checkpoint stays whole until then.
+            with atomic_file(saved_model_file, "wb", needed=needed) as file:
+                torch.save(state, file)
+        except DiskFullError as error:
+            raise ConfigError(
+                f"could not save the checkpoint [{saved_model_file}]: {error}; the previous "
+                f"checkpoint there is kept. Free space in [{folder}] or choose another folder: "
+                "--checkpoint_dir=<a folder with space>."
+            ) from None
         self.saved_epoch = int(epoch)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")

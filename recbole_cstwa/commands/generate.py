@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as error:
             parser.error(str(error))
+        except OSError as error:  # a full disk names its folder
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         elapsed = time.perf_counter() - started
         counts = json.loads((path / f"{args.name}.meta.json").read_text())["counts"]
         print(f"wrote {path} in {elapsed:.1f} s")

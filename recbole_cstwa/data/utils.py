@@ -35,6 +35,7 @@ def create_dataset(config):
     if config["cache_dataset"] is False:
         return MultiTaskDataset(config)
 
+    cache.open_cache_root(config)
     key, description = cache.cache_key(config, MultiTaskDataset)
     directory = cache.cache_dir(config, key)
     if os.path.isdir(directory):
@@ -49,6 +50,13 @@ def create_dataset(config):
 
     dataset = MultiTaskDataset(config)
     dataset._change_feat_format()
+    changed = cache.changed_files(description)
+    if changed:  # the key describes bytes other than those read
+        logger.warning(
+            f"Data file(s) {changed} changed while the dataset was read: the dataset cache is not "
+            "written; this run uses what it read. Run again once the files stay unchanged."
+        )
+        return dataset
     try:
         cache.save(dataset, directory, key, description)
         logger.info(f"Dataset cached in [{directory}].")

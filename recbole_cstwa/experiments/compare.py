@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recbole_cstwa.atomic_write import open_append
 from recbole_cstwa.commands.cli import isolated_argv
 from recbole_cstwa.errors import CompareError, ConfigError
 from recbole_cstwa.experiments.report import (
@@ -265,6 +266,11 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
         from recbole_cstwa.quick_start import run_recbole_cstwa as runner
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RUNS_FILE)
+    if os.path.islink(path):  # appending through it would write to whatever it points to
+        raise CompareError(
+            f"[{path}] is a symbolic link: the comparison appends its records there and never "
+            "through a link. Remove the link or choose another output folder."
+        )
     if not resume and os.path.isfile(path):
         os.replace(path, f"{path}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
     done = read_runs(path)
@@ -298,7 +304,7 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
             "stage_times": result.get("stage_times"),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        with open(path, "a", encoding="utf-8") as file:
+        with open_append(path) as file:  # refuses a symbolic link planted at runs.jsonl
             file.write(json.dumps(record, default=float) + "\n")
         records.append(record)
     return records

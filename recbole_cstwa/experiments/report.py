@@ -5,6 +5,8 @@ import json
 import math
 import os
 
+from recbole_cstwa.atomic_write import atomic_file, write_text
+
 #: The table's metrics, task-prefixed as the plugin's trainers report them.
 METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc")
 #: Metrics tested against the reference row.
@@ -95,8 +97,7 @@ def write_markdown(path, plan, rows, oracle=None):
     ]
     if variants:
         text += ["", "Variants:", *variants]
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(text) + "\n")
+    write_text(path, "\n".join(text) + "\n")
 
 
 def write_csv(path, rows, oracle=None):
@@ -106,7 +107,7 @@ def write_csv(path, rows, oracle=None):
     for metric in TESTED_METRICS:
         columns += [f"{metric}_delta", f"{metric}_p"]
     columns.append("overrides")
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with atomic_file(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -184,12 +185,14 @@ def figure(plan, rows, joined, oracle=None):
 def write_plot(path, plan, rows, joined, oracle=None, plotlyjs=True):
     """Writes the HTML plot (and a PNG next to it when kaleido is installed); returns the paths."""
     fig = figure(plan, rows, joined, oracle)
-    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
+    with atomic_file(path, "w", encoding="utf-8") as file:
+        fig.write_html(file, include_plotlyjs=plotlyjs, full_html=True)
     written = [path]
     try:
         import kaleido  # noqa: F401  (optional; never installed by this package)
     except ImportError:
         return written
     png = os.path.splitext(path)[0] + ".png"
-    fig.write_image(png)
+    with atomic_file(png, "wb") as file:
+        fig.write_image(file, format="png")
     return written + [png]

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from recbole_cstwa.atomic_write import write_text
 from recbole_cstwa.commands.cli import isolated_argv
 from recbole_cstwa.values import plain_value
 
@@ -131,8 +132,4 @@ def write_report(search, output_file):
     }
     folder = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(folder, exist_ok=True)
-    partial = output_file + ".partial"
-    with open(partial, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-        file.write("\n")
-    os.replace(partial, output_file)  # a reader never sees a half-written file
+    write_text(output_file, json.dumps(report, indent=2) + "\n")  # a reader never sees half a file

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from recbole_cstwa.atomic_write import atomic_file
+
 CATEGORICAL = [f"categorical_{i}" for i in range(1, 17)]
 NUMERICAL = [f"numerical_{i}" for i in range(1, 64)]
 HEADER = ["search_id"] + CATEGORICAL + NUMERICAL + ["click", "conversion"]
@@ -58,7 +60,7 @@ def write_sample(output, rows, seed=2020, chunk_rows=100_000):
     paths = {}
     for offset, (split, count) in enumerate((("train", rows), ("test", rows // 2))):
         path = os.path.join(output, f"{split}.csv")
-        with open(path, "wb") as file:
+        with atomic_file(path, "wb") as file:
             file.write((",".join(HEADER) + "\n").encode())  # a plain header, as AliExpress' files
             for chunk, start in enumerate(range(0, count, chunk_rows)):
                 table = make_frame(

@@ -58,6 +58,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recbole_cstwa.atomic_write import atomic_file, write_text
+
 DEFAULT_NAME = "synthetic-ccp"
 DEFAULT_N_IMPRESSIONS = 300_000
 DEFAULT_N_CATEGORIES = 100
@@ -501,7 +503,8 @@ def _counts(n_rows: int, users_seen: np.ndarray, items_seen: np.ndarray, totals:
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_csv(path, sep="\t", index=False, lineterminator="\n")
+    with atomic_file(path, "w", newline="") as file:
+        frame.to_csv(file, sep="\t", index=False, lineterminator="\n")
 
 
 def generate(
@@ -626,7 +629,10 @@ def generate(
         truth_path = dataset_dir / f"{name}.{split_name}.truth.gz"
         # zlib's gzip wrapper, streamed: the bytes gzip.compress(level 6, mtime 0) gives.
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        with open(inter_path, "w", newline="") as inter_file, open(truth_path, "wb") as truth_file:
+        with (
+            atomic_file(inter_path, "w", newline="") as inter_file,
+            atomic_file(truth_path, "wb") as truth_file,
+        ):
             for index, rows in enumerate(split_blocks):
                 users, items, positions = impression_block(rows)
                 p_click = sigmoid(click_bias + click_offset[rows])
@@ -706,5 +712,5 @@ def generate(
         },
         "counts": counts,
     }
-    (dataset_dir / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(dataset_dir / f"{name}.meta.json", json.dumps(meta, indent=2) + "\n")
     return dataset_dir

@@ -3,9 +3,11 @@
 A folder ``<output>/<name>/`` holds ``<name>.<suffix>`` files: tab-separated tables with
 RecBole's ``field:type`` header (``inter``, ``train.inter``, ``user``, ``item``, ...), the
 dataset's YAML (``<name>.yaml``, loaded by convention when a run names the dataset) and a
-``<name>.meta.json`` summary. Every file is written to ``<file>.part`` and renamed only when the
-whole conversion succeeds; a failed conversion removes its parts, and the folder too when the
-writer created it, so that nothing RecBole could read as a complete dataset is left behind.
+``<name>.meta.json`` summary. The files are written into a new folder beside ``<name>/`` (created
+exclusively, under an unpredictable name) and, when the whole conversion succeeds, that folder
+replaces ``<name>/`` in one rename: a reader, or a kill at any moment, sees the whole old dataset
+or the whole new one, never a mix. Other files of the old folder are carried over (hard links).
+A failed conversion (a full disk included, whose error names the folder) removes the new folder.
 
 Rows are buffered and written in chunks (:class:`TableWriter`): memory stays bounded by the
 chunk, not by the file.
@@ -14,6 +16,15 @@ chunk, not by the file.
 import json
 import os
 import shutil
+import tempfile
+
+from recbole_cstwa.atomic_write import (
+    disk_full_error,
+    folder_size,
+    is_disk_full,
+    remove_stale_temporaries,
+    replace_directory,
+)
 
 #: Rows buffered before a write.
 CHUNK_ROWS = 10_000
@@ -114,26 +125,32 @@ def yaml_text(settings, comments=()):
 class AtomicDatasetWriter:
     """Writes ``<output>/<name>/<name>.<suffix>`` files all or nothing (see the module docstring).
 
-    Use as a context manager: the files are committed when the block ends normally and removed
-    when it raises (the folder as well when this writer created it).
+    Use as a context manager: the new folder replaces ``<output>/<name>`` when the block ends
+    normally and is removed when it raises.
     """
 
     def __init__(self, output, name):
         self.name = check_dataset_name(name)
         self.directory = os.path.join(os.fspath(output), name)
-        self._created = not os.path.isdir(self.directory)
-        os.makedirs(self.directory, exist_ok=True)
+        parent = os.path.dirname(os.path.abspath(self.directory))
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_temporaries(parent)
+        # ``.<name>.<pid>-...``: the process id tells a live writer's folder from a dead one's.
+        self.staging = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{name}-", dir=parent)
+        os.chmod(self.staging, 0o755)  # as a folder made by os.makedirs (mkdtemp makes it private)
         self._parts = []
         self._tables = []
 
     def path(self, suffix):
-        return os.path.join(self.directory, f"{self.name}.{suffix}")
+        """Where ``<name>.<suffix>`` is written until the commit."""
+        return os.path.join(self.staging, f"{self.name}.{suffix}")
 
     def open(self, suffix):
-        """A text file ``<name>.<suffix>.part``, renamed at :meth:`commit`."""
-        part = self.path(suffix) + ".part"
+        """A new text file ``<name>.<suffix>`` in the new folder."""
+        part = self.path(suffix)
+        file = open(part, "x", encoding="utf-8", newline="\n")
         self._parts.append(part)
-        return open(part, "w", encoding="utf-8", newline="\n")
+        return file
 
     def table(self, suffix, fields, chunk_rows=CHUNK_ROWS):
         """A :class:`TableWriter` for ``<name>.<suffix>`` with the ``(name, type)`` header."""
@@ -152,32 +169,63 @@ class AtomicDatasetWriter:
         self.write_text("meta.json", json.dumps(summary, indent=2) + "\n")
 
     def tmp_dir(self):
-        """A folder for temporary files, inside the dataset folder (removed with it on failure)."""
-        return self.directory
+        """A folder for temporary files, inside the new folder (removed with it on failure)."""
+        return self.staging
 
     def commit(self):
         for table in self._tables:
             table.close()
         for part in self._parts:
-            os.replace(part, part[: -len(".part")])
+            with open(part, "rb") as file:
+                os.fsync(file.fileno())
+        self._carry_over_old_files()
+        old = replace_directory(self.staging, self.directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         self._parts, self._tables = [], []
+
+    def _carry_over_old_files(self):
+        """Files of the old folder this writer does not write (a user's own) stay in the dataset."""
+        if os.path.islink(self.directory) or not os.path.isdir(self.directory):
+            return
+        written = set(os.listdir(self.staging))
+        for entry in os.scandir(self.directory):
+            left_by_old_versions = entry.name.endswith(".part")
+            if entry.name in written or left_by_old_versions or not entry.is_file(follow_symlinks=False):
+                continue
+            target = os.path.join(self.staging, entry.name)
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target, follow_symlinks=False)
 
     def abort(self):
         for table in self._tables:
-            table.file.close()
-        for part in self._parts:
-            if os.path.exists(part):
-                os.remove(part)
+            try:
+                table.file.close()
+            except OSError:  # its buffer could not be written (a full disk): removed below anyway
+                pass
         self._parts, self._tables = [], []
-        if self._created:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, error_type, error, traceback):
         if error_type is None:
-            self.commit()
-        else:
-            self.abort()
+            try:
+                self.commit()
+            except BaseException as failure:
+                self._abort_with(failure)
+                raise
+            return False
+        self._abort_with(error)
         return False
+
+    def _abort_with(self, error):
+        """Removes the new folder; a full disk is raised again naming the output folder."""
+        written = folder_size(self.staging)
+        self.abort()
+        if is_disk_full(error):
+            folder = os.path.dirname(os.path.abspath(self.directory))
+            raise disk_full_error(folder, written) from None

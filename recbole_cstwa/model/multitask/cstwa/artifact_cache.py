@@ -1,7 +1,9 @@
 """The on-disk cache of CSTWA's pre-training artifacts (the pre-trained CTR embedding and the
 user / item graphs), keyed by the content of the data and the settings they depend on.
 
-Files hold tensors and plain values only (``torch.save``, read back with ``weights_only=True``).
+Files hold tensors and plain values only (``torch.save``, read back with ``weights_only=True``),
+and a BLAKE2b checksum of every tensor, checked when the file is read: a file changed after it was
+written is recomputed, not used.
 """
 
 import hashlib
@@ -10,6 +12,11 @@ import os
 
 import numpy as np
 import torch
+
+from recbole_cstwa.atomic_write import atomic_file, remove_stale_temporaries
+
+#: The artifact entry holding the tensors' checksums.
+CHECKSUMS = "blake2b"
 
 
 def dataset_fingerprint(dataset):
@@ -42,6 +49,24 @@ def settings_hash(settings):
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+def tensor_checksums(tree, prefix=""):
+    """``{"a/b": blake2b hex}`` for every tensor in a nested dict / list (name, dtype, shape, bytes)."""
+    sums = {}
+    items = (
+        tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    )
+    for name, value in items:
+        path = f"{prefix}{name}"
+        if isinstance(value, torch.Tensor):
+            array = np.ascontiguousarray(value.detach().cpu().numpy())
+            digest = hashlib.blake2b(f"{array.dtype}/{array.shape}".encode(), digest_size=16)
+            digest.update(array.reshape(-1).view(np.uint8))  # also for empty tensors
+            sums[path] = digest.hexdigest()
+        elif isinstance(value, (dict, list, tuple)):
+            sums.update(tensor_checksums(value, f"{path}/"))
+    return sums
+
+
 class ArtifactCache:
     """Tensors cached on disk under ``directory``, one file per settings key.
 
@@ -60,26 +85,43 @@ class ArtifactCache:
     def load(self, kind, settings):
         """``(artifact or None, path, reason)``: reason says why nothing was loaded."""
         path = self.path(kind, settings)
+        remove_stale_temporaries(self.directory)
+        if os.path.islink(path):
+            return None, path, f"cached file [{path}] is a symbolic link"
         if not os.path.isfile(path):
             return None, path, self._miss_reason(kind, settings)
         try:
             artifact = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated or foreign file: recompute it
             return None, path, f"cached file [{path}] could not be read ({type(error).__name__})"
+        if not isinstance(artifact, dict):
+            return (
+                None,
+                path,
+                f"cached file [{path}] holds a {type(artifact).__name__}, not a cached artifact",
+            )
         if artifact.get("settings") != json.loads(json.dumps(settings, default=str)):
             return None, path, f"cached file [{path}] holds other settings"
+        stored = artifact.pop(CHECKSUMS, None)
+        tensors = {name: value for name, value in artifact.items() if name != "settings"}
+        if stored != tensor_checksums(tensors):
+            return (
+                None,
+                path,
+                f"cached file [{path}] does not match its checksums (changed after it was written)",
+            )
         return artifact, path, None
 
     def save(self, kind, settings, tensors):
         os.makedirs(self.directory, exist_ok=True)
         path = self.path(kind, settings)
         plain = json.loads(json.dumps(settings, default=str))
-        temporary = f"{path}.{os.getpid()}.tmp"
-        torch.save({"settings": plain, **tensors}, temporary)
-        os.replace(temporary, path)  # atomic: a concurrent reader never sees half a file
-        with open(f"{temporary}.json", "w", encoding="utf-8") as file:
+        # Exclusive temporary files renamed into place: a reader never sees half a file, and
+        # nothing planted at a temporary name is followed.
+        with atomic_file(path, "wb") as file:
+            torch.save({"settings": plain, **tensors, CHECKSUMS: tensor_checksums(tensors)}, file)
+        with atomic_file(path[: -len(".pth")] + ".json", "w", encoding="utf-8") as file:
             json.dump(plain, file, sort_keys=True, indent=1)
-        os.replace(f"{temporary}.json", path[: -len(".pth")] + ".json")
         return path
 
     def _miss_reason(self, kind, settings):
@@ -94,8 +136,10 @@ class ArtifactCache:
         try:
             with open(os.path.join(self.directory, newest), encoding="utf-8") as file:
                 previous = json.load(file)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return f"no readable cached {kind} in [{self.directory}]"
+        if not isinstance(previous, dict):
+            return f"no readable cached {kind} in [{self.directory}] ({newest} holds no settings)"
         current = json.loads(json.dumps(settings, default=str))
         changed = [
             f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
