@@ -101,6 +101,7 @@ class SafeCheckpointMixin:
             "optimizer": self.optimizer.state_dict(),
         }
         torch.save(state, saved_model_file)
+        self.kept_epoch = int(epoch)  # the epoch of the checkpoint the test set is scored with
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 

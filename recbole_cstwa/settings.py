@@ -147,17 +147,27 @@ SETTINGS = (
         "sm_mode",
         "choice",
         "epoch",
-        "the project's reading: epoch propagates once per epoch, batch each batch's neighbours",
+        "the project's reading: epoch holds P = A_hat^L E between refreshes, batch propagates "
+        "each batch's neighbours, update writes Eq. 10 into the id rows (the paper's words)",
         models=CSTWA,
-        choices=("epoch", "batch"),
+        choices=("epoch", "batch", "update"),
     ),
     Setting(
         "sm_refresh_steps",
         "int",
         0,
-        "the project's reading: 0 refreshes P at the start of every epoch but the first",
+        "the project's reading: 0 refreshes P at the start of every epoch after the first",
         models=CSTWA,
         low=0,
+    ),
+    Setting(
+        "sm_first_epoch_refreshes",
+        "int",
+        4,
+        "the project's reading: P refreshed this often inside the first epoch, so a model kept "
+        "after it has used the Structure Migrator",
+        models=CSTWA,
+        low=1,
     ),
     Setting("sm_layers", "int", 1, PAPER + ", L = 1", models=CSTWA, low=1),
     Setting("sm_lambda", "number", 0.3, PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
@@ -209,6 +219,14 @@ SETTINGS = (
     Setting("ce_low_percentile", "number", 10, PAPER + ", 10th", models=CSTWA, low=0, high=100),
     Setting("ce_alpha", "number", 3, PAPER + ", alpha = 3 (searched 2-10)", models=CSTWA, low=0),
     Setting("ce_max_weight", "number", 4, "the paper's Section 3.4.3, below 4", models=CSTWA, low=1),
+    Setting(
+        "ce_weight_form",
+        "choice",
+        "ratio",
+        "the paper's Section 3.4.3: ratio terms with upper limits searched 2-10 (margin: terms in [0, 1])",
+        models=CSTWA,
+        choices=("ratio", "margin"),
+    ),
     # ----- AITM --------------------------------------------------------------------------------
     Setting(
         "aitm_calibration_weight",

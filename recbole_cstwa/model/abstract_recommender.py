@@ -161,3 +161,8 @@ class MultiTaskRecommender(AbstractRecommender):
 
     def predict(self, interaction):
         return self.predict_tasks(interaction)["purchase"]
+
+    def kept_model_facts(self):
+        """Facts about this (kept) model for the run's result dict; CSTWA says whether it used
+        its Structure Migrator (``sm_used``)."""
+        return {}

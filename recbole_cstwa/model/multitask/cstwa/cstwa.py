@@ -66,28 +66,84 @@ class PredictionWindow(nn.Module):
         return tau_low, tau_high
 
 
-def curse_escaper_weights(p_ctr, purchase, tau_low, tau_high, alpha, max_weight, eps=1e-12):
-    """Eq. 18's sample weights (the project's reading), element-wise over a batch.
+#: Values of ``ce_weight_form``: the two readings of Eq. 18's weights (spec, "Curse Escaper").
+CE_WEIGHT_FORMS = ("ratio", "margin")
 
-    - false positive (``p_ctr >= tau_high`` and no purchase):
-      ``min(1 + alpha * (p_ctr - tau_high) / (1 - tau_high), max_weight)``;
-    - false negative (``p_ctr <= tau_low`` and a purchase):
-      ``min(1 + alpha * (tau_low - p_ctr) / tau_low, max_weight)``;
-    - otherwise 1.
 
-    A zero denominator (``tau_high = 1`` or ``tau_low = 0``) has a zero numerator there, so it is
-    guarded with ``eps`` and gives weight 1.
+def curse_escaper_weights(
+    p_ctr, purchase, tau_low, tau_high, alpha, max_weight, form="ratio", eps=1e-12, return_masks=False
+):
+    """Eq. 18's sample weights, element-wise over a batch, in one of two readings (``form``).
+
+    ``ratio`` (reading B, the paper's words: terms that grow without bound, each with an upper
+    limit ``max_weight``):
+
+    - false positive (``p_ctr >= tau_high`` and no purchase): ``min((p_ctr / tau_high) ** alpha, max_weight)``;
+    - false negative (``p_ctr <= tau_low`` and a purchase): ``min((tau_low / p_ctr) ** alpha, max_weight)``.
+
+    ``margin`` (reading A: terms in [0, 1], so a weight never exceeds ``1 + alpha``):
+
+    - false positive: ``min(1 + alpha * (p_ctr - tau_high) / (1 - tau_high), max_weight)``;
+    - false negative: ``min(1 + alpha * (tau_low - p_ctr) / tau_low, max_weight)``.
+
+    Otherwise 1. Both readings give 1 at the threshold. Zero denominators (``tau_high = 1`` or
+    ``tau_low = 0`` for ``margin``, ``tau_high = 0`` or ``p_ctr = 0`` for ``ratio``) are guarded
+    with ``eps``; a weight is never below 1 (``ratio`` with ``tau_low = p_ctr = 0`` would give 0).
+    ``return_masks``: also return the false-positive and false-negative masks.
     """
     p_ctr = p_ctr.detach()
     tau_low = torch.as_tensor(tau_low, dtype=p_ctr.dtype, device=p_ctr.device)
     tau_high = torch.as_tensor(tau_high, dtype=p_ctr.dtype, device=p_ctr.device)
     false_positive = (p_ctr >= tau_high) & (purchase == 0)
     false_negative = (p_ctr <= tau_low) & (purchase == 1)
-    fp_weight = 1 + alpha * (p_ctr - tau_high) / (1 - tau_high).clamp_min(eps)
-    fn_weight = 1 + alpha * (tau_low - p_ctr) / tau_low.clamp_min(eps)
+    if form == "ratio":
+        fp_weight = (p_ctr / tau_high.clamp_min(eps)) ** alpha
+        fn_weight = (tau_low / p_ctr.clamp_min(eps)) ** alpha
+    elif form == "margin":
+        fp_weight = 1 + alpha * (p_ctr - tau_high) / (1 - tau_high).clamp_min(eps)
+        fn_weight = 1 + alpha * (tau_low - p_ctr) / tau_low.clamp_min(eps)
+    else:
+        raise ValueError(f"ce_weight_form must be one of {CE_WEIGHT_FORMS}, got {form!r}.")
     ones = torch.ones_like(p_ctr)
     weights = torch.where(false_positive, fp_weight, torch.where(false_negative, fn_weight, ones))
-    return weights.clamp(max=max_weight)
+    weights = weights.clamp(min=1.0, max=max_weight)
+    return (weights, false_positive, false_negative) if return_masks else weights
+
+
+class CurseEscaperTally:
+    """What the Curse Escaper did over training steps: rows seen, and for false positives and
+    false negatives their count and weight sum (device tensors, read once when reported)."""
+
+    def __init__(self):
+        self.rows = 0
+        self.sums = None  # [fp count, fp weight sum, fn count, fn weight sum]
+
+    def add(self, weights, false_positive, false_negative):
+        step = torch.stack(
+            [
+                false_positive.sum(),
+                weights[false_positive].sum(),
+                false_negative.sum(),
+                weights[false_negative].sum(),
+            ]
+        ).double()
+        self.sums = step if self.sums is None else self.sums + step
+        self.rows += len(weights)
+
+    def summary(self):
+        """``{"rows", "fp_share", "fp_mean_weight", "fn_share", "fn_mean_weight"}`` (shares of
+        the rows; a mean weight is NaN without such rows), then starts afresh."""
+        fp, fp_sum, fn, fn_sum = self.sums.tolist() if self.sums is not None else (0.0,) * 4
+        rows = max(self.rows, 1)
+        result = {
+            "rows": self.rows,
+            "fp_share": fp / rows,
+            "fp_mean_weight": fp_sum / fp if fp else float("nan"),
+            "fn_share": fn / rows,
+            "fn_mean_weight": fn_sum / fn if fn else float("nan"),
+        }
+        self.rows, self.sums = 0, None
+        return result
 
 
 # ----- Click Perceptron's Info Layer (Eq. 13) ---------------------------------------------------
@@ -209,6 +265,8 @@ class CSTWA(MultiTaskRecommender):
         self.ce_low_percentile = config["ce_low_percentile"]
         self.ce_high_percentile = config["ce_high_percentile"]
         self.ce_alpha, self.ce_max_weight = config["ce_alpha"], config["ce_max_weight"]
+        self.ce_weight_form = config["ce_weight_form"]
+        self.ce_tally = CurseEscaperTally()  # read and reset by the trainer once an epoch
         self.loss_weights = [float(weight) for weight in config["loss_weights"]]
         self.info_hidden_size = list(config["info_hidden_size"] or [])
 
@@ -249,6 +307,9 @@ class CSTWA(MultiTaskRecommender):
                 group, {field: features[group][field] for field in fields}, width, self.sm_layers
             )
         self.structure = nn.ModuleDict(graphs)  # the Structure Migrator's whole state
+        # Training steps in which the Structure Migrator acted (saved with the model, so a kept
+        # checkpoint says whether its training used it).
+        self.register_buffer("structure_steps", torch.zeros((), dtype=torch.long))
 
     def num_entities(self, group):
         """Rows of ``group``'s graph: its entities, RecBole's ``[PAD]`` row included."""
@@ -277,16 +338,34 @@ class CSTWA(MultiTaskRecommender):
         return self.structure[group].row_graph()
 
     def update_structure(self):
-        """``P = A_hat^L E`` (Eq. 9) for users and items from the current CVR embedding.
+        """Eq. 9-10 on the whole graphs, called by
+        :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` on its schedule.
 
-        Called by :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` on its schedule (``sm_mode:
-        epoch``): at the start of every epoch but the first, or every ``sm_refresh_steps``
-        training steps. The model trains and is scored with the ``P`` of the last call (saved
-        with its checkpoints); before the first call it does not mix. ``sm_mode: batch`` needs
-        no call.
+        ``sm_mode: epoch``: ``P = A_hat^L E`` for users and items from the current CVR embedding,
+        held; the model trains and is scored with the ``P`` of the last call (saved with its
+        checkpoints); before the first call it does not mix. ``sm_mode: update``: the CVR
+        embedding's user (item) id rows become ``(1 - lambda) E_id + lambda A_hat^L E_id``
+        (:meth:`EntityGraph.update_rows`). ``sm_mode: batch`` needs no call.
         """
-        for graph in self.structure.values():
-            graph.refresh(self.purchase_embedding)
+        for group, graph in self.structure.items():
+            if self.sm_mode == "update":
+                graph.update_rows(self.purchase_embedding, self.id_fields[group], self.sm_lambda)
+            else:
+                graph.refresh(self.purchase_embedding)
+
+    def structure_acts(self):
+        """Whether the Structure Migrator changes the CVR input now: always in ``batch`` mode,
+        once ``P`` is held (``epoch``) or the rows were updated once (``update``)."""
+        if not self.use_sm:
+            return False
+        return self.sm_mode == "batch" or bool(self.structure["user"].ready)
+
+    def structure_used(self):
+        """Whether this model's training used the Structure Migrator and its scoring uses it."""
+        return self.structure_acts() and int(self.structure_steps) > 0
+
+    def kept_model_facts(self):
+        return {"sm_used": self.structure_used()}
 
     def migrated_rows(self, interaction, group, live=None):
         """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items),
@@ -296,6 +375,8 @@ class CSTWA(MultiTaskRecommender):
             live = self.purchase_embedding(interaction, group)[0].flatten(1)
         ids = interaction[self.id_fields[group]]
         graph = self.structure[group]
+        if self.sm_mode == "update":  # the rows themselves were updated: nothing to mix
+            return live
         if self.sm_mode == "batch":
             propagated = graph.live_rows(ids, self.purchase_embedding)
         else:
@@ -331,20 +412,37 @@ class CSTWA(MultiTaskRecommender):
             "info": info,
         }
 
-    def sample_weights(self, p_ctr, purchase):
-        """The Curse Escaper's weights for a batch (all ones when it is off or has no history)."""
+    def sample_weights(self, p_ctr, purchase, tally=False):
+        """The Curse Escaper's weights for a batch (all ones when it is off or has no history);
+        ``tally``: count them in :attr:`ce_tally`."""
         if not self.use_ce:
             return torch.ones_like(p_ctr)
         thresholds = self.ctr_window.percentiles(self.ce_low_percentile, self.ce_high_percentile)
         if thresholds is None:
-            return torch.ones_like(p_ctr)
-        return curse_escaper_weights(p_ctr, purchase, *thresholds, self.ce_alpha, self.ce_max_weight)
+            weights = torch.ones_like(p_ctr)
+            no_row = torch.zeros_like(p_ctr, dtype=torch.bool)
+            masks = (no_row, no_row)
+        else:
+            weights, *masks = curse_escaper_weights(
+                p_ctr,
+                purchase,
+                *thresholds,
+                self.ce_alpha,
+                self.ce_max_weight,
+                form=self.ce_weight_form,
+                return_masks=True,
+            )
+        if tally:
+            self.ce_tally.add(weights, *masks)
+        return weights
 
     def calculate_loss(self, interaction):
+        if self.training and self.structure_acts():
+            self.structure_steps += 1
         output = self.forward(interaction)
         click, purchase = self.labels(interaction)
         p_ctr, p_cvr = output["click"], output["purchase"]
-        weights = self.sample_weights(p_ctr.detach(), purchase)
+        weights = self.sample_weights(p_ctr.detach(), purchase, tally=self.training)
         if self.use_ce and self.training:
             self.ctr_window.push(p_ctr)  # after the weights: thresholds use the previous predictions
         w_ctr, w_cvr, w_cal = self.loss_weights
