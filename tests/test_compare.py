@@ -280,3 +280,27 @@ def test_run_key_changes_when_a_yaml_default_changes(monkeypatch, tmp_path):
     with open(copy / "model" / "CSTWA.yaml", "a") as file:
         file.write("pretrain_epochs: 2\n")
     assert compare.run_key("CSTWA", "both", {"seed": 1}, "synthetic-ccp", []) != before
+
+
+def test_sm_used_column_counts_the_seeds_whose_kept_model_used_it(tiny_data_path, tmp_path):
+    def runner(model, dataset, config_file_list, config_dict, saved):
+        result = scripted_runner(model, dataset, config_file_list, config_dict, saved)
+        if model == "CSTWA":
+            result["sm_used"] = config_dict["seed"] == SEEDS[0]
+        return result
+
+    result = run_comparison(
+        ["MLP"],
+        SEEDS,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, tmp_path),
+        variants=["CSTWA=CSTWA:use_sm=True"],
+        output_dir=str(tmp_path / "out"),
+        runner=runner,
+        log=lambda message: None,
+    )
+    header, _, mlp, cstwa = result["table"].splitlines()[:4]
+    assert header.endswith("| SM used |")
+    assert mlp.endswith("| – |") and cstwa.endswith("| 1/2 |")
+    records = [json.loads(line) for line in open(result["files"]["runs"], encoding="utf-8")]
+    assert [record["sm_used"] for record in records if record["row"] == "CSTWA"] == [True, False]

@@ -215,21 +215,25 @@ class CSTWA(MultiTaskRecommender):
     - Structure Migrator schedule (Eq. 10's "in the t-th epoch", whose condition was lost).
       ``sm_mode: epoch``: ``P = A_hat^L E`` is computed from the current CVR embedding without
       gradient (:meth:`update_structure`, scheduled by
-      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows keep their gradient.
-      With ``sm_refresh_steps: 0`` P is refreshed at the start of every epoch but the first,
-      otherwise before every ``sm_refresh_steps``-th training step; never before the first step,
-      so no step trains on a P of the random initial embedding, and until the first refresh the
-      CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last training
-      step (P is saved in checkpoints, so the reloaded best epoch is scored with its own P).
+      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows
+      keep their gradient. P is refreshed ``sm_first_epoch_refreshes`` times inside the first
+      epoch, spread over its steps, then at the start of every later epoch
+      (``sm_refresh_steps: 0``) or before every ``sm_refresh_steps``-th step; never before the
+      first step, so no step trains on a P of the random initial embedding, and until the first
+      refresh the CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last
+      training step (P is saved in checkpoints, so the reloaded best epoch is scored with its own
+      P). Because the first epoch holds refreshes, a model kept after its first epoch has trained
+      with the Structure Migrator and is scored with it (``structure_steps``, saved with the
+      model, counts the training steps it acted in; :meth:`kept_model_facts` gives ``sm_used``).
       ``sm_mode: batch``: each batch gathers the L-hop graph neighbourhood of its users / items
       and propagates the live embedding rows differentiably (exact ``A_hat^L E`` rows for any L;
       the rows looked up grow as K^L); training and evaluation then use the same live P.
-      Default ``sm_mode: epoch`` with ``sm_refresh_steps: 0``, chosen by validation purchase
-      AUC among three schedules (README, "Faithfulness"; a 500k generated dataset, 150 steps an
-      epoch, ``stopping_step=2``): from the second epoch 0.6646 +- 0.0054 (3 seeds), every 50
-      steps 0.6641 +- 0.0071 (3 seeds), ``batch`` 0.6626 +- 0.0025 (3 seeds): differences far
-      inside the spread over seeds. Every run's best validation epoch there was the first, in
-      which this default never mixes, so the model kept on that data has no Structure Migrator.
+      ``sm_mode: update`` (the spec's third reading, the paper's words "the update of CVR
+      features"): on the same schedule as ``epoch``, the CVR embedding's user and item id rows
+      become ``(1 - lambda) E_id + lambda A_hat^L E_id``; nothing is mixed into the input, the
+      updated rows are the input. Only the id rows are written: an entity's profile-field tokens
+      are shared with other entities. The default was chosen by validation purchase AUC over 5
+      seeds on two generated datasets: ``results/cstwa-candidates.md``.
     - ``sm_layers`` (L = 1, the paper's setting); ``sm_lambda`` (0.3).
     - Graphs (built by the trainer): cosine top-``graph_top_k`` (8) with faiss;
       ``graph_self_loop`` (True): the node itself is one of its K edges; ``graph_symmetric``
@@ -239,9 +243,15 @@ class CSTWA(MultiTaskRecommender):
       (the paper calls its single-layer Click / Conversion Layers "multi-layer perceptron" too);
       ``info_hidden_size`` (``[]``) adds hidden ReLU layers. ``h_ctr`` is not detached: the CVR
       loss also trains the Click Tower through ``b`` (the paper says nothing to stop it).
-    - Curse Escaper weights (detached ``p_ctr``): false positive ``min(1 + alpha * (p -
-      tau_high) / (1 - tau_high), ce_max_weight)``, false negative ``min(1 + alpha * (tau_low - p)
-      / tau_low, ce_max_weight)``, otherwise 1; ``ce_alpha`` 3, ``ce_max_weight`` 4. The
+    - Curse Escaper weights (detached ``p = p_ctr``; :func:`curse_escaper_weights`),
+      ``ce_weight_form``: ``ratio`` (the paper's words: upper limits searched between 2 and 10
+      only bind on terms that grow past 1): false positive ``min((p / tau_high) ** alpha, c)``,
+      false negative ``min((tau_low / p) ** alpha, c)``; ``margin``: false positive ``min(1 +
+      alpha * (p - tau_high) / (1 - tau_high), c)``, false negative ``min(1 + alpha * (tau_low -
+      p) / tau_low, c)``, at most ``1 + alpha`` so the cap never binds at alpha 3; otherwise 1;
+      ``ce_alpha`` 3, ``c = ce_max_weight`` 4. Measured: ``results/cstwa-candidates.md``. Each
+      training epoch logs the share of impressions re-weighted as false positives and as false
+      negatives and their mean weights (:class:`CurseEscaperTally`). The
       thresholds are the ``ce_high_percentile`` (99) / ``ce_low_percentile`` (10) percentiles of
       the last ``ce_window`` (10,000) training CTR predictions *before* the current batch is
       added; an empty window gives weight 1, a partly filled one is used as it is. The window is
