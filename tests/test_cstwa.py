@@ -381,7 +381,9 @@ def _fit_recording_p(make_config, **overrides):
 
 
 def test_no_training_step_uses_p_of_the_initial_embedding(make_config):
-    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(make_config)
+    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(
+        make_config, sm_first_epoch_refreshes=4
+    )
     steps = len(train_data)
     assert len(used) == 3 * steps
     first_epoch = trainer.first_epoch_refresh_steps(steps)
