@@ -178,6 +178,7 @@ class SafeCheckpointMixin:
                 "--checkpoint_dir=<a folder with space>."
             ) from None
         self.saved_epoch = int(epoch)
+        self.kept_epoch = int(epoch)  # the epoch of the checkpoint the test set is scored with
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 

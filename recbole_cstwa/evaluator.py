@@ -11,8 +11,12 @@ The tasks (:data:`TASKS`), the one place they are defined for every model:
   impressions (AITM's and the CSTWA paper's "purchase AUC").
 - ``cvr``: post-click conversion, over the **clicked** impressions only, against the purchase
   label (the CVR AUC of the ESMM and ESCM2 papers). Scored with the model's pCVR head when it
-  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2), otherwise with its
-  purchase probability restricted to the clicked rows.
+  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2, the clicked-only MLP);
+  for a model whose purchase head is impression-level, with ``pCTCVR / pCTR`` (its purchase
+  probability over its click probability) clipped to ``(0, 1)``: the DIVISION competitor of the
+  ESMM paper's experiments (Ma et al., SIGIR 2018: "pCVR = pCTCVR / pCTR" from a CTR and a
+  CTCVR model); for a model with a purchase score only (a
+  RecBole model trained on the purchase label), that score.
 - ``ctcvr``: click-and-conversion, over all impressions, against the purchase label, scored with
   the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2). Every model here
   already scores ``purchase`` with that probability, so ``ctcvr`` equals ``purchase``: it is
@@ -24,13 +28,32 @@ from collections import OrderedDict
 import torch
 from recbole.evaluator import Collector, Evaluator
 
+#: A score derived from the model outputs: pCTCVR / pCTR, the ESMM paper's DIVISION baseline.
+DIVISION = "purchase/click"
+#: The division is clipped to [DIVISION_CLIP, 1 - DIVISION_CLIP]: a post-click probability in (0, 1).
+DIVISION_CLIP = 1e-7
+
 #: Evaluation tasks: name -> (config key of the label, scores read in this order, clicked rows only).
 TASKS = OrderedDict(
     click=("CLICK_FIELD", ("click",), False),
     purchase=("PURCHASE_FIELD", ("purchase",), False),
-    cvr=("PURCHASE_FIELD", ("cvr", "purchase"), True),
+    cvr=("PURCHASE_FIELD", ("cvr", DIVISION, "purchase"), True),
     ctcvr=("PURCHASE_FIELD", ("purchase",), False),
 )
+
+
+def division_cvr(p_purchase, p_click):
+    """``pCTCVR / pCTR`` clipped to ``(0, 1)``: the post-click conversion probability a model
+    with an impression-level purchase head implies (the ESMM paper's DIVISION baseline)."""
+    ratio = p_purchase / p_click.clamp_min(DIVISION_CLIP)
+    return ratio.clamp(DIVISION_CLIP, 1 - DIVISION_CLIP)
+
+
+def _score(scores, name):
+    """Model output ``name`` (or the derived :data:`DIVISION`) of one batch, None when missing."""
+    if name == DIVISION:
+        return division_cvr(scores["purchase"], scores["click"]) if {"purchase", "click"} <= set(scores) else None
+    return scores.get(name)
 
 
 def task_scores(task):
@@ -89,7 +112,7 @@ class TaskEvaluator:
         clicked = None
         for task in self.collectors:
             _, sources, clicked_only = TASKS[task]
-            score = next((scores[name] for name in sources if name in scores), None)
+            score = next((s for s in (_score(scores, name) for name in sources) if s is not None), None)
             if score is None:
                 raise KeyError(f"task {task} needs one of the model outputs {list(sources)}, got {list(scores)}.")
             label = interaction[self.tasks[task]]

@@ -52,7 +52,9 @@ def run_recbole_cstwa(
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
         ``test_result`` (metric name -> value, e.g. ``purchase_auc``), ``epochs_trained``,
-        ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
+        ``kept_epoch`` (RecBole's 0-based index of the epoch whose checkpoint is scored, when
+        ``saved``), ``sm_used`` (CSTWA: whether the kept model trained and is scored with its
+        Structure Migrator), ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
         best checkpoint, when ``saved``), ``best_epoch`` (the epoch it holds), ``world_size``, ``peak_rss_mb`` (peak resident memory
         of each rank, MiB), ``pss_mb`` (each rank's proportional set size at the end, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
         DDP, rank 0's result on the machine running rank 0, ``None`` on the others.
@@ -207,6 +209,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "epochs_trained": len(trainer.train_loss_dict),  # fewer than `epochs` after early stopping
+        "kept_epoch": getattr(trainer, "kept_epoch", None),  # RecBole's 0-based epoch of the checkpoint
         "fit_seconds": fit_seconds,  # trainer.fit: stages, training and per-epoch validation
         "epoch_seconds": list(trainer.epoch_seconds),
         "model_file": trainer.saved_model_file if saved else None,
@@ -224,6 +227,8 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     logger.info(
         f"memory of each rank (MiB): peak resident {result['peak_rss_mb']}, proportional now {result['pss_mb']}"
     )
+    if hasattr(model, "kept_model_facts"):  # the plugin's models: e.g. CSTWA's sm_used
+        result.update(model.kept_model_facts())
     if getattr(trainer, "stage_times", None):
         result["stage_times"] = dict(trainer.stage_times)
     return result

@@ -177,17 +177,28 @@ SETTINGS = (
         "sm_mode",
         "choice",
         "epoch",
-        "the project's reading: epoch propagates once per epoch, batch each batch's neighbours",
+        "the project's reading: epoch holds P = A_hat^L E between refreshes, batch propagates "
+        "each batch's neighbours, update writes Eq. 10 into the id rows (the paper's words)",
         models=CSTWA,
-        choices=("epoch", "batch"),
+        choices=("epoch", "batch", "update"),
     ),
     Setting(
         "sm_refresh_steps",
         "int",
         0,
-        "the project's reading: 0 refreshes P at the start of every epoch but the first",
+        "the project's reading: 0 refreshes P at the start of every epoch after the first",
         models=CSTWA,
         low=0,
+    ),
+    Setting(
+        "sm_first_epoch_refreshes",
+        "int",
+        1,
+        "the project's reading: P refreshed this often inside the first epoch, so a model kept "
+        "after it has used the Structure Migrator; 1 measured ahead of 4 and 8 "
+        "(results/cstwa-candidates.md)",
+        models=CSTWA,
+        low=1,
     ),
     Setting("sm_layers", "int", 1, PAPER + ", L = 1", models=CSTWA, low=1),
     Setting("sm_lambda", "number", 0.3, PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
@@ -239,6 +250,23 @@ SETTINGS = (
     Setting("ce_low_percentile", "number", 10, PAPER + ", 10th", models=CSTWA, low=0, high=100),
     Setting("ce_alpha", "number", 3, PAPER + ", alpha = 3 (searched 2-10)", models=CSTWA, low=0),
     Setting("ce_max_weight", "number", 4, "the paper's Section 3.4.3, below 4", models=CSTWA, low=1),
+    Setting(
+        "ce_weight_form",
+        "choice",
+        "ratio",
+        "the paper's Section 3.4.3: ratio terms with upper limits searched 2-10 (margin: terms in [0, 1])",
+        models=CSTWA,
+        choices=("ratio", "margin"),
+    ),
+    # ----- MLP ---------------------------------------------------------------------------------
+    Setting(
+        "purchase_on_clicked",
+        "bool",
+        False,
+        "the entire-space MLP (Table 3's base); True: the purchase side on clicked impressions only, "
+        "the paper's Table 2 MLP (Section 4.2 (a))",
+        models=("MLP",),
+    ),
     # ----- AITM --------------------------------------------------------------------------------
     Setting(
         "aitm_calibration_weight",
@@ -277,6 +305,22 @@ SETTINGS = (
         low=0,
         low_open=True,
     ),
+    Setting(
+        "escm2_expert_hidden_size",
+        "int_list",
+        [16],
+        "escm2_backbone mmoe: expert_size 16 in PaddleRec's config_bigdata.yaml",
+        models=("ESCM2",),
+        low=1,
+    ),
+    Setting(
+        "escm2_tower_hidden_size",
+        "int_list",
+        [8],
+        "escm2_backbone mmoe: tower_size 8 in PaddleRec's config_bigdata.yaml",
+        models=("ESCM2",),
+        low=1,
+    ),
     # ----- experts: MMoE, OMoE, ESCM2's mmoe backbone, PLE -------------------------------------
     Setting(
         "num_experts",
@@ -289,10 +333,38 @@ SETTINGS = (
     Setting("ple_num_levels", "int", 1, "torch-rechub's Ali-CCP example", models=("PLE",), low=1),
     Setting("ple_shared_experts", "int", 1, "torch-rechub's n_expert_shared=1", models=("PLE",), low=0),
     Setting("ple_specific_experts", "int", 2, "torch-rechub's n_expert_specific=2", models=("PLE",), low=0),
-    Setting("expert_hidden_size", "int_list", [16], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
-    dropout_setting("expert_dropout", [0.0], "torch-rechub's MLP default", models=EXPERT_MODELS),
-    Setting("task_tower_hidden_size", "int_list", [8], "torch-rechub's Ali-CCP example", models=EXPERT_MODELS, low=1),
-    dropout_setting("task_tower_dropout", [0.0], "torch-rechub's MLP default", models=EXPERT_MODELS),
+    Setting(
+        "expert_hidden_size",
+        "int_list",
+        [],
+        "[]: tower_hidden_size, the CSTWA paper's Section 4.1.4 (torch-rechub's Ali-CCP example: [16])",
+        models=EXPERT_MODELS,
+        low=1,
+        optional=True,
+    ),
+    Setting(
+        "expert_dropout",
+        "number_list",
+        [],
+        "[]: tower_dropout, the CSTWA paper's Section 4.1.4 (torch-rechub: 0)",
+        models=EXPERT_MODELS,
+        low=0,
+        high=1,
+        high_open=True,
+        scalar_ok=True,
+        optional=True,
+    ),
+    Setting(
+        "task_tower_hidden_size",
+        "int_list",
+        [],
+        "[]: each task's output layer reads its mixture, the CSTWA paper's Section 4.1.4 "
+        "(torch-rechub's Ali-CCP example: [8])",
+        models=EXPERT_MODELS,
+        low=1,
+        optional=True,
+    ),
+    dropout_setting("task_tower_dropout", [], "no task tower by default (torch-rechub: 0)", models=EXPERT_MODELS),
 )
 
 
@@ -308,6 +380,22 @@ def _dropout_per_layer(prefix):
         return None
 
     return check
+
+
+def _expert_dropout_per_layer(config):
+    """The experts' dropout against their layers, each the tower's when left empty."""
+    sizes = config["expert_hidden_size"] or config["tower_hidden_size"]
+    dropouts = config["expert_dropout"]
+    if isinstance(dropouts, list) and not dropouts:
+        dropouts = config["tower_dropout"]
+    if isinstance(dropouts, list) and len(dropouts) != len(sizes):
+        return (
+            f"expert_dropout {config['expert_dropout']} (empty: tower_dropout) needs one value per "
+            f"expert layer {sizes} (expert_hidden_size {config['expert_hidden_size']}, empty: "
+            f"tower_hidden_size): {len(dropouts)} values for {len(sizes)} layers. Fix: give "
+            f"{len(sizes)} values, or one number for every layer (torch-rechub: --expert_dropout=0)."
+        )
+    return None
 
 
 def _percentile_order(config):
@@ -372,7 +460,11 @@ def _ple_experts(config):
 #: Conditions between settings, checked after every single setting passed.
 RULES = (
     Rule(("tower_dropout", "tower_hidden_size"), _dropout_per_layer("tower")),
-    Rule(("expert_dropout", "expert_hidden_size"), _dropout_per_layer("expert"), models=EXPERT_MODELS),
+    Rule(
+        ("expert_dropout", "expert_hidden_size", "tower_dropout", "tower_hidden_size"),
+        _expert_dropout_per_layer,
+        models=EXPERT_MODELS,
+    ),
     Rule(("task_tower_dropout", "task_tower_hidden_size"), _dropout_per_layer("task_tower"), models=EXPERT_MODELS),
     Rule(("ce_low_percentile", "ce_high_percentile"), _percentile_order, models=CSTWA),
     Rule(("graph_hnsw_ef_search", "graph_top_k", "graph_index"), _hnsw_breadth, models=CSTWA, when=_use_sm),

@@ -217,6 +217,30 @@ def test_escm2_mmoe_backbone_has_one_gate_per_task(build):
     assert len(build("ESCM2", escm2_backbone="mmoe", escm2_mode="ips")[0].experts.gates) == 2
 
 
+def test_escm2_mmoe_backbone_has_paddlerecs_structure(build):
+    """PaddleRec's net.py with config_bigdata.yaml: 8 experts Linear(in, 16) + ReLU, a gate
+    Linear(in, 8) + softmax, a tower Linear(16, 8) + ReLU and Linear(8, 2) + softmax per task,
+    no dropout, biases 0.1."""
+    model, batch = build("ESCM2", escm2_backbone="mmoe", escm2_mode="dr")
+    width = model.input_size()
+
+    def shapes(module):
+        return [(layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
+
+    assert [shapes(expert) for expert in model.experts.experts] == [[(width, 16)]] * 8
+    assert [shapes(gate) for gate in model.experts.gates] == [[(width, 8)]] * 3
+    assert [shapes(model.towers[task]) + shapes(model.heads[task]) for task in model.tasks] == [[(16, 8), (8, 2)]] * 3
+    assert {layer.p for layer in model.modules() if isinstance(layer, torch.nn.Dropout)} == {0.0}
+    assert "(0-7): 8 x MLPTower" in str(model)
+    linears = [layer for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
+    assert len(linears) == 8 + 3 * 3 and all(torch.all(layer.bias == 0.1) for layer in linears)
+    expected = 8 * (width * 16 + 16) + 3 * (width * 8 + 8) + 3 * (16 * 8 + 8) + 3 * (8 * 2 + 2)
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embedding")) == expected
+    output = model(batch)  # class 1 of a clipped two-class softmax
+    logits = model.heads["cvr"].linear(model.towers["cvr"](model.experts(model.embed_input(batch, model.embedding))[1]))
+    torch.testing.assert_close(output["cvr"], torch.sigmoid(logits[:, 1] - logits[:, 0]))
+
+
 @pytest.mark.parametrize(
     "key, value", [("escm2_mode", "ipw"), ("escm2_backbone", "ple"), ("escm2_max_weight", 0)]
 )
@@ -225,7 +249,112 @@ def test_escm2_bad_settings_name_the_key(build, key, value):
         build("ESCM2", **{key: value})
 
 
+# ----- MLP -----------------------------------------------------------------------------------
+def test_mlp_on_clicked_trains_the_purchase_side_on_clicked_rows_only(build):
+    model, batch = build("MLP", purchase_on_clicked=True)
+    output = model(batch)
+    clicked = torch.tensor(CLICKS) == 1
+    click_loss, purchase_loss = model.calculate_loss(batch)
+    torch.testing.assert_close(click_loss, _bce(output["click"], batch["click"]).mean())
+    torch.testing.assert_close(purchase_loss, _bce(output["purchase"], batch["purchase"])[clicked].mean())
+    assert torch.equal(output["cvr"], output["purchase"])  # its purchase head is a pCVR head
+    # A batch without clicks: zero purchase loss and no gradient to the purchase side.
+    no_clicks = batch[~clicked]
+    no_clicks["purchase"] = torch.zeros(len(no_clicks))
+    _, purchase_loss = model.calculate_loss(no_clicks)
+    assert purchase_loss.item() == 0
+    purchase_side = [p for name, p in model.named_parameters() if name.startswith("purchase_")]
+    grads = torch.autograd.grad(purchase_loss, purchase_side, allow_unused=True)
+    assert all(g is None or not g.to_dense().any() for g in grads)
+    # The purchase label of a row without a click is never read.
+    clicked_loss = model.calculate_loss(batch)[1]
+    batch["purchase"] = torch.where(clicked, batch["purchase"], torch.ones(len(batch)))
+    torch.testing.assert_close(model.calculate_loss(batch)[1], clicked_loss)
+
+
+def test_mlp_over_all_impressions_is_the_default(build):
+    model, batch = build("MLP")
+    output = model(batch)
+    assert not model.purchase_on_clicked and "cvr" not in output
+    torch.testing.assert_close(model.calculate_loss(batch)[1], _bce(output["purchase"], batch["purchase"]).mean())
+
+
 # ----- Expert-Bottom models ------------------------------------------------------------------
+def _dense_parameters(model):
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embedding"))
+
+
+def _mlp_parameters(sizes):
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+@pytest.mark.parametrize("model_name", ["MMoE", "OMoE"])
+def test_expert_models_are_the_papers_size_by_default(build, model_name):
+    model, batch = build(model_name)
+    width, gates = model.input_size(), 2 if model_name == "MMoE" else 1
+    for expert in model.experts.experts:  # each expert is the common tower with its dropout
+        linears = [layer for layer in expert.layers if isinstance(layer, torch.nn.Linear)]
+        dropouts = [layer.p for layer in expert.layers if isinstance(layer, torch.nn.Dropout)]
+        assert [(layer.in_features, layer.out_features) for layer in linears] == [(width, 128), (128, 64), (64, 32)]
+        assert dropouts == [0.1, 0.3, 0.3]
+    assert all(len(tower.layers) == 0 for tower in model.task_towers.towers)  # heads read the mixture
+    expected = 8 * _mlp_parameters([width, 128, 64, 32]) + gates * (width * 8 + 8) + 2 * (32 + 1)
+    assert _dense_parameters(model) == expected
+
+
+def test_ple_is_the_papers_size_by_default(build):
+    model, _ = build("PLE")
+    width = model.input_size()
+    (level,) = model.levels
+    experts = [*level.shared_experts, *level.specific_experts[0], *level.specific_experts[1]]
+    assert len(experts) == 5
+    expected = 5 * _mlp_parameters([width, 128, 64, 32]) + 2 * (width * 3 + 3) + 2 * (32 + 1)
+    assert _dense_parameters(model) == expected
+
+
+def test_expert_sizes_follow_the_settings(build):
+    model, _ = build(
+        "MMoE", num_experts=3, expert_hidden_size=[16], expert_dropout=0, task_tower_hidden_size=[8],
+        task_tower_dropout=0, tower_hidden_size=[64, 32], tower_dropout=[0.2, 0.2],
+    )  # fmt: skip
+    width = model.input_size()
+    expected = 3 * (width * 16 + 16) + 2 * (width * 3 + 3) + 2 * (16 * 8 + 8 + 8 + 1)  # torch-rechub's sizes
+    assert _dense_parameters(model) == expected
+    tower_sized, _ = build("MMoE", tower_hidden_size=[64, 32], tower_dropout=[0.2, 0.2])
+    first = tower_sized.experts.experts[0].layers
+    assert (first[0].out_features, first[3].out_features, first[2].p) == (64, 32, 0.2)
+
+
+def test_expert_dropout_must_fit_the_expert_layers(build):
+    with pytest.raises(ValueError, match="expert_dropout .* needs one value per expert layer"):
+        build("MMoE", expert_hidden_size=[16])  # empty expert_dropout: the tower's three values
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["OMoE", "MMoE", "PLE"])
+def test_no_dead_task_output_after_training(make_config, model_name):
+    """A few hundred steps, several seeds: each task's probability still varies across rows
+    (OMoE's click tower died on some seeds with torch-rechub's small experts and towers)."""
+    for seed in (2020, 2021, 2022):
+        config = make_config(model_name, seed=seed, embedding_update="dense", train_batch_size=100)
+        train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+        torch.manual_seed(seed)
+        model = get_model(model_name)(config, train_data._dataset)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps = 0
+        while steps < 200:
+            for batch in train_data:
+                optimizer.zero_grad()
+                sum(model.calculate_loss(batch)).backward()
+                optimizer.step()
+                steps += 1
+        model.eval()
+        with torch.no_grad():
+            output = model(next(iter(valid_data))[0])
+        for task in ("click", "purchase"):
+            assert output[task].std() > 1e-3, (model_name, seed, task, output[task].std())
+
+
 def test_omoe_has_one_gate_mmoe_one_per_task(build):
     omoe, batch = build("OMoE")
     mmoe, _ = build("MMoE")
@@ -267,7 +396,10 @@ def _hand_expert(expert, x):
 
 
 def test_mmoe_gate_mixture_and_task_tower_by_hand(build):
-    model, batch = build("MMoE", num_experts=3, expert_hidden_size=[4], task_tower_hidden_size=[2])
+    model, batch = build(
+        "MMoE", num_experts=3, expert_hidden_size=[4], expert_dropout=0, task_tower_hidden_size=[2],
+        task_tower_dropout=0,
+    )  # fmt: skip
     x = model.embed_input(batch, model.embedding)
     experts = [_hand_expert(expert, x) for expert in model.experts.experts]  # each (B, 4)
     output = model(batch)
@@ -287,7 +419,9 @@ def test_mmoe_gate_mixture_and_task_tower_by_hand(build):
 
 
 def test_ple_gate_mixture_and_task_tower_by_hand(build):
-    model, batch = build("PLE", expert_hidden_size=[4], task_tower_hidden_size=[2])
+    model, batch = build(
+        "PLE", expert_hidden_size=[4], expert_dropout=0, task_tower_hidden_size=[2], task_tower_dropout=0
+    )
     (level,) = model.levels
     x = model.embed_input(batch, model.embedding)
     shared = [_hand_expert(expert, x) for expert in level.shared_experts]
@@ -300,11 +434,6 @@ def test_ple_gate_mixture_and_task_tower_by_hand(build):
         mixture = sum(weights[:, k : k + 1] * candidates[k] for k in range(len(candidates)))
         expected = _hand_tower_and_head(model, task, mixture)
         assert torch.allclose(output[name], expected, atol=1e-6)
-
-
-def test_expert_models_need_a_task_tower(build):
-    with pytest.raises(ValueError, match="task_tower_hidden_size"):
-        build("MMoE", task_tower_hidden_size=[], task_tower_dropout=[])
 
 
 def test_ple_levels_chain_shared_gates(build):

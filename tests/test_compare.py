@@ -298,3 +298,27 @@ def test_a_runs_file_line_that_is_no_run_record_is_one_error(tmp_path, line):
         read_runs(str(path))
     path.write_text('{"key": "k1", "test_result": {"purchase_auc": 0.6}}\n{"key": "cut')  # cut by a crash
     assert list(read_runs(str(path))) == ["k1"]
+
+
+def test_sm_used_column_counts_the_seeds_whose_kept_model_used_it(tiny_data_path, tmp_path):
+    def runner(model, dataset, config_file_list, config_dict, saved):
+        result = scripted_runner(model, dataset, config_file_list, config_dict, saved)
+        if model == "CSTWA":
+            result["sm_used"] = config_dict["seed"] == SEEDS[0]
+        return result
+
+    result = run_comparison(
+        ["MLP"],
+        SEEDS,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, tmp_path),
+        variants=["CSTWA=CSTWA:use_sm=True"],
+        output_dir=str(tmp_path / "out"),
+        runner=runner,
+        log=lambda message: None,
+    )
+    header, _, mlp, cstwa = result["table"].splitlines()[:4]
+    assert header.endswith("| SM used |")
+    assert mlp.endswith("| – |") and cstwa.endswith("| 1/2 |")
+    records = [json.loads(line) for line in open(result["files"]["runs"], encoding="utf-8")]
+    assert [record["sm_used"] for record in records if record["row"] == "CSTWA"] == [True, False]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from recbole.utils import init_seed
 
+from recbole_cstwa.checkpoint import load_checkpoint
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.model.multitask.cstwa.cstwa import (
@@ -156,13 +157,57 @@ def test_bad_graph_settings_are_rejected(build):
 
 
 # ----- Curse Escaper -------------------------------------------------------------------------------
-def test_curse_escaper_weights_equal_hand_computed_values():
-    # tau_low = 0.1, tau_high = 0.9; alpha = 3, w_max = 4.
-    p_ctr = torch.tensor([0.95, 0.95, 0.05, 0.05, 0.5, 0.99, 0.0])
-    purchase = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
-    weights = curse_escaper_weights(p_ctr, purchase, 0.1, 0.9, alpha=3, max_weight=4)
-    expected = [1 + 3 * 0.05 / 0.1, 1, 1 + 3 * 0.05 / 0.1, 1, 1, 1 + 3 * 0.09 / 0.1, 4]
-    torch.testing.assert_close(weights, torch.tensor(expected))  # 3.7 stays under the cap, 4 at it
+# tau_low = 0.1, tau_high = 0.5, alpha = 3: false positive, neither, false negative (capped),
+# neither, neither, false positive (capped), false negative, false negative at p = 0 (capped).
+CE_P_CTR = [0.6, 0.6, 0.05, 0.05, 0.3, 0.9, 0.08, 0.0]
+CE_PURCHASE = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+
+
+def test_curse_escaper_ratio_weights_equal_hand_computed_values():
+    weights, false_positive, false_negative = curse_escaper_weights(
+        torch.tensor(CE_P_CTR), torch.tensor(CE_PURCHASE), 0.1, 0.5, alpha=3, max_weight=4,
+        form="ratio", return_masks=True,
+    )  # fmt: skip
+    # (0.6 / 0.5)^3 = 1.728; (0.1 / 0.05)^3 = 8 -> 4; (0.9 / 0.5)^3 = 5.832 -> 4; (0.1 / 0.08)^3 = 1.953125
+    expected = [1.728, 1, 4, 1, 1, 4, 1.953125, 4]
+    torch.testing.assert_close(weights, torch.tensor(expected))
+    assert false_positive.tolist() == [True, False, False, False, False, True, False, False]
+    assert false_negative.tolist() == [False, False, True, False, False, False, True, True]
+
+
+def test_curse_escaper_margin_weights_equal_hand_computed_values():
+    p_ctr, purchase = torch.tensor(CE_P_CTR), torch.tensor(CE_PURCHASE)
+    weights = curse_escaper_weights(p_ctr, purchase, 0.1, 0.5, alpha=3, max_weight=4, form="margin")
+    # 1 + 3 * 0.1 / 0.5; 1 + 3 * 0.05 / 0.1; 1 + 3 * 0.4 / 0.5; 1 + 3 * 0.02 / 0.1; 1 + 3 * 0.1 / 0.1
+    expected = [1.6, 1, 2.5, 1, 1, 3.4, 1.6, 4]
+    torch.testing.assert_close(weights, torch.tensor(expected))  # at most 1 + alpha: cap 4 never below
+    capped = curse_escaper_weights(p_ctr, purchase, 0.1, 0.5, alpha=3, max_weight=3, form="margin")
+    torch.testing.assert_close(capped, torch.tensor([1.6, 1, 2.5, 1, 1, 3, 1.6, 3]))
+
+
+def test_curse_escaper_weights_are_one_at_the_thresholds():
+    p_ctr, purchase = torch.tensor([0.5, 0.1]), torch.tensor([0.0, 1.0])
+    for form in ("ratio", "margin"):
+        weights = curse_escaper_weights(p_ctr, purchase, 0.1, 0.5, alpha=3, max_weight=4, form=form)
+        torch.testing.assert_close(weights, torch.ones(2))
+
+
+def test_curse_escaper_tally_counts_shares_and_mean_weights(build):
+    model, train_data, _ = build(use_sm=False, ce_window=1000, ce_weight_form="ratio")
+    model.ctr_window.push(torch.linspace(0, 1, 101))  # tau_low 0.1, tau_high 0.99
+    p_ctr = torch.tensor([0.995, 0.995, 0.08, 0.05, 0.5, 0.999])
+    purchase = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    model.sample_weights(p_ctr, purchase)  # not tallied
+    model.sample_weights(p_ctr, purchase, tally=True)
+    model.sample_weights(p_ctr[:2], purchase[:2], tally=True)
+    tally = model.ce_tally.summary()
+    fp = [(0.995 / 0.99) ** 3, (0.999 / 0.99) ** 3, (0.995 / 0.99) ** 3]
+    fn = [(0.1 / 0.08) ** 3, 4.0]  # (0.1 / 0.05)^3 = 8 -> 4
+    assert tally["rows"] == 8
+    assert tally["fp_share"] == pytest.approx(3 / 8) and tally["fn_share"] == pytest.approx(2 / 8)
+    assert tally["fp_mean_weight"] == pytest.approx(np.mean(fp), rel=1e-5)
+    assert tally["fn_mean_weight"] == pytest.approx(np.mean(fn), rel=1e-5)
+    assert model.ce_tally.summary()["rows"] == 0  # read once, then afresh
 
 
 def test_prediction_window_keeps_the_last_n():
@@ -185,7 +230,7 @@ def test_model_weights_use_the_previous_window_only(build):
     assert (model.sample_weights(p_ctr, purchase) == 1).all()
     # Partly filled (101 of 1000): percentiles of what it holds, tau_low 0.1 and tau_high 0.99.
     model.ctr_window.push(torch.linspace(0, 1, 101))
-    expected = curse_escaper_weights(p_ctr, purchase, 0.1, 0.99, 3, 4)
+    expected = curse_escaper_weights(p_ctr, purchase, 0.1, 0.99, 3, 4, form=model.ce_weight_form)
     torch.testing.assert_close(model.sample_weights(p_ctr, purchase), expected)
     assert (expected != 1).any()
     # calculate_loss weighs with the window as it was, then adds the batch (in training only).
@@ -336,16 +381,20 @@ def _fit_recording_p(make_config, **overrides):
 
 
 def test_no_training_step_uses_p_of_the_initial_embedding(make_config):
-    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(make_config)
+    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(
+        make_config, sm_first_epoch_refreshes=4
+    )
     steps = len(train_data)
     assert len(used) == 3 * steps
-    assert trainer.structure_updates == [steps, 2 * steps]  # epochs 1 and 2 start with a refresh
-    assert all(p is None for p in used[:steps])  # epoch 0: no P at all (no mixing)
+    first_epoch = trainer.first_epoch_refresh_steps(steps)
+    assert first_epoch == [1, 2, 4, 5] and steps == 7  # 4 refreshes spread over 7 steps
+    assert trainer.structure_updates == first_epoch + [steps, 2 * steps]  # then at each epoch start
+    assert used[0] is None  # the first step has no P (the embedding is still the initial one)
     graph = copy.deepcopy(model.structure["user"])
     graph.refresh(initial_embedding)  # the P the random initial embedding would give
-    for p in used[steps:]:
+    for p in used[1:]:
         assert p is not None and not torch.allclose(p, graph.propagated)
-    assert torch.equal(used[steps], used[2 * steps - 1])  # held for the epoch
+    assert torch.equal(used[steps], used[2 * steps - 1])  # held for a later epoch
 
 
 def test_evaluation_uses_the_p_of_the_last_training_step(make_config):
@@ -355,25 +404,70 @@ def test_evaluation_uses_the_p_of_the_last_training_step(make_config):
     result = trainer.evaluate(valid_data, load_best_model=True)
     steps = len(used) // 3
     best_epoch = max(range(3), key=lambda epoch: (valid_scores[epoch], -epoch))
-    last_of_best = used[(best_epoch + 1) * steps - 1]
-    if last_of_best is None:
-        assert not bool(model.structure["user"].ready)
-    else:
-        torch.testing.assert_close(model.structure["user"].propagated, last_of_best)
+    torch.testing.assert_close(model.structure["user"].propagated, used[(best_epoch + 1) * steps - 1])
+    assert model.structure_used()
     assert result["purchase_auc"] == pytest.approx(valid_scores[best_epoch])
 
 
 def test_refresh_every_n_steps(make_config):
     model, trainer, train_data, _, _, used, _ = _fit_recording_p(make_config, sm_refresh_steps=2)
-    total = 3 * len(train_data)
-    assert trainer.structure_updates == list(range(2, total, 2))
-    assert used[0] is None and used[1] is None and used[2] is not None
+    steps = len(train_data)
+    later = [step for step in range(steps, 3 * steps) if step % 2 == 0]
+    assert trainer.structure_updates == trainer.first_epoch_refresh_steps(steps) + later
     torch.testing.assert_close(model.structure["user"].propagated, used[-1])
 
 
 def test_batch_mode_is_not_scheduled(make_config):
     _, trainer, _, _, _, used, _ = _fit_recording_p(make_config, sm_mode="batch")
     assert trainer.structure_updates == [] and all(p is None for p in used)
+
+
+@pytest.mark.parametrize("sm_mode", ["epoch", "update", "batch"])
+def test_model_kept_after_its_first_epoch_trained_and_is_scored_with_the_structure(make_config, sm_mode):
+    """One epoch: the kept checkpoint is the first epoch's; it must have used the Structure
+    Migrator in training, hold what it used, and be scored with it."""
+    config = make_config("CSTWA", epochs=1, cstwa_cache=False, sm_mode=sm_mode)
+    init_seed(config["seed"], True)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = CSTWA(config, train_data._dataset)
+    trainer = CSTWATrainer(config, model)
+    trainer.fit(train_data, valid_data, saved=True)
+    steps = len(train_data)
+    first_refresh = 0 if sm_mode == "batch" else trainer.first_epoch_refresh_steps(steps)[0]
+    state = load_checkpoint(trainer.saved_model_file)["state_dict"]
+    assert int(state["structure_steps"]) == steps - first_refresh > 0
+    if sm_mode != "batch":
+        assert bool(state["structure.user.ready"]) and bool(state["structure.item.ready"])
+    result = trainer.evaluate(valid_data, load_best_model=True)
+    assert model.structure_used()
+    if sm_mode == "epoch":  # scoring reads the held P: without it the scores change
+        for graph in model.structure.values():
+            graph.ready.fill_(False)
+        assert trainer.evaluate(valid_data, load_best_model=False)["purchase_auc"] != result["purchase_auc"]
+    assert len(trainer.curse_escaper_epochs) == 1
+    assert trainer.curse_escaper_epochs[0]["rows"] == len(train_data.dataset)
+
+
+def test_update_mode_writes_eq_10_into_the_id_rows_only(build):
+    model, train_data, _ = build(sm_mode="update", sm_lambda=0.3)
+    user_graph, _ = _give_graphs(model)
+    embedding = model.purchase_embedding
+    table_before = embedding.token_table.weight.detach().clone()
+    start, users = embedding.token_offset["user_id"], model.num_entities("user")
+    item_start, items = embedding.token_offset["item_id"], model.num_entities("item")
+    assert not model.structure_acts()
+    model.update_structure()
+    assert model.structure_acts()
+    table = embedding.token_table.weight.detach()
+    ids = table_before[start : start + users]
+    torch.testing.assert_close(table[start : start + users], 0.7 * ids + 0.3 * (user_graph.to_dense() @ ids))
+    changed = torch.zeros(len(table), dtype=torch.bool)
+    changed[start : start + users] = True
+    changed[item_start : item_start + items] = True
+    assert torch.equal(table[~changed], table_before[~changed])  # profile and context rows stay
+    batch = next(iter(train_data))
+    with torch.no_grad():  # the input reads the updated rows, with nothing mixed in
+        torch.testing.assert_close(model.purchase_input(batch), model.embed_input(batch, embedding))
 
 
 # ----- all switches off = MLP ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from recbole.data.interaction import Interaction
 from sklearn.metrics import log_loss, roc_auc_score
 
-from recbole_cstwa.evaluator import TaskEvaluator
+from recbole_cstwa.evaluator import DIVISION_CLIP, TaskEvaluator
 
 
 def test_two_task_metrics_equal_sklearn(make_config):
@@ -54,6 +54,17 @@ def _labels_and_scores(seed=1, n=4000):
     return click, purchase, p_click, p_cvr, p_purchase
 
 
+def test_cvr_of_a_purchase_score_alone_is_that_score(make_config):
+    """A RecBole model trained on the purchase label has no click score to divide by."""
+    config = make_config("MLP")
+    click, purchase, _, _, p_purchase = _labels_and_scores()
+    evaluator = TaskEvaluator(config, {"cvr": "purchase"})
+    interaction = Interaction({"click": torch.tensor(click), "purchase": torch.tensor(purchase)})
+    evaluator.collect(interaction, {"purchase": torch.tensor(p_purchase)})
+    clicked = click == 1
+    assert evaluator.evaluate()["cvr_auc"] == pytest.approx(roc_auc_score(purchase[clicked], p_purchase[clicked]), abs=1e-4)
+
+
 @pytest.mark.parametrize("model, has_cvr_head", [("ESMM", True), ("MLP", False)])
 def test_cvr_and_ctcvr_equal_sklearn(make_config, model, has_cvr_head):
     config = make_config(model, eval_tasks=["click", "purchase", "cvr", "ctcvr"])
@@ -69,7 +80,10 @@ def test_cvr_and_ctcvr_equal_sklearn(make_config, model, has_cvr_head):
         evaluator.collect(interaction, scores)
     result = evaluator.evaluate()
     clicked = click == 1
-    cvr_scores = (p_cvr if has_cvr_head else p_purchase)[clicked]
+    # Without a pCVR head: pCTCVR / pCTR clipped to (0, 1), the ESMM paper's DIVISION baseline.
+    division = np.clip(p_purchase / p_click, DIVISION_CLIP, 1 - DIVISION_CLIP)
+    assert (p_purchase[clicked] / p_click[clicked] > 1).any()  # the clip binds on these scores
+    cvr_scores = (p_cvr if has_cvr_head else division)[clicked]
     assert result["cvr_auc"] == pytest.approx(roc_auc_score(purchase[clicked], cvr_scores), abs=1e-4)
     assert result["cvr_logloss"] == pytest.approx(log_loss(purchase[clicked], cvr_scores), abs=1e-4)
     assert result["ctcvr_auc"] == pytest.approx(roc_auc_score(purchase, p_purchase), abs=1e-4)

@@ -81,7 +81,7 @@ BAD_SETTINGS = [
     ("MLP", {"train_batch_size": 2.5}, "train_batch_size must be an integer >= 1, got 2.5"),
     ("MLP", {"invalid_purchase": "keep"}, "invalid_purchase must be one of 'drop', 'error'"),
     ("CSTWA", {"sm_lambda": 1.5}, "sm_lambda must be a number in [0, 1], got 1.5. Fix: --sm_lambda=0.3"),
-    ("CSTWA", {"sm_mode": "step"}, "sm_mode must be one of 'epoch', 'batch', got 'step'"),
+    ("CSTWA", {"sm_mode": "step"}, "sm_mode must be one of 'epoch', 'batch', 'update', got 'step'"),
     ("CSTWA", {"sm_layers": 0}, "sm_layers must be an integer >= 1, got 0"),
     ("CSTWA", {"graph_top_k": 0}, "graph_top_k must be an integer >= 1, got 0. Fix: --graph_top_k=8"),
     ("CSTWA", {"graph_index": "annoy"}, "graph_index must be one of 'auto', 'exact', 'ivf', 'hnsw', got 'annoy'"),

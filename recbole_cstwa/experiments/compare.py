@@ -301,6 +301,8 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
             "wall_seconds": time.perf_counter() - start,
             "fit_seconds": result.get("fit_seconds"),
             "epochs_trained": result.get("epochs_trained"),
+            "kept_epoch": result.get("kept_epoch"),
+            "sm_used": result.get("sm_used"),
             "stage_times": result.get("stage_times"),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -322,6 +324,8 @@ def per_seed(plan, records):
             if task == "both" or metric.startswith((task + "_", *derived)):
                 values[metric] = value
         values["seconds"] += record["wall_seconds"]
+        if record.get("sm_used") is not None:
+            values["sm_used"] = record["sm_used"]
         # Pre-training stages (CSTWA's CTR model and graphs) count in the time, not per epoch.
         fit_seconds = (record.get("stage_times") or {}).get("train", record.get("fit_seconds"))
         if fit_seconds is not None and record.get("epochs_trained"):
@@ -371,6 +375,8 @@ def summarize(plan, records):
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
                 [v.get(metric, math.nan) for v in seeds.values()]
             )
+        used = [v["sm_used"] for v in seeds.values() if "sm_used" in v]
+        row["sm_used"] = f"{sum(used)}/{len(used)}" if used else None  # seeds whose kept model used SM
         for metric in TESTED_METRICS:
             if entry.name == plan.reference:
                 row[f"{metric}_delta"], row[f"{metric}_p"] = math.nan, math.nan

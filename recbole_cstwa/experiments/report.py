@@ -43,6 +43,9 @@ def table_lines(plan, rows, oracle=None):
     ref = plan.reference
     header = ["model", *(METRIC_TITLES[m] for m in METRICS), "time (s)", "s / epoch", "seeds"]
     header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", f"Δ click AUC vs {ref}", "p (click AUC)"]
+    show_sm = any(row.get("sm_used") for row in rows)  # CSTWA rows: seeds whose kept model used SM
+    if show_sm:
+        header.append("SM used")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [row["name"] + (" (ref)" if row["name"] == ref else "")]
@@ -54,6 +57,8 @@ def table_lines(plan, rows, oracle=None):
         cells += [str(row["n_seeds"])]
         for metric in ("purchase_auc", "click_auc"):
             cells += [_signed(row[f"{metric}_delta"]), _p_cell(row[f"{metric}_p"])]
+        if show_sm:
+            cells.append(row.get("sm_used") or "–")
         lines.append("| " + " | ".join(cells) + " |")
     if oracle:
         cells = ["oracle (true probabilities)"] + [_cell(oracle.get(m), None) for m in METRICS]
@@ -106,7 +111,7 @@ def write_csv(path, rows, oracle=None):
         columns += [f"{metric}_mean", f"{metric}_std"]
     for metric in TESTED_METRICS:
         columns += [f"{metric}_delta", f"{metric}_p"]
-    columns.append("overrides")
+    columns += ["sm_used", "overrides"]
     with atomic_file(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()

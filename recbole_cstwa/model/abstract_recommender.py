@@ -126,6 +126,16 @@ class MultiTaskRecommender(AbstractRecommender):
         """An MLP tower with the configured sizes and dropouts."""
         return MLPTower(input_size or self.input_size(), self.hidden_sizes, self.dropouts)
 
+    def expert_layers(self):
+        """``(sizes, dropouts)`` of an Expert-Bottom model's experts: ``expert_hidden_size`` and
+        ``expert_dropout``, each the tower's (``tower_hidden_size``, ``tower_dropout``) when left
+        empty, as the CSTWA paper sets its MLP-Experts like its MLP-Towers (Section 4.1.4)."""
+        sizes = list(self.config["expert_hidden_size"] or []) or self.hidden_sizes
+        dropouts = self.config["expert_dropout"]
+        if isinstance(dropouts, list) and not dropouts:
+            dropouts = self.dropouts
+        return sizes, dropouts
+
     def init_weights(self):
         """Xavier-uniform linear weights and zero biases (:func:`init_linear_weights`)."""
         init_linear_weights(self)
@@ -161,3 +171,8 @@ class MultiTaskRecommender(AbstractRecommender):
 
     def predict(self, interaction):
         return self.predict_tasks(interaction)["purchase"]
+
+    def kept_model_facts(self):
+        """Facts about this (kept) model for the run's result dict; CSTWA says whether it used
+        its Structure Migrator (``sm_used``)."""
+        return {}

@@ -338,17 +338,14 @@ class ExtractionLayer(nn.Module):
 
 class TaskTowers(nn.Module):
     """One task tower (an :class:`MLPTower`) and one :class:`ProbabilityHead` per task, each
-    reading its own task's input: the towers the Expert-Bottom models (MMoE, OMoE, PLE) put
-    after each task's gated mixture, as their papers and torch-rechub / MTReclib / PaddleRec do.
+    reading its own task's input: what the Expert-Bottom models (MMoE, OMoE, PLE) put after each
+    task's gated mixture. Empty ``hidden_sizes``: each task's head reads its mixture directly
+    (the CSTWA paper's experts are whole towers); otherwise a task tower first, as the MMoE and
+    PLE papers and torch-rechub / MTReclib / PaddleRec have it.
     """
 
     def __init__(self, input_size, num_tasks, hidden_sizes, dropouts):
         super().__init__()
-        if not list(hidden_sizes):
-            raise ValueError(
-                "task_tower_hidden_size must hold at least one layer: every reference puts a "
-                "tower after each task's mixture (torch-rechub's Ali-CCP example: [8])."
-            )
         self.towers = nn.ModuleList(MLPTower(input_size, hidden_sizes, dropouts) for _ in range(num_tasks))
         self.heads = nn.ModuleList(ProbabilityHead(tower.output_size) for tower in self.towers)
 

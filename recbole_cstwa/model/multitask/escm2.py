@@ -11,13 +11,33 @@ Reference code:
 """
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
-from recbole_cstwa.model.layers import ExpertMixture, ProbabilityHead
+from recbole_cstwa.model.layers import ExpertMixture, MLPTower, ProbabilityHead
 
 #: Floor on the propensity before it is inverted (PaddleRec: ``maximum(PS, 1e-6)``).
 PROPENSITY_FLOOR = 1e-6
+#: PaddleRec's ESCM2 MMoE: every linear layer's bias starts at 0.1 (``Constant(value=0.1)``).
+PADDLE_BIAS_INIT = 0.1
+#: PaddleRec clips each two-class softmax output to [1e-15, 1 - 1e-15].
+PADDLE_PROBABILITY_CLIP = 1e-15
+
+
+class TwoClassSoftmaxHead(nn.Module):
+    """PaddleRec's ESCM2 output layer: ``Linear(d, 2)`` -> softmax -> clip to [1e-15, 1 - 1e-15];
+    the probability of class 1, shape ``(B,)``. (The same function class as a Linear + sigmoid on
+    the two logits' difference, with PaddleRec's parameters.)"""
+
+    def __init__(self, input_size):
+        super().__init__()
+        self.linear = nn.Linear(input_size, 2)
+
+    def forward(self, x):
+        probabilities = torch.softmax(self.linear(x), dim=-1)
+        probabilities = probabilities.clamp(PADDLE_PROBABILITY_CLIP, 1 - PADDLE_PROBABILITY_CLIP)
+        return probabilities[:, 1]
 
 
 def ips_counterfactual_risk(p_click, cvr_loss, click, max_weight):
@@ -78,10 +98,15 @@ class ESCM2(MultiTaskRecommender):
 
     - [reading] Backbone ``escm2_backbone: mlp`` (default): the CSTWA paper's description, ESMM
       with the counterfactual regulariser, with the same MLP towers as every model of the
-      comparison (the imputation tower is one more such tower). PaddleRec's backbone is an MMoE
-      (8 experts Linear(276 -> 16) + ReLU; one gate per task, 3 with DR's imputation task;
-      towers Linear(16 -> 8) + ReLU -> 2-way softmax); ``escm2_backbone: mmoe`` gives that
-      structure with our experts (the common MLP, ``num_experts`` 8) and output layers.
+      comparison (the imputation tower is one more such tower).
+    - ``escm2_backbone: mmoe`` is PaddleRec's backbone (``models/multitask/escm2/net.py``,
+      ``config_bigdata.yaml``): ``num_experts`` (8) experts Linear(input -> 16) + ReLU
+      (``escm2_expert_hidden_size`` [16]); one softmax gate Linear(input -> 8) per task (3 with
+      DR's imputation task); per task a tower Linear(16 -> 8) + ReLU
+      (``escm2_tower_hidden_size`` [8]) and Linear(8 -> 2) -> softmax, clipped to
+      [1e-15, 1 - 1e-15], class 1's probability (:class:`TwoClassSoftmaxHead`); no dropout;
+      Xavier-uniform weights and every bias 0.1, as PaddleRec. Its input is the common input of
+      every model here (PaddleRec: 23 fields of up to 3 ids, sum-pooled, embedding 12).
     - BCE: PyTorch's exact BCE (log clamped at -100), as every other model here, not Paddle's
       ``log_loss`` with eps 1e-4, which caps each per-impression loss near 9.2 and shifts it
       by about ``1e-4 / p``; the two differ only on near-saturated predictions.
@@ -100,22 +125,33 @@ class ESCM2(MultiTaskRecommender):
         self.tasks = ("click", "cvr", "imputation") if self.mode == "dr" else ("click", "cvr")
         self.embedding = self.make_embedding(dataset)
         if self.backbone == "mlp":
-            self.towers = torch.nn.ModuleDict({task: self.tower() for task in self.tasks})
+            self.towers = nn.ModuleDict({task: self.tower() for task in self.tasks})
             output_size = self.towers["click"].output_size
-        else:  # one gate per task, as PaddleRec
+            self.heads = nn.ModuleDict({task: ProbabilityHead(output_size) for task in self.tasks})
+            self.init_weights()
+        else:  # PaddleRec's MMoE: one gate, tower and two-class output layer per task
             self.experts = ExpertMixture(
-                self.input_size(), config["num_experts"], len(self.tasks), self.hidden_sizes, self.dropouts
+                self.input_size(), config["num_experts"], len(self.tasks), config["escm2_expert_hidden_size"], 0.0
             )
-            output_size = self.experts.output_size
-        self.heads = torch.nn.ModuleDict({task: ProbabilityHead(output_size) for task in self.tasks})
-        self.init_weights()
+            self.towers = nn.ModuleDict(
+                {
+                    task: MLPTower(self.experts.output_size, config["escm2_tower_hidden_size"], 0.0)
+                    for task in self.tasks
+                }
+            )
+            output_size = self.towers["click"].output_size
+            self.heads = nn.ModuleDict({task: TwoClassSoftmaxHead(output_size) for task in self.tasks})
+            self.init_weights()
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.constant_(layer.bias, PADDLE_BIAS_INIT)
 
     def forward(self, interaction):
         x = self.embed_input(interaction, self.embedding)
         if self.backbone == "mlp":
             hidden = [self.towers[task](x) for task in self.tasks]
         else:
-            hidden = self.experts(x)
+            hidden = [self.towers[task](mixture) for task, mixture in zip(self.tasks, self.experts(x))]
         p = {task: self.heads[task](h) for task, h in zip(self.tasks, hidden)}
         output = {"click": p["click"], "cvr": p["cvr"], "purchase": p["click"] * p["cvr"]}
         if "imputation" in p:

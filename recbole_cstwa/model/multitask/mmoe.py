@@ -13,16 +13,24 @@ class MMoE(MultiTaskRecommender):
     r"""Expert-Bottom sharing with one softmax gate per task (click, purchase).
 
     ``num_experts`` MLP experts read the shared embedding input; each task's gate mixes them, and
-    the task's own tower (an MLP and a Linear + sigmoid output layer) turns its mixture into a
-    probability, as in the MMoE paper (Fig. 1c: "Tower A / Tower B" on the gated mixtures) and
-    torch-rechub / MTReclib / PaddleRec. Both heads are trained with BCE on their labels over all
-    impressions.
+    the task's own output layer (Linear + sigmoid; after a task tower when
+    ``task_tower_hidden_size`` is set) turns its mixture into a probability. Both heads are
+    trained with BCE on their labels over all impressions.
 
-    [reading] The CSTWA paper's expert sizes were lost from its text. Sizes follow torch-rechub's
-    Ali-CCP example (``examples/ranking/run_ali_ccp_multi_task.py``), the only reference with
-    Ali-CCP settings, which PaddleRec's ESCM2 MMoE backbone shares: ``num_experts`` 8,
-    ``expert_hidden_size`` [16], ``task_tower_hidden_size`` [8], no dropout (torch-rechub's MLP
-    default). Difference: torch-rechub's MLP layers carry BatchNorm; ours are the plain
+    [reading] Sizes: the CSTWA paper, Section 4.1.4: "In the Expert-Bottom pattern, the dimensions
+    of layers in the MLP-Expert are set to [..]. In the Probability-Transfer pattern, the
+    dimensions of layers in the MLP-Tower [..] are set to [..]. That is, [..]" (numbers lost),
+    and 4.1.3: every model uses "the same fundamental network structure and hyper-parameters in
+    their Multi-Layer Perceptron". So each expert is the common tower (``expert_hidden_size``
+    and ``expert_dropout`` empty: ``tower_hidden_size`` [128, 64, 32] with ``tower_dropout``
+    [0.1, 0.3, 0.3]) and each task reads its mixture with its own Click / Conversion Layer
+    (``task_tower_hidden_size: []``), as the paper's MLP and CSTWA read their towers.
+    ``num_experts`` 8 (the paper gives no count; torch-rechub's and PaddleRec's Ali-CCP value).
+    Difference: the MMoE paper (Fig. 1c) and torch-rechub / MTReclib / PaddleRec put a task
+    tower after each gate; ``task_tower_hidden_size`` adds one. torch-rechub's Ali-CCP example
+    (``examples/ranking/run_ali_ccp_multi_task.py``: experts [16], towers [8], no dropout) is
+    ``--expert_hidden_size=[16] --expert_dropout=0 --task_tower_hidden_size=[8]
+    --task_tower_dropout=0``; its MLP layers also carry BatchNorm, ours are the plain
     Linear-ReLU-Dropout layers every model here uses.
     """
 
@@ -33,13 +41,7 @@ class MMoE(MultiTaskRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding = self.make_embedding(dataset)
-        self.experts = ExpertMixture(
-            self.input_size(),
-            config["num_experts"],
-            self.num_gates,
-            config["expert_hidden_size"],
-            config["expert_dropout"],
-        )
+        self.experts = ExpertMixture(self.input_size(), config["num_experts"], self.num_gates, *self.expert_layers())
         self.task_towers = TaskTowers(
             self.experts.output_size,
             self.num_tasks,

@@ -11,9 +11,13 @@ from recbole_cstwa.model.multitask.mmoe import MMoE
 class OMoE(MMoE):
     r"""Expert-Bottom sharing with a single softmax gate shared by both tasks.
 
-    The MMoE model with one gate: every task's tower reads the same mixture of the
-    ``num_experts`` MLP experts (as MTReclib's ``omoe.py``). Experts, towers, their sizes and
-    the losses (BCE of each head over all impressions) are MMoE's.
+    The MMoE model with one gate: every task's output layer (or tower) reads the same mixture of
+    the ``num_experts`` MLP experts (as MTReclib's ``omoe.py``). Experts, output layers, their
+    sizes and the losses (BCE of each head over all impressions) are MMoE's: experts the size of
+    the common tower, each task's Linear + sigmoid on the mixture. With torch-rechub's small
+    experts and an 8-unit ReLU task tower without dropout, OMoE's click tower died on some seeds
+    (every ReLU silent, a constant click probability); the default has no ReLU between the
+    mixture and the heads.
     """
 
     num_gates = 1

@@ -17,19 +17,22 @@ class PLE(MultiTaskRecommender):
     Each of the ``ple_num_levels`` levels is an :class:`~recbole_cstwa.model.layers.ExtractionLayer`
     (a CGC layer): ``ple_specific_experts`` experts per task, ``ple_shared_experts`` shared ones,
     one gate per task over its own and the shared experts and, below the last level, a shared
-    gate over all experts. Every expert is an MLP (``expert_hidden_size``); a higher level's
-    experts read the level below's mixtures. Each task's tower (``task_tower_hidden_size``, then
-    a Linear + sigmoid output layer) reads its last-level mixture, as the PLE paper (Fig. 5:
-    "Tower A / Tower B") and torch-rechub / MTReclib / PaddleRec; both heads are trained with
-    BCE on their labels over all impressions.
+    gate over all experts. Every expert is an MLP (:meth:`expert_layers`); a higher level's
+    experts read the level below's mixtures. Each task's Linear + sigmoid output layer (after a
+    task tower when ``task_tower_hidden_size`` is set) reads its last-level mixture; both heads
+    are trained with BCE on their labels over all impressions.
 
-    [reading] The CSTWA paper gives no PLE settings beyond "Expert-Bottom pattern". Defaults are
-    torch-rechub's Ali-CCP example (``examples/ranking/run_ali_ccp_multi_task.py``), the only
-    reference with Ali-CCP settings: ``ple_num_levels`` 1, ``ple_specific_experts`` 2,
-    ``ple_shared_experts`` 1, experts [16], towers [8], no dropout. MTReclib uses 2 levels
-    (one layer of its bottom MLP each) with ``expert_num / 2`` shared and specific experts.
-    Difference: torch-rechub's MLP layers carry BatchNorm; ours are the plain Linear-ReLU-Dropout
-    layers every model here uses.
+    [reading] Expert sizes as MMoE's (the CSTWA paper, Section 4.1.4: the MLP-Experts are set like
+    the MLP-Towers): each expert the common tower [128, 64, 32] with dropout [0.1, 0.3, 0.3],
+    each task's output layer on its mixture. The paper gives no expert counts; they are
+    torch-rechub's Ali-CCP example (``examples/ranking/run_ali_ccp_multi_task.py``):
+    ``ple_num_levels`` 1, ``ple_specific_experts`` 2, ``ple_shared_experts`` 1. Differences: the
+    PLE paper (Fig. 5) and torch-rechub / MTReclib / PaddleRec put a task tower after the last
+    level (``task_tower_hidden_size`` adds one; torch-rechub's sizes are
+    ``--expert_hidden_size=[16] --expert_dropout=0 --task_tower_hidden_size=[8]
+    --task_tower_dropout=0``); MTReclib uses 2 levels (one layer of its bottom MLP each) with
+    ``expert_num / 2`` shared and specific experts; torch-rechub's MLP layers carry BatchNorm,
+    ours are the plain Linear-ReLU-Dropout layers every model here uses.
     """
 
     num_tasks = 2
@@ -43,14 +46,15 @@ class PLE(MultiTaskRecommender):
         self.embedding = self.make_embedding(dataset)
         levels = []
         input_size = self.input_size()
+        expert_sizes, expert_dropouts = self.expert_layers()
         for level in range(num_levels):
             layer = ExtractionLayer(
                 input_size,
                 self.num_tasks,
                 num_shared,
                 num_specific,
-                config["expert_hidden_size"],
-                config["expert_dropout"],
+                expert_sizes,
+                expert_dropouts,
                 shared_output=level < num_levels - 1,
             )
             levels.append(layer)

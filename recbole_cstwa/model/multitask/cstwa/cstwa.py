@@ -66,28 +66,84 @@ class PredictionWindow(nn.Module):
         return tau_low, tau_high
 
 
-def curse_escaper_weights(p_ctr, purchase, tau_low, tau_high, alpha, max_weight, eps=1e-12):
-    """Eq. 18's sample weights (the project's reading), element-wise over a batch.
+#: Values of ``ce_weight_form``: the two readings of Eq. 18's weights (spec, "Curse Escaper").
+CE_WEIGHT_FORMS = ("ratio", "margin")
 
-    - false positive (``p_ctr >= tau_high`` and no purchase):
-      ``min(1 + alpha * (p_ctr - tau_high) / (1 - tau_high), max_weight)``;
-    - false negative (``p_ctr <= tau_low`` and a purchase):
-      ``min(1 + alpha * (tau_low - p_ctr) / tau_low, max_weight)``;
-    - otherwise 1.
 
-    A zero denominator (``tau_high = 1`` or ``tau_low = 0``) has a zero numerator there, so it is
-    guarded with ``eps`` and gives weight 1.
+def curse_escaper_weights(
+    p_ctr, purchase, tau_low, tau_high, alpha, max_weight, form="ratio", eps=1e-12, return_masks=False
+):
+    """Eq. 18's sample weights, element-wise over a batch, in one of two readings (``form``).
+
+    ``ratio`` (reading B, the paper's words: terms that grow without bound, each with an upper
+    limit ``max_weight``):
+
+    - false positive (``p_ctr >= tau_high`` and no purchase): ``min((p_ctr / tau_high) ** alpha, max_weight)``;
+    - false negative (``p_ctr <= tau_low`` and a purchase): ``min((tau_low / p_ctr) ** alpha, max_weight)``.
+
+    ``margin`` (reading A: terms in [0, 1], so a weight never exceeds ``1 + alpha``):
+
+    - false positive: ``min(1 + alpha * (p_ctr - tau_high) / (1 - tau_high), max_weight)``;
+    - false negative: ``min(1 + alpha * (tau_low - p_ctr) / tau_low, max_weight)``.
+
+    Otherwise 1. Both readings give 1 at the threshold. Zero denominators (``tau_high = 1`` or
+    ``tau_low = 0`` for ``margin``, ``tau_high = 0`` or ``p_ctr = 0`` for ``ratio``) are guarded
+    with ``eps``; a weight is never below 1 (``ratio`` with ``tau_low = p_ctr = 0`` would give 0).
+    ``return_masks``: also return the false-positive and false-negative masks.
     """
     p_ctr = p_ctr.detach()
     tau_low = torch.as_tensor(tau_low, dtype=p_ctr.dtype, device=p_ctr.device)
     tau_high = torch.as_tensor(tau_high, dtype=p_ctr.dtype, device=p_ctr.device)
     false_positive = (p_ctr >= tau_high) & (purchase == 0)
     false_negative = (p_ctr <= tau_low) & (purchase == 1)
-    fp_weight = 1 + alpha * (p_ctr - tau_high) / (1 - tau_high).clamp_min(eps)
-    fn_weight = 1 + alpha * (tau_low - p_ctr) / tau_low.clamp_min(eps)
+    if form == "ratio":
+        fp_weight = (p_ctr / tau_high.clamp_min(eps)) ** alpha
+        fn_weight = (tau_low / p_ctr.clamp_min(eps)) ** alpha
+    elif form == "margin":
+        fp_weight = 1 + alpha * (p_ctr - tau_high) / (1 - tau_high).clamp_min(eps)
+        fn_weight = 1 + alpha * (tau_low - p_ctr) / tau_low.clamp_min(eps)
+    else:
+        raise ValueError(f"ce_weight_form must be one of {CE_WEIGHT_FORMS}, got {form!r}.")
     ones = torch.ones_like(p_ctr)
     weights = torch.where(false_positive, fp_weight, torch.where(false_negative, fn_weight, ones))
-    return weights.clamp(max=max_weight)
+    weights = weights.clamp(min=1.0, max=max_weight)
+    return (weights, false_positive, false_negative) if return_masks else weights
+
+
+class CurseEscaperTally:
+    """What the Curse Escaper did over training steps: rows seen, and for false positives and
+    false negatives their count and weight sum (device tensors, read once when reported)."""
+
+    def __init__(self):
+        self.rows = 0
+        self.sums = None  # [fp count, fp weight sum, fn count, fn weight sum]
+
+    def add(self, weights, false_positive, false_negative):
+        step = torch.stack(
+            [
+                false_positive.sum(),
+                weights[false_positive].sum(),
+                false_negative.sum(),
+                weights[false_negative].sum(),
+            ]
+        ).double()
+        self.sums = step if self.sums is None else self.sums + step
+        self.rows += len(weights)
+
+    def summary(self):
+        """``{"rows", "fp_share", "fp_mean_weight", "fn_share", "fn_mean_weight"}`` (shares of
+        the rows; a mean weight is NaN without such rows), then starts afresh."""
+        fp, fp_sum, fn, fn_sum = self.sums.tolist() if self.sums is not None else (0.0,) * 4
+        rows = max(self.rows, 1)
+        result = {
+            "rows": self.rows,
+            "fp_share": fp / rows,
+            "fp_mean_weight": fp_sum / fp if fp else float("nan"),
+            "fn_share": fn / rows,
+            "fn_mean_weight": fn_sum / fn if fn else float("nan"),
+        }
+        self.rows, self.sums = 0, None
+        return result
 
 
 # ----- Click Perceptron's Info Layer (Eq. 13) ---------------------------------------------------
@@ -159,21 +215,25 @@ class CSTWA(MultiTaskRecommender):
     - Structure Migrator schedule (Eq. 10's "in the t-th epoch", whose condition was lost).
       ``sm_mode: epoch``: ``P = A_hat^L E`` is computed from the current CVR embedding without
       gradient (:meth:`update_structure`, scheduled by
-      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows keep their gradient.
-      With ``sm_refresh_steps: 0`` P is refreshed at the start of every epoch but the first,
-      otherwise before every ``sm_refresh_steps``-th training step; never before the first step,
-      so no step trains on a P of the random initial embedding, and until the first refresh the
-      CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last training
-      step (P is saved in checkpoints, so the reloaded best epoch is scored with its own P).
+      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows
+      keep their gradient. P is refreshed ``sm_first_epoch_refreshes`` times inside the first
+      epoch, spread over its steps, then at the start of every later epoch
+      (``sm_refresh_steps: 0``) or before every ``sm_refresh_steps``-th step; never before the
+      first step, so no step trains on a P of the random initial embedding, and until the first
+      refresh the CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last
+      training step (P is saved in checkpoints, so the reloaded best epoch is scored with its own
+      P). Because the first epoch holds refreshes, a model kept after its first epoch has trained
+      with the Structure Migrator and is scored with it (``structure_steps``, saved with the
+      model, counts the training steps it acted in; :meth:`kept_model_facts` gives ``sm_used``).
       ``sm_mode: batch``: each batch gathers the L-hop graph neighbourhood of its users / items
       and propagates the live embedding rows differentiably (exact ``A_hat^L E`` rows for any L;
       the rows looked up grow as K^L); training and evaluation then use the same live P.
-      Default ``sm_mode: epoch`` with ``sm_refresh_steps: 0``, chosen by validation purchase
-      AUC among three schedules (README, "Faithfulness"; a 500k generated dataset, 150 steps an
-      epoch, ``stopping_step=2``): from the second epoch 0.6646 +- 0.0054 (3 seeds), every 50
-      steps 0.6641 +- 0.0071 (3 seeds), ``batch`` 0.6626 +- 0.0025 (3 seeds): differences far
-      inside the spread over seeds. Every run's best validation epoch there was the first, in
-      which this default never mixes, so the model kept on that data has no Structure Migrator.
+      ``sm_mode: update`` (the spec's third reading, the paper's words "the update of CVR
+      features"): on the same schedule as ``epoch``, the CVR embedding's user and item id rows
+      become ``(1 - lambda) E_id + lambda A_hat^L E_id``; nothing is mixed into the input, the
+      updated rows are the input. Only the id rows are written: an entity's profile-field tokens
+      are shared with other entities. The default was chosen by validation purchase AUC over 5
+      seeds on two generated datasets: ``results/cstwa-candidates.md``.
     - ``sm_layers`` (L = 1, the paper's setting); ``sm_lambda`` (0.3).
     - Graphs (built by the trainer): cosine top-``graph_top_k`` (8) with faiss;
       ``graph_self_loop`` (True): the node itself is one of its K edges; ``graph_symmetric``
@@ -183,9 +243,15 @@ class CSTWA(MultiTaskRecommender):
       (the paper calls its single-layer Click / Conversion Layers "multi-layer perceptron" too);
       ``info_hidden_size`` (``[]``) adds hidden ReLU layers. ``h_ctr`` is not detached: the CVR
       loss also trains the Click Tower through ``b`` (the paper says nothing to stop it).
-    - Curse Escaper weights (detached ``p_ctr``): false positive ``min(1 + alpha * (p -
-      tau_high) / (1 - tau_high), ce_max_weight)``, false negative ``min(1 + alpha * (tau_low - p)
-      / tau_low, ce_max_weight)``, otherwise 1; ``ce_alpha`` 3, ``ce_max_weight`` 4. The
+    - Curse Escaper weights (detached ``p = p_ctr``; :func:`curse_escaper_weights`),
+      ``ce_weight_form``: ``ratio`` (the paper's words: upper limits searched between 2 and 10
+      only bind on terms that grow past 1): false positive ``min((p / tau_high) ** alpha, c)``,
+      false negative ``min((tau_low / p) ** alpha, c)``; ``margin``: false positive ``min(1 +
+      alpha * (p - tau_high) / (1 - tau_high), c)``, false negative ``min(1 + alpha * (tau_low -
+      p) / tau_low, c)``, at most ``1 + alpha`` so the cap never binds at alpha 3; otherwise 1;
+      ``ce_alpha`` 3, ``c = ce_max_weight`` 4. Measured: ``results/cstwa-candidates.md``. Each
+      training epoch logs the share of impressions re-weighted as false positives and as false
+      negatives and their mean weights (:class:`CurseEscaperTally`). The
       thresholds are the ``ce_high_percentile`` (99) / ``ce_low_percentile`` (10) percentiles of
       the last ``ce_window`` (10,000) training CTR predictions *before* the current batch is
       added; an empty window gives weight 1, a partly filled one is used as it is. The window is
@@ -209,6 +275,8 @@ class CSTWA(MultiTaskRecommender):
         self.ce_low_percentile = config["ce_low_percentile"]
         self.ce_high_percentile = config["ce_high_percentile"]
         self.ce_alpha, self.ce_max_weight = config["ce_alpha"], config["ce_max_weight"]
+        self.ce_weight_form = config["ce_weight_form"]
+        self.ce_tally = CurseEscaperTally()  # read and reset by the trainer once an epoch
         self.loss_weights = [float(weight) for weight in config["loss_weights"]]
         self.info_hidden_size = list(config["info_hidden_size"] or [])
 
@@ -249,6 +317,9 @@ class CSTWA(MultiTaskRecommender):
                 group, {field: features[group][field] for field in fields}, width, self.sm_layers
             )
         self.structure = nn.ModuleDict(graphs)  # the Structure Migrator's whole state
+        # Training steps in which the Structure Migrator acted (saved with the model, so a kept
+        # checkpoint says whether its training used it).
+        self.register_buffer("structure_steps", torch.zeros((), dtype=torch.long))
 
     def num_entities(self, group):
         """Rows of ``group``'s graph: its entities, RecBole's ``[PAD]`` row included."""
@@ -289,16 +360,34 @@ class CSTWA(MultiTaskRecommender):
         return self.structure[group].row_graph()
 
     def update_structure(self):
-        """``P = A_hat^L E`` (Eq. 9) for users and items from the current CVR embedding.
+        """Eq. 9-10 on the whole graphs, called by
+        :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` on its schedule.
 
-        Called by :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` on its schedule (``sm_mode:
-        epoch``): at the start of every epoch but the first, or every ``sm_refresh_steps``
-        training steps. The model trains and is scored with the ``P`` of the last call (saved
-        with its checkpoints); before the first call it does not mix. ``sm_mode: batch`` needs
-        no call.
+        ``sm_mode: epoch``: ``P = A_hat^L E`` for users and items from the current CVR embedding,
+        held; the model trains and is scored with the ``P`` of the last call (saved with its
+        checkpoints); before the first call it does not mix. ``sm_mode: update``: the CVR
+        embedding's user (item) id rows become ``(1 - lambda) E_id + lambda A_hat^L E_id``
+        (:meth:`EntityGraph.update_rows`). ``sm_mode: batch`` needs no call.
         """
-        for graph in self.structure.values():
-            graph.refresh(self.purchase_embedding)
+        for group, graph in self.structure.items():
+            if self.sm_mode == "update":
+                graph.update_rows(self.purchase_embedding, self.id_fields[group], self.sm_lambda)
+            else:
+                graph.refresh(self.purchase_embedding)
+
+    def structure_acts(self):
+        """Whether the Structure Migrator changes the CVR input now: always in ``batch`` mode,
+        once ``P`` is held (``epoch``) or the rows were updated once (``update``)."""
+        if not self.use_sm:
+            return False
+        return self.sm_mode == "batch" or bool(self.structure["user"].ready)
+
+    def structure_used(self):
+        """Whether this model's training used the Structure Migrator and its scoring uses it."""
+        return self.structure_acts() and int(self.structure_steps) > 0
+
+    def kept_model_facts(self):
+        return {"sm_used": self.structure_used()}
 
     def migrated_rows(self, interaction, group, live=None):
         """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items),
@@ -308,6 +397,8 @@ class CSTWA(MultiTaskRecommender):
             live = self.purchase_embedding(interaction, group)[0].flatten(1)
         ids = interaction[self.id_fields[group]]
         graph = self.structure[group]
+        if self.sm_mode == "update":  # the rows themselves were updated: nothing to mix
+            return live
         if self.sm_mode == "batch":
             propagated = graph.live_rows(ids, self.purchase_embedding)
         else:
@@ -343,20 +434,37 @@ class CSTWA(MultiTaskRecommender):
             "info": info,
         }
 
-    def sample_weights(self, p_ctr, purchase):
-        """The Curse Escaper's weights for a batch (all ones when it is off or has no history)."""
+    def sample_weights(self, p_ctr, purchase, tally=False):
+        """The Curse Escaper's weights for a batch (all ones when it is off or has no history);
+        ``tally``: count them in :attr:`ce_tally`."""
         if not self.use_ce:
             return torch.ones_like(p_ctr)
         thresholds = self.ctr_window.percentiles(self.ce_low_percentile, self.ce_high_percentile)
         if thresholds is None:
-            return torch.ones_like(p_ctr)
-        return curse_escaper_weights(p_ctr, purchase, *thresholds, self.ce_alpha, self.ce_max_weight)
+            weights = torch.ones_like(p_ctr)
+            no_row = torch.zeros_like(p_ctr, dtype=torch.bool)
+            masks = (no_row, no_row)
+        else:
+            weights, *masks = curse_escaper_weights(
+                p_ctr,
+                purchase,
+                *thresholds,
+                self.ce_alpha,
+                self.ce_max_weight,
+                form=self.ce_weight_form,
+                return_masks=True,
+            )
+        if tally:
+            self.ce_tally.add(weights, *masks)
+        return weights
 
     def calculate_loss(self, interaction):
+        if self.training and self.structure_acts():
+            self.structure_steps += 1
         output = self.forward(interaction)
         click, purchase = self.labels(interaction)
         p_ctr, p_cvr = output["click"], output["purchase"]
-        weights = self.sample_weights(p_ctr.detach(), purchase)
+        weights = self.sample_weights(p_ctr.detach(), purchase, tally=self.training)
         if self.use_ce and self.training:
             self.ctr_window.push(p_ctr)  # after the weights: thresholds use the previous predictions
         w_ctr, w_cvr, w_cal = self.loss_weights

@@ -48,7 +48,8 @@ class EntityGraph(nn.Module):
         self.register_buffer("row_pointers", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("columns", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("values", torch.zeros(0), persistent=False)
-        # P = A_hat^L E and whether it holds one: training state, saved with the model.
+        # P = A_hat^L E and whether it holds one (sm_mode: update: whether the rows were updated):
+        # training state, saved with the model.
         self.register_buffer("propagated", torch.zeros(self.num_entities, width))
         self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
 
@@ -108,6 +109,21 @@ class EntityGraph(nn.Module):
         """``P = A_hat^L E`` (Eq. 9) from ``embedding``'s current rows, held until the next call."""
         representations = group_representations(embedding, self.features(), self.group)
         self.propagated.copy_(propagate_all(self.row_graph(), representations, self.layers))
+        self.ready.fill_(True)
+
+    @torch.no_grad()
+    def update_rows(self, embedding, id_field, sm_lambda):
+        """The paper's literal Eq. 10 (spec, third reading) on the entities' own rows:
+        ``E_id <- (1 - lambda) E_id + lambda A_hat^L E_id``, written into ``embedding``'s rows of
+        the id field ``id_field`` (one row an entity; profile fields' tokens are shared by many
+        entities, so they are left as they are). Marks the graph as having acted (``ready``)."""
+        if id_field not in embedding.token_offset:
+            raise ValueError(f"sm_mode: update writes the {self.group} id rows, but {id_field} is not a token field.")
+        start = embedding.token_offset[id_field]
+        table = embedding.token_table.weight
+        rows = table[start : start + self.num_entities]
+        propagated = propagate_all(self.row_graph(), rows, self.layers)
+        rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
         self.ready.fill_(True)
 
     def held_rows(self, ids):

@@ -42,14 +42,20 @@ class CSTWATrainer(MultiTaskTrainer):
     - ``graphs`` (Sections 3.3.2-3.3.3): the user and item graphs (Eqs. 2-5) from the
       pre-trained embedding, given to the model with ``set_graphs``.
 
-    - ``train``: CSTWA itself. With ``sm_mode: epoch`` this trainer schedules the Structure
-      Migrator's ``P = A_hat^L E`` (:meth:`CSTWA.update_structure
+    - ``train``: CSTWA itself. With ``sm_mode: epoch`` (or ``update``) this trainer schedules the
+      Structure Migrator's ``P = A_hat^L E`` (or the update of the id rows;
+      :meth:`CSTWA.update_structure
       <recbole_cstwa.model.multitask.cstwa.cstwa.CSTWA.update_structure>`, the way RecBole's trainer
-      calls KGAT's ``update_attentive_A``): with ``sm_refresh_steps: 0`` at the start of every
-      epoch except the first, otherwise before every ``sm_refresh_steps``-th training step
-      (counted over the whole run). Never before the first step: no step trains on a ``P`` of
-      the randomly initialised embedding; until the first refresh the CVR input is the live
-      rows. Evaluation uses the ``P`` the last training step used (it is saved with the model).
+      calls KGAT's ``update_attentive_A``): ``sm_first_epoch_refreshes`` times inside the first
+      epoch, spread evenly over its steps (at least once, so a model kept after its first epoch
+      has trained with the Structure Migrator and is scored with it), then with
+      ``sm_refresh_steps: 0`` at the start of every later epoch, otherwise before every
+      ``sm_refresh_steps``-th training step (counted over the whole run). Never before the first
+      step: no step trains on a ``P`` of the randomly initialised embedding; until the first
+      refresh the CVR input is the live rows. Evaluation uses the ``P`` the last training step
+      used (it is saved with the model). Each epoch logs the Curse Escaper's re-weighted shares
+      and mean weights and the steps the Structure Migrator acted in; loading the kept model logs
+      whether it used the Structure Migrator.
 
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
@@ -90,31 +96,85 @@ class CSTWATrainer(MultiTaskTrainer):
         self._data_fingerprint = None
         self.training_steps = 0  # steps taken in this run: the Structure Migrator's clock
         self.structure_updates = []  # training steps before which P was refreshed (logs, tests)
-        self.sm_refresh_steps = config["sm_refresh_steps"]  # the schedule is the trainer's, not the model's
+        # The schedule is the trainer's, not the model's.
+        self.sm_refresh_steps = config["sm_refresh_steps"]
+        self.sm_first_epoch_refreshes = config["sm_first_epoch_refreshes"]
+        self.curse_escaper_epochs = []  # each epoch's CurseEscaperTally summary (logs, tests)
 
     # ----- the Structure Migrator's schedule --------------------------------------------------
     def _schedules_structure(self):
-        return self.model.use_sm and self.model.sm_mode == "epoch"
+        return self.model.use_sm and self.model.sm_mode in ("epoch", "update")
 
     def _update_structure(self):
         self.model.update_structure()
         self.structure_updates.append(self.training_steps)
 
+    def first_epoch_refresh_steps(self, steps):
+        """Steps of the first epoch (of ``steps``) before which the structure is refreshed:
+        ``sm_first_epoch_refreshes`` steps spread evenly, never the first one."""
+        count = self.sm_first_epoch_refreshes
+        return sorted({step * steps // (count + 1) for step in range(1, count + 1)} - {0})
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if not self._schedules_structure():
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+            self._log_components(epoch_idx)
+            return loss
         every = self.sm_refresh_steps
-        if every == 0 and self.training_steps > 0:
+        first_epoch = epoch_idx == 0
+        refresh_at = set(self.first_epoch_refresh_steps(len(train_data))) if first_epoch else set()
+        if not first_epoch and every == 0:
             self._update_structure()  # epoch start, from the second epoch on
         step_loss = loss_func or self.model.calculate_loss
+        epoch_step = 0
 
         def scheduled_loss(interaction):
-            if every and self.training_steps > 0 and self.training_steps % every == 0:
+            nonlocal epoch_step
+            if first_epoch:
+                due = epoch_step in refresh_at
+            else:
+                due = every and self.training_steps % every == 0
+            if due:
                 self._update_structure()
             self.training_steps += 1
+            epoch_step += 1
             return step_loss(interaction)
 
-        return super()._train_epoch(train_data, epoch_idx, scheduled_loss, show_progress)
+        loss = super()._train_epoch(train_data, epoch_idx, scheduled_loss, show_progress)
+        self._log_components(epoch_idx)
+        return loss
+
+    def _log_components(self, epoch_idx):
+        """Once an epoch: what the Curse Escaper re-weighted and whether the Structure Migrator acted."""
+        model = self.model
+        parts = []
+        if model.use_ce:
+            tally = model.ce_tally.summary()
+            parts.append(
+                f"Curse Escaper ({model.ce_weight_form}) re-weighted {tally['fp_share']:.4%} of "
+                f"{tally['rows']} impressions as false positives (mean weight "
+                f"{tally['fp_mean_weight']:.3f}) and {tally['fn_share']:.4%} as false negatives "
+                f"(mean weight {tally['fn_mean_weight']:.3f})"
+            )
+            self.curse_escaper_epochs.append(tally)
+        if model.use_sm:
+            parts.append(
+                f"Structure Migrator ({model.sm_mode}) acted in {int(model.structure_steps)} training "
+                f"steps so far ({len(self.structure_updates)} structure updates)"
+            )
+        if parts:
+            self.logger.info(f"epoch {epoch_idx}: " + "; ".join(parts))
+
+    def load_best_model(self, model_file=None):
+        super().load_best_model(model_file)
+        if self.model.use_sm:
+            if self.model.structure_used():
+                self.logger.info(
+                    f"the kept model used the Structure Migrator ({self.model.sm_mode}) in "
+                    f"{int(self.model.structure_steps)} training steps and is scored with it"
+                )
+            else:
+                self.logger.warning("the kept model did not use the Structure Migrator in training")
 
     def pre_training_stages(self):
         if not self.model.use_sm:
