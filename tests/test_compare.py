@@ -45,6 +45,8 @@ def scripted_runner(model, dataset, config_file_list, config_dict, saved):
         "best_valid_score": result.get("purchase_auc", result.get("click_auc")),
         "fit_seconds": 2.0 + config_dict["seed"] % 3,
         "epochs_trained": 2,
+        # 0-based as the trainers give it; a built-in model's click run keeps another epoch
+        "kept_epoch": 0 if label == "click" else config_dict["seed"] % 2,
     }
 
 
@@ -179,6 +181,32 @@ def test_paired_t_test_matches_scipy(comparison):
             assert row[f"{metric}_delta"] == pytest.approx(statistics.mean(a) - statistics.mean(b))
 
 
+def test_holm_adjustment_by_hand():
+    from recbole_cstwa.experiments.compare import holm_adjusted
+
+    # Sorted 0.01, 0.02, 0.04 of m = 3: 3 * 0.01, max(0.03, 2 * 0.02), max(0.04, 1 * 0.04); and the
+    # running maximum binds when a later product is smaller: 0.03, 0.035 -> 0.06, max(0.06, 0.035).
+    adjusted = holm_adjusted({"a": 0.04, "b": 0.01, "c": 0.02, "ref": math.nan})
+    assert adjusted["b"] == pytest.approx(0.03) and adjusted["c"] == pytest.approx(0.04)
+    assert adjusted["a"] == pytest.approx(0.04) and math.isnan(adjusted["ref"])
+    adjusted = holm_adjusted({"a": 0.03, "b": 0.035})
+    assert adjusted == pytest.approx({"a": 0.06, "b": 0.06})
+    assert holm_adjusted({"a": 0.6, "b": 0.9}) == {"a": 1.0, "b": 1.0}
+
+
+def test_holm_p_and_kept_epochs_in_the_rows(comparison):
+    from recbole_cstwa.experiments.compare import holm_adjusted
+
+    for metric in ("purchase_auc", "click_auc"):
+        expected = holm_adjusted({row["name"]: row[f"{metric}_p"] for row in comparison["rows"]})
+        for row in comparison["rows"]:
+            assert row[f"{metric}_p_holm"] == pytest.approx(expected[row["name"]], nan_ok=True)
+            if math.isfinite(row[f"{metric}_p"]):
+                assert row[f"{metric}_p_holm"] >= row[f"{metric}_p"]
+    for row in comparison["rows"]:  # 1-based, seed order; a built-in row shows its purchase run's
+        assert row["kept_epochs"] == ", ".join(str(seed % 2 + 1) for seed in sorted(SEEDS))
+
+
 def test_files_are_written(comparison, tiny_data_path):
     files = comparison["files"]
     assert {"runs", "markdown", "csv", "html"} <= set(files)
@@ -189,11 +217,18 @@ def test_files_are_written(comparison, tiny_data_path):
     assert "| model | click AUC | click LogLoss | purchase AUC | purchase LogLoss |" in markdown
     assert "p (purchase AUC)" in markdown and "p (click AUC)" in markdown and "little power" in markdown
     assert "| MLP (ref) |" in markdown and "ESMM_small" in markdown
+    assert "Holm p (purchase AUC)" in markdown and "kept epoch (per seed)" in markdown
 
     with open(files["csv"], newline="") as file:
         table = {line["name"]: line for line in csv.DictReader(file)}
     for row in comparison["rows"]:
-        for column in ("purchase_auc_mean", "purchase_auc_std", "click_auc_mean", "purchase_auc_p"):
+        for column in (
+            "purchase_auc_mean",
+            "purchase_auc_std",
+            "click_auc_mean",
+            "purchase_auc_p",
+            "purchase_auc_p_holm",
+        ):
             assert float(table[row["name"]][column]) == pytest.approx(row[column], nan_ok=True)
 
     html = open(files["html"], encoding="utf-8").read()

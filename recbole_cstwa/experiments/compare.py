@@ -110,7 +110,9 @@ def _defaults_digest():
 def _dataset_yaml_digest(config_dict, dataset):
     from recbole_cstwa.config import EMBEDDED_DATASET, dataset_yaml_path
 
-    path = dataset_yaml_path(str((config_dict or {}).get("data_path", "dataset/")), dataset or EMBEDDED_DATASET)
+    path = dataset_yaml_path(
+        str((config_dict or {}).get("data_path", "dataset/")), dataset or EMBEDDED_DATASET
+    )
     return _file_digest(path) if os.path.isfile(path) else None
 
 
@@ -326,6 +328,10 @@ def per_seed(plan, records):
         values["seconds"] += record["wall_seconds"]
         if record.get("sm_used") is not None:
             values["sm_used"] = record["sm_used"]
+        if record.get("kept_epoch") is not None:
+            # 1-based, as a reader counts epochs; a built-in row keeps its purchase run's epoch.
+            if task in ("both", "purchase") or "kept_epoch" not in values:
+                values["kept_epoch"] = int(record["kept_epoch"]) + 1
         # Pre-training stages (CSTWA's CTR model and graphs) count in the time, not per epoch.
         fit_seconds = (record.get("stage_times") or {}).get("train", record.get("fit_seconds"))
         if fit_seconds is not None and record.get("epochs_trained"):
@@ -358,6 +364,21 @@ def paired_test(values, reference_values):
     return float(np.mean(a - b)), p_value, len(seeds)
 
 
+def holm_adjusted(p_values):
+    """Holm's step-down adjustment of ``{name: p}`` for testing them together (NaN stays NaN).
+
+    Sorted ascending, the ``i``-th of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_j)``
+    (S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 1979).
+    """
+    finite = sorted((p, name) for name, p in p_values.items() if p is not None and math.isfinite(p))
+    adjusted = {name: math.nan for name in p_values}
+    running_max = 0.0
+    for rank, (p_value, name) in enumerate(finite):
+        running_max = max(running_max, min(1.0, (len(finite) - rank) * p_value))
+        adjusted[name] = running_max
+    return adjusted
+
+
 def summarize(plan, records):
     """One summary row per entry: means, stds, times and the tests against the reference."""
     joined = per_seed(plan, records)
@@ -377,6 +398,8 @@ def summarize(plan, records):
             )
         used = [v["sm_used"] for v in seeds.values() if "sm_used" in v]
         row["sm_used"] = f"{sum(used)}/{len(used)}" if used else None  # seeds whose kept model used SM
+        kept = [seeds[seed]["kept_epoch"] for seed in sorted(seeds) if "kept_epoch" in seeds[seed]]
+        row["kept_epochs"] = ", ".join(map(str, kept)) if kept else None  # per seed, in seed order
         for metric in TESTED_METRICS:
             if entry.name == plan.reference:
                 row[f"{metric}_delta"], row[f"{metric}_p"] = math.nan, math.nan
@@ -385,6 +408,11 @@ def summarize(plan, records):
             reference = {seed: v[metric] for seed, v in joined[plan.reference].items() if metric in v}
             row[f"{metric}_delta"], row[f"{metric}_p"], _ = paired_test(values, reference)
         rows.append(row)
+    # Every row is tested against the same reference: the p-values of one metric form one family.
+    for metric in TESTED_METRICS:
+        adjusted = holm_adjusted({row["name"]: row[f"{metric}_p"] for row in rows})
+        for row in rows:
+            row[f"{metric}_p_holm"] = adjusted[row["name"]]
     return rows
 
 

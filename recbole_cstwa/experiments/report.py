@@ -42,7 +42,11 @@ def table_lines(plan, rows, oracle=None):
     """The summary as a Markdown table (also what is printed)."""
     ref = plan.reference
     header = ["model", *(METRIC_TITLES[m] for m in METRICS), "time (s)", "s / epoch", "seeds"]
-    header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", f"Δ click AUC vs {ref}", "p (click AUC)"]
+    header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", "Holm p (purchase AUC)"]
+    header += [f"Δ click AUC vs {ref}", "p (click AUC)", "Holm p (click AUC)"]
+    show_kept = any(row.get("kept_epochs") for row in rows)
+    if show_kept:
+        header.append("kept epoch (per seed)")
     show_sm = any(row.get("sm_used") for row in rows)  # CSTWA rows: seeds whose kept model used SM
     if show_sm:
         header.append("SM used")
@@ -57,6 +61,9 @@ def table_lines(plan, rows, oracle=None):
         cells += [str(row["n_seeds"])]
         for metric in ("purchase_auc", "click_auc"):
             cells += [_signed(row[f"{metric}_delta"]), _p_cell(row[f"{metric}_p"])]
+            cells.append(_p_cell(row.get(f"{metric}_p_holm")))
+        if show_kept:
+            cells.append(row.get("kept_epochs") or "–")
         if show_sm:
             cells.append(row.get("sm_used") or "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -98,7 +105,10 @@ def write_markdown(path, plan, rows, oracle=None):
         "",
         f"Δ and p: paired t-test (scipy.stats.ttest_rel) of the per-seed values against {plan.reference}. "
         "With few seeds the test has little power (3 seeds: 2 degrees of freedom): a large p does not "
-        "mean the models are equal.",
+        "mean the models are equal. Holm p: the p-values of one metric adjusted together by Holm's "
+        "step-down method (every row is tested against the same reference), the one to read when "
+        "asking whether any row differs. Kept epoch: the 1-based epoch whose checkpoint was scored, "
+        "per seed in seed order.",
     ]
     if variants:
         text += ["", "Variants:", *variants]
@@ -110,8 +120,8 @@ def write_csv(path, rows, oracle=None):
     for metric in (*METRICS, "seconds", "epoch_seconds"):
         columns += [f"{metric}_mean", f"{metric}_std"]
     for metric in TESTED_METRICS:
-        columns += [f"{metric}_delta", f"{metric}_p"]
-    columns += ["sm_used", "overrides"]
+        columns += [f"{metric}_delta", f"{metric}_p", f"{metric}_p_holm"]
+    columns += ["kept_epochs", "sm_used", "overrides"]
     with atomic_file(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
