@@ -9,6 +9,7 @@ a dataset's settings travel with it; any config file or command-line key still o
 """
 
 import ast
+import contextlib
 import os
 import sys
 from logging import getLogger
@@ -370,3 +371,18 @@ class Config(RecBoleConfig):
                 f"{[f'{t}_{m}' for t in tasks for m in metric_names]}."
             )
         config["valid_metric"] = f"{task}_{metric}"
+
+
+@contextlib.contextmanager
+def isolated_argv():
+    """Hides the command line from RecBole's ``Config``, which reads ``--key=value`` pairs there.
+
+    A run's settings are then exactly its ``config_dict`` and config files: a script's own flags
+    cannot leak in, and a fixed ``--key=value`` cannot silently override a searched one.
+    """
+    saved = sys.argv
+    sys.argv = saved[:1] or ["recbole_cstwa"]
+    try:
+        yield
+    finally:
+        sys.argv = saved

@@ -118,9 +118,11 @@ def _circles(graph):
 
 
 def test_the_modules_are_read():
-    assert {"recbole_cstwa.config", "recbole_cstwa.trainer", "recbole_cstwa.model.multitask.cstwa.trainer"} <= set(
-        MODULES
-    )
+    assert {
+        "recbole_cstwa.config",
+        "recbole_cstwa.trainer",
+        "recbole_cstwa.model.multitask.cstwa.trainer",
+    } <= set(MODULES)
     edges = _plugin_imports(module_level=True)
     assert ("recbole_cstwa.trainer", ["MultiTaskTrainer"]) in [
         (source, names) for source, names, _ in edges["recbole_cstwa.model.multitask.cstwa.trainer"]
@@ -183,6 +185,19 @@ def test_tools_stand_apart():
     assert bad == []
 
 
+def test_only_the_commands_import_the_commands():
+    """The command-line mains sit on top: the library, the models and the experiments never
+    import them (the package's ``__main__`` aside)."""
+    bad = [
+        f"{module}:{line} imports {source}"
+        for module, imports in _plugin_imports(module_level=False).items()
+        if not _within(module, "recbole_cstwa.commands") and module != "recbole_cstwa.__main__"
+        for source, _, line in imports
+        if _within(source, "recbole_cstwa.commands")
+    ]
+    assert bad == []
+
+
 def test_no_private_name_is_imported_from_another_module():
     bad = [
         f"{module}:{line} imports {name} from {source}"
@@ -195,9 +210,7 @@ def test_no_private_name_is_imported_from_another_module():
 
 
 def test_error_types_live_in_errors():
-    errors = {
-        node.name for node in MODULES["recbole_cstwa.errors"][1].body if isinstance(node, ast.ClassDef)
-    }
+    errors = {node.name for node in MODULES["recbole_cstwa.errors"][1].body if isinstance(node, ast.ClassDef)}
     assert {"InputError", "ConfigError", "DataFormatError", "InputFileError", "MalformedLineError"} <= errors
     bad = []
     for module, (_, tree) in MODULES.items():

@@ -29,18 +29,3 @@ def parse_overrides(extra, parser):
     if bad:
         parser.error(f"unrecognised arguments {bad}: RecBole settings are given as --key=value")
     return parse_assignments(extra, "command line")
-
-
-@contextlib.contextmanager
-def isolated_argv():
-    """Hides the command line from RecBole's ``Config``, which reads ``--key=value`` pairs there.
-
-    A run's settings are then exactly its ``config_dict`` and config files: a script's own flags
-    cannot leak in, and a fixed ``--key=value`` cannot silently override a searched one.
-    """
-    saved = sys.argv
-    sys.argv = saved[:1] or ["recbole_cstwa"]
-    try:
-        yield
-    finally:
-        sys.argv = saved

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recbole_cstwa.atomic_write import open_append
-from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import CompareError, ConfigError
 from recbole_cstwa.experiments.report import (
     METRICS,

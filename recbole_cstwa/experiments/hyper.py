@@ -32,7 +32,7 @@ import math
 import os
 import re
 
-from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import ConfigError, ParamsFileError, ValueTextError
 from recbole_cstwa.experiments.search_space import (
     PARAM_TYPES,

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.experiments.search_space import (
     hyperopt_space,

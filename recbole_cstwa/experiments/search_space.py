@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from recbole_cstwa.atomic_write import write_text
-from recbole_cstwa.commands.cli import isolated_argv
+from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.values import plain_value
 
 #: Parameter types of RecBole's params files.
