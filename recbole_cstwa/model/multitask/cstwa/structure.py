@@ -208,14 +208,7 @@ def build_graph(
     self_loop=True,
     symmetric=False,
     padding_rows=1,
-    index_type="exact",
-    ivf_nlist=1024,
-    nprobe=16,
-    hnsw_m=32,
-    hnsw_ef_search=64,
-    exact_max_nodes=50000,
-    gpu=False,
-    log_name="graph",
+    **search_settings,
 ):
     """The normalised top-K cosine graph over the rows of ``representations`` (Eqs. 3-5).
 
@@ -229,6 +222,9 @@ def build_graph(
 
     Args:
         representations (numpy array or tensor): ``(N, D)`` rows, one per entity id.
+        search_settings: :func:`nearest_neighbours`'s index settings (``index_type``,
+            ``ivf_nlist``, ``nprobe``, ``hnsw_m``, ``hnsw_ef_search``, ``exact_max_nodes``,
+            ``gpu``) and ``log_name``; its defaults otherwise.
 
     Returns:
         torch.Tensor: a coalesced float32 ``torch.sparse_coo_tensor`` of shape ``(N, N)`` on CPU.
@@ -242,14 +238,7 @@ def build_graph(
         representations[padding_rows:],
         top_k,
         self_loop=self_loop,
-        index_type=index_type,
-        ivf_nlist=ivf_nlist,
-        nprobe=nprobe,
-        hnsw_m=hnsw_m,
-        hnsw_ef_search=hnsw_ef_search,
-        exact_max_nodes=exact_max_nodes,
-        gpu=gpu,
-        log_name=log_name,
+        **search_settings,
     )
     rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1]) + padding_rows
     cols = neighbours.reshape(-1) + padding_rows
