@@ -101,8 +101,9 @@ def test_the_readme_example_model_trains_one_epoch_on_the_embedded_dataset(tmp_p
         }
         result = run_recbole_cstwa(model="SharedBottom", config_dict=settings)
         model_class = get_model("SharedBottom")
-    finally:
+    finally:  # the example leaves no trace in the package for later tests
         sys.modules.pop("recbole_cstwa.model.multitask.sharedbottom", None)
+        vars(multitask_models).pop("sharedbottom", None)
     assert model_class.__module__ == "recbole_cstwa.model.multitask.sharedbottom"
     assert result["model"] == "SharedBottom" and result["epochs_trained"] == 1
     _check_metrics(result, TWO_TASK_KEYS)
