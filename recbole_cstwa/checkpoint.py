@@ -5,10 +5,10 @@ into its checkpoints, so ``Trainer.evaluate(load_best_model=True)`` and
 ``Trainer.resume_checkpoint`` fail on RecBole's own files (RecBole issues #2212, #2215). Turning
 ``weights_only`` off would let a checkpoint file run code when loaded. Instead,
 :class:`SafeCheckpointMixin` writes checkpoints that hold only tensors and plain Python data and
-reads them back with ``weights_only=True`` (see README, "Dependencies and RecBole work-arounds").
+reads them back with ``weights_only=True`` (see docs/recbole-workarounds.md).
 
 Since format 2 a checkpoint also carries what it takes to use the model without the training
-run (README, "Using a trained model"): the resolved settings, the fields, vocabularies and
+run (docs/serving.md): the resolved settings, the fields, vocabularies and
 user / item feature tables (:mod:`recbole_cstwa.serving.schema`), the plugin version, CSTWA's
 graphs, and the random states at the save, so that a resumed run continues as the interrupted one
 would have. A format-1 checkpoint (parameters only) still loads for training-time use.

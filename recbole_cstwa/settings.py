@@ -100,7 +100,7 @@ SETTINGS = (
         "embedding_update",
         "choice",
         "sparse",
-        "measured (README, Training at scale): sparse updates only the rows a batch used",
+        "measured (results/training-step.md): sparse updates only the rows a batch used",
         choices=("sparse", "dense"),
     ),
     Setting("cache_dataset", "bool", True, "cache on", models=(ANY_MODEL,)),
@@ -218,7 +218,7 @@ SETTINGS = (
         when=_use_sm,
     ),
     Setting(
-        "graph_exact_max_nodes", "int", 50000, "measured (README, Training at scale)", models=CSTWA, low=1, when=_use_sm
+        "graph_exact_max_nodes", "int", 50000, "measured (results/training-step.md)", models=CSTWA, low=1, when=_use_sm
     ),
     Setting("graph_ivf_nlist", "int", 1024, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
     Setting("graph_nprobe", "int", 16, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),

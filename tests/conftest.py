@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny generated dataset and a one-epoch run helper.
+"""Shared fixtures and helpers: a tiny generated dataset, a one-epoch run helper, and the small
+helpers several test files use.
 
 Runs happen inside a temporary working directory, because RecBole writes ``log/`` and
 ``log_tensorboard/`` into the current directory.
@@ -6,7 +7,9 @@ Runs happen inside a temporary working directory, because RecBole writes ``log/`
 
 import importlib.util
 import os
+import socket
 
+import numpy as np
 import pytest
 
 from recbole_cstwa.quick_start import run_recbole_cstwa
@@ -22,6 +25,45 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_command_in_process(monkeypatch, capsys, script, arguments):
+    """Runs ``<script>.py``'s main in this process (no interpreter start-up) with ``arguments`` on
+    its command line; returns ``(exit status, stderr)``."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *arguments])
+    status = 0
+    try:
+        load_script(script).main()
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_table(path):
+    """Every line of a tab-separated atomic file (the header first), split into cells."""
+    with open(path, encoding="utf-8") as file:
+        return [line.rstrip("\n").split("\t") for line in file]
+
+
+def random_vectors(n, dim, seed=0):
+    """``(n, dim)`` float32 standard-normal vectors."""
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def dataset_cache_dirs(config):
+    """The tiny dataset's cache folders under ``config["checkpoint_dir"]``, sorted."""
+    folder = config["checkpoint_dir"]
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(name for name in names if name.startswith(f"{TINY}-dataset-"))
 
 
 @pytest.fixture(scope="session")

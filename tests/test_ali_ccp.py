@@ -11,6 +11,7 @@ import os
 import random
 
 import pytest
+from conftest import read_table
 
 from recbole_cstwa.commands.convert_ali_ccp import main
 from recbole_cstwa.errors import MalformedLineError
@@ -46,10 +47,9 @@ USER_HEADER = ["user_id:token"] + [f"f{code}:token" for code in (121, 122, 124, 
 ITEM_HEADER = ["item_id:token", "f206:token", "f207:token", "f216:token"]
 
 
-def read_table(path):
+def header_and_rows(path):
     """(header, rows) of a tab-separated atomic file."""
-    with open(path, encoding="utf-8") as file:
-        lines = [line.rstrip("\n").split("\t") for line in file]
+    lines = read_table(path)
     return lines[0], lines[1:]
 
 
@@ -76,8 +76,8 @@ def test_sample_converts_with_exact_counts_and_headers(tmp_path):
     assert summary["dropped_click0_purchase1"] == {"train": 0, "valid": 0, "test": 0}
     assert summary["skipped_malformed"] == {}
 
-    user_header, users = read_table(dataset_file(summary, "user"))
-    item_header, items = read_table(dataset_file(summary, "item"))
+    user_header, users = header_and_rows(dataset_file(summary, "user"))
+    item_header, items = header_and_rows(dataset_file(summary, "item"))
     assert user_header == USER_HEADER
     assert item_header == ITEM_HEADER
     user_ids = [row[0] for row in users]
@@ -89,7 +89,7 @@ def test_sample_converts_with_exact_counts_and_headers(tmp_path):
         with open(source, encoding="utf-8") as file:
             source_rows = list(csv.DictReader(file))
         expected_items.update(row["205"] for row in source_rows)
-        header, rows = read_table(dataset_file(summary, f"{split}.inter"))
+        header, rows = header_and_rows(dataset_file(summary, f"{split}.inter"))
         assert header == INTER_HEADER
         assert len(rows) == len(source_rows)
         for row, source_row in zip(rows, source_rows):
@@ -121,7 +121,7 @@ def test_sample_keep_dense_writes_float_columns_and_recbole_reads_it(tmp_path):
         show_progress=False,
     )
     dense = ["D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853"]
-    header, rows = read_table(dataset_file(summary, "train.inter"))
+    header, rows = header_and_rows(dataset_file(summary, "train.inter"))
     assert header == INTER_HEADER + [f"{column}:float" for column in dense]
     assert rows[0][-8:] == [
         "0.4734",
@@ -397,12 +397,12 @@ def test_raw_fixture_gives_exactly_the_hand_computed_rows(tmp_path, seed):
         "test": EXPECTED_TEST_ROWS,
     }
     for split, expected_rows in expected.items():
-        header, rows = read_table(dataset_file(summary, f"{split}.inter"))
+        header, rows = header_and_rows(dataset_file(summary, f"{split}.inter"))
         assert header == INTER_HEADER
         assert rows_as_text(rows) == expected_rows, split
-    header, users = read_table(dataset_file(summary, "user"))
+    header, users = header_and_rows(dataset_file(summary, "user"))
     assert header == USER_HEADER and rows_as_text(users) == EXPECTED_USERS
-    header, items = read_table(dataset_file(summary, "item"))
+    header, items = header_and_rows(dataset_file(summary, "item"))
     assert header == ITEM_HEADER and rows_as_text(items) == EXPECTED_ITEMS
 
     assert summary["rows"] == {split: len(rows) for split, rows in expected.items()}
@@ -424,7 +424,7 @@ def test_raw_default_min_count_is_aitms_twelve(tmp_path):
     # it ("counter > 10" from 0), a threshold of 13 does not. Users, items and 301 stay under 12.
     paths = write_raw(tmp_path)
     summary = convert_raw(*paths, output=tmp_path / "out", valid_ratio=0.0, show_progress=False)
-    _, rows = read_table(dataset_file(summary, "train.inter"))
+    _, rows = header_and_rows(dataset_file(summary, "train.inter"))
     assert {tuple(row[:3]) for row in rows} == {("0", "0", "0")}
     assert [row[3] for row in rows] == ["1"] * 5 + ["0", "0"] + ["1"] * 7
     assert summary["rows"] == {"train": 14, "valid": 0, "test": 3}
@@ -436,7 +436,7 @@ def test_raw_default_min_count_is_aitms_twelve(tmp_path):
         valid_ratio=0.0,
         show_progress=False,
     )
-    _, rows = read_table(dataset_file(summary, "train.inter"))
+    _, rows = header_and_rows(dataset_file(summary, "train.inter"))
     assert {row[3] for row in rows} == {"0"}
 
 
@@ -448,7 +448,7 @@ def test_raw_keep_210_adds_the_item_intention_column(tmp_path):
         keep_210=True,
         show_progress=False,
     )
-    header, items = read_table(dataset_file(summary, "item"))
+    header, items = header_and_rows(dataset_file(summary, "item"))
     assert header == ITEM_HEADER + ["f210:token"]
     assert rows_as_text(items) == [row + " " + ("0" if row[0] == "0" else "1") for row in EXPECTED_ITEMS]
 
@@ -562,7 +562,7 @@ def test_cli_raw_writes_the_dataset(tmp_path, capsys):
     assert main(arguments) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == {"train": 14, "valid": 0, "test": 3}
-    _, rows = read_table(tmp_path / "cli" / "cli" / "cli.train.inter")
+    _, rows = header_and_rows(tmp_path / "cli" / "cli" / "cli.train.inter")
     assert rows_as_text(rows) == EXPECTED_TRAIN_ROWS
 
 

@@ -39,8 +39,11 @@ def test_reloaded_model_gives_the_same_test_result(make_config, run_tiny, tmp_pa
     trainer = get_trainer(config["MODEL_TYPE"], "ESMM")(config, model)
     assert trainer.evaluate(test_data, model_file=checkpoint_file) == result["test_result"]
 
+    # Resuming continues after the saved epoch, with the saved best score.
+    saved = torch.load(checkpoint_file, weights_only=True)
     trainer.resume_checkpoint(checkpoint_file)
-    assert trainer.start_epoch >= 1
+    assert trainer.start_epoch == saved["epoch"] + 1
+    assert trainer.best_valid_score == result["best_valid_score"]
 
 
 def test_a_recbole_style_checkpoint_is_refused(make_config, tmp_path):

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPOSITORY, run_command_in_process
 
-RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_recbole_cstwa.py")
+RUN = os.path.join(REPOSITORY, "run_recbole_cstwa.py")
 
 
 def _run(*args):
@@ -38,22 +39,22 @@ def test_main_job_prints_both_tasks(tiny_data_path, tmp_path):
     assert lines[-1].startswith(f"best epoch: 0; checkpoint: {tmp_path}/saved/ESMM-")
 
 
-@pytest.mark.slow
-def test_unknown_model_is_a_message(tmp_path):
-    done = _run("--model=NoSuchModel")
-    assert done.returncode != 0
-    assert "error: Model [NoSuchModel]" in done.stderr and "Traceback" not in done.stderr
+# Bad input, run in this process (a real process's exit status: test_settings.py).
+def test_unknown_model_is_a_message(monkeypatch, capsys):
+    status, stderr = run_command_in_process(monkeypatch, capsys, "run_recbole_cstwa", ["--model=NoSuchModel"])
+    assert status != 0
+    assert "error: Model [NoSuchModel]" in stderr and "Traceback" not in stderr
 
 
-@pytest.mark.slow
-def test_pre_split_files_without_benchmark_filename(tiny_data_path):
-    done = _run("--model=MLP", "--dataset=tiny-ccp", f"--data_path={tiny_data_path}")
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "set benchmark_filename: ['train', 'valid', 'test']" in done.stderr
+def test_pre_split_files_without_benchmark_filename(monkeypatch, capsys, tiny_data_path):
+    arguments = ["--model=MLP", "--dataset=tiny-ccp", f"--data_path={tiny_data_path}"]
+    status, stderr = run_command_in_process(monkeypatch, capsys, "run_recbole_cstwa", arguments)
+    assert status != 0 and "Traceback" not in stderr
+    assert "set benchmark_filename: ['train', 'valid', 'test']" in stderr
 
 
-@pytest.mark.slow
-def test_missing_dataset_is_a_message(tmp_path):
-    done = _run("--model=MLP", "--dataset=absent", f"--data_path={tmp_path}")
-    assert done.returncode != 0
-    assert f"[{tmp_path}/absent] does not exist" in done.stderr and "Traceback" not in done.stderr
+def test_missing_dataset_is_a_message(monkeypatch, capsys, tmp_path):
+    arguments = ["--model=MLP", "--dataset=absent", f"--data_path={tmp_path}"]
+    status, stderr = run_command_in_process(monkeypatch, capsys, "run_recbole_cstwa", arguments)
+    assert status != 0
+    assert f"[{tmp_path}/absent] does not exist" in stderr and "Traceback" not in stderr

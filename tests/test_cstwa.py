@@ -5,9 +5,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import random_vectors, tiny_config
 from recbole.utils import init_seed
 
 from recbole_cstwa.checkpoint import load_checkpoint
+from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.model.multitask.cstwa.cstwa import (
@@ -47,10 +49,6 @@ def _dense_graph(vectors, k, self_loop=True):
     return scale[:, None] * adjacency * scale[None, :]
 
 
-def _vectors(n, dim, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-
-
 @pytest.fixture
 def build(make_config):
     """``build(**config)`` -> ``(model, train_data, config)``: a CSTWA model on the tiny data."""
@@ -79,7 +77,7 @@ def _give_graphs(model, k=4):
 # ----- graphs ----------------------------------------------------------------------------------
 def test_graph_rows_hold_at_most_k_nonnegative_edges():
     k = 5
-    graph = build_graph(_vectors(60, 6), k)
+    graph = build_graph(random_vectors(60, 6), k)
     rows, _ = graph.indices()
     assert graph.shape == (60, 60) and graph.is_coalesced()
     assert torch.bincount(rows, minlength=60).max().item() <= k
@@ -88,7 +86,7 @@ def test_graph_rows_hold_at_most_k_nonnegative_edges():
 
 @pytest.mark.parametrize("self_loop", [True, False])
 def test_graph_normalisation_equals_dense_numpy(self_loop):
-    vectors = _vectors(9, 3, seed=3)  # 3 dimensions: many negative cosines among 9 vectors
+    vectors = random_vectors(9, 3, seed=3)  # 3 dimensions: many negative cosines among 9 vectors
     graph = build_graph(vectors, 4, self_loop=self_loop, padding_rows=0)
     expected = _dense_graph(vectors, 4, self_loop=self_loop)
     assert (_cosine(vectors) < 0).any()
@@ -97,7 +95,7 @@ def test_graph_normalisation_equals_dense_numpy(self_loop):
 
 @pytest.mark.parametrize("self_loop", [True, False])
 def test_exact_faiss_neighbours_equal_brute_force(self_loop):
-    vectors = _vectors(300, 10, seed=1)
+    vectors = random_vectors(300, 10, seed=1)
     neighbours, similarities = nearest_neighbours(vectors, 8, self_loop=self_loop)
     similarity = _cosine(vectors)
     np.fill_diagonal(similarity, -np.inf)
@@ -112,7 +110,7 @@ def test_exact_faiss_neighbours_equal_brute_force(self_loop):
 
 @pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
 def test_approximate_index_returns_k_neighbours(index_type):
-    vectors = _vectors(3000, 8, seed=2)
+    vectors = random_vectors(3000, 8, seed=2)
     settings = {"ivf_nlist": 16, "nprobe": 4, "hnsw_m": 16, "hnsw_ef_search": 32}
     neighbours, _ = nearest_neighbours(vectors, 8, index_type=index_type, **settings)
     exact, _ = nearest_neighbours(vectors, 8)
@@ -124,12 +122,12 @@ def test_approximate_index_returns_k_neighbours(index_type):
 
 
 def test_padding_row_is_only_its_own_neighbour():
-    graph = build_graph(_vectors(20, 4), 4, padding_rows=1).to_dense()
+    graph = build_graph(random_vectors(20, 4), 4, padding_rows=1).to_dense()
     assert graph[0, 0] == 1 and graph[0, 1:].abs().sum() == 0 and graph[1:, 0].abs().sum() == 0
 
 
 def test_symmetric_switch_gives_a_symmetric_graph():
-    vectors = _vectors(40, 4, seed=5)
+    vectors = random_vectors(40, 4, seed=5)
     directed = build_graph(vectors, 3).to_dense()
     symmetric = build_graph(vectors, 3, symmetric=True).to_dense()
     assert not torch.allclose(directed, directed.T)
@@ -138,7 +136,7 @@ def test_symmetric_switch_gives_a_symmetric_graph():
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_row_propagation_equals_dense_product(layers):
-    graph = build_graph(_vectors(30, 4), 4)
+    graph = build_graph(random_vectors(30, 4), 4)
     features = torch.randn(30, 6, dtype=torch.float64)
     dense = torch.linalg.matrix_power(graph.to_dense().double(), layers) @ features
     row_graph = RowGraph.from_sparse(graph)
@@ -380,10 +378,20 @@ def _fit_recording_p(make_config, **overrides):
     return model, trainer, train_data, valid_data, initial_embedding, used, valid_scores
 
 
-def test_no_training_step_uses_p_of_the_initial_embedding(make_config):
-    model, trainer, train_data, _, initial_embedding, used, _ = _fit_recording_p(
-        make_config, sm_first_epoch_refreshes=4
-    )
+@pytest.fixture(scope="module")
+def fit_with_four_first_epoch_refreshes(tiny_data_path, tmp_path_factory):
+    """:func:`_fit_recording_p` with P refreshed 4 times in the first epoch, trained once for the
+    tests that read its schedule and its evaluation."""
+    folder = tmp_path_factory.mktemp("cstwa-fit")
+
+    def make_config(model, **overrides):
+        return Config(model=model, config_dict=tiny_config(tiny_data_path, folder, **overrides))
+
+    return _fit_recording_p(make_config, sm_first_epoch_refreshes=4)
+
+
+def test_no_training_step_uses_p_of_the_initial_embedding(fit_with_four_first_epoch_refreshes):
+    model, trainer, train_data, _, initial_embedding, used, _ = fit_with_four_first_epoch_refreshes
     steps = len(train_data)
     assert len(used) == 3 * steps
     first_epoch = trainer.first_epoch_refresh_steps(steps)
@@ -397,8 +405,8 @@ def test_no_training_step_uses_p_of_the_initial_embedding(make_config):
     assert torch.equal(used[steps], used[2 * steps - 1])  # held for a later epoch
 
 
-def test_evaluation_uses_the_p_of_the_last_training_step(make_config):
-    model, trainer, _, valid_data, _, used, valid_scores = _fit_recording_p(make_config)
+def test_evaluation_uses_the_p_of_the_last_training_step(fit_with_four_first_epoch_refreshes):
+    model, trainer, _, valid_data, _, used, valid_scores = fit_with_four_first_epoch_refreshes
     torch.testing.assert_close(model.structure["user"].propagated, used[-1])
     # The best checkpoint, reloaded, is scored with the P of its own epoch's last step.
     result = trainer.evaluate(valid_data, load_best_model=True)
@@ -532,4 +540,5 @@ def test_one_epoch_epoch_mode_same_result_from_cache(run_tiny):
 @pytest.mark.slow
 def test_one_epoch_batch_mode_two_layers(run_tiny):
     result = run_tiny("CSTWA", sm_mode="batch", sm_layers=2)
-    assert 0.0 <= result["test_result"]["purchase_auc"] <= 1.0
+    # The kept model propagated its two-hop neighbourhoods in training and is scored with them.
+    assert result["sm_used"] is True and result["epochs_trained"] == 1

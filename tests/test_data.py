@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError, DataFormatError
 from recbole_cstwa.model.layers import group_fields
-
-TINY = "tiny-ccp"  # the dataset name conftest.py generates
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, dataset_cache_dirs
 from recbole.data.dataset import Dataset
 
 from recbole_cstwa.data import create_dataset, data_preparation
-
-TINY = "tiny-ccp"
 
 
 class _Planted:
@@ -36,11 +35,6 @@ def data_copy(tiny_data_path, tmp_path):
 
 def _file(root, suffix):
     return root / TINY / f"{TINY}.{suffix}"
-
-
-def _cache_dirs(config):
-    folder = config["checkpoint_dir"]
-    return sorted(name for name in os.listdir(folder) if name.startswith(f"{TINY}-dataset-")) if os.path.isdir(folder) else []
 
 
 def _assert_same(left, right):
@@ -72,7 +66,7 @@ def test_cached_load_equals_fresh_load(make_config, caplog):
     fresh = _uncached(make_config)
     config = make_config("ESMM")
     first = create_dataset(config)
-    assert len(_cache_dirs(config)) == 1
+    assert len(dataset_cache_dirs(config)) == 1
     assert "loaded from the cache" not in caplog.text
     cached = create_dataset(config)
     assert "loaded from the cache" in caplog.text
@@ -106,21 +100,21 @@ def test_changed_file_or_setting_invalidates_the_cache(make_config, data_copy, c
     caplog.clear()
     after = create_dataset(config)
     assert "loaded from the cache" not in caplog.text
-    assert len(_cache_dirs(config)) == 2
+    assert len(dataset_cache_dirs(config)) == 2
     assert len(after.field2id_token["user_id"]) == len(before.field2id_token["user_id"]) + 1
 
     caplog.clear()
     other = create_dataset(make_config("ESMM", data_path=str(data_copy), unload_col={"item": ["brand"]}))
     assert "loaded from the cache" not in caplog.text
     assert "brand" not in other.item_feat.columns
-    assert len(_cache_dirs(config)) == 3
+    assert len(dataset_cache_dirs(config)) == 3
 
 
 @pytest.mark.parametrize("damage", ["truncated array", "foreign manifest", "garbage manifest"])
 def test_damaged_cache_is_rebuilt_with_a_log_line(make_config, caplog, damage):
     config = make_config("ESMM")
     fresh = create_dataset(config)
-    (directory,) = _cache_dirs(config)
+    (directory,) = dataset_cache_dirs(config)
     directory = os.path.join(config["checkpoint_dir"], directory)
     if damage == "truncated array":
         path = os.path.join(directory, "inter_feat.user_id.npy")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 from recbole.data.interaction import Interaction
 from torch.utils.data.distributed import DistributedSampler
 
@@ -25,12 +25,6 @@ from recbole_cstwa.registry import get_model, get_trainer
 from recbole_cstwa.tools.generator import generate
 
 DDP_DATA = "ddp-ccp"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _Loader:

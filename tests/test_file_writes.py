@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, dataset_cache_dirs
 
 from recbole_cstwa import atomic_write
 from recbole_cstwa.checkpoint import SafeCheckpointMixin, load_checkpoint
@@ -22,7 +23,6 @@ from recbole_cstwa.experiments.compare import execute
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.tools import writer as writer_module
 
-TINY = "tiny-ccp"
 VICTIM_TEXT = "the victim's own bytes\n"
 
 
@@ -36,12 +36,6 @@ def victim(tmp_path):
 
 def _unchanged(victim):
     return victim.read_text() == VICTIM_TEXT
-
-
-def _cache_dirs(config):
-    folder = config["checkpoint_dir"]
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(n for n in names if n.startswith(f"{TINY}-dataset-"))
 
 
 # ----- High 2: no write through a symbolic link ----------------------------------------------------
@@ -90,7 +84,7 @@ def test_runs_file_link_is_refused(tmp_path, victim):
 def test_dataset_cache_folder_link_is_replaced_not_followed(make_config, tmp_path, victim):
     config = make_config("ESMM")
     create_dataset(config)
-    (name,) = _cache_dirs(config)
+    (name,) = dataset_cache_dirs(config)
     directory = os.path.join(config["checkpoint_dir"], name)
     shutil.rmtree(directory)
     os.symlink(victim.parent, directory)
@@ -133,7 +127,7 @@ def test_file_changed_mid_read_is_not_cached(make_config, tiny_data_path, tmp_pa
     caplog.set_level(logging.INFO)
     create_dataset(config)
     assert "changed while the dataset was read" in caplog.text
-    assert _cache_dirs(config) == []
+    assert dataset_cache_dirs(config) == []
     monkeypatch.setattr(MultiTaskDataset, "_read_atomic_file", read)
     path.write_bytes(original)  # the old bytes again: the next run must not get the mixed data
     caplog.clear()
@@ -145,7 +139,7 @@ def test_file_changed_mid_read_is_not_cached(make_config, tiny_data_path, tmp_pa
 
 # ----- High 4: a cached array changed after it was written --------------------------------------
 def _cache_folder(config):
-    (name,) = _cache_dirs(config)
+    (name,) = dataset_cache_dirs(config)
     return os.path.join(config["checkpoint_dir"], name)
 
 

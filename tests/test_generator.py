@@ -61,6 +61,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
         assert other_bytes[f"{NAME}.{split}.truth.gz"] != first_bytes[f"{NAME}.{split}.truth.gz"]
 
 
+@pytest.mark.slow
 def test_streamed_blocks_give_the_same_files(tmp_path, monkeypatch):
     """Drawing and writing in small blocks (as for 85M impressions) changes no byte."""
     import recbole_cstwa.tools.generator as generator

@@ -273,7 +273,11 @@ def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsy
         ("learner choice __import__('os')", "is Python code; values are read as plain data and never run"),
         ("learning_rate choice ['1/0']", "'1/0' is arithmetic; values are never evaluated"),
         ("learning_rate choice [1/0]", "'1/0' is arithmetic; values are never evaluated"),
-        ("learner choice " + "[" * 5000 + "]" * 5000, "is nested too deeply to be a setting"),
+        pytest.param(
+            "learner choice " + "[" * 5000 + "]" * 5000,
+            "is nested too deeply to be a setting",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_command_line_bad_params_file_is_one_error_line(tmp_path, capsys, line, message):
@@ -302,6 +306,7 @@ def test_a_params_file_that_is_not_utf8_is_one_error_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # imports Ray
 def test_ray_space_translation():
     from ray.tune.search.sample import Categorical, Float
 

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import read_table
 
 from recbole_cstwa.commands.import_dataset import main
 from recbole_cstwa.errors import InputFileError
@@ -29,11 +30,6 @@ TEST = ["5,u2,i1,b,x,0.4,2,40,s1,1,1", "5,u4,i2,d,y,0.6,3,20,s2,1,0"]
 def write_csv(path, rows, columns=COLUMNS, separator=","):
     path.write_text(separator.join(columns) + "\n" + "".join(row.replace(",", separator) + "\n" for row in rows))
     return str(path)
-
-
-def read_table(path):
-    with open(path, encoding="utf-8") as file:
-        return [line.rstrip("\n").split("\t") for line in file]
 
 
 def with_ids(tmp_path, **overrides):
@@ -237,19 +233,6 @@ def test_cli_prints_counts_and_errors(tmp_path, capsys):
     assert main(arguments[:-2] + ["--numerical", "numeric_*"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert HEADER[1:3] == ["categorical_1", "categorical_2"]
-
-
-def test_the_model_library_does_not_import_the_tools():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, recbole_cstwa.quick_start, recbole_cstwa.experiments.compare, recbole_cstwa.experiments.hyper\n"
-        "assert not [m for m in sys.modules if m.startswith('recbole_cstwa.tools')]\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root),
-                   timeout=300)
 
 
 def test_no_split_writes_one_inter_file_for_eval_args(tmp_path):

@@ -4,6 +4,8 @@ private name shared across modules, and one home for the error types."""
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -236,3 +238,15 @@ def test_every_error_is_an_input_error(name):
     from recbole_cstwa import errors
 
     assert issubclass(getattr(errors, name), errors.InputError)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and RecBole
+def test_the_model_library_does_not_import_the_tools():
+    """At run time too: importing the library and the experiments loads no ``tools`` module."""
+    code = (
+        "import sys, recbole_cstwa.quick_start, recbole_cstwa.experiments.compare, recbole_cstwa.experiments.hyper\n"
+        "assert not [m for m in sys.modules if m.startswith('recbole_cstwa.tools')]\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300
+    )

@@ -1,12 +1,17 @@
 """Every model runs one epoch end to end and reports both tasks' metrics."""
 
 import math
+import os
+import sys
 
 import pytest
 import torch
+from conftest import REPOSITORY
 from recbole.model.context_aware_recommender import DeepFM
 
+import recbole_cstwa.model.multitask as multitask_models
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.quick_start import run_recbole_cstwa
 from recbole_cstwa.registry import get_model, plugin_model_names
 
 #: The default eval_tasks: click, purchase and cvr (purchase over the clicked rows).
@@ -67,3 +72,40 @@ def test_multitask_model_returns_per_task_losses_and_both_heads(make_config):
     assert p_click.shape == p_purchase.shape == (len(batch),)
     assert (p_purchase <= p_click + 1e-7).all()  # ESMM: pCTCVR = pCTR * pCVR
     assert model.predict(batch).shape == (len(batch),)
+
+
+def _readme_example_model():
+    """The Python block of the README's "Adding a model" section, as written there."""
+    with open(os.path.join(REPOSITORY, "README.md"), encoding="utf-8") as file:
+        readme = file.read()
+    section = readme[readme.index("## Adding a model") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start) + 1]
+
+
+@pytest.mark.slow
+def test_the_readme_example_model_trains_one_epoch_on_the_embedded_dataset(tmp_path, monkeypatch):
+    """The README's worked example, saved as the file it says to add, is found by name, trains
+    one epoch on the embedded dataset and learns."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "sharedbottom.py").write_text(_readme_example_model(), encoding="utf-8")
+    monkeypatch.setattr(multitask_models, "__path__", [*multitask_models.__path__, str(models)])
+    try:
+        assert "SharedBottom" in plugin_model_names()
+        settings = {
+            "epochs": 1,
+            "checkpoint_dir": str(tmp_path / "saved"),
+            "show_progress": False,
+            "state": "ERROR",
+        }
+        result = run_recbole_cstwa(model="SharedBottom", config_dict=settings)
+        model_class = get_model("SharedBottom")
+    finally:  # the example leaves no trace in the package for later tests
+        sys.modules.pop("recbole_cstwa.model.multitask.sharedbottom", None)
+        vars(multitask_models).pop("sharedbottom", None)
+    assert model_class.__module__ == "recbole_cstwa.model.multitask.sharedbottom"
+    assert result["model"] == "SharedBottom" and result["epochs_trained"] == 1
+    _check_metrics(result, TWO_TASK_KEYS)
+    # One epoch on the embedded dataset is enough to rank purchases well above chance.
+    assert result["test_result"]["purchase_auc"] > 0.55 and result["test_result"]["click_auc"] > 0.55

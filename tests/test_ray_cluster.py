@@ -5,24 +5,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
-from conftest import tiny_config
+from conftest import REPOSITORY, free_port, tiny_config
 
 from recbole_cstwa.experiments.hyper import parse_params, run_search
-
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def ray_head():
     the workers import this checkout (``PYTHONPATH``), as an installed plugin on a real cluster.
     """
     ray = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a limit
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -41,7 +32,7 @@ def ray_head():
         [
             ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={temp_dir}",
         ],
         env=env,

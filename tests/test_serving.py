@@ -351,7 +351,7 @@ def test_resume_after_a_kill_ends_with_the_parameters_of_an_uninterrupted_run(
 
     monkeypatch.setattr(MultiTaskTrainer, "fit", recording_fit)
     # Bit-equality holds on one thread: with several, the sparse embedding gradient's sums may
-    # be added in another order (last bits differ; documented in the README's resume paragraph).
+    # be added in another order (last bits differ; documented in docs/serving.md).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))

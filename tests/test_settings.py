@@ -327,7 +327,7 @@ def test_config_dict_strings_are_read_without_eval(make_config):
             + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
             "its aliases expand to more than 100,000 values",
         ),
-        ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        pytest.param("[" * 5000 + "]" * 5000 + "\n", "nested too deeply", marks=pytest.mark.slow),
     ],
 )
 def test_config_file_yaml_is_plain(monkeypatch, capsys, tiny_data_path, tmp_path, text, message):
@@ -408,8 +408,11 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_every_input_error_is_a_value_error():
-    # Callers that caught ValueError before keep working.
+def test_every_input_error_is_a_value_error(make_config):
+    # Callers that caught ValueError before keep working: a bad setting, caught as one.
+    with pytest.raises(ValueError) as caught:
+        make_config("MLP", embedding_size=-1)
+    assert isinstance(caught.value, ConfigError) and "embedding_size" in str(caught.value)
     assert issubclass(InputError, ValueError) and issubclass(ConfigError, InputError)
     assert issubclass(DataFormatError, InputError)
 

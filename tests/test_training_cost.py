@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import random_vectors
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError
@@ -213,22 +214,18 @@ def test_resuming_with_the_other_embedding_update_names_the_fix(make_config, tmp
 
 
 # ----- graph_index: auto ------------------------------------------------------------------------
-def _vectors(n, dim=12, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-
-
 @pytest.mark.parametrize(("nodes", "expected"), [(40, "exact"), (41, "ivf")])
 def test_auto_picks_exact_up_to_the_threshold(nodes, expected, caplog):
     assert choose_index("auto", nodes, 40)[0] == expected
     assert choose_index("auto", nodes, 40, gpu=True)[0] == "exact"
     assert choose_index("ivf", nodes, 40)[0] == "ivf"
     with caplog.at_level(logging.INFO):
-        nearest_neighbours(_vectors(nodes), 4, index_type="auto", exact_max_nodes=40, log_name="item graph")
+        nearest_neighbours(random_vectors(nodes, 12), 4, index_type="auto", exact_max_nodes=40, log_name="item graph")
     assert f"item graph: {expected} faiss search over {nodes} nodes" in caplog.text
 
 
 def test_auto_below_the_threshold_is_the_exact_graph():
-    vectors = _vectors(60)
+    vectors = random_vectors(60, 12)
     auto = build_graph(vectors, 5, index_type="auto", exact_max_nodes=1000)
     exact = build_graph(vectors, 5, index_type="exact")
     assert torch.equal(auto.indices(), exact.indices())
@@ -236,7 +233,7 @@ def test_auto_below_the_threshold_is_the_exact_graph():
 
 
 def test_approximate_auto_graph_keeps_the_invariants():
-    vectors = np.abs(_vectors(300))  # positive cosines: every one of the K edges is kept
+    vectors = np.abs(random_vectors(300, 12))  # positive cosines: every one of the K edges is kept
     k = 6
     graph = build_graph(vectors, k, index_type="auto", exact_max_nodes=50)
     rows, columns = graph.indices().numpy()
@@ -370,6 +367,7 @@ def test_recbole_models_get_row_updates_too(make_config):
         assert torch.equal(weight[untouched].detach(), before[f"{name}.weight"][untouched])
 
 
+@pytest.mark.slow
 def test_a_table_the_loss_reads_whole_is_updated_as_dense_adam(make_config, caplog):
     """xDeepFM's loss regularises its first-order embedding weights: that table gets a dense
     gradient, and LazyRowAdam then moves every row as torch's Adam (logged once)."""

@@ -9,7 +9,7 @@ order, other columns ignored, labels optional); the output (CSV or parquet) hold
 input row: the --keys columns, then p_click, p_purchase, p_cvr (a RecBole model: its label's
 probability). Unseen tokens score as absent fields and are counted; with label columns the
 run's metrics are printed. --export writes a TorchScript model, its vocabularies and schema.json
-(README, "Using a trained model").
+(docs/serving.md).
 """
 
 import argparse

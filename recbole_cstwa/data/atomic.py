@@ -52,7 +52,7 @@ def _encode_tokens(array):
     """One block of token cells as (int32 codes, distinct values); code -1 is a missing cell.
 
     Cells that are all integers written canonically (no sign, no leading zero, ...) are
-    factorized as int64: the same tokens as their strings, hashed ~10x faster. Any other
+    factorized as int64: the same tokens as their strings, hashed faster. Any other
     column goes through Arrow's dictionary encoding of the strings.
     """
     missing = array.is_null().to_numpy(zero_copy_only=False)

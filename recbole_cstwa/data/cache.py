@@ -13,7 +13,7 @@ that folder, every array must match its checksum, and the labels pass the label 
 anything else (a parse error included) means the cache is rebuilt, with a log line.
 
 The key hashes every byte of the atomic files the dataset reads (BLAKE2b, streamed in 16 MiB
-blocks: about 1 GB/s on one core, a few seconds for Ali-CCP's files, and a changed cell anywhere
+blocks: seconds for Ali-CCP's files, and a changed cell anywhere
 in a file gives another key, which a size / modification-time check would not). A file that
 changes while it is read (its size, modification or status-change time, or inode differ after
 loading from before hashing) is not cached: its key would describe other bytes than those read.

@@ -63,9 +63,9 @@ def smallest_int_dtype(largest):
 def _take_rows(interaction, index):
     """Rows ``index`` of an ``Interaction``, as RecBole's ``interaction[index]``.
 
-    RecBole turns an array index into a Python list and indexes every column with it (about 10 ms
-    a 2,000-row batch of Ali-CCP's fields, a quarter of a training step); an index array or tensor
-    is gathered here with one ``index_select`` a column. Other indexes go to RecBole.
+    RecBole turns an array index into a Python list and indexes every column with it (a large share
+    of a training step: ``results/training-step.md``); an index array or tensor is gathered here
+    with one ``index_select`` a column. Other indexes go to RecBole.
     """
     if isinstance(index, np.ndarray):
         index = torch.from_numpy(index)

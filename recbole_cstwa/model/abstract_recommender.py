@@ -85,7 +85,7 @@ class MultiTaskRecommender(AbstractRecommender):
         """A new embedding layer over every feature field (models may own several); its tables
         give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`),
         except where :func:`~recbole_cstwa.optim.sparse_updates` says sparse updates give way
-        (DDP, mixed precision, a learner other than Adam: README, "Training at scale")."""
+        (DDP, mixed precision, a learner other than Adam: docs/training-at-scale.md)."""
         return FieldEmbedding(
             dataset,
             self.field_groups,

@@ -210,8 +210,8 @@ class Dropout(nn.Dropout):
 
     The same dropout (each element kept with probability ``1 - p`` and scaled by
     ``1 / (1 - p)``), drawn from torch's uniform generator instead of its CPU ``bernoulli_``,
-    which costs 1.5-2x more forward and backward (2,000 x 64: 1.61 ms against 0.77 ms, two
-    threads; ``benchmarks/bench_step.py``). The same distribution, another random stream: a run
+    which costs more forward and backward (``benchmarks/bench_step.py``; measured in
+    ``results/training-step.md``). The same distribution, another random stream: a run
     is reproducible under its seed but not bit-identical to one with ``nn.Dropout``. On other
     devices torch's fused dropout is used.
     """

@@ -33,7 +33,7 @@ import torch
 #: Values of ``graph_index``: faiss index types for the top-K search.
 INDEX_TYPES = ("auto", "exact", "ivf", "hnsw")
 #: The approximate index ``auto`` takes above ``graph_exact_max_nodes`` nodes (on CPU), chosen by
-#: benchmarks/bench_scale.py on pre-trained embeddings (README "Training at scale").
+#: benchmarks/bench_scale.py on pre-trained embeddings (results/training-step.md).
 AUTO_APPROXIMATE_INDEX = "ivf"
 
 
