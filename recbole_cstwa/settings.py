@@ -321,6 +321,25 @@ SETTINGS = (
         models=("ESCM2",),
         low=1,
     ),
+    # ----- NISE --------------------------------------------------------------------------------
+    Setting(
+        "nise_weight_cap",
+        "number",
+        50,
+        "beta: --weight 50 in NISE's baselines/mlp_model.py (used in mtl_trainer.py's adaptive_ucvrlc)",
+        models=("NISE",),
+        low=0,
+        low_open=True,
+    ),
+    Setting(
+        "nise_weight_scale",
+        "number",
+        1,
+        "alpha: --ablation_weight 1 in NISE's baselines/mlp_model.py (used in mtl_trainer.py's adaptive_ucvrlc)",
+        models=("NISE",),
+        low=0,
+        note="0 leaves the CTR loss alone",
+    ),
     # ----- experts: MMoE, OMoE, ESCM2's mmoe backbone, PLE -------------------------------------
     Setting(
         "num_experts",
