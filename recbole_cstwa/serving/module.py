@@ -80,7 +80,10 @@ class ServingModule(nn.Module):
                 "so new rows cannot be bucketed the same way. Fix: train without discretization."
             )
         self.token_fields, self.float_fields = input_fields(dataset, config)
-        model = copy.deepcopy(trained.model).cpu().eval()
+        # A copy of the modules that shares the CPU parameters (the embedding tables are most
+        # of the model's memory): serving changes settings of its copy below, never a parameter.
+        shared = {id(p): p for p in trained.model.parameters() if p.device.type == "cpu"}
+        model = copy.deepcopy(trained.model, memo=shared).cpu().eval()
         for layer in model.modules():
             if isinstance(layer, FieldEmbedding):
                 layer.sparse = False  # a dense look-up: the same rows, no custom autograd op
