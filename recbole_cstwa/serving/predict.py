@@ -38,8 +38,8 @@ from recbole_cstwa.errors import PredictInputError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.serving.module import ServingModule, division_cvr
 
-#: Bytes of CSV text parsed a block (large: the per-block costs are then negligible).
-BLOCK_BYTES = 1 << 24
+#: Bytes of CSV text parsed a block.
+BLOCK_BYTES = 1 << 22
 #: Rows of a parquet block.
 PARQUET_BLOCK_ROWS = 65536
 INPUT_FORMATS = (".csv", ".tsv", ".parquet", ".inter")
