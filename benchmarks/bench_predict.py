@@ -13,7 +13,8 @@ exported TorchScript model against eager torch.
    time (user + system: rows/s a core), peak RSS; min and median over the runs.
 5. Exported vs eager: ``--repeats`` calls of the TorchScript model and of the eager module
    (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows, one thread, in
-   ``--runs`` alternating rounds: the median latency of each round, min and median over rounds.
+   ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
+   median over rounds, and rows a CPU second at the median.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --data-path ../data --dataset s4m \\
         --n-impressions 4000000
@@ -146,7 +147,7 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
         dim=1,
     )
     floats = torch.zeros(len(tokens), len(serving.float_fields))
-    medians = {}  # (batch, model) -> the median latency of each round
+    medians = {}  # (batch, model) -> (wall, CPU) median latency of each round
     with torch.inference_mode():
         for batch in (1, 256, 4096):
             inputs = (tokens[:batch], floats[:batch])
@@ -155,12 +156,14 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
                     model(*inputs)  # warm-up (the TorchScript profiler optimises on the first calls)
             for _ in range(runs):  # rounds alternate the two models: a busy spell hits both
                 for name, model in (("exported", exported), ("eager", serving)):
-                    times = []
+                    walls, cpus = [], []
                     for _ in range(repeats):
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         model(*inputs)
-                        times.append(time.perf_counter() - start)
-                    medians.setdefault((batch, name), []).append(statistics.median(times))
+                        walls.append(time.perf_counter() - start)
+                        cpus.append(time.process_time() - cpu_start)
+                    round_medians = (statistics.median(walls), statistics.median(cpus))
+                    medians.setdefault((batch, name), []).append(round_medians)
             difference = (exported(*inputs) - serving(*inputs)).abs().max().item()
             print(f"batch {batch}: max |exported - eager| = {difference:.2e}")
     return medians
@@ -197,13 +200,15 @@ def main():
     for name in runs[0]:
         values = [run[name] for run in runs]
         print(f"  {name:<20} {min(values):>12,.1f} {statistics.median(values):>12,.1f} {max(values):>12,.1f}")
-    print(
-        f"{'batch':>6} {'model':<9} {'ms a call (min / median of rounds)':>36} {'rows/s (at the median)':>24}"
-    )
+    print("exported vs eager, 1 thread: the median call of each round; min / median over rounds")
+    print(f"{'batch':>6} {'model':<9} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
     timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs)
     for (batch, name), medians in timings.items():
-        low, middle = min(medians), statistics.median(medians)
-        print(f"{batch:>6} {name:<9} {low * 1000:>17.3f} / {middle * 1000:<16.3f} {batch / middle:>24,.0f}")
+        walls, cpus = [m[0] * 1000 for m in medians], [m[1] * 1000 for m in medians]
+        print(
+            f"{batch:>6} {name:<9} {min(walls):>8.3f} / {statistics.median(walls):<7.3f} "
+            f"{min(cpus):>8.3f} / {statistics.median(cpus):<7.3f} {batch / statistics.median(cpus) * 1000:>14,.0f}"
+        )
 
 
 if __name__ == "__main__":
