@@ -7,10 +7,14 @@ exported TorchScript model against eager torch.
 2. A model is trained for one epoch (``run_recbole_cstwa.py --epochs=1``), unless
    ``--model_file`` gives a checkpoint.
 3. The test split is written as CSV (the header without RecBole's ``:type``, labels kept).
-4. ``run_predict.py`` scores that CSV with one thread under ``/usr/bin/time -v``: rows/s over
-   the wall time and over the CPU time (user + system: rows/s a core), peak RSS.
-5. Exported vs eager: ``--repeats`` calls of the TorchScript model and of the eager module on
-   batches of 1, 256 and 4096 test rows, one thread: median latency and rows/s.
+4. ``run_predict.py`` scores that CSV with one thread under ``/usr/bin/time -v``, ``--runs``
+   times: its scoring loop's rows/s over wall and CPU time (as it reports them), the whole
+   process's (start-up, loading the checkpoint and the vocabularies included) over wall and CPU
+   time (user + system: rows/s a core), peak RSS; min and median over the runs.
+5. Exported vs eager: ``--repeats`` calls of the TorchScript model and of the eager module
+   (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows, one thread, in
+   ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
+   median over rounds, and rows a CPU second at the median.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --data-path ../data --dataset s4m \\
         --n-impressions 4000000
@@ -52,6 +56,7 @@ def train(args, work):
         sys.executable, os.path.join(ROOT, "run_recbole_cstwa.py"), f"--model={args.model}",
         f"--dataset={args.dataset}", f"--data_path={os.path.abspath(args.data_path)}", "--epochs=1",
         "--show_progress=False", f"--checkpoint_dir={os.path.join(work, 'saved')}", "--state=WARNING",
+        "--benchmark_filename=['train', 'valid', 'test']",
     ]  # fmt: skip
     print("training:", " ".join(command), flush=True)
     start = time.perf_counter()
@@ -97,15 +102,20 @@ def score_file(model_file, source, output):
 
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", done.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
+    scored = re.search(r"scored (\d+) rows in ([\d.]+)s .*CPU ([\d.]+)s", done.stdout)
+    rows = int(scored.group(1))
+    cpu = field("User time (seconds)") + field("System time (seconds)")
     return {
-        "wall_s": seconds,
-        "cpu_s": field("User time (seconds)") + field("System time (seconds)"),
-        "peak_rss_mb": field("Maximum resident set size (kbytes)") / 1024,
-        "scored": re.search(r"scored (\d+) rows in ([\d.]+)s", done.stdout),
+        "loop rows/s": rows / float(scored.group(2)),
+        "loop rows/CPU-s": rows / float(scored.group(3)),
+        "process rows/s": rows / seconds,
+        "process rows/CPU-s": rows / cpu,
+        "process wall s": seconds,
+        "peak RSS MiB": field("Maximum resident set size (kbytes)") / 1024,
     }
 
 
-def exported_vs_eager(model_file, folder, dataset, repeats):
+def exported_vs_eager(model_file, folder, dataset, repeats, runs):
     import torch
 
     from recbole_cstwa.serving.export import export_model
@@ -137,23 +147,26 @@ def exported_vs_eager(model_file, folder, dataset, repeats):
         dim=1,
     )
     floats = torch.zeros(len(tokens), len(serving.float_fields))
-    rows = []
-    with torch.no_grad():
+    medians = {}  # (batch, model) -> (wall, CPU) median latency of each round
+    with torch.inference_mode():
         for batch in (1, 256, 4096):
             inputs = (tokens[:batch], floats[:batch])
-            for name, model in (("exported", exported), ("eager", serving)):
+            for model in (exported, serving):
                 for _ in range(3):
                     model(*inputs)  # warm-up (the TorchScript profiler optimises on the first calls)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(*inputs)
-                    times.append(time.perf_counter() - start)
-                median = statistics.median(times)
-                rows.append((batch, name, median * 1000, batch / median))
+            for _ in range(runs):  # rounds alternate the two models: a busy spell hits both
+                for name, model in (("exported", exported), ("eager", serving)):
+                    walls, cpus = [], []
+                    for _ in range(repeats):
+                        start, cpu_start = time.perf_counter(), time.process_time()
+                        model(*inputs)
+                        walls.append(time.perf_counter() - start)
+                        cpus.append(time.process_time() - cpu_start)
+                    round_medians = (statistics.median(walls), statistics.median(cpus))
+                    medians.setdefault((batch, name), []).append(round_medians)
             difference = (exported(*inputs) - serving(*inputs)).abs().max().item()
             print(f"batch {batch}: max |exported - eager| = {difference:.2e}")
-    return rows
+    return medians
 
 
 def main():
@@ -168,7 +181,8 @@ def main():
     parser.add_argument("--model", default="MLP")
     parser.add_argument("--model_file", default=None, help="a checkpoint of a model trained on --dataset")
     parser.add_argument("--work", default=None, help="folder for the checkpoint, CSV and scores")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=50, help="calls timed a round")
+    parser.add_argument("--runs", type=int, default=3, help="scoring runs, and rounds of the model timings")
     args = parser.parse_args()
     folder = ensure_dataset(args)
     work = os.path.abspath(args.work or os.path.join(args.data_path, "bench-predict"))
@@ -177,16 +191,24 @@ def main():
     source = os.path.join(work, f"{args.dataset}.test.csv")
     rows = test_split_as_csv(folder, args.dataset, source)
     print(f"test split: {rows} rows, {os.path.getsize(source) / 2**20:.0f} MiB of CSV")
-    scored = score_file(model_file, source, os.path.join(work, "scores.parquet"))
-    loop_rows, loop_seconds = int(scored["scored"].group(1)), float(scored["scored"].group(2))
-    print(f"run_predict.py's read-map-score-write loop: {loop_rows / loop_seconds:,.0f} rows/s (1 thread)")
-    print(
-        f"run_predict.py, 1 thread, whole process: {rows} rows, wall {scored['wall_s']:.1f}s ({rows / scored['wall_s']:,.0f} rows/s), "
-        f"CPU {scored['cpu_s']:.1f}s ({rows / scored['cpu_s']:,.0f} rows/s a core), peak RSS {scored['peak_rss_mb']:.0f} MiB"
-    )
-    print(f"{'batch':>6} {'model':<9} {'ms a call':>10} {'rows/s':>12}")
-    for batch, name, milliseconds, rate in exported_vs_eager(model_file, folder, args.dataset, args.repeats):
-        print(f"{batch:>6} {name:<9} {milliseconds:>10.3f} {rate:>12,.0f}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    print(f"commit {commit or 'unknown'}; model file {os.path.basename(model_file)}")
+    runs = [score_file(model_file, source, os.path.join(work, "scores.parquet")) for _ in range(args.runs)]
+    print(f"run_predict.py, 1 thread, {args.runs} runs ({rows} rows): min / median / max")
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        print(f"  {name:<20} {min(values):>12,.1f} {statistics.median(values):>12,.1f} {max(values):>12,.1f}")
+    print("exported vs eager, 1 thread: the median call of each round; min / median over rounds")
+    print(f"{'batch':>6} {'model':<9} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
+    timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs)
+    for (batch, name), medians in timings.items():
+        walls, cpus = [m[0] * 1000 for m in medians], [m[1] * 1000 for m in medians]
+        print(
+            f"{batch:>6} {name:<9} {min(walls):>8.3f} / {statistics.median(walls):<7.3f} "
+            f"{min(cpus):>8.3f} / {statistics.median(cpus):<7.3f} {batch / statistics.median(cpus) * 1000:>14,.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def _plain(value):
     return value
 
 
-def load_checkpoint(path, map_location=None):
+def load_checkpoint(path, map_location=None, mmap=False):
     """Reads a checkpoint with ``weights_only=True``: loading a file cannot run code.
+
+    ``mmap=True`` maps the file's tensors (copy on write) instead of reading them: what is never
+    touched (a scorer's view of the optimizer state) takes no memory. A legacy (non-zip)
+    checkpoint is read whole.
 
     A file written by RecBole's own trainer (it pickles the ``Config`` object) is refused with an
     error that says how to get a loadable one, instead of being unpickled; an empty, truncated or
@@ -69,9 +73,11 @@ def load_checkpoint(path, map_location=None):
         raise FileNotFoundError(f"Checkpoint file [{path}] does not exist.")
     problem = _file_problem(path)
     if problem:
-        raise CheckpointError(f"Checkpoint [{path}] {problem}: it cannot be loaded. Retrain to write it again.")
+        raise CheckpointError(
+            f"Checkpoint [{path}] {problem}: it cannot be loaded. Retrain to write it again."
+        )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and _is_zip(path))
     except pickle.UnpicklingError as error:  # what weights_only refuses
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
@@ -86,6 +92,11 @@ def load_checkpoint(path, map_location=None):
             f"Checkpoint [{path}] is damaged or not a PyTorch checkpoint ({first_line}): it cannot "
             "be loaded. Retrain to write it again."
         ) from None
+
+
+def _is_zip(path):
+    with open(path, "rb") as file:
+        return file.read(2) == b"PK"
 
 
 def _file_problem(path):

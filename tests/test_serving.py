@@ -163,6 +163,44 @@ def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(tra
         assert report.metrics[metric] == pytest.approx(value, abs=1e-6), metric
 
 
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["[PAD]", "5", "0", "-3", "12", "100000000000000000"],  # integers: mapped by value
+        ["[PAD]", "5", "0", "-3", "12", "x7"],  # not all integers: mapped by string
+        ["[PAD]", "5", "007", "12"],  # "007" is not written plainly: by string
+        ["[PAD]", "5", "1000000000000000000"],  # 19 digits: by string
+    ],
+)
+def test_field_vocabulary_maps_as_the_strings_do(tokens):
+    """The integer look-up gives what a string look-up gives, for every kind of cell."""
+    import pyarrow as pa
+
+    from recbole_cstwa.serving.predict import FieldVocabulary
+    from recbole_cstwa.serving.schema import decode_tokens, decode_tokens_arrow, encode_tokens
+
+    encoded = encode_tokens(tokens)
+    assert decode_tokens_arrow(encoded).to_pylist() == list(decode_tokens(encoded)) == tokens
+    cells = ["5", "05", "+5", None, "0", "-3", "-0", "12", "13", "007", "x7", "[PAD]", ""]
+    cells += ["100000000000000000", "1000000000000000000", "9223372036854775807", "-9223372036854775808"]
+    # all the cells, and only those that cast to integers (the integer look-up then does it all)
+    integer_like = [cell for cell in cells if cell is None or cell.lstrip("-").isdigit()]
+
+    def expected(cells):
+        indices = [tokens.index(cell) if cell in tokens[1:] else 0 for cell in cells]
+        return indices, sum(1 for cell, index in zip(cells, indices) if cell is not None and index == 0)
+
+    for vocabulary in (FieldVocabulary(tokens), FieldVocabulary(decode_tokens_arrow(encoded))):
+        for subset in (cells, integer_like):
+            indices, unseen = vocabulary.indices(pa.array(subset, pa.string()))
+            assert (indices.tolist(), unseen) == expected(subset)
+        indices, unseen = vocabulary.indices(pa.chunked_array([pa.array(cells[:5]), pa.array(cells[5:])]))
+        assert (indices.tolist(), unseen) == expected(cells)
+        indices, unseen = vocabulary.indices(pa.array(cells, pa.string()).dictionary_encode())
+        assert (indices.tolist(), unseen) == expected(cells)
+    assert (FieldVocabulary(tokens)._integers is not None) == (tokens[-1] == "100000000000000000")
+
+
 def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stub):
     from recbole_cstwa.errors import PredictInputError
     from recbole_cstwa.serving.predict import predict_file

@@ -68,6 +68,17 @@ def input_fields(dataset, config):
     return tokens, floats
 
 
+def _tensors(model, parameters_only=False):
+    """The CPU tensors ``model`` holds: parameters, and unless ``parameters_only`` its buffers and
+    the tensors its modules keep as attributes."""
+    tensors = list(model.parameters())
+    if not parameters_only:
+        tensors += list(model.buffers())
+        for module in model.modules():
+            tensors += [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
+    return [tensor for tensor in tensors if tensor.device.type == "cpu"]
+
+
 class ServingModule(nn.Module):
     """``forward(tokens, floats) -> (B, K) probabilities`` of a trained model (module doc)."""
 
@@ -80,7 +91,12 @@ class ServingModule(nn.Module):
                 "so new rows cannot be bucketed the same way. Fix: train without discretization."
             )
         self.token_fields, self.float_fields = input_fields(dataset, config)
-        model = copy.deepcopy(trained.model).cpu().eval()
+        # A copy of the modules that shares the model's CPU tensors (embedding tables, CSTWA's
+        # held P and graphs: most of its memory): serving changes settings of its copy below,
+        # never a tensor, except where it computes P itself (sm_mode: batch, below).
+        computes_p = getattr(trained.model, "use_sm", False) and trained.model.sm_mode == "batch"
+        shared = {id(tensor): tensor for tensor in _tensors(trained.model, parameters_only=computes_p)}
+        model = copy.deepcopy(trained.model, memo=shared).cpu().eval()
         for layer in model.modules():
             if isinstance(layer, FieldEmbedding):
                 layer.sparse = False  # a dense look-up: the same rows, no custom autograd op

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
@@ -46,24 +47,86 @@ OUTPUT_FORMATS = (".csv", ".parquet")
 
 
 class FieldVocabulary:
-    """Raw token -> the model's index for one token field; 0 for a missing or unseen token."""
+    """Raw token -> the model's index for one token field; 0 for a missing or unseen token.
+
+    The look-up tables are built once. A vocabulary whose tokens are all integers written plainly
+    (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (a
+    hash of int64, no Python string a cell); a cell that is not such an integer (``007``,
+    ``x``) cannot be one of its tokens and counts as unseen. Other vocabularies map the distinct
+    strings of a block.
+    """
 
     def __init__(self, tokens):
+        """``tokens``: index -> token (an Arrow string array or a sequence of strings)."""
+        if not isinstance(tokens, pa.Array):
+            tokens = pa.array(np.asarray(tokens, dtype=object), type=pa.string())
         # Index 0 is [PAD]: not a token a file can hold (a cell reading "[PAD]" is unseen).
-        self._index = pd.Index(tokens[1:])
+        self._tokens = tokens.slice(1)
+        self._strings = None  # pandas Index of the tokens, built on first use
+        self._integers = _integer_index(self._tokens)
 
     def indices(self, column):
         """``(int64 indices, unseen count)`` of an Arrow string column."""
-        encoded = column.dictionary_encode() if not pa.types.is_dictionary(column.type) else column
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(pa.string())
+        if self._integers is not None:
+            try:
+                values = pc.cast(column, pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # a cell that is no integer (an unseen token): by the distinct strings
+            else:
+                return self._integer_indices(column, values)
+        return self._string_indices(column)
+
+    def _integer_indices(self, column, values):
+        present = column.is_valid().to_numpy(zero_copy_only=False)
+        numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
+        indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
+        indices[~(present & _plainly_written(column, numbers))] = 0
+        unseen = int(np.count_nonzero(present & (indices == 0)))
+        return indices.astype(np.int64, copy=False), unseen
+
+    def _string_indices(self, column):
+        if self._strings is None:
+            self._strings = pd.Index(self._tokens.to_numpy(zero_copy_only=False))
+        encoded = column.dictionary_encode()
         dictionary = encoded.dictionary.to_numpy(zero_copy_only=False)
-        found = self._index.get_indexer(dictionary.astype(object, copy=False)) + 1  # 0: unseen
+        found = self._strings.get_indexer(dictionary.astype(object, copy=False)) + 1  # 0: unseen
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         lookup = np.append(found, 0).astype(np.int64)  # code -1 (a missing cell) -> 0
         indices = lookup[codes]
-        unseen = int(np.count_nonzero((codes >= 0) & (lookup[codes] == 0)))
+        unseen = int(np.count_nonzero((codes >= 0) & (indices == 0)))
         return indices, unseen
+
+
+#: 10, 100, ... 10**18: a non-negative int64 ``n`` has ``searchsorted(POWERS_OF_TEN, n, "right") + 1`` digits.
+POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], dtype=np.int64)
+
+
+def _plainly_written(strings, numbers):
+    """Whether each string is its int64 ``number`` written plainly: as many characters as the
+    number's digits and sign (``007``, ``+7``, ``-0`` cast to integers too, but are other tokens)."""
+    digits = np.searchsorted(POWERS_OF_TEN, np.abs(numbers), side="right") + 1 + (numbers < 0)
+    lengths = pc.binary_length(strings).fill_null(0).to_numpy(zero_copy_only=False)
+    return lengths == digits
+
+
+def _integer_index(tokens):
+    """A pandas Index of ``tokens`` (Arrow strings) as int64 when every one is a plainly written
+    integer of at most 18 digits, else None."""
+    if len(tokens) == 0:
+        return None
+    try:
+        numbers = pc.cast(tokens, pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not integers, or beyond int64
+        return None
+    if tokens.null_count or ((numbers >= POWERS_OF_TEN[-1]) | (numbers <= -POWERS_OF_TEN[-1])).any():
+        return None  # 19 digits and more: kept as strings (the digit count stays simple)
+    if not _plainly_written(tokens, numbers).all():
+        return None
+    return pd.Index(numbers)
 
 
 @dataclass
@@ -72,6 +135,7 @@ class PredictReport:
 
     rows: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of the process, every thread
     unseen: dict = field(default_factory=dict)  # field -> rows whose token was not in training
     metrics: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
@@ -80,8 +144,10 @@ class PredictReport:
     def lines(self):
         """The report as printed lines."""
         rate = self.rows / self.seconds if self.seconds > 0 else float("nan")
+        cpu_rate = self.rows / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
         lines = [
-            f"scored {self.rows} rows in {self.seconds:.2f}s ({rate:,.0f} rows/s); columns {self.output_columns}"
+            f"scored {self.rows} rows in {self.seconds:.2f}s ({rate:,.0f} rows/s; CPU "
+            f"{self.cpu_seconds:.2f}s, {cpu_rate:,.0f} rows a CPU second); columns {self.output_columns}"
         ]
         unseen = {name: count for name, count in self.unseen.items() if count}
         if unseen:
@@ -181,7 +247,9 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     threads = torch.get_num_threads()
     config = trained.config
     serving = ServingModule(trained).eval()
-    vocabularies = {name: FieldVocabulary(trained.dataset.vocabulary(name)) for name in serving.token_fields}
+    vocabularies = {
+        name: FieldVocabulary(_vocabulary(trained.dataset, name)) for name in serving.token_fields
+    }
     label_names = [config["CLICK_FIELD"], config["PURCHASE_FIELD"]]
     types = {name: pa.string() for name in serving.token_fields}
     types.update({name: pa.float64() for name in serving.float_fields + label_names})
@@ -211,7 +279,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(desc="scoring", unit=" rows", disable=not show, file=sys.stderr)
     writer = None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     partial_output = output_path + ".partial"
     try:
         for block in blocks:
@@ -232,7 +300,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
             probabilities = []
             token_tensor, float_tensor = torch.from_numpy(tokens), torch.from_numpy(floats)
             label_tensors = {name: _label_tensor(block, name, input_path) for name in labels}
-            with torch.no_grad():
+            with torch.inference_mode():
                 for low in range(0, rows, batch_size):
                     outputs = serving.task_outputs(
                         token_tensor[low : low + batch_size], float_tensor[low : low + batch_size]
@@ -272,9 +340,17 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
         if os.path.exists(partial_output):
             os.remove(partial_output)
     report.seconds = time.perf_counter() - start
+    report.cpu_seconds = time.process_time() - cpu_start
     if evaluator is not None:
         report.metrics = dict(evaluator.evaluate())
     return report
+
+
+def _vocabulary(dataset, name):
+    """A token field's vocabulary, as Arrow strings when the dataset stores them encoded."""
+    if hasattr(dataset, "vocabulary_array"):
+        return dataset.vocabulary_array(name)
+    return dataset.vocabulary(name)
 
 
 def _label_tensor(block, name, path):

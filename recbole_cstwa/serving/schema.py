@@ -23,6 +23,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
@@ -88,6 +89,23 @@ def decode_tokens(encoded):
     return np.array(text.split("\n"), dtype=object)
 
 
+def decode_tokens_arrow(encoded):
+    """:func:`decode_tokens` as an Arrow string array, built from the bytes with no Python string
+    a token (a scorer's look-up tables need no more)."""
+    data = encoded.numpy()
+    newlines = np.flatnonzero(data == NEWLINE)
+    text = data[data != NEWLINE] if len(newlines) else data
+    offsets = np.concatenate([[0], newlines - np.arange(len(newlines)), [len(text)]])
+    wide = len(text) >= 2**31
+    offsets = offsets.astype(np.int64 if wide else np.int32)
+    return (pa.LargeStringArray if wide else pa.StringArray).from_buffers(
+        len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(text))
+    )
+
+
+NEWLINE = ord("\n")
+
+
 def _source_name(source):
     return source.value if isinstance(source, FeatureSource) else str(source)
 
@@ -146,6 +164,10 @@ class TrainedDataset:
         if field not in self._decoded:
             self._decoded[field] = decode_tokens(self._vocabularies[field])
         return self._decoded[field]
+
+    def vocabulary_array(self, field):
+        """:meth:`vocabulary` as an Arrow string array (no Python string a token)."""
+        return decode_tokens_arrow(self._vocabularies[field])
 
     @property
     def field2id_token(self):

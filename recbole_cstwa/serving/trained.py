@@ -54,7 +54,7 @@ def read_trained_checkpoint(model_file):
         raise CheckpointError(
             f"Checkpoint file [{model_file}] does not exist. Fix: --model_file=<a .pth file in checkpoint_dir>."
         )
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    checkpoint = load_checkpoint(model_file, map_location="cpu", mmap=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"Checkpoint [{model_file}] holds no model parameters (no state_dict): it was not "
