@@ -1,6 +1,6 @@
 """Training cost at real size: does a step cost the same with Ali-CCP's vocabularies?
 
-For each model (plugin MLP, AITM, ESCM2, DCMT, NISE, CSTWA and RecBole's DeepFM), on an Ali-CCP-shaped dataset
+For each model (plugin MLP, AITM, ESCM2, DCMT, DDPO, NISE, CSTWA and RecBole's DeepFM), on an Ali-CCP-shaped dataset
 (``--dataset``, generated with ``recbole_cstwa.tools.generator`` when its folder is missing) and on
 its small-vocabulary twin (``--small-dataset``: the same row count, 10K users / 10K items), each
 model in a fresh process:
@@ -46,7 +46,7 @@ import time
 import numpy as np
 import torch
 
-MODELS = ("MLP", "AITM", "ESCM2", "DCMT", "NISE", "CSTWA", "DeepFM")
+MODELS = ("MLP", "AITM", "ESCM2", "DCMT", "DDPO", "NISE", "CSTWA", "DeepFM")
 
 
 class LimitedLoader:

@@ -11,14 +11,14 @@ The tasks (:data:`TASKS`), the one place they are defined for every model:
   impressions (AITM's and the CSTWA paper's "purchase AUC").
 - ``cvr``: post-click conversion, over the **clicked** impressions only, against the purchase
   label (the CVR AUC of the ESMM and ESCM2 papers). Scored with the model's pCVR head when it
-  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2, DCMT, the clicked-only MLP);
+  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2, DCMT, DDPO, NISE, the clicked-only MLP);
   for a model whose purchase head is impression-level, with ``pCTCVR / pCTR`` (its purchase
   probability over its click probability) clipped to ``(0, 1)``: the DIVISION competitor of the
   ESMM paper's experiments (Ma et al., SIGIR 2018: "pCVR = pCTCVR / pCTR" from a CTR and a
   CTCVR model); for a model with a purchase score only (a
   RecBole model trained on the purchase label), that score.
 - ``ctcvr``: click-and-conversion, over all impressions, against the purchase label, scored with
-  the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2 / DCMT). Every model here
+  the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2 / DCMT / DDPO / NISE). Every model here
   already scores ``purchase`` with that probability, so ``ctcvr`` equals ``purchase``: it is
   offered under the literature's name.
 """

@@ -378,6 +378,39 @@ SETTINGS = (
         high_open=True,
         note="pCTR is clamped to [c, 1 - c] before its inverse and that of 1 - pCTR are taken",
     ),
+    # ----- DDPO (Eq. 18's task weights; the paper gives no values) ------------------------------
+    Setting(
+        "ddpo_click_weight",
+        "number",
+        1.0,
+        "lambda_o: --parao 1.0 in DDPO's official main.py",
+        models=("DDPO",),
+        low=0,
+    ),
+    Setting(
+        "ddpo_conversion_weight",
+        "number",
+        1.0,
+        "lambda_c: --parac 1.0 in DDPO's official main.py",
+        models=("DDPO",),
+        low=0,
+    ),
+    Setting(
+        "ddpo_cvr_weight",
+        "number",
+        1.0,
+        "lambda_r: --parar 1.0 in DDPO's official main.py",
+        models=("DDPO",),
+        low=0,
+    ),
+    Setting(
+        "ddpo_ctcvr_weight",
+        "number",
+        1.0,
+        "lambda_t: --paract 1.0 in DDPO's official main.py",
+        models=("DDPO",),
+        low=0,
+    ),
     # ----- experts: MMoE, OMoE, ESCM2's mmoe backbone, PLE -------------------------------------
     Setting(
         "num_experts",

@@ -138,7 +138,7 @@ def _single_process_test_metrics(settings, model_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["MLP", "DCMT", "NISE", "CSTWA"])
+@pytest.mark.parametrize("model", ["MLP", "DCMT", "DDPO", "NISE", "CSTWA"])
 def test_two_cpu_processes_give_the_single_process_metrics(ddp_data_path, tmp_path, monkeypatch, model):
     monkeypatch.setattr(sys, "argv", sys.argv[:1])  # no pytest flag reaches RecBole's Config
     settings = _settings(ddp_data_path, tmp_path, model=model)

@@ -17,7 +17,7 @@ from conftest import TINY, load_script, tiny_config
 from recbole_cstwa.checkpoint import load_checkpoint
 from recbole_cstwa.errors import CheckpointError
 
-PLUGIN_MODELS = ("MLP", "ESMM", "OMoE", "MMoE", "PLE", "AITM", "ESCM2", "DCMT", "NISE", "CSTWA")
+PLUGIN_MODELS = ("MLP", "ESMM", "OMoE", "MMoE", "PLE", "AITM", "ESCM2", "DCMT", "DDPO", "NISE", "CSTWA")
 #: Per-model settings: CSTWA refreshes P every 2 steps, so its checkpoint holds a P in use.
 SETTINGS = {"CSTWA": {"sm_refresh_steps": 2}, "DeepFM": {"LABEL_FIELD": "click"}}
 

@@ -14,7 +14,7 @@ looks up the user's and item's feature fields in the tables the training data he
 ``p_cvr`` (post-click) for the plugin's models; the trained label's probability for a RecBole
 model. The predictor runs it eagerly and the exporter traces it, so both score alike.
 
-``p_cvr`` of a model without a pCVR head (all but ESMM, ESCM2 and DCMT) is the ESMM paper's DIVISION
+``p_cvr`` of a model without a pCVR head (all but ESMM, ESCM2, DCMT, DDPO and NISE) is the ESMM paper's DIVISION
 baseline, ``p_purchase / p_click`` clipped to ``[CVR_EPSILON, 1 - CVR_EPSILON]``: the
 post-click probability implied by the model's two impression-level heads.
 """

@@ -28,16 +28,17 @@ class AdaptiveInformationTransfer(nn.Module):
 
     Three bias-free ``d x d`` projections give queries, keys and values; each item's score is
     ``sum(Q * K) / sqrt(d)``, the scores are softmax-normalised over the items and the output is
-    the weighted sum of the values.
+    the weighted sum of the values. ``bias=True`` gives the projections biases (DDPO's causal
+    transfer module, the same attention).
     """
 
-    def __init__(self, size, init_std=ATTENTION_INIT_STD):
+    def __init__(self, size, init_std=ATTENTION_INIT_STD, bias=False):
         super().__init__()
         self.size = size
         self.init_std = init_std
-        self.query = nn.Linear(size, size, bias=False)
-        self.key = nn.Linear(size, size, bias=False)
-        self.value = nn.Linear(size, size, bias=False)
+        self.query = nn.Linear(size, size, bias=bias)
+        self.key = nn.Linear(size, size, bias=bias)
+        self.value = nn.Linear(size, size, bias=bias)
         self.reset_parameters()
 
     def reset_parameters(self):
