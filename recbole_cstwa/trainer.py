@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
-from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.model.layers import mark_tables_sparse, sparse_row_parameters
 from recbole_cstwa.optim import ROW_WISE_LEARNERS, LazyRowAdam, SplitOptimizer, clip_gradients, sparse_updates
+from recbole_cstwa.tasks import trained_label
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMixin):
@@ -116,13 +116,8 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         tables = [p for p in params if id(p) in row_decays]
         if not tables:
             return super()._build_optimizer(params=params, **kwargs)
+        # Tables are sparse only where optim.sparse_updates found the learner a row-wise form.
         learner = kwargs.get("learner", self.learner).lower()
-        if learner not in ROW_WISE_LEARNERS:
-            raise ConfigError(
-                f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
-                f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
-                "learner: adam."
-            )
         learning_rate = kwargs.get("learning_rate", self.learning_rate)
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
         groups = [
@@ -202,8 +197,7 @@ class SingleTaskTrainer(TaskTrainer):
         super().__init__(config, model)
 
     def predict_tasks(self, interaction):
-        trained = "click" if self.config["LABEL_FIELD"] == self.config["CLICK_FIELD"] else "purchase"
-        return {trained: self.model.predict(interaction)}
+        return {trained_label(self.config): self.model.predict(interaction)}
 
 
 class MultiTaskTrainer(TaskTrainer):
