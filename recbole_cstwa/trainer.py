@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
+from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.model.layers import mark_tables_sparse, sparse_row_parameters
 from recbole_cstwa.optim import ROW_WISE_LEARNERS, LazyRowAdam, SplitOptimizer, clip_gradients, sparse_updates
@@ -116,8 +117,15 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         tables = [p for p in params if id(p) in row_decays]
         if not tables:
             return super()._build_optimizer(params=params, **kwargs)
-        # Tables are sparse only where optim.sparse_updates found the learner a row-wise form.
         learner = kwargs.get("learner", self.learner).lower()
+        if learner not in ROW_WISE_LEARNERS:
+            # The config's learner was checked (optim.sparse_updates); this guards a learner
+            # passed here, or tables made sparse by hand.
+            raise ConfigError(
+                f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
+                f"needs learner {' or '.join(ROW_WISE_LEARNERS)}, got {learner!r}. Set "
+                "embedding_update: dense or learner: adam."
+            )
         learning_rate = kwargs.get("learning_rate", self.learning_rate)
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
         groups = [
