@@ -16,41 +16,21 @@ from logging import getLogger
 
 import yaml
 from recbole.config import Config as RecBoleConfig
-from recbole.evaluator import metric_types, smaller_metrics
-from recbole.utils import EvaluatorType
+from recbole.evaluator import smaller_metrics
 
+from recbole_cstwa.compat import quiet_known_noise
 from recbole_cstwa.errors import ConfigError
-from recbole_cstwa.evaluator import TASKS as TASK_DEFINITIONS
+from recbole_cstwa.keys import check_keys, extra_keys, known_keys
 from recbole_cstwa.registry import get_model, is_multitask_model
-from recbole_cstwa.settings import check_settings
+from recbole_cstwa.settings import check_settings, properties_dir
+from recbole_cstwa.tasks import resolve_tasks
 from recbole_cstwa.values import YAML_MAX_NODES, SettingsYamlLoader, parse_literal
 
-#: Task names: the prefixes of every reported metric (``click_auc``, ``cvr_auc``, ...); each is
-#: defined in :mod:`recbole_cstwa.evaluator`.
-TASKS = tuple(TASK_DEFINITIONS)
-#: Tasks a RecBole built-in model trained on one label can be scored on.
-SINGLE_LABEL_TASKS = {"click": ("click",), "purchase": ("purchase", "cvr", "ctcvr")}
-#: The config key naming each task's label field.
-TASK_LABEL_KEYS = {"click": "CLICK_FIELD", "purchase": "PURCHASE_FIELD"}
 #: Name of the dataset that ships with the plugin under ``dataset/``.
 EMBEDDED_DATASET = "synthetic-ccp"
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _REPOSITORY_DIR = os.path.dirname(_PACKAGE_DIR)
-
-
-def properties_dir():
-    """The YAML defaults: inside the installed package, else at the top of a source checkout."""
-    for candidate in (
-        os.path.join(_PACKAGE_DIR, "properties"),
-        os.path.join(_REPOSITORY_DIR, "properties"),
-    ):
-        if os.path.isfile(os.path.join(candidate, "overall.yaml")):
-            return candidate
-    raise FileNotFoundError(
-        "recbole-cstwa's YAML defaults (properties/overall.yaml) are missing: reinstall with "
-        "`pip install -e .` from the repository."
-    )
 
 
 def dataset_yaml_path(data_path, dataset):
@@ -91,17 +71,21 @@ class Config(RecBoleConfig):
 
     Besides RecBole's keys it knows ``CLICK_FIELD`` and ``PURCHASE_FIELD`` (the two label columns)
     and ``eval_tasks``: the user lists tasks (``[click, purchase, cvr, ctcvr]``, see
-    :mod:`recbole_cstwa.evaluator`), and the config holds ``{task: label field}`` for those the
+    :mod:`recbole_cstwa.tasks`), and the config holds ``{task: label field}`` for those the
     model is scored on (all listed for the multi-task models; for a RecBole model trained on
     ``LABEL_FIELD``, that label's task and, trained on purchase, the listed ``cvr`` / ``ctcvr``).
     """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        quiet_known_noise()  # before any dataset is read (recbole_cstwa.compat)
+        super().__init__(model, dataset, config_file_list, config_dict)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
             try:
                 model = self.external_config_dict["model"]
             except KeyError:
-                raise KeyError(
+                raise ConfigError(
                     "model needs to be given in one of: the model argument, a config file, "
                     "config_dict or the command line (--model=CSTWA)."
                 ) from None
@@ -117,6 +101,7 @@ class Config(RecBoleConfig):
 
     def _load_config_files(self, file_list):
         settings = {}
+        self.config_file_keys = []  # (path, keys) of each file, for the check of unknown keys
         for path in file_list or []:
             loaded = _read_yaml(path, self.yaml_loader)
             if loaded is not None and not isinstance(loaded, dict):
@@ -124,8 +109,21 @@ class Config(RecBoleConfig):
                     f"Config file [{path}] holds {type(loaded).__name__}, not settings: write one "
                     "`key: value` a line."
                 )
+            self.config_file_keys.append((path, list(loaded or {})))
             settings.update(loaded or {})
         return settings
+
+    def _check_keys(self):
+        """Stops at a key no one reads (a misspelled setting), naming where it was given: the
+        command line, a config file or ``config_dict``. Known: RecBole's and the plugin's keys
+        (:mod:`recbole_cstwa.keys`), the dataset's own YAML keys and ``extra_keys``."""
+        known = set(known_keys()) | set(self.internal_config_dict)
+        known |= extra_keys(self.external_config_dict.get("extra_keys"))
+        self.known_keys = frozenset(known)
+        check_keys(self.cmd_config_dict, "command line", known)
+        for path, keys in getattr(self, "config_file_keys", ()):
+            check_keys(keys, f"Config file [{path}]", known)
+        check_keys(self.variable_config_dict, "config_dict", known)
 
     def _update_internal_config_dict(self, file):
         loaded = _read_yaml(file, self.yaml_loader)
@@ -229,7 +227,11 @@ class Config(RecBoleConfig):
             and not os.path.isdir(os.path.join(self.final_config_dict["data_path"], self.dataset))
         ):
             self.final_config_dict["data_path"] = embedded_data_path()
-        # Every setting checked once, here, before any data is read (recbole_cstwa.settings).
+        # Every key and setting checked once, here, before any data is read or logged.
+        self._check_keys()
+        if "show_progress" not in self.external_config_dict:
+            # progress bars only on a terminal: redirected, they fill the file with \r lines
+            self.final_config_dict["show_progress"] = sys.stderr.isatty()
         check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
         self._check_paths_and_files()
         self._resolve_tasks()
@@ -263,114 +265,18 @@ class Config(RecBoleConfig):
                 '--benchmark_filename="[train,valid,test]" on the command line.'
             )
 
-    @staticmethod
-    def _requested_tasks(value):
-        """The ``eval_tasks`` setting as a list of task names (YAML list, ``[a,b]`` or ``a,b`` text
-        from the command line, or an already resolved ``{task: label}`` dict)."""
-        if isinstance(value, dict):
-            value = list(value)
-        elif isinstance(value, str):
-            value = [part.strip(" '\"") for part in value.strip("[] ").split(",") if part.strip(" '\"")]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(
-                f"eval_tasks must list evaluation tasks from {list(TASKS)}, e.g. "
-                f"[click, purchase, cvr], got {value!r}."
-            )
-        unknown = [task for task in value if task not in TASKS]
-        if unknown:
-            raise ConfigError(f"eval_tasks: unknown task(s) {unknown}; choose from {list(TASKS)}.")
-        return list(dict.fromkeys(value))
-
     def _resolve_tasks(self):
-        """Checks the label keys and sets ``eval_tasks`` and a task-prefixed ``valid_metric``."""
-        config = self.final_config_dict
-        self.notes = []  # messages for the log, written once the logger exists (quick_start)
-        labels = {task: config.get(key) for task, key in TASK_LABEL_KEYS.items()}
-        for task, key in TASK_LABEL_KEYS.items():
-            if not isinstance(labels[task], str) or not labels[task]:
-                raise ConfigError(f"{key} must name the {task} label column, got {labels[task]!r}.")
-        if labels["click"] == labels["purchase"]:
-            raise ConfigError(
-                f"CLICK_FIELD and PURCHASE_FIELD are both [{labels['click']}]: name two columns."
-            )
-        for field in labels.values():
-            if field in (config.get("numerical_features") or []):
-                raise ConfigError(
-                    f"Label [{field}] is listed in numerical_features: a label must never be a "
-                    "feature. Remove it from numerical_features."
-                )
-        if config.get("threshold"):
-            raise ConfigError(
-                "threshold must be unset (threshold: ~): the click and purchase columns already "
-                "hold 0/1 labels."
-            )
-
+        """Checks the label keys and sets ``eval_tasks`` and a task-prefixed ``valid_metric``
+        (:func:`recbole_cstwa.tasks.resolve_tasks`)."""
         # LABEL_FIELD follows PURCHASE_FIELD unless a config file, config_dict, the command line
         # or the dataset's YAML sets it on purpose (the plugin's default is only a default).
-        if "LABEL_FIELD" not in self.external_config_dict and "LABEL_FIELD" not in getattr(
+        label_field_set = "LABEL_FIELD" in self.external_config_dict or "LABEL_FIELD" in getattr(
             self, "dataset_yaml_keys", ()
-        ):
-            config["LABEL_FIELD"] = labels["purchase"]
-        label_field = config.get("LABEL_FIELD")
-        if is_multitask_model(self.model_class):
-            if label_field != labels["purchase"]:
-                raise ConfigError(
-                    f"{self.model} trains on both labels and its predict() gives the purchase "
-                    f"head, so LABEL_FIELD must equal PURCHASE_FIELD [{labels['purchase']}], "
-                    f"got [{label_field}]. Remove the LABEL_FIELD setting."
-                )
-            requested = self._requested_tasks(config.get("eval_tasks"))
-        else:
-            trained = [task for task, field in labels.items() if field == label_field]
-            if not trained:
-                raise ConfigError(
-                    f"LABEL_FIELD [{label_field}] is neither CLICK_FIELD [{labels['click']}] nor "
-                    f"PURCHASE_FIELD [{labels['purchase']}]: set --LABEL_FIELD to one of them."
-                )
-            applicable = SINGLE_LABEL_TASKS[trained[0]]
-            listed = self._requested_tasks(config.get("eval_tasks"))
-            requested = [trained[0]] + [t for t in listed if t in applicable and t != trained[0]]
-        config["eval_tasks"] = {
-            task: labels["click" if TASK_DEFINITIONS[task][0] == "CLICK_FIELD" else "purchase"]
-            for task in requested
-        }
-        tasks = config["eval_tasks"]
-
-        metrics = config["metrics"]
-        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        for metric in metrics:
-            if metric_types.get(metric.lower()) is None:
-                raise ConfigError(f"metrics: there is no RecBole metric named [{metric}].")
-        kinds = {metric: metric_types[metric.lower()] for metric in metrics}
-        ranking = [metric for metric, kind in kinds.items() if kind == EvaluatorType.RANKING]
-        if ranking:
-            values = [metric for metric, kind in kinds.items() if kind == EvaluatorType.VALUE]
-            raise ConfigError(
-                f"metrics {metrics} hold top-k ranking metrics {ranking}, which score a ranked list "
-                f"of items per user, not one score per impression as {self.model} gives. Fix: "
-                f"metrics: {values or ['AUC', 'LogLoss']} (value metrics such as AUC, GAUC, LogLoss, "
-                "MAE, RMSE)."
-            )
-        metric_names = [metric.lower() for metric in metrics]
-        valid_metric = str(config["valid_metric"]).lower()
-        task, _, metric = valid_metric.partition("_")
-        if task not in TASKS:
-            # A RecBole-style name ("AUC") means that metric on the main task scored.
-            task, metric = ("purchase" if "purchase" in tasks else next(iter(tasks))), valid_metric
-        if task not in tasks:
-            fallback = next(iter(tasks))
-            self.notes.append(
-                f"valid_metric [{valid_metric}] is not computed for {self.model} trained on "
-                f"[{label_field}]: early stopping uses {fallback}_{metric} instead."
-            )
-            task = fallback
-        if metric not in metric_names:
-            raise ConfigError(
-                f"valid_metric [{config['valid_metric']}] needs metric [{metric}] in metrics "
-                f"{metrics}: add it to metrics or choose one of "
-                f"{[f'{t}_{m}' for t in tasks for m in metric_names]}."
-            )
-        config["valid_metric"] = f"{task}_{metric}"
+        )
+        # messages for the log, written once the logger exists (quick_start)
+        self.notes = resolve_tasks(
+            self.final_config_dict, self.model, is_multitask_model(self.model_class), label_field_set
+        )
 
 
 @contextlib.contextmanager

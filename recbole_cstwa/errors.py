@@ -64,3 +64,27 @@ class CheckpointError(InputError):
 
 class PredictInputError(InputError):
     """A file to score or write that cannot be used: names the file, the column and the fix."""
+
+
+class UnknownSettingError(ConfigError):
+    """A key no one reads (a misspelled setting), with the closest known key.
+
+    Args:
+        key: the key as given.
+        where: where it was given (``command line``, ``Config file [a.yaml]``, ``config_dict``,
+            ``params file [p.hyper]``, ``--variant NAME``).
+        suggestion: the closest known key, or None.
+    """
+
+    def __init__(self, key, where, suggestion=None):
+        self.key, self.where, self.suggestion = key, where, suggestion
+        dash = "--" if where == "command line" else ""
+        guess = f"; did you mean {dash}{suggestion}?" if suggestion else "."
+        super().__init__(
+            f"{where}: {dash}{key} is not a setting of RecBole or recbole-cstwa{guess} A key of "
+            f"your own is kept when listed in extra_keys (--extra_keys=[{key}])."
+        )
+
+    def given_in(self, where):
+        """The same error, said to come from ``where``."""
+        return UnknownSettingError(self.key, where, self.suggestion)

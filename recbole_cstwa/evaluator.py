@@ -1,26 +1,9 @@
-"""Multi-task evaluation with RecBole's own metrics, and the definition of every evaluation task.
+"""Multi-task evaluation with RecBole's own metrics.
 
-Each task gets RecBole's ``Collector`` and ``Evaluator``, built from a view of the config whose
-``LABEL_FIELD`` is that task's label, so every metric in ``metrics`` is RecBole's own code.
-Results are merged with the task as prefix: ``click_auc``, ``purchase_logloss``, ``cvr_auc``, ...
-
-The tasks (:data:`TASKS`), the one place they are defined for every model:
-
-- ``click``: the click probability against the click label, over all impressions.
-- ``purchase``: the impression-level purchase probability against the purchase label, over all
-  impressions (AITM's and the CSTWA paper's "purchase AUC").
-- ``cvr``: post-click conversion, over the **clicked** impressions only, against the purchase
-  label (the CVR AUC of the ESMM and ESCM2 papers). Scored with the model's pCVR head when it
-  has one (``cvr`` in its :meth:`predict_tasks` output: ESMM, ESCM2, DCMT, DDPO, NISE, the clicked-only MLP);
-  for a model whose purchase head is impression-level, with ``pCTCVR / pCTR`` (its purchase
-  probability over its click probability) clipped to ``(0, 1)``: the DIVISION competitor of the
-  ESMM paper's experiments (Ma et al., SIGIR 2018: "pCVR = pCTCVR / pCTR" from a CTR and a
-  CTCVR model); for a model with a purchase score only (a
-  RecBole model trained on the purchase label), that score.
-- ``ctcvr``: click-and-conversion, over all impressions, against the purchase label, scored with
-  the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2 / DCMT / DDPO / NISE). Every model here
-  already scores ``purchase`` with that probability, so ``ctcvr`` equals ``purchase``: it is
-  offered under the literature's name.
+Each task (defined in :mod:`recbole_cstwa.tasks`) gets RecBole's ``Collector`` and ``Evaluator``,
+built from a view of the config whose ``LABEL_FIELD`` is that task's label, so every metric in
+``metrics`` is RecBole's own code. Results are merged with the task as prefix: ``click_auc``,
+``purchase_logloss``, ``cvr_auc``, ...
 """
 
 from collections import OrderedDict
@@ -28,19 +11,10 @@ from collections import OrderedDict
 import torch
 from recbole.evaluator import Collector, Evaluator
 
-#: A score derived from the model outputs: pCTCVR / pCTR, the ESMM paper's DIVISION baseline.
-DIVISION = "purchase/click"
+from recbole_cstwa.tasks import DIVISION, TASKS, metric_key
+
 #: The division is clipped to [DIVISION_CLIP, 1 - DIVISION_CLIP]: a post-click probability in (0, 1).
 DIVISION_CLIP = 1e-7
-
-#: Evaluation tasks: name -> (config key of the label, scores read in this order, clicked rows only).
-TASKS = OrderedDict(
-    click=("CLICK_FIELD", ("click",), False),
-    purchase=("PURCHASE_FIELD", ("purchase",), False),
-    cvr=("PURCHASE_FIELD", ("cvr", DIVISION, "purchase"), True),
-    ctcvr=("PURCHASE_FIELD", ("purchase",), False),
-)
-
 
 def division_cvr(p_purchase, p_click):
     """``pCTCVR / pCTR`` clipped to ``(0, 1)``: the post-click conversion probability a model
@@ -54,11 +28,6 @@ def _score(scores, name):
     if name == DIVISION:
         return division_cvr(scores["purchase"], scores["click"]) if {"purchase", "click"} <= set(scores) else None
     return scores.get(name)
-
-
-def task_scores(task):
-    """The model outputs a task can be scored with, in order of preference."""
-    return TASKS[task][1]
 
 
 class _TaskConfig:
@@ -80,7 +49,7 @@ class TaskEvaluator:
 
     Args:
         config: the run's config.
-        tasks (dict): task name (a key of :data:`TASKS`) -> label field, e.g. ``{"click":
+        tasks (dict): task name (a key of :data:`recbole_cstwa.tasks.TASKS`) -> label field, e.g. ``{"click":
             "click", "purchase": "purchase", "cvr": "purchase"}`` (``config["eval_tasks"]``).
         metrics (list, optional): RecBole metric names to compute instead of ``config["metrics"]``.
         gather (callable, optional): applied to each task's collected ``DataStruct`` before the
@@ -89,10 +58,7 @@ class TaskEvaluator:
     """
 
     def __init__(self, config, tasks, metrics=None, gather=None):
-        self.tasks = dict(tasks)
-        unknown = [task for task in self.tasks if task not in TASKS]
-        if unknown:
-            raise ValueError(f"eval_tasks: unknown task(s) {unknown}; known: {list(TASKS)}.")
+        self.tasks = dict(tasks)  # checked once, by the config (recbole_cstwa.tasks.resolve_tasks)
         self.click_field = config["CLICK_FIELD"]
         self.gather = gather
         self.collectors, self.evaluators = {}, {}
@@ -136,5 +102,5 @@ class TaskEvaluator:
             if self.gather is not None:
                 struct = self.gather(struct)
             for metric, value in self.evaluators[task].evaluate(struct).items():
-                result[f"{task}_{metric}"] = value
+                result[metric_key(task, metric)] = value
         return result

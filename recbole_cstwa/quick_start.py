@@ -13,6 +13,7 @@ from recbole.utils import get_local_time, init_logger, init_seed, set_color
 
 from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from recbole_cstwa.compat import plain_logs_when_redirected
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
@@ -55,7 +56,8 @@ def run_recbole_cstwa(
         ``kept_epoch`` (RecBole's 0-based index of the epoch whose checkpoint is scored, when
         ``saved``), ``sm_used`` (CSTWA: whether the kept model trained and is scored with its
         Structure Migrator), ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
-        best checkpoint, when ``saved``), ``best_epoch`` (the epoch it holds), ``world_size``, ``peak_rss_mb`` (peak resident memory
+        best checkpoint, when ``saved``), ``best_epoch`` (the epoch it holds), ``log_file`` (this
+        run's log), ``world_size``, ``peak_rss_mb`` (peak resident memory
         of each rank, MiB), ``pss_mb`` (each rank's proportional set size at the end, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
         DDP, rank 0's result on the machine running rank 0, ``None`` on the others.
     """
@@ -97,6 +99,8 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
                 f"or give --{key}={stored}."
             )
     settings = dict(checkpoint["settings"])
+    for key in ("show_progress", "threads"):  # this run's terminal and machine decide
+        settings.pop(key, None)
     settings.update(config_dict or {})
     return checkpoint["model"], checkpoint["dataset"], settings
 
@@ -111,13 +115,15 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
     """
     model, dataset, config_dict = checkpoint_settings(model_file, model, dataset, config_dict)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    set_torch_threads(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    plain_logs_when_redirected()
     logger = getLogger()
-    logger.info(config)
-    check_dataset_settings(config)
+    check_dataset_settings(config)  # data errors before the settings are logged
     data = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
+    logger.info(config)
     checkpoint = load_checkpoint(model_file, map_location="cpu")
     if "data" in checkpoint:
         check_vocabularies(checkpoint, train_data._dataset, model_file)
@@ -159,6 +165,7 @@ def load_data_and_model(model_file, config_dict=None):
     config = StoredConfig(model=checkpoint["model"], dataset=checkpoint["dataset"], config_dict=settings)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    plain_logs_when_redirected()
     logger = getLogger()
     logger.info(config)
     dataset = create_dataset(config)
@@ -172,19 +179,21 @@ def load_data_and_model(model_file, config_dict=None):
 def _run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume=None):
     """The pipeline of one process (of a DDP rank when ``config_dict`` sets ``local_rank``)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    set_torch_threads(config)
     init_seed(config["seed"], config["reproducibility"])
-    init_run_logger(config)
+    log_file = init_run_logger(config)
     logger = getLogger()
+    # Settings and data are checked before the settings are logged: an error is then the run's
+    # only output, not the last line after a page of settings.
+    check_dataset_settings(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    check_evaluation_splits(config, valid_data, test_data)
     logger.info(sys.argv)
     logger.info(config)
     for note in config.notes:
         logger.warning(note)
-
-    check_dataset_settings(config)
-    dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    check_evaluation_splits(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -214,6 +223,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "epoch_seconds": list(trainer.epoch_seconds),
         "model_file": trainer.saved_model_file if saved else None,
         "best_epoch": getattr(trainer, "saved_epoch", None),
+        "log_file": log_file,
         "world_size": 1,
         "peak_rss_mb": [round(peak_rss_mb(), 1)],
         "pss_mb": [round(pss_mb(), 1)],
@@ -234,6 +244,18 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     return result
 
 
+def set_torch_threads(config):
+    """torch's threads for this process: ``threads`` when given, else ``OMP_NUM_THREADS`` when
+    set, else the default ``threads`` (1: with two threads a process, an epoch was measured
+    several times slower than with one while other processes shared the cores, see
+    ``results/threads.md``). ``threads: 0`` keeps torch's own choice (a thread a core)."""
+    given = "threads" in config.external_config_dict
+    if not given and os.environ.get("OMP_NUM_THREADS"):
+        return
+    if config["threads"] > 0:
+        torch.set_num_threads(config["threads"])
+
+
 def init_run_logger(config):
     """RecBole's logger, writing to a log file of this run alone.
 
@@ -243,8 +265,12 @@ def init_run_logger(config):
     first run's file. The root logger's file is replaced by ``<RecBole's name>-<process id>.log``,
     created only when no such file exists (else ``-<process id>-2``, ...); RecBole's own file is
     removed when it stayed empty.
+
+    Returns:
+        str: the run's log file, or None when RecBole's logger wrote none.
     """
     init_logger(config)
+    plain_logs_when_redirected()
     settings = "".join(str(value) for value in config.final_config_dict.values())
     name = (
         f"{config['model']}-{config['dataset']}-{get_local_time()}-"
@@ -258,9 +284,10 @@ def init_run_logger(config):
         if isinstance(handler, logging.FileHandler)
         and os.path.dirname(handler.baseFilename) == os.path.abspath(folder)
     ]
+    log_file = None
     for old in recbole_files:
         stem = os.path.join(folder, f"{name}-{os.getpid()}")
-        path = _exclusive_file([f"{stem}.log"] + [f"{stem}-{n}.log" for n in range(2, 1000)])
+        path = log_file = _exclusive_file([f"{stem}.log"] + [f"{stem}-{n}.log" for n in range(2, 1000)])
         new = logging.FileHandler(path, encoding=old.encoding)
         new.setLevel(old.level)
         new.setFormatter(old.formatter)
@@ -273,6 +300,7 @@ def init_run_logger(config):
             with contextlib.suppress(OSError):  # absent, or removed by another run first
                 if os.path.getsize(leftover) == 0:
                     os.remove(leftover)
+    return log_file
 
 
 def _exclusive_file(candidates):

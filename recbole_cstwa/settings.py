@@ -8,16 +8,25 @@ is allowed and the source's value, e.g.::
     tower_dropout must be a list of numbers in [0, 1) (or one such number), got [1.5, 0.3, 0.3].
     Fix: --tower_dropout=[0.1,0.3,0.3] (the CSTWA paper, Section 4.1.4) or another such value.
 
-To add a setting, add a :class:`Setting` to :data:`SETTINGS` (its default stays in the YAML file
-under ``properties/``; a test checks that the two agree) and, for a condition between settings,
-a :class:`Rule` to :data:`RULES`.
+Defaults are written once, in the YAML files RecBole loads (``properties/overall.yaml`` and
+``properties/model/<Model>.yaml``, each with a comment); the table reads them from there
+(:func:`default_value`) for its messages. To add a setting, write its default in the model's
+YAML file and add a :class:`Setting` (key, kind, source, models, range; no default) to
+:data:`SETTINGS`; a test checks that every setting has its default there. For a condition between
+settings, add a :class:`Rule` to :data:`RULES`.
 """
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import recbole
+import yaml
+
 from recbole_cstwa.errors import ConfigError
+from recbole_cstwa.values import SettingsYamlLoader
 
 #: ``models`` value of a setting every model run through the plugin reads (RecBole's included).
 ANY_MODEL = "*"
@@ -36,7 +45,6 @@ class Setting:
         kind: ``int``, ``number`` (int or float), ``bool``, ``choice`` (one of ``choices``; text
             is matched in any letter case and stored as written in ``choices``), ``int_list`` or
             ``number_list`` (each element in the range).
-        default: the plugin's default (also in ``properties/``), shown as the fix.
         source: where the default comes from (paper section, reference code), for the message.
         models: model names that read it, or :data:`ANY_MODEL` / :data:`MULTITASK`.
         low, high: inclusive bounds; ``low_open`` / ``high_open`` make them exclusive.
@@ -49,7 +57,6 @@ class Setting:
 
     key: str
     kind: str
-    default: object
     source: str
     models: tuple = (MULTITASK,)
     low: Optional[float] = None
@@ -66,6 +73,13 @@ class Setting:
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise TypeError(f"Setting {self.key}: kind must be one of {_KINDS}, got {self.kind!r}.")
+        # A row written with a default (key, kind, default, source, ...) fails here: the default
+        # belongs in the YAML file only.
+        if not isinstance(self.source, str) or not isinstance(self.models, tuple):
+            raise TypeError(
+                f"Setting {self.key}: write Setting(key, kind, source, models=(...), ...); the "
+                "default goes in properties/ (overall.yaml or model/<Model>.yaml) only."
+            )
 
 
 @dataclass(frozen=True)
@@ -82,51 +96,49 @@ def _use_sm(config):
     return config.get("use_sm") is True
 
 
-def dropout_setting(key, default, source, models=(MULTITASK,)):
+def dropout_setting(key, source, models=(MULTITASK,)):
     """A dropout list: one probability in [0, 1) a layer, or one number for every layer."""
-    return Setting(key, "number_list", default, source, models=models, low=0, high=1, high_open=True, scalar_ok=True)
+    return Setting(key, "number_list", source, models=models, low=0, high=1, high_open=True, scalar_ok=True)
 
 
 PAPER = "the CSTWA paper, Section 4.1.4"
 CSTWA = ("CSTWA",)
 EXPERT_MODELS = ("MMoE", "OMoE", "PLE")
 
-#: The settings table. Defaults are the ones in ``properties/overall.yaml`` and
-#: ``properties/model/<Model>.yaml``; ``source`` says where each comes from.
+#: The settings table. Defaults are in ``properties/overall.yaml`` and
+#: ``properties/model/<Model>.yaml`` (read by :func:`default_value`); ``source`` says where each
+#: comes from.
 SETTINGS = (
     # ----- shared (overall.yaml) ---------------------------------------------------------------
-    Setting("embedding_size", "int", 5, PAPER, models=(ANY_MODEL,), low=1),
+    Setting("embedding_size", "int", PAPER, models=(ANY_MODEL,), low=1),
     Setting(
         "embedding_update",
         "choice",
-        "sparse",
         "measured (results/training-step.md): sparse updates only the rows a batch used",
         choices=("sparse", "dense"),
     ),
-    Setting("cache_dataset", "bool", True, "cache on", models=(ANY_MODEL,)),
-    Setting("embedding_init_std", "number", 0.01, "N(0, 0.01), AITM's official code", low=0, low_open=True),
-    Setting("context_pooling", "choice", "mean", "the paper's Eq. 7 (mean); concat", choices=("mean", "concat")),
-    Setting("tower_hidden_size", "int_list", [128, 64, 32], PAPER, low=1),
-    dropout_setting("tower_dropout", [0.1, 0.3, 0.3], PAPER),
+    Setting("cache_dataset", "bool", "cache on", models=(ANY_MODEL,)),
+    Setting("embedding_init_std", "number", "N(0, 0.01), AITM's official code", low=0, low_open=True),
+    Setting("context_pooling", "choice", "the paper's Eq. 7 (mean); concat", choices=("mean", "concat")),
+    Setting("tower_hidden_size", "int_list", PAPER, low=1),
+    dropout_setting("tower_dropout", PAPER),
     Setting(
         "learner",
         "choice",
-        "adam",
         PAPER,
         models=(ANY_MODEL,),
-        choices=("adam", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+        choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
         note="RecBole's optimizers; any other name would silently train with Adam",
     ),
-    Setting("learning_rate", "number", 0.001, PAPER, models=(ANY_MODEL,), low=0, low_open=True),
-    Setting("train_batch_size", "int", 2000, PAPER, models=(ANY_MODEL,), low=1),
-    Setting("eval_batch_size", "int", 4096, "RecBole's default", models=(ANY_MODEL,), low=1),
-    Setting("epochs", "int", 10, PAPER, models=(ANY_MODEL,), low=1),
-    Setting("weight_decay", "number", 0.000001, PAPER, models=(ANY_MODEL,), low=0),
+    Setting("learning_rate", "number", PAPER, models=(ANY_MODEL,), low=0, low_open=True),
+    Setting("train_batch_size", "int", PAPER, models=(ANY_MODEL,), low=1),
+    Setting("eval_batch_size", "int", "RecBole's default", models=(ANY_MODEL,), low=1),
+    Setting("epochs", "int", PAPER, models=(ANY_MODEL,), low=1),
+    Setting("weight_decay", "number", PAPER, models=(ANY_MODEL,), low=0),
     # RecBole's training settings, passed through to its trainer.
     Setting(
         "seed",
         "int",
-        2020,
         "RecBole's default",
         models=(ANY_MODEL,),
         low=0,
@@ -136,7 +148,6 @@ SETTINGS = (
     Setting(
         "stopping_step",
         "int",
-        10,
         "RecBole's default",
         models=(ANY_MODEL,),
         low=1,
@@ -145,29 +156,36 @@ SETTINGS = (
     Setting(
         "eval_step",
         "int",
-        1,
         "RecBole's default",
         models=(ANY_MODEL,),
         low=0,
         note="epochs between validations; 0 validates never and keeps the last epoch's model",
     ),
     Setting(
+        "threads",
+        "int",
+        "measured: one torch thread a process trains fastest on a small shared machine "
+        "(results/threads.md)",
+        models=(ANY_MODEL,),
+        low=0,
+        note="torch's threads a process; 0: torch's default, one a core; OMP_NUM_THREADS, when set, "
+        "wins over the default",
+    ),
+    Setting(
         "invalid_purchase",
         "choice",
-        "drop",
         "drop rows with purchase=1 and click=0 (logged) or stop with an error",
         models=(ANY_MODEL,),
         choices=("drop", "error"),
     ),
     # ----- CSTWA (properties/model/CSTWA.yaml) -------------------------------------------------
-    Setting("use_sm", "bool", True, "the full model (Table 3)", models=CSTWA),
-    Setting("use_cp", "bool", True, "the full model (Table 3)", models=CSTWA),
-    Setting("use_ce", "bool", True, "the full model (Table 3)", models=CSTWA),
-    Setting("use_calibration", "bool", True, "Eq. 19 on in the full model", models=CSTWA),
+    Setting("use_sm", "bool", "the full model (Table 3)", models=CSTWA),
+    Setting("use_cp", "bool", "the full model (Table 3)", models=CSTWA),
+    Setting("use_ce", "bool", "the full model (Table 3)", models=CSTWA),
+    Setting("use_calibration", "bool", "Eq. 19 on in the full model", models=CSTWA),
     Setting(
         "loss_weights",
         "number_list",
-        [1, 1, 0.6],
         "the paper's (1, 1, 0.6), Section 3.4.3; [click, purchase, calibration] of Eq. 20",
         models=CSTWA,
         low=0,
@@ -176,7 +194,6 @@ SETTINGS = (
     Setting(
         "sm_mode",
         "choice",
-        "epoch",
         "the project's reading: epoch holds P = A_hat^L E between refreshes, batch propagates "
         "each batch's neighbours, update writes Eq. 10 into the id rows (the paper's words)",
         models=CSTWA,
@@ -185,7 +202,6 @@ SETTINGS = (
     Setting(
         "sm_refresh_steps",
         "int",
-        0,
         "the project's reading: 0 refreshes P at the start of every epoch after the first",
         models=CSTWA,
         low=0,
@@ -193,24 +209,22 @@ SETTINGS = (
     Setting(
         "sm_first_epoch_refreshes",
         "int",
-        1,
         "the project's reading: P refreshed this often inside the first epoch, so a model kept "
         "after it has used the Structure Migrator; 1 measured ahead of 4 and 8 "
         "(results/cstwa-candidates.md)",
         models=CSTWA,
         low=1,
     ),
-    Setting("sm_layers", "int", 1, PAPER + ", L = 1", models=CSTWA, low=1),
-    Setting("sm_lambda", "number", 0.3, PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
+    Setting("sm_layers", "int", PAPER + ", L = 1", models=CSTWA, low=1),
+    Setting("sm_lambda", "number", PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
     Setting(
-        "graph_top_k", "int", 8, PAPER + ", K = 8 (searched 4-32)", models=CSTWA, low=1, when=_use_sm
+        "graph_top_k", "int", PAPER + ", K = 8 (searched 4-32)", models=CSTWA, low=1, when=_use_sm
     ),
-    Setting("graph_self_loop", "bool", True, "the project's reading", models=CSTWA, when=_use_sm),
-    Setting("graph_symmetric", "bool", False, "the project's reading", models=CSTWA, when=_use_sm),
+    Setting("graph_self_loop", "bool", "the project's reading", models=CSTWA, when=_use_sm),
+    Setting("graph_symmetric", "bool", "the project's reading", models=CSTWA, when=_use_sm),
     Setting(
         "graph_index",
         "choice",
-        "auto",
         "auto: exact up to graph_exact_max_nodes nodes, IVF above; exact: faiss IndexFlatIP; ivf: "
         "IndexIVFFlat; hnsw: IndexHNSWFlat",
         models=CSTWA,
@@ -218,42 +232,39 @@ SETTINGS = (
         when=_use_sm,
     ),
     Setting(
-        "graph_exact_max_nodes", "int", 50000, "measured (results/training-step.md)", models=CSTWA, low=1, when=_use_sm
+        "graph_exact_max_nodes", "int", "measured (results/training-step.md)", models=CSTWA, low=1, when=_use_sm
     ),
-    Setting("graph_ivf_nlist", "int", 1024, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
-    Setting("graph_nprobe", "int", 16, "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
-    Setting("graph_hnsw_m", "int", 32, "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
-    Setting("graph_hnsw_ef_search", "int", 64, "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
-    Setting("pretrain_epochs", "int", 1, "the project's reading", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_ivf_nlist", "int", "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_nprobe", "int", "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_hnsw_m", "int", "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
+    Setting("graph_hnsw_ef_search", "int", "faiss's common choice", models=CSTWA, low=1, when=_use_sm),
+    Setting("pretrain_epochs", "int", "the project's reading", models=CSTWA, low=1, when=_use_sm),
     Setting(
         "pretrain_learning_rate",
         "number",
-        0.001,
         PAPER,
         models=CSTWA,
         low=0,
         low_open=True,
         when=_use_sm,
     ),
-    Setting("cstwa_cache", "bool", True, "cache on", models=CSTWA, when=_use_sm),
+    Setting("cstwa_cache", "bool", "cache on", models=CSTWA, when=_use_sm),
     Setting(
         "info_hidden_size",
         "int_list",
-        [],
         "the project's reading: one Linear layer (Eq. 13)",
         models=CSTWA,
         low=1,
         optional=True,
     ),
-    Setting("ce_window", "int", 10000, PAPER + ", 10,000", models=CSTWA, low=1),
-    Setting("ce_high_percentile", "number", 99, PAPER + ", 99th", models=CSTWA, low=0, high=100),
-    Setting("ce_low_percentile", "number", 10, PAPER + ", 10th", models=CSTWA, low=0, high=100),
-    Setting("ce_alpha", "number", 3, PAPER + ", alpha = 3 (searched 2-10)", models=CSTWA, low=0),
-    Setting("ce_max_weight", "number", 4, "the paper's Section 3.4.3, below 4", models=CSTWA, low=1),
+    Setting("ce_window", "int", PAPER + ", 10,000", models=CSTWA, low=1),
+    Setting("ce_high_percentile", "number", PAPER + ", 99th", models=CSTWA, low=0, high=100),
+    Setting("ce_low_percentile", "number", PAPER + ", 10th", models=CSTWA, low=0, high=100),
+    Setting("ce_alpha", "number", PAPER + ", alpha = 3 (searched 2-10)", models=CSTWA, low=0),
+    Setting("ce_max_weight", "number", "the paper's Section 3.4.3, below 4", models=CSTWA, low=1),
     Setting(
         "ce_weight_form",
         "choice",
-        "ratio",
         "the paper's Section 3.4.3: ratio terms with upper limits searched 2-10 (margin: terms in [0, 1])",
         models=CSTWA,
         choices=("ratio", "margin"),
@@ -262,7 +273,6 @@ SETTINGS = (
     Setting(
         "purchase_on_clicked",
         "bool",
-        False,
         "the entire-space MLP (Table 3's base); True: the purchase side on clicked impressions only, "
         "the paper's Table 2 MLP (Section 4.2 (a))",
         models=("MLP",),
@@ -271,35 +281,32 @@ SETTINGS = (
     Setting(
         "aitm_calibration_weight",
         "number",
-        0.6,
         "--weight 0.6 of AITM's official run line",
         models=("AITM",),
         low=0,
         note="0 switches the term off",
     ),
     Setting(
-        "aitm_l2", "number", 0.000001, "--lamda 1e-6 of AITM's official run line", models=("AITM",), low=0
+        "aitm_l2", "number", "--lamda 1e-6 of AITM's official run line", models=("AITM",), low=0
     ),
     # ----- ESCM2 -------------------------------------------------------------------------------
     Setting(
-        "escm2_mode", "choice", "dr", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), choices=("ips", "dr")
+        "escm2_mode", "choice", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), choices=("ips", "dr")
     ),
     Setting(
         "escm2_backbone",
         "choice",
-        "mlp",
         "mlp: ESMM towers, the CSTWA paper's description; mmoe: PaddleRec's backbone",
         models=("ESCM2",),
         choices=("mlp", "mmoe"),
     ),
     Setting(
-        "escm2_counterfactual_weight", "number", 0.5, "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0
+        "escm2_counterfactual_weight", "number", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0
     ),
-    Setting("escm2_global_weight", "number", 0.5, "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0),
+    Setting("escm2_global_weight", "number", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), low=0),
     Setting(
         "escm2_max_weight",
         "number",
-        15,
         "PaddleRec's clip on inverse propensities",
         models=("ESCM2",),
         low=0,
@@ -308,7 +315,6 @@ SETTINGS = (
     Setting(
         "escm2_expert_hidden_size",
         "int_list",
-        [16],
         "escm2_backbone mmoe: expert_size 16 in PaddleRec's config_bigdata.yaml",
         models=("ESCM2",),
         low=1,
@@ -316,7 +322,6 @@ SETTINGS = (
     Setting(
         "escm2_tower_hidden_size",
         "int_list",
-        [8],
         "escm2_backbone mmoe: tower_size 8 in PaddleRec's config_bigdata.yaml",
         models=("ESCM2",),
         low=1,
@@ -325,7 +330,6 @@ SETTINGS = (
     Setting(
         "nise_weight_cap",
         "number",
-        50,
         "beta: --weight 50 in NISE's baselines/mlp_model.py (used in mtl_trainer.py's adaptive_ucvrlc)",
         models=("NISE",),
         low=0,
@@ -334,7 +338,6 @@ SETTINGS = (
     Setting(
         "nise_weight_scale",
         "number",
-        1,
         "alpha: --ablation_weight 1 in NISE's baselines/mlp_model.py (used in mtl_trainer.py's adaptive_ucvrlc)",
         models=("NISE",),
         low=0,
@@ -344,7 +347,6 @@ SETTINGS = (
     Setting(
         "dcmt_cvr_weight",
         "number",
-        1,
         "w^cvr: weight 1 in NISE's mtl_trainer.py and EVI's DcmtLoss (re-implementations' code)",
         models=("DCMT",),
         low=0,
@@ -352,7 +354,6 @@ SETTINGS = (
     Setting(
         "dcmt_ctcvr_weight",
         "number",
-        1,
         "w^ctcvr: weight 1 in NISE's mtl_trainer.py and EVI's DcmtLoss (re-implementations' code)",
         models=("DCMT",),
         low=0,
@@ -360,7 +361,6 @@ SETTINGS = (
     Setting(
         "dcmt_constraint_weight",
         "number",
-        0.001,
         "lambda_1: 1e-3 in NISE's mtl_trainer.py and EVI's DcmtLoss (re-implementations' code)",
         models=("DCMT",),
         low=0,
@@ -369,7 +369,6 @@ SETTINGS = (
     Setting(
         "dcmt_propensity_clip",
         "number",
-        0.001,
         "EVI's DcmtLoss clamps pCTR to [0.001, 0.999] (code; the paper states no clip)",
         models=("DCMT",),
         low=0,
@@ -382,7 +381,6 @@ SETTINGS = (
     Setting(
         "ddpo_click_weight",
         "number",
-        1.0,
         "lambda_o: --parao 1.0 in DDPO's official main.py",
         models=("DDPO",),
         low=0,
@@ -390,7 +388,6 @@ SETTINGS = (
     Setting(
         "ddpo_conversion_weight",
         "number",
-        1.0,
         "lambda_c: --parac 1.0 in DDPO's official main.py",
         models=("DDPO",),
         low=0,
@@ -398,7 +395,6 @@ SETTINGS = (
     Setting(
         "ddpo_cvr_weight",
         "number",
-        1.0,
         "lambda_r: --parar 1.0 in DDPO's official main.py",
         models=("DDPO",),
         low=0,
@@ -406,7 +402,6 @@ SETTINGS = (
     Setting(
         "ddpo_ctcvr_weight",
         "number",
-        1.0,
         "lambda_t: --paract 1.0 in DDPO's official main.py",
         models=("DDPO",),
         low=0,
@@ -415,18 +410,16 @@ SETTINGS = (
     Setting(
         "num_experts",
         "int",
-        8,
         "torch-rechub's and PaddleRec's Ali-CCP settings",
         models=("MMoE", "OMoE", "ESCM2"),
         low=1,
     ),
-    Setting("ple_num_levels", "int", 1, "torch-rechub's Ali-CCP example", models=("PLE",), low=1),
-    Setting("ple_shared_experts", "int", 1, "torch-rechub's n_expert_shared=1", models=("PLE",), low=0),
-    Setting("ple_specific_experts", "int", 2, "torch-rechub's n_expert_specific=2", models=("PLE",), low=0),
+    Setting("ple_num_levels", "int", "torch-rechub's Ali-CCP example", models=("PLE",), low=1),
+    Setting("ple_shared_experts", "int", "torch-rechub's n_expert_shared=1", models=("PLE",), low=0),
+    Setting("ple_specific_experts", "int", "torch-rechub's n_expert_specific=2", models=("PLE",), low=0),
     Setting(
         "expert_hidden_size",
         "int_list",
-        [],
         "[]: tower_hidden_size, the CSTWA paper's Section 4.1.4 (torch-rechub's Ali-CCP example: [16])",
         models=EXPERT_MODELS,
         low=1,
@@ -435,7 +428,6 @@ SETTINGS = (
     Setting(
         "expert_dropout",
         "number_list",
-        [],
         "[]: tower_dropout, the CSTWA paper's Section 4.1.4 (torch-rechub: 0)",
         models=EXPERT_MODELS,
         low=0,
@@ -447,14 +439,13 @@ SETTINGS = (
     Setting(
         "task_tower_hidden_size",
         "int_list",
-        [],
         "[]: each task's output layer reads its mixture, the CSTWA paper's Section 4.1.4 "
         "(torch-rechub's Ali-CCP example: [8])",
         models=EXPERT_MODELS,
         low=1,
         optional=True,
     ),
-    dropout_setting("task_tower_dropout", [], "no task tower by default (torch-rechub: 0)", models=EXPERT_MODELS),
+    dropout_setting("task_tower_dropout", "no task tower by default (torch-rechub: 0)", models=EXPERT_MODELS),
 )
 
 
@@ -633,16 +624,65 @@ def _command_line(value):
     return repr(value).replace(" ", "")
 
 
-def _message(spec, value):
-    return (
-        f"{spec.key} must be {requirement(spec)}, got {value!r}. Fix: --{spec.key}="
-        f"{_command_line(spec.default)} ({spec.source}) or another such value."
+#: :func:`default_value` of a key no defaults file sets.
+NO_DEFAULT = object()
+
+
+@functools.cache
+def _defaults_file(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        return yaml.load(file.read(), Loader=SettingsYamlLoader) or {}
+
+
+def properties_dir():
+    """The plugin's YAML defaults: inside the installed package, else at the top of a checkout."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(package, "properties"), os.path.join(os.path.dirname(package), "properties")):
+        if os.path.isfile(os.path.join(candidate, "overall.yaml")):
+            return candidate
+    raise FileNotFoundError(
+        "recbole-cstwa's YAML defaults (properties/overall.yaml) are missing: reinstall with "
+        "`pip install -e .` from the repository."
     )
 
 
-def check_value(spec, value):
+def recbole_properties_dir():
+    """RecBole's own YAML defaults (``recbole/properties``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(recbole.__file__)), "properties")
+
+
+def default_value(key, model_name):
+    """The default of ``key`` for ``model_name``, read where it is written: the plugin's
+    ``properties/model/<Model>.yaml``, then its ``overall.yaml``, then RecBole's ``overall.yaml``
+    (the order in which the config lets them win). :data:`NO_DEFAULT` when none sets it."""
+    root = properties_dir()
+    for path in (
+        os.path.join(root, "model", f"{model_name}.yaml"),
+        os.path.join(root, "overall.yaml"),
+        os.path.join(recbole_properties_dir(), "overall.yaml"),
+    ):
+        defaults = _defaults_file(path)
+        if key in defaults:
+            return defaults[key]
+    return NO_DEFAULT
+
+
+def _message(spec, value, model_name):
+    default = NO_DEFAULT if model_name is None else default_value(spec.key, model_name)
+    fix = "another such value" if default is NO_DEFAULT else f"--{spec.key}={_command_line(default)}"
+    return (
+        f"{spec.key} must be {requirement(spec)}, got {value!r}. Fix: {fix} ({spec.source})"
+        + ("" if default is NO_DEFAULT else " or another such value")
+        + "."
+    )
+
+
+def check_value(spec, value, model_name=None):
     """``value`` checked against ``spec``; returns it normalised (a choice as written in the table,
-    ``None`` of an optional list as ``[]``). Raises :class:`ConfigError`."""
+    ``None`` of an optional list as ``[]``). Raises :class:`ConfigError`, whose fix proposes
+    ``model_name``'s default."""
     if spec.kind == "bool":
         ok = isinstance(value, bool)
     elif spec.kind == "choice":
@@ -667,7 +707,7 @@ def check_value(spec, value):
             )
             value = list(value) if ok else value
     if not ok:
-        raise ConfigError(_message(spec, value))
+        raise ConfigError(_message(spec, value, model_name))
     return value
 
 
@@ -685,7 +725,7 @@ def check_settings(config, model_name, multitask):
             continue
         if spec.when is not None and not spec.when(config):
             continue
-        config[spec.key] = check_value(spec, config[spec.key])
+        config[spec.key] = check_value(spec, config[spec.key], model_name)
     for rule in RULES:
         if not applies(rule.models, model_name, multitask) or any(key not in config for key in rule.keys):
             continue

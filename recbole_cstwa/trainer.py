@@ -22,6 +22,7 @@ from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.model.layers import mark_tables_sparse, sparse_row_parameters
 from recbole_cstwa.optim import ROW_WISE_LEARNERS, LazyRowAdam, SplitOptimizer, clip_gradients, sparse_updates
+from recbole_cstwa.tasks import trained_label
 
 
 class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMixin):
@@ -118,10 +119,12 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
             return super()._build_optimizer(params=params, **kwargs)
         learner = kwargs.get("learner", self.learner).lower()
         if learner not in ROW_WISE_LEARNERS:
+            # The config's learner was checked (optim.sparse_updates); this guards a learner
+            # passed here, or tables made sparse by hand.
             raise ConfigError(
                 f"embedding_update: sparse updates the embedding tables with a row-wise Adam, which "
-                f"needs learner adam or adamw, got {learner!r}. Set embedding_update: dense or "
-                "learner: adam."
+                f"needs learner {' or '.join(ROW_WISE_LEARNERS)}, got {learner!r}. Set "
+                "embedding_update: dense or learner: adam."
             )
         learning_rate = kwargs.get("learning_rate", self.learning_rate)
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
@@ -202,8 +205,7 @@ class SingleTaskTrainer(TaskTrainer):
         super().__init__(config, model)
 
     def predict_tasks(self, interaction):
-        trained = "click" if self.config["LABEL_FIELD"] == self.config["CLICK_FIELD"] else "purchase"
-        return {trained: self.model.predict(interaction)}
+        return {trained_label(self.config): self.model.predict(interaction)}
 
 
 class MultiTaskTrainer(TaskTrainer):

@@ -58,3 +58,48 @@ def test_missing_dataset_is_a_message(monkeypatch, capsys, tmp_path):
     status, stderr = run_command_in_process(monkeypatch, capsys, "run_recbole_cstwa", arguments)
     assert status != 0
     assert f"[{tmp_path}/absent] does not exist" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_a_redirected_run_is_quiet_and_names_epoch_checkpoint_and_log(tiny_data_path, tmp_path):
+    """stderr is a pipe here: no progress bar, no colour code, none of the known library warnings;
+    the final line names the best epoch, the checkpoint and the log file."""
+    done = _run(
+        "--model=CSTWA",
+        "--dataset=tiny-ccp",
+        f"--data_path={tiny_data_path}",
+        "--benchmark_filename=['train','valid','test']",
+        "--epochs=1",
+        f"--checkpoint_dir={tmp_path}/saved",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for output in (done.stdout, done.stderr):
+        assert "\x1b[" not in output and "\r" not in output
+    assert "it/s]" not in done.stderr and "show_progress = False" in done.stderr
+    assert "FutureWarning" not in done.stderr and "AVX" not in done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith(f"best epoch: 0; checkpoint: {tmp_path}/saved/CSTWA-")
+    log_file = last.split("; log: ")[1]
+    assert log_file.startswith("log/CSTWA/CSTWA-tiny-ccp-") and os.path.isfile(tmp_path / log_file)
+
+
+@pytest.mark.slow
+def test_settings_and_data_errors_come_before_the_settings_dump(tiny_data_path, tmp_path):
+    """A bad setting and a missing data file are each the run's only output."""
+    for arguments in (
+        ["--model=MLP", "--dataset=tiny-ccp", f"--data_path={tiny_data_path}", "--epoch=2"],
+        ["--model=MLP", "--dataset=no-such-data", f"--data_path={tmp_path}"],
+    ):
+        done = _run(*arguments, f"--checkpoint_dir={tmp_path}/saved")
+        assert done.returncode == 2
+        assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("error: ")
+
+
+def test_the_final_table_names_the_log_without_a_checkpoint():
+    from recbole_cstwa.commands.train import format_results
+
+    result = {"best_valid_result": {"click_auc": 0.6}, "test_result": {"click_auc": 0.7}, "log_file": "log/x.log"}
+    assert format_results(result).splitlines()[-1] == "log: log/x.log"
+    result.update(model_file="saved/x.pth", best_epoch=2)
+    assert format_results(result).splitlines()[-1] == "best epoch: 2; checkpoint: saved/x.pth; log: log/x.log"

@@ -4,11 +4,14 @@ RecBole's HyperTuning route (exhaustive, random, bayes), the output file and the
 import itertools
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import TINY, load_script, tiny_config
+from conftest import REPOSITORY, TINY, load_script, tiny_config
 from hyperopt import Trials, fmin, hp
 
 from recbole_cstwa.errors import ParamsFileError
@@ -265,6 +268,33 @@ def test_command_line_writes_best_and_all_trials(tiny_data_path, tmp_path, capsy
     printed = capsys.readouterr().out
     assert f"best params: {json.dumps(written['best']['params'])}" in printed
     assert "best valid purchase_auc:" in printed
+
+
+@pytest.mark.slow
+def test_redirected_output_has_no_colour_code_or_progress_bar(tiny_data_path, tmp_path):
+    """Behind hyperopt's progress-bar redirection colorama does not strip RecBole's log colours."""
+    params_file = tmp_path / "space.hyper"
+    params_file.write_text("learning_rate choice [0.01, 0.02]\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPOSITORY, "run_hyper.py"),
+            "--model=MLP",
+            f"--dataset={TINY}",
+            f"--params_file={params_file}",
+            f"--data_path={tiny_data_path}",
+            "--benchmark_filename=[train,valid,test]",
+            "--epochs=1",
+            f"--checkpoint_dir={tmp_path / 'saved'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best params:" in done.stdout and "General Hyper Parameters" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert "\x1b[" not in output and "\r" not in output
 
 
 @pytest.mark.parametrize(

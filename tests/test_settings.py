@@ -15,27 +15,47 @@ from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError, DataFormatError, InputError
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import CHECKSUMS, tensor_checksums
 from recbole_cstwa.registry import plugin_model_names
-from recbole_cstwa.settings import ANY_MODEL, MULTITASK, SETTINGS, requirement
+from recbole_cstwa.settings import (
+    ANY_MODEL,
+    MULTITASK,
+    NO_DEFAULT,
+    SETTINGS,
+    Setting,
+    default_value,
+    requirement,
+)
 
 
 # ----- the table -----------------------------------------------------------------------------------
-def test_every_table_default_is_the_yaml_default():
-    """The value a message proposes as the fix is the value the plugin really uses by default."""
+def test_every_setting_has_its_default_in_the_yaml_files():
+    """Defaults are written once, in properties/; the value a message proposes as the fix
+    (default_value) is the value the config really holds by default, for every model reading it."""
     from recbole_cstwa.config import Config
 
     configs = {}
     for spec in SETTINGS:
-        models = [m for m in spec.models if m not in (ANY_MODEL, MULTITASK)] or ["MLP"]
+        models = [m for m in spec.models if m not in (ANY_MODEL, MULTITASK)] or ["MLP", "DeepFM"]
         for model in models:
             if model not in configs:
-                configs[model] = Config(model=model, config_dict={"state": "ERROR"})
-            assert configs[model][spec.key] == spec.default, (spec.key, model)
+                overrides = {"LABEL_FIELD": "click"} if model == "DeepFM" else {}
+                configs[model] = Config(model=model, config_dict={"state": "ERROR", **overrides})
+            default = default_value(spec.key, model)
+            assert default is not NO_DEFAULT, (spec.key, model)
+            assert configs[model][spec.key] == default, (spec.key, model)
+
+
+def test_a_row_written_with_its_default_is_refused():
+    """Rows are Setting(key, kind, source, ...): a default in the row (the old form) fails at import."""
+    with pytest.raises(TypeError, match="multiple values for argument 'models'"):
+        Setting("my_size", "int", 8, "my source", models=("MyModel",), low=1)
+    with pytest.raises(TypeError, match="the default goes in properties/"):
+        Setting("my_size", "int", 8, "my source")
 
 
 def test_every_model_yaml_key_is_in_the_table():
     import yaml
 
-    from recbole_cstwa.config import properties_dir
+    from recbole_cstwa.settings import properties_dir
 
     described = {spec.key for spec in SETTINGS}
     for model in plugin_model_names():
@@ -76,7 +96,7 @@ BAD_SETTINGS = [
     ("MLP", {"tower_hidden_size": [128, 0, 32]}, "tower_hidden_size must be a list of integers >= 1"),
     ("MLP", {"tower_hidden_size": [128, 64]}, "tower_dropout [0.1, 0.3, 0.3] needs one value per layer"),
     ("MLP", {"context_pooling": "sum"}, "context_pooling must be one of 'mean', 'concat', got 'sum'"),
-    ("MLP", {"learner": "adamw"}, "learner must be one of 'adam', 'sgd'"),
+    ("MLP", {"learner": "adamax"}, "learner must be one of 'adam', 'adamw', 'sgd'"),
     ("MLP", {"epochs": 0}, "epochs must be an integer >= 1, got 0"),
     ("MLP", {"train_batch_size": 2.5}, "train_batch_size must be an integer >= 1, got 2.5"),
     ("MLP", {"invalid_purchase": "keep"}, "invalid_purchase must be one of 'drop', 'error'"),
@@ -299,9 +319,9 @@ def test_a_call_on_the_command_line_never_runs(monkeypatch, capsys, tiny_data_pa
 def test_a_call_in_config_dict_or_a_config_file_stays_text(make_config, tmp_path):
     marker = tmp_path / "marker"
     call = f"open({str(marker)!r},'a').write('x')"
-    assert make_config("MLP", note=call)["note"] == call
+    assert make_config("MLP", note=call, extra_keys=["note"])["note"] == call
     config_file = tmp_path / "call.yaml"
-    config_file.write_text(f'note: "{call}"\n')
+    config_file.write_text(f'extra_keys: [note]\nnote: "{call}"\n')
     from recbole_cstwa.config import Config
 
     config = Config(model="MLP", config_file_list=[str(config_file)], config_dict={"state": "ERROR"})
@@ -311,7 +331,8 @@ def test_a_call_in_config_dict_or_a_config_file_stays_text(make_config, tmp_path
 
 def test_config_dict_strings_are_read_without_eval(make_config):
     config = make_config(
-        "MLP", tower_hidden_size="[64, 32, 16]", learning_rate="1e-3", use_gpu="False", note="2**3", seed="7"
+        "MLP", tower_hidden_size="[64, 32, 16]", learning_rate="1e-3", use_gpu="False", note="2**3", seed="7",
+        extra_keys="[note]",
     )
     assert config["tower_hidden_size"] == [64, 32, 16] and config["learning_rate"] == 0.001
     assert config["use_gpu"] is False and config["seed"] == 7

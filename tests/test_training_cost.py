@@ -160,6 +160,40 @@ def test_cstwa_and_its_pretraining_model_use_row_updates_for_their_tables(make_c
         assert {id(p) for g in row_optimizer.param_groups for p in g["params"]} == tables
 
 
+def test_lazy_row_adam_decoupled_is_torch_adamw_on_touched_rows():
+    """learner: adamw's row-wise form: with every row touched it is torch's AdamW, step by step."""
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    reference = torch.nn.Parameter(table.detach().clone())
+    rows = LazyRowAdam([{"params": [table], "weight_decay": 0.1}], lr=0.01, decoupled=True)
+    adamw = torch.optim.AdamW([reference], lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        grad = torch.randn(6, 3)
+        table.grad = torch.sparse_coo_tensor(torch.arange(6).unsqueeze(0), grad, (6, 3))
+        reference.grad = grad.clone()
+        rows.step()
+        adamw.step()
+    assert torch.allclose(table, reference, atol=1e-6)
+
+
+def test_learner_adamw_trains_end_to_end(setup):
+    """learner: adamw is accepted by the settings and trains: torch's AdamW for the dense
+    parameters (as RecBole's trainer builds it), the decoupled row-wise form for the tables."""
+    model, trainer, batches = setup(embedding_update="sparse", learner="AdamW", learning_rate=0.01, batches=4)
+    assert model.config["learner"] == "adamw"
+    dense, row_wise = trainer.optimizer.optimizers
+    assert isinstance(dense, torch.optim.AdamW)
+    assert isinstance(row_wise, LazyRowAdam) and all(g["decoupled"] for g in row_wise.param_groups)
+    groups = [[p for g in optimizer.param_groups for p in g["params"]] for optimizer in (dense, row_wise)]
+    before = [[p.detach().clone() for p in group] for group in groups]
+    losses = [sum(trainer._train_epoch(Batches(batches), epoch)) for epoch in range(3)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    for group, old in zip(groups, before):  # both optimizers moved their parameters
+        assert any(not torch.equal(b, p) for b, p in zip(old, group))
+    _, dense_trainer, _ = setup(embedding_update="dense", learner="adamw")
+    assert isinstance(dense_trainer.optimizer, torch.optim.AdamW)
+
+
 def test_bad_embedding_update_is_a_config_error(make_config):
     with pytest.raises(ConfigError, match="embedding_update"):
         make_config("MLP", embedding_update="lazy")

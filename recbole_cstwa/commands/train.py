@@ -8,7 +8,7 @@
     python run_recbole_cstwa.py --resume=saved/MLP-....pth [--epochs=20]   # continue training
 
 Prints the click and purchase metrics of the best validation epoch and of the test set, the best
-epoch and the checkpoint that holds it. A checkpoint of this version brings its model, dataset and
+epoch, the checkpoint that holds it and the run's log file. A checkpoint of this version brings its model, dataset and
 settings (the command line overrides them); one of an earlier version needs them given.
 ``--nproc=2`` trains with 2 data-parallel processes (DDP: one a GPU with nccl, or CPU processes
 with gloo); over several machines, each runs ``--nproc`` ranks from ``--group_offset`` of
@@ -22,7 +22,8 @@ from recbole_cstwa.quick_start import evaluate_checkpoint, run_recbole_cstwa
 
 
 def format_results(result):
-    """The valid and test metrics as an aligned table, then the best epoch and its checkpoint."""
+    """The valid and test metrics as an aligned table, then the best epoch, its checkpoint and
+    the run's log file."""
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
     metrics = list(test) or list(valid)
     lines = [f"{'metric':<20}{'valid':>10}{'test':>10}"]
@@ -30,10 +31,13 @@ def format_results(result):
         lines.append(
             f"{metric:<20}{valid.get(metric, float('nan')):>10.4f}{test.get(metric, float('nan')):>10.4f}"
         )
+    log = f"log: {result['log_file']}" if result.get("log_file") else ""
     if result.get("model_file"):
         epoch = result.get("best_epoch")
         saved = epoch if epoch is not None else "none saved"
-        lines.append(f"best epoch: {saved}; checkpoint: {result['model_file']}")
+        lines.append(f"best epoch: {saved}; checkpoint: {result['model_file']}" + (f"; {log}" if log else ""))
+    elif log:
+        lines.append(log)
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from recbole_cstwa.data.atomic import header_problem
 from recbole_cstwa.errors import ConfigError, DataFormatError
+from recbole_cstwa.tasks import label_fields, metric_key, task_label
 
 #: Metrics undefined on a split whose label takes a single value.
 RANKING_METRICS = ("auc", "gauc")
@@ -120,13 +121,13 @@ def check_evaluation_splits(config, valid_data, test_data):
     if metric not in RANKING_METRICS:
         return
     tasks = config["eval_tasks"]
-    labels = {name: config[key] for name, key in (("click", "CLICK_FIELD"), ("purchase", "PURCHASE_FIELD"))}
+    labels = label_fields(config)
     for split, data in (("valid", valid_data), ("test", test_data)):
         # Both labels, whichever tasks are scored: cvr's rows are the clicked ones.
         counts = {name: _label_counts(data, field) for name, field in labels.items()}
         rows = counts["click"][0]
         # cvr is scored on the clicked rows, ctcvr on all rows: both need purchases and non-purchases.
-        label_task = "purchase" if task in ("cvr", "ctcvr") else task
+        label_task = task_label(task)
         positives = counts[label_task][1]
         negatives = (counts["click"][1] if task == "cvr" else rows) - positives
         if positives > 0 and negatives > 0:
@@ -141,7 +142,7 @@ def check_evaluation_splits(config, valid_data, test_data):
         if split == "test":
             getLogger().warning(message + " The test metrics of that task will be NaN.")
             continue
-        others = [f"{name}_{metric}" for name in tasks if name != task]
+        others = [metric_key(name, metric) for name in tasks if name != task]
         raise DataFormatError(
             f"{message} Split the data so that valid and test hold both labels (the importer's "
             "stratified split: recbole-cstwa-import), or choose another "

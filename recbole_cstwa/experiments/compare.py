@@ -43,7 +43,7 @@ import numpy as np
 
 from recbole_cstwa.atomic_write import open_append
 from recbole_cstwa.config import isolated_argv
-from recbole_cstwa.errors import CompareError, ConfigError
+from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
     TESTED_METRICS,
@@ -52,6 +52,7 @@ from recbole_cstwa.experiments.report import (
     write_markdown,
     write_plot,
 )
+from recbole_cstwa.tasks import label_fields
 from recbole_cstwa.values import parse_assignments, split_assignments
 
 RUNS_FILE = "runs.jsonl"
@@ -190,15 +191,22 @@ def make_plan(
     two_task, configs = {}, {}
     for entry in entries:
         two_task[entry.name] = _is_two_task(entry.model)  # unknown names fail here, before any run
-        with isolated_argv():
-            configs[entry.name] = Config(
-                model=entry.model,
-                dataset=dataset,
-                config_file_list=config_file_list or None,
-                config_dict={**overrides, **entry.overrides},
-            )
+        try:
+            with isolated_argv():
+                configs[entry.name] = Config(
+                    model=entry.model,
+                    dataset=dataset,
+                    config_file_list=config_file_list or None,
+                    config_dict={**overrides, **entry.overrides},
+                )
+        except UnknownSettingError as error:
+            if error.where != "config_dict":
+                raise
+            # config_dict holds the variant's settings over the command's --key=value pairs
+            where = f"--variant {entry.name}" if error.key in entry.overrides else "command line"
+            raise error.given_in(where) from None
     first = configs[entries[0].name]
-    label_fields = {"click": first["CLICK_FIELD"], "purchase": first["PURCHASE_FIELD"]}
+    labels = label_fields(first)
     benchmark = first["benchmark_filename"] or []
     plan = Plan(
         entries=entries,
@@ -207,7 +215,7 @@ def make_plan(
         config_file_list=config_file_list,
         overrides=overrides,
         reference=reference,
-        label_fields=label_fields,
+        label_fields=labels,
         two_task=two_task,
         data_dir=first["data_path"],
         test_split=benchmark[2] if len(benchmark) == 3 else "",
@@ -218,7 +226,7 @@ def make_plan(
             for task in tasks:
                 config_dict = {**overrides, **entry.overrides, "seed": seed}
                 if task != "both":
-                    config_dict["LABEL_FIELD"] = label_fields[task]
+                    config_dict["LABEL_FIELD"] = labels[task]
                 key = run_key(entry.model, task, config_dict, plan.dataset, config_file_list)
                 plan.runs.append(
                     {

@@ -32,8 +32,9 @@ import math
 import os
 import re
 
+from recbole_cstwa.compat import terminal
 from recbole_cstwa.config import isolated_argv
-from recbole_cstwa.errors import ConfigError, ParamsFileError, ValueTextError
+from recbole_cstwa.errors import ConfigError, ParamsFileError, UnknownSettingError, ValueTextError
 from recbole_cstwa.experiments.search_space import (
     PARAM_TYPES,
     Search,
@@ -44,6 +45,7 @@ from recbole_cstwa.experiments.search_space import (
     trial_record,
     write_report,
 )
+from recbole_cstwa.keys import check_keys
 from recbole_cstwa.values import parse_literal, strip_comment
 
 #: Search algorithms, as RecBole names them.
@@ -132,8 +134,9 @@ def read_params_file(path):
     return parse_params(lines, source=path)
 
 
-def _prepare(params, model, dataset, config_file_list, overrides):
-    """Checks the settings once, before any trial, and reads the metric to optimise."""
+def _prepare(params, model, dataset, config_file_list, overrides, source="the search space"):
+    """Checks the settings and the searched keys once, before any trial, and reads the metric
+    to optimise."""
     from recbole_cstwa.config import Config
 
     fixed = dict(overrides or {})
@@ -151,8 +154,13 @@ def _prepare(params, model, dataset, config_file_list, overrides):
     for path in config_file_list:
         if not os.path.isfile(path):
             raise ConfigError(f"Config file [{path}] does not exist (--config_files).")
-    with isolated_argv():
-        config = Config(config_file_list=config_file_list or None, config_dict=dict(fixed))
+    try:
+        with isolated_argv():
+            config = Config(config_file_list=config_file_list or None, config_dict=dict(fixed))
+    except UnknownSettingError as error:
+        # the fixed settings are the command's --key=value pairs
+        raise (error.given_in("command line") if error.where == "config_dict" else error) from None
+    check_keys([param.name for param in params], source, config.known_keys)
     fixed.setdefault("model", config["model"])
     fixed.setdefault("dataset", config["dataset"])
     return Search(
@@ -246,7 +254,7 @@ def run_search(
     if not isinstance(params, (list, tuple)):
         source = f"params file [{params}]"
         params = read_params_file(params)
-    search = _prepare(list(params), model, dataset, config_file_list, overrides)
+    search = _prepare(list(params), model, dataset, config_file_list, overrides, source)
     check_space(search.params, search.info["model"], source)
     search.info.update(algo=algo, tool=tool, search_seed=search_seed)
     if output_file == "auto":
@@ -308,7 +316,22 @@ def _search_hyperopt(search, algo, max_evals, early_stop, output_file, seed):
         write_report(search, output_file)
         return result
 
-    tuner = HyperTuning(
+    class QuietHyperTuning(HyperTuning):
+        def run(self):
+            # RecBole's run() without hyperopt's progress bar off a terminal (it would write one
+            # line a refresh into a redirected file)
+            from hyperopt import fmin
+
+            fmin(
+                self.trial,
+                self.space,
+                algo=self.algo,
+                max_evals=self.max_evals,
+                early_stop_fn=self.early_stop_fn,
+                show_progressbar=terminal(),
+            )
+
+    tuner = QuietHyperTuning(
         objective,
         space=space,
         fixed_config_file_list=search.config_file_list or None,

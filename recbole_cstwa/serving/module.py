@@ -28,6 +28,7 @@ from recbole.utils import FeatureSource, FeatureType
 
 from recbole_cstwa.errors import InputError
 from recbole_cstwa.model.layers import FieldEmbedding
+from recbole_cstwa.tasks import trained_label
 
 #: Output columns: model output -> column name.
 OUTPUT_COLUMNS = {"click": "p_click", "purchase": "p_purchase", "cvr": "p_cvr"}
@@ -107,8 +108,7 @@ class ServingModule(nn.Module):
             model.sm_mode = "epoch"
         self.model = model
         self.multitask = trained.is_multitask
-        trained_task = "click" if config["LABEL_FIELD"] == config["CLICK_FIELD"] else "purchase"
-        self.outputs = ["click", "purchase", "cvr"] if self.multitask else [trained_task]
+        self.outputs = ["click", "purchase", "cvr"] if self.multitask else [trained_label(config)]
         self.output_names = [OUTPUT_COLUMNS[name] for name in self.outputs]
         self.joins = []  # (id field, [(feature field, buffer name)])
         for group, feat, id_field in (
