@@ -42,7 +42,9 @@ def parse_value(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="MLP")
     parser.add_argument("--nproc", default="1,2", help="comma-separated process counts")
     parser.add_argument("--port", type=int, default=29731)
@@ -51,22 +53,30 @@ def main():
     for item in extra:
         key, _, value = item[2:].partition("=")
         config[key] = parse_value(value)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))
+    )
     for nproc in [int(n) for n in args.nproc.split(",")]:
         completed = subprocess.run(
             [sys.executable, "-c", _ONE_RUN, str(nproc), str(args.port + nproc), json.dumps(config)],
-            env=env, capture_output=True, text=True,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
         if completed.returncode or not lines:
             sys.exit(f"error: the run with {nproc} process(es) failed:\n{completed.stderr[-3000:]}")
-        result = json.loads(lines[-1][len("RESULT "):])
+        result = json.loads(lines[-1][len("RESULT ") :])
         test = {key: round(value, 6) for key, value in result["test_result"].items()}
         print(
             f"{args.model} nproc={nproc}: epoch train s {[round(s, 2) for s in result['epoch_seconds']]}, "
             f"fit s {result['fit_seconds']:.1f}, peak RSS MiB a rank {result['peak_rss_mb']}, "
             f"PSS at the end MiB a rank {result['pss_mb']}, test {test}"
-            + (f", stages s { {k: round(v, 2) for k, v in result['stage_times'].items()} }" if "stage_times" in result else "")
+            + (
+                f", stages s { {k: round(v, 2) for k, v in result['stage_times'].items()} }"
+                if "stage_times" in result
+                else ""
+            )
         )
 
 

@@ -30,23 +30,45 @@ CHILD = (
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", type=int, default=[200_000, 1_000_000], help="train rows (test: half)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", nargs="+", type=int, default=[200_000, 1_000_000], help="train rows (test: half)"
+    )
     arguments = parser.parse_args()
     sys.path.insert(0, REPOSITORY)
     from recbole_cstwa.tools.aliexpress_sample import write_sample
 
     environment = dict(os.environ, PYTHONPATH=REPOSITORY)
-    lines = [f"{'train rows':>12}{'test rows':>12}{'input MiB':>11}{'seconds':>9}{'rows/s':>10}{'peak RSS':>10}"]
+    lines = [
+        f"{'train rows':>12}{'test rows':>12}{'input MiB':>11}{'seconds':>9}{'rows/s':>10}{'peak RSS':>10}"
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-importer-") as scratch:
         for rows in arguments.rows:
             folder = os.path.join(scratch, str(rows))
             paths = write_sample(os.path.join(folder, "raw"), rows, seed=2020)
             size = sum(os.path.getsize(path) for path in paths.values()) / 2**20
             command = [
-                sys.executable, "-c", CHILD, "--train", paths["train"], "--test",
-                paths["test"], "--output", os.path.join(folder, "data"), "--name", "bench", "--click", "click",
-                "--purchase", "conversion", "--context-fields", "categorical_*", "numerical_*", "--numerical",
+                sys.executable,
+                "-c",
+                CHILD,
+                "--train",
+                paths["train"],
+                "--test",
+                paths["test"],
+                "--output",
+                os.path.join(folder, "data"),
+                "--name",
+                "bench",
+                "--click",
+                "click",
+                "--purchase",
+                "conversion",
+                "--context-fields",
+                "categorical_*",
+                "numerical_*",
+                "--numerical",
                 "numerical_*",
             ]
             started = time.perf_counter()
@@ -54,7 +76,9 @@ def main():
             seconds = time.perf_counter() - started
             peak_text = f"{int(done.stderr.split('PEAK')[-1]) / 1024:.0f}MB"
             total = rows + rows // 2
-            lines.append(f"{rows:>12,}{rows // 2:>12,}{size:>11.0f}{seconds:>9.1f}{total / seconds:>10,.0f}{peak_text:>10}")
+            lines.append(
+                f"{rows:>12,}{rows // 2:>12,}{size:>11.0f}{seconds:>9.1f}{total / seconds:>10,.0f}{peak_text:>10}"
+            )
             shutil.rmtree(folder)
     print("\n".join(lines))
 

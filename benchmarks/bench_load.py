@@ -72,7 +72,7 @@ def run_child(repo, settings, phase):
     if status != 0:
         raise SystemExit(f"child failed ({phase}):\n{stderr[-3000:]}")
     line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     result.update(wall_seconds=wall, peak_rss_bytes=usage.ru_maxrss * 1024)
     return result
 
@@ -93,12 +93,21 @@ def describe(name, result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic-ccp")
-    parser.add_argument("--data-path", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset"))
+    parser.add_argument(
+        "--data-path",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset"),
+    )
     parser.add_argument("--benchmark-filename", nargs="*", default=["train", "valid", "test"])
     parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    parser.add_argument("--legacy-cache", action="store_true", help="the code under --repo caches with RecBole's save_dataset")
-    parser.add_argument("--skip-train", action="store_true", help="do not measure the time to the first training step")
-    parser.add_argument("--cached-repeats", type=int, default=1, help="cached loads to time (each in a fresh process)")
+    parser.add_argument(
+        "--legacy-cache", action="store_true", help="the code under --repo caches with RecBole's save_dataset"
+    )
+    parser.add_argument(
+        "--skip-train", action="store_true", help="do not measure the time to the first training step"
+    )
+    parser.add_argument(
+        "--cached-repeats", type=int, default=1, help="cached loads to time (each in a fresh process)"
+    )
     args = parser.parse_args(argv)
 
     work = tempfile.mkdtemp(prefix="bench-load-")

@@ -181,7 +181,9 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
         result["load_s"] = time.perf_counter() - start
         result["load_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if loaded is not None:
-            loaded.update(splits=(train_data, valid_data), load_s=result["load_s"], load_mib=result["load_mib"])
+            loaded.update(
+                splits=(train_data, valid_data), load_s=result["load_s"], load_mib=result["load_mib"]
+            )
     result["train_rows_total"] = len(train_data._dataset)
     result["threads"] = torch.get_num_threads()
     result["device"] = str(config["device"])
@@ -208,9 +210,13 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
             recalls = {}
             for group in ("user", "item"):
                 with torch.no_grad():
-                    representations = group_representations(
-                        trainer.pretrained_embedding, model.entity_features(group), group
-                    ).cpu().numpy()
+                    representations = (
+                        group_representations(
+                            trainer.pretrained_embedding, model.entity_features(group), group
+                        )
+                        .cpu()
+                        .numpy()
+                    )
                 recalls[group] = _edge_recall(
                     representations, model.graph(group), config["graph_top_k"], args.recall_queries
                 )
@@ -231,7 +237,9 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
     limited = LimitedLoader(train_data, max_batches, shared=True)
     rows = min(len(train_data._dataset), max_batches * batch_size)
     train_epoch(LimitedLoader(train_data, 2, shared=True))  # warm-up (and the epoch's shuffle)
-    result["train_rows_s"] = max(_rows_per_second(lambda: train_epoch(limited), rows) for _ in range(args.repeats))
+    result["train_rows_s"] = max(
+        _rows_per_second(lambda: train_epoch(limited), rows) for _ in range(args.repeats)
+    )
     result["train_rows"] = rows
 
     # RecBole path vs a bare loop, same model object, optimizer and pre-built batches.
@@ -272,7 +280,11 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
         if model_name == "CSTWA":  # the graphs built above
             for group in ("user", "item"):
                 built, graph = model.structure[group], dense_model.structure[group]
-                graph.row_pointers, graph.columns, graph.values = built.row_pointers, built.columns, built.values
+                graph.row_pointers, graph.columns, graph.values = (
+                    built.row_pointers,
+                    built.columns,
+                    built.values,
+                )
         dense_trainer = get_trainer(config["MODEL_TYPE"], config["model"])(dense_config, dense_model)
         if model_name == "CSTWA":
             dense_model.update_structure()
@@ -281,7 +293,8 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
             _rows_per_second(lambda: train_epoch(limited, dense_trainer), rows) for _ in range(args.repeats)
         )
         result["dense_prebuilt_rows_s"] = max(
-            _rows_per_second(lambda: train_epoch(batches, dense_trainer), bare_rows) for _ in range(args.repeats)
+            _rows_per_second(lambda: train_epoch(batches, dense_trainer), bare_rows)
+            for _ in range(args.repeats)
         )
         result["sparse_prebuilt_rows_s"] = result["recbole_rows_s"]
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -331,7 +344,9 @@ def _format(value, spec):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-path", default="dataset")
     parser.add_argument("--dataset", default="s4m")
     parser.add_argument("--small-dataset", default=None, help="default: <dataset>-smallvocab")
@@ -349,7 +364,9 @@ def main():
     parser.add_argument("--skip-pretrain-auc", action="store_true")
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--cache-dir", default=None, help="CSTWA artifact cache (default: <data-path>/bench-cache)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="CSTWA artifact cache (default: <data-path>/bench-cache)"
+    )
     parser.add_argument(
         "--compare-dense",
         action="store_true",

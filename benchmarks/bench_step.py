@@ -108,7 +108,9 @@ def bench_compile(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-path", default="dataset")
     parser.add_argument("--dataset", default="synthetic-ccp")
     parser.add_argument("--model", default="CSTWA")

@@ -48,8 +48,17 @@ DEFAULT_TIMEOUT = 4 * 3600
 
 # ----- launching -----------------------------------------------------------------------------
 def launch(
-    run, model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-    nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0,
+    run,
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port=5678,
+    group_offset=0,
 ):
     """Runs ``run(model, dataset, config_file_list, config_dict, saved)`` on ``nproc`` processes.
 
@@ -106,7 +115,10 @@ def _run_rank(local_rank, run, model, dataset, config_file_list, config_dict, sa
     config_dict = {**config_dict, "local_rank": local_rank}
     try:
         result = run(
-            model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
+            model=model,
+            dataset=dataset,
+            config_file_list=config_file_list,
+            config_dict=config_dict,
             saved=saved,
         )
         if dist.get_rank() == 0:

@@ -16,6 +16,7 @@ from recbole_cstwa.tasks import DIVISION, TASKS, metric_key
 #: The division is clipped to [DIVISION_CLIP, 1 - DIVISION_CLIP]: a post-click probability in (0, 1).
 DIVISION_CLIP = 1e-7
 
+
 def division_cvr(p_purchase, p_click):
     """``pCTCVR / pCTR`` clipped to ``(0, 1)``: the post-click conversion probability a model
     with an impression-level purchase head implies (the ESMM paper's DIVISION baseline)."""
@@ -26,7 +27,11 @@ def division_cvr(p_purchase, p_click):
 def _score(scores, name):
     """Model output ``name`` (or the derived :data:`DIVISION`) of one batch, None when missing."""
     if name == DIVISION:
-        return division_cvr(scores["purchase"], scores["click"]) if {"purchase", "click"} <= set(scores) else None
+        return (
+            division_cvr(scores["purchase"], scores["click"])
+            if {"purchase", "click"} <= set(scores)
+            else None
+        )
     return scores.get(name)
 
 
@@ -80,7 +85,9 @@ class TaskEvaluator:
             _, sources, clicked_only = TASKS[task]
             score = next((s for s in (_score(scores, name) for name in sources) if s is not None), None)
             if score is None:
-                raise KeyError(f"task {task} needs one of the model outputs {list(sources)}, got {list(scores)}.")
+                raise KeyError(
+                    f"task {task} needs one of the model outputs {list(sources)}, got {list(scores)}."
+                )
             label = interaction[self.tasks[task]]
             if clicked_only:
                 if clicked is None:

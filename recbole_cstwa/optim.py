@@ -47,7 +47,9 @@ def coalesced(grad):
         return grad
     rows = grad._indices()
     if rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()):
-        return torch.sparse_coo_tensor(rows, grad._values(), grad.shape, is_coalesced=True, check_invariants=False)
+        return torch.sparse_coo_tensor(
+            rows, grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+        )
     return grad.coalesce()
 
 
@@ -104,7 +106,9 @@ class LazyRowAdam(torch.optim.Optimizer):
                 if not state:
                     state["step"] = 0
                     # both moments of a row side by side: one gather and one scatter a step
-                    state["moments"] = torch.zeros((len(param), 2, *param.shape[1:]), dtype=param.dtype, device=param.device)
+                    state["moments"] = torch.zeros(
+                        (len(param), 2, *param.shape[1:]), dtype=param.dtype, device=param.device
+                    )
                 state["step"] += 1
                 current = param.index_select(0, rows)
                 if decay and group["decoupled"]:
@@ -136,7 +140,9 @@ def clip_gradients(parameters, max_norm, norm_type=2.0, **options):
             p.grad = coalesced(p.grad)
     parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
     norm_type = float(norm_type)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type)
+    total = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, norm_type) for g in parts]), norm_type
+    )
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for part in parts:
         part.mul_(scale.to(part.device))

@@ -29,8 +29,17 @@ from recbole_cstwa.serving.trained import (
 
 
 def run_recbole_cstwa(
-    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-    nproc=1, world_size=-1, ip="localhost", port=5678, group_offset=0, resume=None,
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port=5678,
+    group_offset=0,
+    resume=None,
 ):
     """Trains ``model`` on ``dataset``, early-stops on ``valid_metric`` and scores the test set.
 
@@ -67,13 +76,24 @@ def run_recbole_cstwa(
         if resume is not None:
             raise CheckpointError("--resume runs in one process: drop --nproc / --world_size.")
         # Settings are checked here once, so that a bad one is one message, not one a rank.
-        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        config = Config(
+            model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+        )
         # RecBole makes these folders with check-then-create, which the ranks would race on.
         os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
         return distributed.launch(
-            _run, model, dataset, config_file_list, config_dict, saved,
-            nproc=nproc, world_size=world_size, ip=ip, port=port, group_offset=group_offset,
+            _run,
+            model,
+            dataset,
+            config_file_list,
+            config_dict,
+            saved,
+            nproc=nproc,
+            world_size=world_size,
+            ip=ip,
+            port=port,
+            group_offset=group_offset,
         )
     return _run(model, dataset, config_file_list, config_dict, saved, resume=resume)
 
@@ -92,7 +112,10 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
                 "it was trained with."
             )
         return model, dataset, config_dict
-    for given, stored, key in ((model, checkpoint["model"], "model"), (dataset, checkpoint["dataset"], "dataset")):
+    for given, stored, key in (
+        (model, checkpoint["model"], "model"),
+        (dataset, checkpoint["dataset"], "dataset"),
+    ):
         if given is not None and str(given).lower() != str(stored).lower():
             raise CheckpointError(
                 f"Checkpoint [{model_file}] holds {key} {stored}, not {given}. Fix: drop --{key} "
@@ -131,7 +154,9 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     show = config["show_progress"]
-    valid_result = trainer.evaluate(valid_data, load_best_model=True, model_file=model_file, show_progress=show)
+    valid_result = trainer.evaluate(
+        valid_data, load_best_model=True, model_file=model_file, show_progress=show
+    )
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=show)
     logger.info(set_color("valid result", "yellow") + f": {dict(valid_result or {})}")
     logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")

@@ -164,8 +164,7 @@ SETTINGS = (
     Setting(
         "threads",
         "int",
-        "measured: one torch thread a process trains fastest on a small shared machine "
-        "(results/threads.md)",
+        "measured: one torch thread a process trains fastest on a small shared machine (results/threads.md)",
         models=(ANY_MODEL,),
         low=0,
         note="torch's threads a process; 0: torch's default, one a core; OMP_NUM_THREADS, when set, "
@@ -217,9 +216,7 @@ SETTINGS = (
     ),
     Setting("sm_layers", "int", PAPER + ", L = 1", models=CSTWA, low=1),
     Setting("sm_lambda", "number", PAPER + ", lambda = 0.3 (searched 0.1-0.9)", models=CSTWA, low=0, high=1),
-    Setting(
-        "graph_top_k", "int", PAPER + ", K = 8 (searched 4-32)", models=CSTWA, low=1, when=_use_sm
-    ),
+    Setting("graph_top_k", "int", PAPER + ", K = 8 (searched 4-32)", models=CSTWA, low=1, when=_use_sm),
     Setting("graph_self_loop", "bool", "the project's reading", models=CSTWA, when=_use_sm),
     Setting("graph_symmetric", "bool", "the project's reading", models=CSTWA, when=_use_sm),
     Setting(
@@ -232,7 +229,12 @@ SETTINGS = (
         when=_use_sm,
     ),
     Setting(
-        "graph_exact_max_nodes", "int", "measured (results/training-step.md)", models=CSTWA, low=1, when=_use_sm
+        "graph_exact_max_nodes",
+        "int",
+        "measured (results/training-step.md)",
+        models=CSTWA,
+        low=1,
+        when=_use_sm,
     ),
     Setting("graph_ivf_nlist", "int", "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
     Setting("graph_nprobe", "int", "faiss's usual scale", models=CSTWA, low=1, when=_use_sm),
@@ -286,9 +288,7 @@ SETTINGS = (
         low=0,
         note="0 switches the term off",
     ),
-    Setting(
-        "aitm_l2", "number", "--lamda 1e-6 of AITM's official run line", models=("AITM",), low=0
-    ),
+    Setting("aitm_l2", "number", "--lamda 1e-6 of AITM's official run line", models=("AITM",), low=0),
     # ----- ESCM2 -------------------------------------------------------------------------------
     Setting(
         "escm2_mode", "choice", "PaddleRec's config_bigdata.yaml", models=("ESCM2",), choices=("ips", "dr")
@@ -546,7 +546,11 @@ RULES = (
         _expert_dropout_per_layer,
         models=EXPERT_MODELS,
     ),
-    Rule(("task_tower_dropout", "task_tower_hidden_size"), _dropout_per_layer("task_tower"), models=EXPERT_MODELS),
+    Rule(
+        ("task_tower_dropout", "task_tower_hidden_size"),
+        _dropout_per_layer("task_tower"),
+        models=EXPERT_MODELS,
+    ),
     Rule(("ce_low_percentile", "ce_high_percentile"), _percentile_order, models=CSTWA),
     Rule(("graph_hnsw_ef_search", "graph_top_k", "graph_index"), _hnsw_breadth, models=CSTWA, when=_use_sm),
     Rule(("ple_shared_experts", "ple_specific_experts"), _ple_experts, models=("PLE",)),
@@ -639,7 +643,10 @@ def _defaults_file(path):
 def properties_dir():
     """The plugin's YAML defaults: inside the installed package, else at the top of a checkout."""
     package = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(package, "properties"), os.path.join(os.path.dirname(package), "properties")):
+    for candidate in (
+        os.path.join(package, "properties"),
+        os.path.join(os.path.dirname(package), "properties"),
+    ):
         if os.path.isfile(os.path.join(candidate, "overall.yaml")):
             return candidate
     raise FileNotFoundError(

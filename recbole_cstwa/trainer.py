@@ -79,7 +79,9 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         self.model.train()
         loss_func = loss_func or self.model.calculate_loss
         iterator = (
-            tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+            tqdm(
+                train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")
+            )
             if show_progress
             else train_data
         )
@@ -136,9 +138,7 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         dense = [p for p in params if id(p) not in row_decays]
         if dense:
             optimizers.append(super()._build_optimizer(params=dense, **kwargs))
-        optimizers.append(
-            LazyRowAdam(groups, lr=learning_rate, decoupled=ROW_WISE_LEARNERS[learner])
-        )
+        optimizers.append(LazyRowAdam(groups, lr=learning_rate, decoupled=ROW_WISE_LEARNERS[learner]))
         return SplitOptimizer(optimizers)
 
     @torch.no_grad()

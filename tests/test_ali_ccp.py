@@ -611,7 +611,12 @@ def test_raw_non_utf8_line_names_file_and_line_or_is_skipped(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "ali-ccp")  # a failed run leaves no folder
 
     summary = convert_raw(
-        *paths, output=tmp_path / "out", min_count=2, valid_ratio=0.0, skip_malformed=True, show_progress=False
+        *paths,
+        output=tmp_path / "out",
+        min_count=2,
+        valid_ratio=0.0,
+        skip_malformed=True,
+        show_progress=False,
     )
     assert summary["skipped_malformed"] == {paths[0]: {"not UTF-8 text": {"count": 1, "first_line": 5}}}
     assert summary["rows"]["train"] == len(EXPECTED_TRAIN_ROWS) - 1
@@ -639,14 +644,22 @@ def test_absent_field_is_padding_and_rare_id_is_the_oov_token(tmp_path):
     from recbole_cstwa.model.layers import FieldEmbedding, group_fields, mean_of_present
 
     convert_raw(
-        *write_raw(tmp_path), output=tmp_path / "out", name="fixture", min_count=2, valid_ratio=0.3,
+        *write_raw(tmp_path),
+        output=tmp_path / "out",
+        name="fixture",
+        min_count=2,
+        valid_ratio=0.3,
         show_progress=False,
     )
     # The dataset's YAML (benchmark_filename, fields) is found by convention in its folder.
     config = Config(
         model="MLP",
         dataset="fixture",
-        config_dict={"data_path": str(tmp_path / "out"), "state": "ERROR", "checkpoint_dir": str(tmp_path / "saved")},
+        config_dict={
+            "data_path": str(tmp_path / "out"),
+            "state": "ERROR",
+            "checkpoint_dir": str(tmp_path / "saved"),
+        },
     )
     dataset = create_dataset(config)
 

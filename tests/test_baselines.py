@@ -225,11 +225,17 @@ def test_escm2_mmoe_backbone_has_paddlerecs_structure(build):
     width = model.input_size()
 
     def shapes(module):
-        return [(layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
+        return [
+            (layer.in_features, layer.out_features)
+            for layer in module.modules()
+            if isinstance(layer, torch.nn.Linear)
+        ]
 
     assert [shapes(expert) for expert in model.experts.experts] == [[(width, 16)]] * 8
     assert [shapes(gate) for gate in model.experts.gates] == [[(width, 8)]] * 3
-    assert [shapes(model.towers[task]) + shapes(model.heads[task]) for task in model.tasks] == [[(16, 8), (8, 2)]] * 3
+    assert [shapes(model.towers[task]) + shapes(model.heads[task]) for task in model.tasks] == [
+        [(16, 8), (8, 2)]
+    ] * 3
     assert {layer.p for layer in model.modules() if isinstance(layer, torch.nn.Dropout)} == {0.0}
     assert "(0-7): 8 x MLPTower" in str(model)
     linears = [layer for layer in model.modules() if isinstance(layer, torch.nn.Linear)]
@@ -237,7 +243,9 @@ def test_escm2_mmoe_backbone_has_paddlerecs_structure(build):
     expected = 8 * (width * 16 + 16) + 3 * (width * 8 + 8) + 3 * (16 * 8 + 8) + 3 * (8 * 2 + 2)
     assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embedding")) == expected
     output = model(batch)  # class 1 of a clipped two-class softmax
-    logits = model.heads["cvr"].linear(model.towers["cvr"](model.experts(model.embed_input(batch, model.embedding))[1]))
+    logits = model.heads["cvr"].linear(
+        model.towers["cvr"](model.experts(model.embed_input(batch, model.embedding))[1])
+    )
     torch.testing.assert_close(output["cvr"], torch.sigmoid(logits[:, 1] - logits[:, 0]))
 
 
@@ -276,7 +284,9 @@ def test_mlp_over_all_impressions_is_the_default(build):
     model, batch = build("MLP")
     output = model(batch)
     assert not model.purchase_on_clicked and "cvr" not in output
-    torch.testing.assert_close(model.calculate_loss(batch)[1], _bce(output["purchase"], batch["purchase"]).mean())
+    torch.testing.assert_close(
+        model.calculate_loss(batch)[1], _bce(output["purchase"], batch["purchase"]).mean()
+    )
 
 
 # ----- Expert-Bottom models ------------------------------------------------------------------
@@ -295,7 +305,11 @@ def test_expert_models_are_the_papers_size_by_default(build, model_name):
     for expert in model.experts.experts:  # each expert is the common tower with its dropout
         linears = [layer for layer in expert.layers if isinstance(layer, torch.nn.Linear)]
         dropouts = [layer.p for layer in expert.layers if isinstance(layer, torch.nn.Dropout)]
-        assert [(layer.in_features, layer.out_features) for layer in linears] == [(width, 128), (128, 64), (64, 32)]
+        assert [(layer.in_features, layer.out_features) for layer in linears] == [
+            (width, 128),
+            (128, 64),
+            (64, 32),
+        ]
         assert dropouts == [0.1, 0.3, 0.3]
     assert all(len(tower.layers) == 0 for tower in model.task_towers.towers)  # heads read the mixture
     expected = 8 * _mlp_parameters([width, 128, 64, 32]) + gates * (width * 8 + 8) + 2 * (32 + 1)

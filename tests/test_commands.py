@@ -99,7 +99,11 @@ def test_settings_and_data_errors_come_before_the_settings_dump(tiny_data_path, 
 def test_the_final_table_names_the_log_without_a_checkpoint():
     from recbole_cstwa.commands.train import format_results
 
-    result = {"best_valid_result": {"click_auc": 0.6}, "test_result": {"click_auc": 0.7}, "log_file": "log/x.log"}
+    result = {
+        "best_valid_result": {"click_auc": 0.6},
+        "test_result": {"click_auc": 0.7},
+        "log_file": "log/x.log",
+    }
     assert format_results(result).splitlines()[-1] == "log: log/x.log"
     result.update(model_file="saved/x.pth", best_epoch=2)
     assert format_results(result).splitlines()[-1] == "best epoch: 2; checkpoint: saved/x.pth; log: log/x.log"

@@ -374,7 +374,9 @@ def _fit_recording_p(make_config, **overrides):
         return train_loss(interaction)
 
     model.calculate_loss = recording_loss
-    trainer.fit(train_data, valid_data, saved=True, callback_fn=lambda epoch, score: valid_scores.append(score))
+    trainer.fit(
+        train_data, valid_data, saved=True, callback_fn=lambda epoch, score: valid_scores.append(score)
+    )
     return model, trainer, train_data, valid_data, initial_embedding, used, valid_scores
 
 

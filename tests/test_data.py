@@ -85,7 +85,9 @@ def test_non_numeric_label(make_config, editable_data):
         return frame
 
     path = rewrite("train", edit)
-    with pytest.raises(DataFormatError, match=r"float column \[click\] holds 'yes' at line 3, not a number") as error:
+    with pytest.raises(
+        DataFormatError, match=r"float column \[click\] holds 'yes' at line 3, not a number"
+    ) as error:
         _load(make_config, data_path)
     assert path in str(error.value)
 
@@ -179,7 +181,9 @@ def test_batch_rows_are_gathered_as_recbole_indexes_them(make_config):
         for field in reference.interaction:
             assert torch.equal(ours[field], reference[field]), field
     joined = dataset[order]
-    assert torch.equal(joined[config["USER_ID_FIELD"]], feat[config["USER_ID_FIELD"]][torch.from_numpy(order)].long())
+    assert torch.equal(
+        joined[config["USER_ID_FIELD"]], feat[config["USER_ID_FIELD"]][torch.from_numpy(order)].long()
+    )
 
 
 def test_average_actions_equal_recboles(make_config):

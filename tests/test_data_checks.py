@@ -22,14 +22,30 @@ def aliexpress_path(tmp_path_factory):
     """An AliExpress-shaped dataset (no ids, 16 categorical + 63 numerical context fields)."""
     root = tmp_path_factory.mktemp("ae")
     paths = write_sample(root / "raw", rows=1500, seed=3)
-    import_dataset(root / "data", "ae", "click", "conversion", train=paths["train"], test=paths["test"],
-                   context_fields=["categorical_*", "numerical_*"], numerical=["numerical_*"], valid_ratio=0.2)
+    import_dataset(
+        root / "data",
+        "ae",
+        "click",
+        "conversion",
+        train=paths["train"],
+        test=paths["test"],
+        context_fields=["categorical_*", "numerical_*"],
+        numerical=["numerical_*"],
+        valid_ratio=0.2,
+    )
     return str(root / "data")
 
 
 def settings(data_path, tmp_path, **overrides):
-    return {"data_path": data_path, "checkpoint_dir": str(tmp_path / "saved"), "state": "INFO",
-            "show_progress": False, "epochs": 1, "train_batch_size": 500, **overrides}
+    return {
+        "data_path": data_path,
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "state": "INFO",
+        "show_progress": False,
+        "epochs": 1,
+        "train_batch_size": 500,
+        **overrides,
+    }
 
 
 def test_dataset_yaml_is_found_by_convention_between_defaults_and_user_files(aliexpress_path, tmp_path):
@@ -52,8 +68,12 @@ def test_dataset_yaml_is_found_by_convention_between_defaults_and_user_files(ali
     assert config["embedding_size"] == 7  # properties/overall.yaml says 5
     user_file = tmp_path / "mine.yaml"
     user_file.write_text("embedding_size: 9\n")
-    config = Config(model="MLP", dataset="ae", config_file_list=[str(user_file)],
-                    config_dict=settings(str(yaml_path), tmp_path))
+    config = Config(
+        model="MLP",
+        dataset="ae",
+        config_file_list=[str(user_file)],
+        config_dict=settings(str(yaml_path), tmp_path),
+    )
     assert config["embedding_size"] == 9
 
 
@@ -72,19 +92,26 @@ def test_label_field_follows_purchase_field_unless_set(make_config):
 def test_missing_id_column_names_the_fix(aliexpress_path, tmp_path, key):
     overrides = {key: key.split("_")[0].lower() + "_id"}
     with pytest.raises(DataFormatError, match=rf"ae\.train\.inter\] has no column .* `{key}: ~`"):
-        run_recbole_cstwa(model="MLP", dataset="ae", config_dict=settings(aliexpress_path, tmp_path, **overrides))
+        run_recbole_cstwa(
+            model="MLP", dataset="ae", config_dict=settings(aliexpress_path, tmp_path, **overrides)
+        )
 
 
 def test_cstwa_without_ids_says_how_to_turn_the_structure_migrator_off(aliexpress_path, tmp_path):
     with pytest.raises(ConfigError, match=r"Structure Migrator .* needs user and item ids.*use_sm: False"):
         run_recbole_cstwa(model="CSTWA", dataset="ae", config_dict=settings(aliexpress_path, tmp_path))
-    config = Config(model="CSTWA", dataset="ae", config_dict=settings(aliexpress_path, tmp_path, use_sm=False))
+    config = Config(
+        model="CSTWA", dataset="ae", config_dict=settings(aliexpress_path, tmp_path, use_sm=False)
+    )
     check_dataset_settings(config)  # no error
 
 
 def test_unlisted_float_columns_get_a_warning(aliexpress_path, tmp_path, caplog):
-    config = Config(model="MLP", dataset="ae", config_dict=settings(aliexpress_path, tmp_path,
-                                                                   numerical_features=["numerical_1"]))
+    config = Config(
+        model="MLP",
+        dataset="ae",
+        config_dict=settings(aliexpress_path, tmp_path, numerical_features=["numerical_1"]),
+    )
     with caplog.at_level(logging.WARNING):
         check_dataset_settings(config)
     (message,) = [r.getMessage() for r in caplog.records if "float columns" in r.getMessage()]
@@ -100,8 +127,11 @@ def test_model_logs_groups_width_and_warns_on_many_mean_pooled_fields(aliexpress
     from recbole_cstwa.model.multitask.mlp import MLP
 
     for pooling, width, warned in (("mean", 5, True), ("concat", 79 * 5, False)):
-        config = Config(model="MLP", dataset="ae",
-                        config_dict=settings(aliexpress_path, tmp_path, context_pooling=pooling))
+        config = Config(
+            model="MLP",
+            dataset="ae",
+            config_dict=settings(aliexpress_path, tmp_path, context_pooling=pooling),
+        )
         dataset = create_dataset(config)
         caplog.clear()
         with caplog.at_level(logging.INFO):
@@ -123,13 +153,23 @@ def test_valid_split_without_purchases_or_clicks_is_refused_before_training(tmp_
     for split, text in (("train", train), ("valid", valid), ("test", test)):
         files[split] = tmp_path / f"{split}.csv"
         files[split].write_text(header + text)
-    summary = import_dataset(tmp_path / "data", "nv", "click", "conversion", context_fields=["f1"],
-                             **{split: str(path) for split, path in files.items()})
+    summary = import_dataset(
+        tmp_path / "data",
+        "nv",
+        "click",
+        "conversion",
+        context_fields=["f1"],
+        **{split: str(path) for split, path in files.items()},
+    )
     assert summary["warnings"]  # the importer already says so
     clicks = sum(labels.startswith("1") for labels in valid_labels)
-    with pytest.raises(DataFormatError, match=(
-        rf"valid split .* holds 3 impressions with {clicks} clicks, 0 purchases: valid_metric "
-        r"\[purchase_auc\] .* undefined .* importer.* or choose another valid_metric")):
+    with pytest.raises(
+        DataFormatError,
+        match=(
+            rf"valid split .* holds 3 impressions with {clicks} clicks, 0 purchases: valid_metric "
+            r"\[purchase_auc\] .* undefined .* importer.* or choose another valid_metric"
+        ),
+    ):
         run_recbole_cstwa(model="MLP", dataset="nv", config_dict=settings(str(tmp_path / "data"), tmp_path))
     assert not list((tmp_path / "saved").glob("*.pth"))  # nothing trained (the dataset cache may be there)
 

@@ -77,7 +77,9 @@ def test_cached_load_equals_fresh_load(make_config, caplog):
     # The cache is memory-mapped, yet batches come out as ``long`` ids, as torch needs.
     train, _, _ = data_preparation(config, cached)
     batch = next(iter(train))
-    assert all(str(batch[field].dtype) == "torch.int64" for field in ("user_id", "item_id", "gender", "category"))
+    assert all(
+        str(batch[field].dtype) == "torch.int64" for field in ("user_id", "item_id", "gender", "category")
+    )
     assert str(batch["purchase"].dtype) == "torch.float32"
 
 
@@ -188,7 +190,9 @@ def test_ids_equal_recbole_remapping(make_config, data_copy, monkeypatch, block_
         mine, theirs = getattr(ours, name), getattr(reference, name)
         assert list(mine.columns) == list(theirs.columns), name
         for field in theirs.columns:
-            assert np.array_equal(mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)), (name, field)
+            assert np.array_equal(
+                mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)
+            ), (name, field)
     for field, tokens in reference.field2id_token.items():
         assert list(ours.field2id_token[field]) == list(tokens), field
 
@@ -212,7 +216,9 @@ def test_duplicate_and_missing_ids_are_reported_once(make_config, data_copy, cap
     assert dataset.field2id_token[column][kept] == "999999"
     missing_lines = [line for line in caplog.messages if "not listed in the .user file" in line]
     assert len(missing_lines) == 1
-    inter = pd.concat(pd.read_csv(_file(data_copy, f"{s}.inter"), sep="\t", dtype=str) for s in ("train", "valid", "test"))
+    inter = pd.concat(
+        pd.read_csv(_file(data_copy, f"{s}.inter"), sep="\t", dtype=str) for s in ("train", "valid", "test")
+    )
     missing = set(inter["user_id:token"]) - set(user["user_id:token"])
     assert missing  # users 3 and 4 of the file were removed above
     rows = int(inter["user_id:token"].isin(missing).sum())
@@ -247,7 +253,9 @@ def test_one_file_dataset_equals_recbole_and_reports_filtered_rows(make_config, 
     for name in reference.feat_name_list:
         mine, theirs = getattr(ours, name), getattr(reference, name)
         for field in theirs.columns:
-            assert np.array_equal(mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)), (name, field)
+            assert np.array_equal(
+                mine[field].to_numpy().astype(float), theirs[field].to_numpy().astype(float)
+            ), (name, field)
     for field, tokens in reference.field2id_token.items():
         assert list(ours.field2id_token[field]) == list(tokens), field
 

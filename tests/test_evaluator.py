@@ -62,13 +62,20 @@ def test_cvr_of_a_purchase_score_alone_is_that_score(make_config):
     interaction = Interaction({"click": torch.tensor(click), "purchase": torch.tensor(purchase)})
     evaluator.collect(interaction, {"purchase": torch.tensor(p_purchase)})
     clicked = click == 1
-    assert evaluator.evaluate()["cvr_auc"] == pytest.approx(roc_auc_score(purchase[clicked], p_purchase[clicked]), abs=1e-4)
+    assert evaluator.evaluate()["cvr_auc"] == pytest.approx(
+        roc_auc_score(purchase[clicked], p_purchase[clicked]), abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("model, has_cvr_head", [("ESMM", True), ("MLP", False)])
 def test_cvr_and_ctcvr_equal_sklearn(make_config, model, has_cvr_head):
     config = make_config(model, eval_tasks=["click", "purchase", "cvr", "ctcvr"])
-    assert config["eval_tasks"] == {"click": "click", "purchase": "purchase", "cvr": "purchase", "ctcvr": "purchase"}
+    assert config["eval_tasks"] == {
+        "click": "click",
+        "purchase": "purchase",
+        "cvr": "purchase",
+        "ctcvr": "purchase",
+    }
     click, purchase, p_click, p_cvr, p_purchase = _labels_and_scores()
     evaluator = TaskEvaluator(config, config["eval_tasks"])
     for start in range(0, len(click), 1000):
@@ -76,7 +83,9 @@ def test_cvr_and_ctcvr_equal_sklearn(make_config, model, has_cvr_head):
         scores = {"click": torch.tensor(p_click[rows]), "purchase": torch.tensor(p_purchase[rows])}
         if has_cvr_head:
             scores["cvr"] = torch.tensor(p_cvr[rows])
-        interaction = Interaction({"click": torch.tensor(click[rows]), "purchase": torch.tensor(purchase[rows])})
+        interaction = Interaction(
+            {"click": torch.tensor(click[rows]), "purchase": torch.tensor(purchase[rows])}
+        )
         evaluator.collect(interaction, scores)
     result = evaluator.evaluate()
     clicked = click == 1

@@ -72,7 +72,11 @@ def test_streamed_blocks_give_the_same_files(tmp_path, monkeypatch):
     assert blocks == whole
     # Calibration summed over blocks: the same biases up to rounding.
     monkeypatch.setattr(generator, "CALIBRATION_ROWS", 1000)
-    meta = json.loads(generate(tmp_path / "calibrated", n_impressions=SMALL, seed=11).joinpath(f"{NAME}.meta.json").read_text())
+    meta = json.loads(
+        generate(tmp_path / "calibrated", n_impressions=SMALL, seed=11)
+        .joinpath(f"{NAME}.meta.json")
+        .read_text()
+    )
     reference = json.loads(whole[f"{NAME}.meta.json"])
     for bias in ("click_bias", "conversion_bias"):
         assert meta["derived"][bias] == pytest.approx(reference["derived"][bias], abs=1e-9)

@@ -194,7 +194,14 @@ def _check_report(report, n_trials):
     assert all(trial["status"] == "ok" for trial in report["trials"])
     for trial in report["trials"]:
         assert trial["valid_score"] == trial["valid_result"]["purchase_auc"]
-        assert set(trial["test_result"]) == {"click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc", "cvr_logloss"}
+        assert set(trial["test_result"]) == {
+            "click_auc",
+            "click_logloss",
+            "purchase_auc",
+            "purchase_logloss",
+            "cvr_auc",
+            "cvr_logloss",
+        }
     best = max(report["trials"], key=lambda trial: trial["valid_score"])
     assert report["best"] == best
 
@@ -388,7 +395,10 @@ def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
     "line, message",
     [
         ("sm_lambda uniform 0.1,1.5", "sm_lambda uniform: sm_lambda must be a number in [0, 1], got 1.5."),
-        ("embedding_size choice [4, 0]", "embedding_size choice: embedding_size must be an integer >= 1, got 0."),
+        (
+            "embedding_size choice [4, 0]",
+            "embedding_size choice: embedding_size must be an integer >= 1, got 0.",
+        ),
         ("graph_top_k uniform 4,32", "graph_top_k uniform: graph_top_k takes whole numbers"),
         ("graph_top_k quniform 0,32,4", "graph_top_k quniform: graph_top_k must be an integer >= 1, got 0."),
     ],

@@ -14,21 +14,34 @@ from recbole_cstwa.tools.aliexpress_sample import HEADER, write_sample
 from recbole_cstwa.tools.importer import StratifiedSplitter, import_dataset
 
 # AliExpress' schema (categorical_*, numerical_*, click, conversion) plus optional id columns.
-COLUMNS = ["search_id", "user", "item", "categorical_1", "categorical_2", "numerical_1", "numerical_2",
-           "age", "shop", "click", "conversion"]
+COLUMNS = [
+    "search_id",
+    "user",
+    "item",
+    "categorical_1",
+    "categorical_2",
+    "numerical_1",
+    "numerical_2",
+    "age",
+    "shop",
+    "click",
+    "conversion",
+]
 TRAIN = [
     "1,u1,i1,a,x,0.5,1.25,30,s1,1,0",
-    "1,u2,i2,b,,0.1,2,40,s2,0,0",      # categorical_2 absent: an empty cell
+    "1,u2,i2,b,,0.1,2,40,s2,0,0",  # categorical_2 absent: an empty cell
     "2,u1,i2,a,y,0.0,3.5,30,s2,1,1",
-    "2,u3,i1,c,x,1,,50,s1,0,1",        # purchase without click: dropped; numerical_2 missing
-    "3,u2,i3,b,y,0.25,0,41,s3,1,0",    # u2's age differs from its first row: a profile conflict
+    "2,u3,i1,c,x,1,,50,s1,0,1",  # purchase without click: dropped; numerical_2 missing
+    "3,u2,i3,b,y,0.25,0,41,s3,1,0",  # u2's age differs from its first row: a profile conflict
 ]
 VALID = ["4,u1,i3,a,x,0.2,1,30,s3,1,1", "4,u3,i1,c,y,0.3,1,50,s1,0,0"]
 TEST = ["5,u2,i1,b,x,0.4,2,40,s1,1,1", "5,u4,i2,d,y,0.6,3,20,s2,1,0"]
 
 
 def write_csv(path, rows, columns=COLUMNS, separator=","):
-    path.write_text(separator.join(columns) + "\n" + "".join(row.replace(",", separator) + "\n" for row in rows))
+    path.write_text(
+        separator.join(columns) + "\n" + "".join(row.replace(",", separator) + "\n" for row in rows)
+    )
     return str(path)
 
 
@@ -55,8 +68,16 @@ def with_ids(tmp_path, **overrides):
 def test_split_files_with_ids_give_the_exact_rows_and_yaml(tmp_path):
     summary = with_ids(tmp_path)
     folder = tmp_path / "out" / "ae"
-    header = ["user:token", "item:token", "categorical_1:token", "categorical_2:token", "numerical_1:float",
-              "numerical_2:float", "click:float", "conversion:float"]
+    header = [
+        "user:token",
+        "item:token",
+        "categorical_1:token",
+        "categorical_2:token",
+        "numerical_1:float",
+        "numerical_2:float",
+        "click:float",
+        "conversion:float",
+    ]
     assert read_table(folder / "ae.train.inter") == [
         header,
         ["u1", "i1", "a", "x", "0.5", "1.25", "1", "0"],
@@ -74,9 +95,18 @@ def test_split_files_with_ids_give_the_exact_rows_and_yaml(tmp_path):
     ]
     # One profile an id, the first seen (u3's first row was the dropped one: its valid row counts).
     assert read_table(folder / "ae.user") == [
-        ["user:token", "age:float"], ["u1", "30"], ["u2", "40"], ["u3", "50"], ["u4", "20"]
+        ["user:token", "age:float"],
+        ["u1", "30"],
+        ["u2", "40"],
+        ["u3", "50"],
+        ["u4", "20"],
     ]
-    assert read_table(folder / "ae.item") == [["item:token", "shop:token"], ["i1", "s1"], ["i2", "s2"], ["i3", "s3"]]
+    assert read_table(folder / "ae.item") == [
+        ["item:token", "shop:token"],
+        ["i1", "s1"],
+        ["i2", "s2"],
+        ["i3", "s3"],
+    ]
     assert (folder / "ae.yaml").read_text() == (
         "# RecBole dataset settings for ae, written by recbole_cstwa.tools.importer.\n"
         "# Loaded by convention from <data_path>/ae/ae.yaml when a run names dataset ae.\n"
@@ -103,13 +133,32 @@ def test_split_files_with_ids_give_the_exact_rows_and_yaml(tmp_path):
 
 
 def test_without_ids_the_yaml_says_so_and_no_profile_files(tmp_path):
-    with_ids(tmp_path, user_id=None, item_id=None, user_fields=[], item_fields=[],
-             context_fields=["categorical_1,categorical_2", "numerical_*"], numerical=["numerical_*"])
+    with_ids(
+        tmp_path,
+        user_id=None,
+        item_id=None,
+        user_fields=[],
+        item_fields=[],
+        context_fields=["categorical_1,categorical_2", "numerical_*"],
+        numerical=["numerical_*"],
+    )
     folder = tmp_path / "out" / "ae"
-    assert sorted(os.listdir(folder)) == ["ae.meta.json", "ae.test.inter", "ae.train.inter", "ae.valid.inter", "ae.yaml"]
+    assert sorted(os.listdir(folder)) == [
+        "ae.meta.json",
+        "ae.test.inter",
+        "ae.train.inter",
+        "ae.valid.inter",
+        "ae.yaml",
+    ]
     assert read_table(folder / "ae.train.inter")[:2] == [
-        ["categorical_1:token", "categorical_2:token", "numerical_1:float", "numerical_2:float", "click:float",
-         "conversion:float"],
+        [
+            "categorical_1:token",
+            "categorical_2:token",
+            "numerical_1:float",
+            "numerical_2:float",
+            "click:float",
+            "conversion:float",
+        ],
         ["a", "x", "0.5", "1.25", "1", "0"],
     ]
     text = (folder / "ae.yaml").read_text()
@@ -118,8 +167,10 @@ def test_without_ids_the_yaml_says_so_and_no_profile_files(tmp_path):
 
 def test_parquet_and_tsv_inputs_give_the_same_files(tmp_path):
     with_ids(tmp_path)
-    tsv = {split: write_csv(tmp_path / f"{split}.tsv", rows, separator="\t")
-           for split, rows in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
+    tsv = {
+        split: write_csv(tmp_path / f"{split}.tsv", rows, separator="\t")
+        for split, rows in (("train", TRAIN), ("valid", VALID), ("test", TEST))
+    }
     with_ids(tmp_path, output=tmp_path / "tsv", **tsv)
     parquet = {}
     for split, rows in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
@@ -144,8 +195,14 @@ def stratified_rows():
 
 def test_one_file_is_split_stratified_and_seeded(tmp_path):
     path = write_csv(tmp_path / "all.csv", stratified_rows())
-    common = dict(name="one", click="click", purchase="conversion", input=path,
-                  context_fields=["categorical_*", "numerical_*"], numerical=["numerical_*"])
+    common = dict(
+        name="one",
+        click="click",
+        purchase="conversion",
+        input=path,
+        context_fields=["categorical_*", "numerical_*"],
+        numerical=["numerical_*"],
+    )
     summary = import_dataset(output=tmp_path / "a", **common)
     # Blocks of 10 rows a stratum, 8/1/1 each: exact shares of purchases, clicks and the rest.
     assert summary["counts"] == {
@@ -176,7 +233,9 @@ def test_too_few_purchases_for_the_split_is_refused(tmp_path):
     rows = [f"{i},u1,i1,a,x,0.1,1,30,s1,{i % 2},{int(i == 1)}" for i in range(20)]
     path = write_csv(tmp_path / "few.csv", rows)
     with pytest.raises(InputFileError, match="valid holds .* 0 purchases|test holds .* 0 purchases"):
-        import_dataset(tmp_path / "out", "few", "click", "conversion", input=path, context_fields=["categorical_1"])
+        import_dataset(
+            tmp_path / "out", "few", "click", "conversion", input=path, context_fields=["categorical_1"]
+        )
     assert not os.path.exists(tmp_path / "out" / "few")
 
 
@@ -184,11 +243,20 @@ def test_too_few_purchases_for_the_split_is_refused(tmp_path):
     "change, message",
     [
         (dict(purchase="purchase"), r"train\.csv: column \[purchase\] \(--purchase\) is not in the file"),
-        (dict(context_fields=["categorical_*", "colour"]), r"train\.csv: --context-fields names \[colour\], which matches no column"),
-        (dict(user_fields=["age", "categorical_1"]), r"train\.csv: column \[categorical_1\] is in two groups"),
+        (
+            dict(context_fields=["categorical_*", "colour"]),
+            r"train\.csv: --context-fields names \[colour\], which matches no column",
+        ),
+        (
+            dict(user_fields=["age", "categorical_1"]),
+            r"train\.csv: column \[categorical_1\] is in two groups",
+        ),
         (dict(user_fields=["click"]), r"train\.csv: column \[click\] is both --click and a user field"),
         (dict(user_id=None), r"train\.csv: user fields \['age'\] need --user-id"),
-        (dict(numerical=["shop_*"]), r"train\.csv: --numerical names \[shop_\*\], which matches no feature column"),
+        (
+            dict(numerical=["shop_*"]),
+            r"train\.csv: --numerical names \[shop_\*\], which matches no feature column",
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_errors_naming_file_and_column(tmp_path, change, message):
@@ -216,16 +284,36 @@ def test_bad_values_give_one_line_errors_with_file_line_and_column(tmp_path, row
 
 
 def test_a_file_lacking_a_column_of_the_first_is_named(tmp_path):
-    test = write_csv(tmp_path / "bad_test.csv", [row.rsplit(",", 2)[0] + ",1" for row in TEST], columns=COLUMNS[:-2] + ["click"])
+    test = write_csv(
+        tmp_path / "bad_test.csv",
+        [row.rsplit(",", 2)[0] + ",1" for row in TEST],
+        columns=COLUMNS[:-2] + ["click"],
+    )
     with pytest.raises(InputFileError, match=r"test\.csv: column \[conversion\] is missing"):
         with_ids(tmp_path, test=test)
 
 
 def test_cli_prints_counts_and_errors(tmp_path, capsys):
     paths = write_sample(tmp_path / "raw", rows=3000, seed=5)
-    arguments = ["--train", paths["train"], "--test", paths["test"], "--output", str(tmp_path / "data"),
-                 "--name", "aliexpress", "--click", "click", "--purchase", "conversion",
-                 "--context-fields", "categorical_*", "numerical_*", "--numerical", "numerical_*"]
+    arguments = [
+        "--train",
+        paths["train"],
+        "--test",
+        paths["test"],
+        "--output",
+        str(tmp_path / "data"),
+        "--name",
+        "aliexpress",
+        "--click",
+        "click",
+        "--purchase",
+        "conversion",
+        "--context-fields",
+        "categorical_*",
+        "numerical_*",
+        "--numerical",
+        "numerical_*",
+    ]
     assert main(arguments) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["split", "rows", "clicks", "purchases"]
@@ -237,10 +325,25 @@ def test_cli_prints_counts_and_errors(tmp_path, capsys):
 
 def test_no_split_writes_one_inter_file_for_eval_args(tmp_path):
     path = write_csv(tmp_path / "all.csv", stratified_rows())
-    summary = import_dataset(tmp_path / "out", "whole", "click", "conversion", input=path, split=False,
-                             user_id="user", item_id="item", context_fields=["categorical_1"])
+    summary = import_dataset(
+        tmp_path / "out",
+        "whole",
+        "click",
+        "conversion",
+        input=path,
+        split=False,
+        user_id="user",
+        item_id="item",
+        context_fields=["categorical_1"],
+    )
     folder = tmp_path / "out" / "whole"
-    assert sorted(os.listdir(folder)) == ["whole.inter", "whole.item", "whole.meta.json", "whole.user", "whole.yaml"]
+    assert sorted(os.listdir(folder)) == [
+        "whole.inter",
+        "whole.item",
+        "whole.meta.json",
+        "whole.user",
+        "whole.yaml",
+    ]
     assert summary["counts"] == {"all": {"rows": 40, "clicks": 20, "purchases": 10}}
     assert "benchmark_filename: ~\n" in (folder / "whole.yaml").read_text()
     assert len(read_table(folder / "whole.inter")) == 41

@@ -26,13 +26,24 @@ def ray_head():
     ray = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))
+    )
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     head = subprocess.Popen(
         [
-            ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-            "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            ray,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={temp_dir}",
         ],
         env=env,

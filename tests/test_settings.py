@@ -104,7 +104,11 @@ BAD_SETTINGS = [
     ("CSTWA", {"sm_mode": "step"}, "sm_mode must be one of 'epoch', 'batch', 'update', got 'step'"),
     ("CSTWA", {"sm_layers": 0}, "sm_layers must be an integer >= 1, got 0"),
     ("CSTWA", {"graph_top_k": 0}, "graph_top_k must be an integer >= 1, got 0. Fix: --graph_top_k=8"),
-    ("CSTWA", {"graph_index": "annoy"}, "graph_index must be one of 'auto', 'exact', 'ivf', 'hnsw', got 'annoy'"),
+    (
+        "CSTWA",
+        {"graph_index": "annoy"},
+        "graph_index must be one of 'auto', 'exact', 'ivf', 'hnsw', got 'annoy'",
+    ),
     ("CSTWA", {"graph_nprobe": 0}, "graph_nprobe must be an integer >= 1, got 0"),
     (
         "CSTWA",
@@ -114,7 +118,11 @@ BAD_SETTINGS = [
     ("CSTWA", {"use_sm": 1}, "use_sm must be True or False, got 1"),
     ("CSTWA", {"ce_low_percentile": 99}, "ce_low_percentile (99) must be below ce_high_percentile (99)"),
     ("CSTWA", {"ce_max_weight": 0.5}, "ce_max_weight must be a number >= 1, got 0.5"),
-    ("CSTWA", {"loss_weights": [1, -1, 0.6]}, "loss_weights must be a list of 3 numbers >= 0, got [1, -1, 0.6]"),
+    (
+        "CSTWA",
+        {"loss_weights": [1, -1, 0.6]},
+        "loss_weights must be a list of 3 numbers >= 0, got [1, -1, 0.6]",
+    ),
     ("CSTWA", {"loss_weights": [1, 1]}, "loss_weights must be a list of 3 numbers >= 0"),
     ("CSTWA", {"info_hidden_size": [0]}, "info_hidden_size must be a list of integers >= 1"),
     ("CSTWA", {"pretrain_learning_rate": 0}, "pretrain_learning_rate must be a number > 0, got 0"),
@@ -124,7 +132,11 @@ BAD_SETTINGS = [
     ("ESCM2", {"escm2_max_weight": 0}, "escm2_max_weight must be a number > 0, got 0"),
     ("MMoE", {"num_experts": 0}, "num_experts must be an integer >= 1, got 0"),
     ("PLE", {"ple_num_levels": 0}, "ple_num_levels must be an integer >= 1, got 0"),
-    ("PLE", {"ple_shared_experts": 0, "ple_specific_experts": 0}, "ple_shared_experts + ple_specific_experts"),
+    (
+        "PLE",
+        {"ple_shared_experts": 0, "ple_specific_experts": 0},
+        "ple_shared_experts + ple_specific_experts",
+    ),
     # RecBole's training settings the plugin passes through
     (
         "MLP",
@@ -331,7 +343,12 @@ def test_a_call_in_config_dict_or_a_config_file_stays_text(make_config, tmp_path
 
 def test_config_dict_strings_are_read_without_eval(make_config):
     config = make_config(
-        "MLP", tower_hidden_size="[64, 32, 16]", learning_rate="1e-3", use_gpu="False", note="2**3", seed="7",
+        "MLP",
+        tower_hidden_size="[64, 32, 16]",
+        learning_rate="1e-3",
+        use_gpu="False",
+        note="2**3",
+        seed="7",
         extra_keys="[note]",
     )
     assert config["tower_hidden_size"] == [64, 32, 16] and config["learning_rate"] == 0.001
@@ -418,7 +435,12 @@ def test_writable_directory_is_created(tmp_path):
 @pytest.mark.slow
 def test_cli_process_exit_status_and_no_traceback(tmp_path):
     done = subprocess.run(
-        [sys.executable, os.path.join(REPOSITORY, "run_recbole_cstwa.py"), "--model=MLP", "--embedding_size=0"],
+        [
+            sys.executable,
+            os.path.join(REPOSITORY, "run_recbole_cstwa.py"),
+            "--model=MLP",
+            "--embedding_size=0",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -450,9 +472,16 @@ def test_a_one_row_valid_split_is_refused(tmp_path):
 
     config = Config(
         model="MLP",
-        config_dict={"dataset": "five", "data_path": str(tmp_path / "data"), "state": "ERROR", "use_gpu": False},
+        config_dict={
+            "dataset": "five",
+            "data_path": str(tmp_path / "data"),
+            "state": "ERROR",
+            "use_gpu": False,
+        },
     )
-    with pytest.raises(DataFormatError, match=r"The (valid|test) split of dataset \[five\] holds 1 impression"):
+    with pytest.raises(
+        DataFormatError, match=r"The (valid|test) split of dataset \[five\] holds 1 impression"
+    ):
         data_preparation(config, create_dataset(config))
 
 
@@ -479,7 +508,11 @@ def test_a_cache_file_of_the_wrong_shape_is_rebuilt(cstwa_stages, caplog):
         if kind == "pretrain":
             artifact["embedding"] = {name: tensor[:-1] for name, tensor in artifact["embedding"].items()}
         else:
-            artifact["user"] = {"indices": torch.zeros(2, 1, dtype=torch.long), "values": torch.ones(1), "size": [3, 3]}
+            artifact["user"] = {
+                "indices": torch.zeros(2, 1, dtype=torch.long),
+                "values": torch.ones(1),
+                "size": [3, 3],
+            }
         # Checksums that match the new tensors: the shape checks, not the checksums, must catch it.
         tensors = {name: value for name, value in artifact.items() if name not in ("settings", CHECKSUMS)}
         artifact[CHECKSUMS] = tensor_checksums(tensors)

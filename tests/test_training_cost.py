@@ -98,7 +98,9 @@ def test_dense_path_is_bit_for_bit_the_plain_adam_loop(setup):
     model, trainer, batches = setup(embedding_update="dense", batches=4)
     reference, _, _ = setup(embedding_update="dense", batches=4)
     optimizer = torch.optim.Adam(
-        reference.parameters(), lr=reference.config["learning_rate"], weight_decay=reference.config["weight_decay"]
+        reference.parameters(),
+        lr=reference.config["learning_rate"],
+        weight_decay=reference.config["weight_decay"],
     )
     torch.manual_seed(3)
     trainer._train_epoch(Batches(batches), 0)
@@ -216,7 +218,9 @@ def test_sparse_gives_way_where_it_cannot_apply(make_config, caplog, model_name,
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     assert not sparse_row_parameters(model)
     assert not isinstance(trainer.optimizer, SplitOptimizer)
-    assert any("gives way to dense updates" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    assert any(
+        "gives way to dense updates" in r.getMessage() and reason in r.getMessage() for r in caplog.records
+    )
     trainer._train_epoch(Batches([next(iter(train_data))]), 0)  # trains (clipping included)
 
 
@@ -254,7 +258,9 @@ def test_auto_picks_exact_up_to_the_threshold(nodes, expected, caplog):
     assert choose_index("auto", nodes, 40, gpu=True)[0] == "exact"
     assert choose_index("ivf", nodes, 40)[0] == "ivf"
     with caplog.at_level(logging.INFO):
-        nearest_neighbours(random_vectors(nodes, 12), 4, index_type="auto", exact_max_nodes=40, log_name="item graph")
+        nearest_neighbours(
+            random_vectors(nodes, 12), 4, index_type="auto", exact_max_nodes=40, log_name="item graph"
+        )
     assert f"item graph: {expected} faiss search over {nodes} nodes" in caplog.text
 
 
@@ -397,7 +403,9 @@ def test_recbole_models_get_row_updates_too(make_config):
         touched = weight.grad.coalesce().indices()[0]
         untouched = torch.ones(len(weight), dtype=torch.bool)
         untouched[touched] = False
-        torch.testing.assert_close(weight[touched], dense_params[f"{name}.weight"][touched], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(
+            weight[touched], dense_params[f"{name}.weight"][touched], rtol=1e-5, atol=1e-8
+        )
         assert torch.equal(weight[untouched].detach(), before[f"{name}.weight"][untouched])
 
 

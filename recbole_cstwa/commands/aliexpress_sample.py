@@ -13,7 +13,9 @@ def main(argv=None):
         description="Write a seeded AliExpress-shaped train.csv / test.csv (synthetic values).",
     )
     parser.add_argument("--output", required=True, help="folder for train.csv and test.csv")
-    parser.add_argument("--rows", type=int, default=200_000, help="train rows (test: half) (default %(default)s)")
+    parser.add_argument(
+        "--rows", type=int, default=200_000, help="train rows (test: half) (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=2020)
     arguments = parser.parse_args(argv)
     for split, path in write_sample(arguments.output, arguments.rows, arguments.seed).items():

@@ -81,7 +81,6 @@ def main(argv=None):
     return result
 
 
-
 def console_main():
     """The console script: :func:`main` without its result (a script's value is its exit status)."""
     main()

@@ -106,7 +106,6 @@ def main(argv=None):
     return report
 
 
-
 def console_main():
     """The console script: :func:`main` without its report (a script's value is its exit status)."""
     main()

@@ -31,17 +31,32 @@ def _build_parser():
     columns.add_argument("--user-id", default=None, help="user id column (optional)")
     columns.add_argument("--item-id", default=None, help="item id column (optional)")
     columns.add_argument("--user-fields", nargs="+", default=[], help="user profile columns (need --user-id)")
-    columns.add_argument("--item-fields", nargs="+", default=[], help="item attribute columns (need --item-id)")
+    columns.add_argument(
+        "--item-fields", nargs="+", default=[], help="item attribute columns (need --item-id)"
+    )
     columns.add_argument("--context-fields", nargs="+", default=[], help="impression (context) columns")
     columns.add_argument("--numerical", nargs="+", default=[], help="which of the fields are numbers (float)")
     split = parser.add_argument_group("split")
-    split.add_argument("--split-ratios", nargs=3, type=float, default=[0.8, 0.1, 0.1],
-                       metavar=("TRAIN", "VALID", "TEST"), help="with --input (default 0.8 0.1 0.1)")
-    split.add_argument("--valid-ratio", type=float, default=0.1,
-                       help="with --train and --test only: share of train moved to valid (default %(default)s)")
+    split.add_argument(
+        "--split-ratios",
+        nargs=3,
+        type=float,
+        default=[0.8, 0.1, 0.1],
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="with --input (default 0.8 0.1 0.1)",
+    )
+    split.add_argument(
+        "--valid-ratio",
+        type=float,
+        default=0.1,
+        help="with --train and --test only: share of train moved to valid (default %(default)s)",
+    )
     split.add_argument("--seed", type=int, default=2020, help="seed of the split (default %(default)s)")
-    split.add_argument("--no-split", action="store_true",
-                       help="with --input: write <name>.inter and let eval_args split at run time")
+    split.add_argument(
+        "--no-split",
+        action="store_true",
+        help="with --input: write <name>.inter and let eval_args split at run time",
+    )
     parser.add_argument("--batch-rows", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 

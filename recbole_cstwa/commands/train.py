@@ -45,15 +45,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", "-m", default=None, help="plugin or RecBole context model (default: CSTWA)")
+    parser.add_argument(
+        "--model", "-m", default=None, help="plugin or RecBole context model (default: CSTWA)"
+    )
     parser.add_argument("--dataset", "-d", default=None, help="dataset name (default: synthetic-ccp)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: 1)")
-    parser.add_argument("--world_size", type=int, default=-1, help="processes on all machines (default: nproc)")
+    parser.add_argument(
+        "--world_size", type=int, default=-1, help="processes on all machines (default: nproc)"
+    )
     parser.add_argument("--ip", default="localhost", help="address of the machine running rank 0")
     parser.add_argument("--port", type=int, default=5678, help="free port on the machine running rank 0")
     parser.add_argument("--group_offset", type=int, default=0, help="rank of this machine's first process")
-    parser.add_argument("--model_file", default=None, help="evaluate this checkpoint on the splits, no training")
+    parser.add_argument(
+        "--model_file", default=None, help="evaluate this checkpoint on the splits, no training"
+    )
     parser.add_argument("--resume", default=None, help="continue training from this checkpoint")
     args, _ = parser.parse_known_args(argv)  # other --key=value pairs are RecBole config overrides
     config_files = args.config_files.split() if args.config_files else None
@@ -76,7 +82,9 @@ def main(argv=None):
             resume=args.resume,
         )
     if result is None:  # a machine without rank 0
-        print(f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} done; rank 0 reports the results")
+        print(
+            f"ranks {args.group_offset}..{args.group_offset + args.nproc - 1} done; rank 0 reports the results"
+        )
         return
     resumed = f", resumed from {args.resume}" if args.resume else ""
     print(f"{result['model']} on {args.dataset or 'synthetic-ccp'}{resumed}")

@@ -36,6 +36,8 @@ except (OSError, AttributeError):
     _LIBC = None
 # Bytes of text parsed per block of the streamed CSV reader.
 READ_BLOCK_BYTES = 1 << 24
+
+
 def _release_free_memory():
     """Hands freed blocks back to the system: the reader's threads leave freed memory in
     Arrow's pool and in glibc's per-thread arenas, which otherwise grows the peak RSS by
@@ -186,7 +188,9 @@ def read_columns(filepath, names, columns, field_separator, encoding):
     """The ``columns`` (``[(field, column name, FeatureType)]``) of a file whose header columns are
     ``names``, as a DataFrame: token columns as pandas categoricals, float columns as float64,
     other columns (sequences) as their text."""
-    column_types = {name: pa.float64() if ftype == FeatureType.FLOAT else pa.string() for _, name, ftype in columns}
+    column_types = {
+        name: pa.float64() if ftype == FeatureType.FLOAT else pa.string() for _, name, ftype in columns
+    }
     # Streamed in blocks: each block's token cells become int32 codes at once, so the
     # text of the whole file is never resident.
     parts = {field: [] for field, _, _ in columns}
@@ -194,7 +198,9 @@ def read_columns(filepath, names, columns, field_separator, encoding):
     try:
         reader = pa_csv.open_csv(
             filepath,
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES),
+            read_options=pa_csv.ReadOptions(
+                column_names=names, skip_rows=1, encoding=encoding, block_size=READ_BLOCK_BYTES
+            ),
             parse_options=pa_csv.ParseOptions(delimiter=field_separator),
             convert_options=pa_csv.ConvertOptions(
                 include_columns=[name for _, name, _ in columns],

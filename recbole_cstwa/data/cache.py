@@ -312,7 +312,9 @@ def load(dataset_class, config, directory, key):
                     for field in manifest["columns"][feat_name]
                 }
                 setattr(dataset, feat_name, Interaction(columns))
-        dataset._preloaded_weight = {field: np.asarray(array(f"preload.{field}.npy")) for field in manifest["preloaded_weight"]}
+        dataset._preloaded_weight = {
+            field: np.asarray(array(f"preload.{field}.npy")) for field in manifest["preloaded_weight"]
+        }
         _check_cached_labels(dataset)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as error:
         raise CacheError(f"inconsistent manifest ({error!r})"[:300]) from None

@@ -72,7 +72,12 @@ def _take_rows(interaction, index):
     if not isinstance(index, torch.Tensor) or index.dtype == torch.bool:
         return interaction[index]
     index = index.long().reshape(-1)
-    return Interaction({field: column.index_select(0, index.to(column.device)) for field, column in interaction.interaction.items()})
+    return Interaction(
+        {
+            field: column.index_select(0, index.to(column.device))
+            for field, column in interaction.interaction.items()
+        }
+    )
 
 
 def _as_long(interaction):
@@ -151,7 +156,11 @@ class MultiTaskDataset(Dataset):
         # categoricals with different categories into per-row Python strings).
         parts, seqlen = [], defaultdict(int)
         for name in self.benchmark_filename_list:
-            parts.append(self._load_feat(os.path.join(dataset_path, f"{token}.{name}.inter"), FeatureSource.INTERACTION))
+            parts.append(
+                self._load_feat(
+                    os.path.join(dataset_path, f"{token}.{name}.inter"), FeatureSource.INTERACTION
+                )
+            )
             for field, length in self.field2seqlen.items():
                 seqlen[field] = max(seqlen[field], length)
         self.file_size_list = [len(part) for part in parts]

@@ -45,7 +45,9 @@ def create_dataset(config):
         except cache.CacheError as error:
             logger.warning(f"Dataset cache [{directory}] cannot be used ({error}): rebuilding it.")
         else:
-            logger.info(f"Dataset loaded from the cache [{directory}] in {time.perf_counter() - start:.1f} s.")
+            logger.info(
+                f"Dataset loaded from the cache [{directory}] in {time.perf_counter() - start:.1f} s."
+            )
             return dataset
 
     dataset = MultiTaskDataset(config)
@@ -92,7 +94,9 @@ def data_preparation(config, dataset):
     train_data = _compact(get_dataloader(config, "train"))(
         config, train_dataset, train_sampler, shuffle=config["shuffle"]
     )
-    valid_data = _compact(get_dataloader(config, "valid"))(config, valid_dataset, valid_sampler, shuffle=False)
+    valid_data = _compact(get_dataloader(config, "valid"))(
+        config, valid_dataset, valid_sampler, shuffle=False
+    )
     test_data = _compact(get_dataloader(config, "test"))(config, test_dataset, test_sampler, shuffle=False)
     logger.info(
         set_color("[Training]: ", "pink")

@@ -82,7 +82,14 @@ def _ray_trainable():
 
     class RecBoleTrial(tune.Trainable):
         def setup(
-            self, config, search_params, fixed, config_file_list, valid_metric, gpus_per_trial, nproc_per_trial
+            self,
+            config,
+            search_params,
+            fixed,
+            config_file_list,
+            valid_metric,
+            gpus_per_trial,
+            nproc_per_trial,
         ):
             self.sampled = dict(config)
             self.nproc = int(nproc_per_trial)
@@ -214,6 +221,7 @@ def search_ray(search, algo, max_evals, output_file, seed, options):
     finally:
         if started_ray:
             ray.shutdown()
+
 
 def _ray_record(search, sampled, result):
     """A trial record from a Ray result (nested dicts may come flattened as ``valid_result/x``)."""

@@ -116,7 +116,9 @@ class FieldEmbedding(nn.Module):
                 token_ids[group] = tokens
         token_vectors = {}
         if token_ids:
-            ids = torch.cat([tokens + getattr(self, f"_{g}_offsets") for g, tokens in token_ids.items()], dim=1)
+            ids = torch.cat(
+                [tokens + getattr(self, f"_{g}_offsets") for g, tokens in token_ids.items()], dim=1
+            )
             if self.sparse:
                 unique, inverse = torch.unique(ids, return_inverse=True)
                 looked_up = gather_unique_rows(self.token_table.weight, unique)[inverse]

@@ -259,7 +259,9 @@ def _numbered_lines(path, tally, description, show_progress, skip_header=False):
                 tally.handle(
                     path,
                     line_number,
-                    _LineProblem(NOT_UTF8, f"byte {raw[error.start:error.start + 1]!r} at column {error.start + 1}"),
+                    _LineProblem(
+                        NOT_UTF8, f"byte {raw[error.start : error.start + 1]!r} at column {error.start + 1}"
+                    ),
                 )
 
 
@@ -677,7 +679,9 @@ def _parse_csv_line(line, width, click_at, purchase_at, tokens_of, dense_of, den
     """``(click, purchase, token ids in layout.codes order, dense texts)`` of one csv line."""
     columns = line.split(",")
     if len(columns) != width:
-        raise _LineProblem(WRONG_COLUMN_COUNT, f"expected {width} columns as in the header, got {len(columns)}")
+        raise _LineProblem(
+            WRONG_COLUMN_COUNT, f"expected {width} columns as in the header, got {len(columns)}"
+        )
     click = LABEL_TOKENS.get(columns[click_at])
     purchase = LABEL_TOKENS.get(columns[purchase_at])
     if click is None or purchase is None:

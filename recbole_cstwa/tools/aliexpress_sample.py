@@ -64,7 +64,9 @@ def write_sample(output, rows, seed=2020, chunk_rows=100_000):
             file.write((",".join(HEADER) + "\n").encode())  # a plain header, as AliExpress' files
             for chunk, start in enumerate(range(0, count, chunk_rows)):
                 table = make_frame(
-                    min(chunk_rows, count - start), [seed, offset, chunk], first_search_id=offset * rows + start
+                    min(chunk_rows, count - start),
+                    [seed, offset, chunk],
+                    first_search_id=offset * rows + start,
                 )
                 pa_csv.write_csv(table, file, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
         paths[split] = path

@@ -447,14 +447,24 @@ def _calibrate_bias(offsets: np.ndarray, target: float, weights=None) -> float:
     low, high = -60.0, 60.0
     bias = math.log(target / (1.0 - target)) - float(np.median(offsets))
     blocks = [slice(start, start + CALIBRATION_ROWS) for start in range(0, len(offsets), CALIBRATION_ROWS)]
-    block_weights = [None if weights is None else weights(rows) for rows in blocks] if len(blocks) == 1 else None
+    block_weights = (
+        [None if weights is None else weights(rows) for rows in blocks] if len(blocks) == 1 else None
+    )
     for _ in range(200):
         totals = np.zeros(3)  # sum of weights, of weighted p, of weighted p (1 - p)
         for index, rows in enumerate(blocks):
             probabilities = sigmoid(bias + offsets[rows])
-            weight = block_weights[index] if block_weights is not None else (None if weights is None else weights(rows))
+            weight = (
+                block_weights[index]
+                if block_weights is not None
+                else (None if weights is None else weights(rows))
+            )
             if weight is None:
-                totals += (len(probabilities), probabilities.sum(), (probabilities * (1.0 - probabilities)).sum())
+                totals += (
+                    len(probabilities),
+                    probabilities.sum(),
+                    (probabilities * (1.0 - probabilities)).sum(),
+                )
             else:
                 totals += (
                     weight.sum(),
@@ -554,9 +564,15 @@ def generate(
     # of rows gives exactly the values of drawing all rows at once (one 64-bit draw a value).
     def impression_block(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         draws = [
-            _stream(impression_seed, column * n_impressions + rows.start).choice(size, rows.stop - rows.start, p=p)
+            _stream(impression_seed, column * n_impressions + rows.start).choice(
+                size, rows.stop - rows.start, p=p
+            )
             for column, (size, p) in enumerate(
-                ((n_users, world.user_exposure), (n_items, world.item_exposure), (len(POSITION_PROBS), POSITION_PROBS))
+                (
+                    (n_users, world.user_exposure),
+                    (n_items, world.item_exposure),
+                    (len(POSITION_PROBS), POSITION_PROBS),
+                )
             )
         ]
         return draws[0], draws[1], draws[2]
@@ -579,7 +595,8 @@ def generate(
 
     def cross_codes(users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         return {
-            column: world.user_profiles[users, profile_column[field]].astype(np.int64) * n_right + attribute[items]
+            column: world.user_profiles[users, profile_column[field]].astype(np.int64) * n_right
+            + attribute[items]
             for column, field, attribute, n_right in crosses
         }
 
@@ -620,7 +637,9 @@ def generate(
     totals_all = np.zeros(4)
     start = 0
     for split_name, n_rows in zip(SPLIT_NAMES, split_rows):
-        split_blocks = [slice(s, min(s + STREAM_ROWS, start + n_rows)) for s in range(start, start + n_rows, STREAM_ROWS)]
+        split_blocks = [
+            slice(s, min(s + STREAM_ROWS, start + n_rows)) for s in range(start, start + n_rows, STREAM_ROWS)
+        ]
         start += n_rows
         users_seen = np.zeros(n_users, dtype=bool)
         items_seen = np.zeros(n_items, dtype=bool)
@@ -640,7 +659,9 @@ def generate(
                 p_purchase = p_click * p_conversion
                 size = rows.stop - rows.start
                 click = _stream(label_seed, rows.start).random(size) < p_click
-                purchase = click & (_stream(label_seed, n_impressions + rows.start).random(size) < p_conversion)
+                purchase = click & (
+                    _stream(label_seed, n_impressions + rows.start).random(size) < p_conversion
+                )
                 codes = cross_codes(users, items)
                 inter = pd.DataFrame(
                     {
@@ -656,7 +677,11 @@ def generate(
                 inter.to_csv(inter_file, sep="\t", index=False, header=index == 0, lineterminator="\n")
                 truth = pd.DataFrame({TRUTH_COLUMNS[0]: p_click, TRUTH_COLUMNS[1]: p_purchase})
                 text = truth.to_csv(
-                    sep="\t", index=False, header=index == 0, lineterminator="\n", float_format=PROBABILITY_FORMAT
+                    sep="\t",
+                    index=False,
+                    header=index == 0,
+                    lineterminator="\n",
+                    float_format=PROBABILITY_FORMAT,
                 )
                 truth_file.write(compressor.compress(text.encode("ascii")))
                 users_seen[users] = True

@@ -131,7 +131,9 @@ def iter_batches(path, columns, separator=None, batch_rows=None):
     position = 0
     try:
         if kind == "parquet":
-            source = pq.ParquetFile(path).iter_batches(batch_size=batch_rows or PARQUET_BATCH_ROWS, columns=columns)
+            source = pq.ParquetFile(path).iter_batches(
+                batch_size=batch_rows or PARQUET_BATCH_ROWS, columns=columns
+            )
         else:
             block = CSV_BLOCK_BYTES if batch_rows is None else max(1 << 12, batch_rows * 16)
             source = pa_csv.open_csv(
@@ -151,7 +153,9 @@ def iter_batches(path, columns, separator=None, batch_rows=None):
             yield position, {name: _as_text(batch.column(name)) for name in columns}
             position += batch.num_rows
     except pa.ArrowException as error:
-        raise InputFileError(f"{path}: cannot read rows after data row {position}: {_first_line_of(error)}") from None
+        raise InputFileError(
+            f"{path}: cannot read rows after data row {position}: {_first_line_of(error)}"
+        ) from None
 
 
 def _where(path, position):
@@ -168,21 +172,44 @@ def _where(path, position):
 class Schema:
     """Which input column plays which part, resolved against a file's header."""
 
-    def __init__(self, path, names, click, purchase, user_id, item_id, user_fields, item_fields,
-                 context_fields, numerical):
+    def __init__(
+        self,
+        path,
+        names,
+        click,
+        purchase,
+        user_id,
+        item_id,
+        user_fields,
+        item_fields,
+        context_fields,
+        numerical,
+    ):
         self.path = path
         self.click, self.purchase = click, purchase
         self.user_id, self.item_id = user_id, item_id
-        for role, column in (("--click", click), ("--purchase", purchase), ("--user-id", user_id),
-                             ("--item-id", item_id)):
+        for role, column in (
+            ("--click", click),
+            ("--purchase", purchase),
+            ("--user-id", user_id),
+            ("--item-id", item_id),
+        ):
             if column is not None and column not in names:
                 raise InputFileError(
                     f"{path}: column [{column}] ({role}) is not in the file; its columns are {_preview(names)}."
                 )
         if click == purchase:
             raise InputFileError(f"{path}: --click and --purchase both name [{click}]: name two columns.")
-        reserved = {c: role for c, role in ((click, "--click"), (purchase, "--purchase"), (user_id, "--user-id"),
-                                            (item_id, "--item-id")) if c is not None}
+        reserved = {
+            c: role
+            for c, role in (
+                (click, "--click"),
+                (purchase, "--purchase"),
+                (user_id, "--user-id"),
+                (item_id, "--item-id"),
+            )
+            if c is not None
+        }
         groups = {}
         owner = {}
         for group, patterns in (("user", user_fields), ("item", item_fields), ("context", context_fields)):
@@ -217,12 +244,18 @@ class Schema:
                     f"{path}: {group} fields {groups[group][:5]} need --{group}-id (a {group} profile is "
                     f"stored per {group} id); without an id column, pass them as --context-fields."
                 )
-        self.user_fields, self.item_fields, self.context_fields = groups["user"], groups["item"], groups["context"]
+        self.user_fields, self.item_fields, self.context_fields = (
+            groups["user"],
+            groups["item"],
+            groups["context"],
+        )
         numeric = []
         for pattern in numerical:
             matched = [c for c in _match(pattern, names) if c not in reserved]
             if not matched:
-                raise InputFileError(f"{path}: --numerical names [{pattern}], which matches no feature column.")
+                raise InputFileError(
+                    f"{path}: --numerical names [{pattern}], which matches no feature column."
+                )
             for column in matched:
                 if column not in owner:
                     raise InputFileError(
@@ -379,9 +412,13 @@ class StratifiedSplitter:
         for fraction in fractions:
             block = block * fraction.denominator // np.gcd(block, fraction.denominator)
         if block > MAX_BLOCK:
-            raise InputFileError(f"split ratios {list(ratios)} need blocks of {block} rows: use simpler ratios.")
+            raise InputFileError(
+                f"split ratios {list(ratios)} need blocks of {block} rows: use simpler ratios."
+            )
         self.block = int(block)
-        self.template = np.repeat(np.arange(len(fractions), dtype=np.int8), [int(f * block) for f in fractions])
+        self.template = np.repeat(
+            np.arange(len(fractions), dtype=np.int8), [int(f * block) for f in fractions]
+        )
         self.seed = seed
         self.state = {}
 
@@ -462,7 +499,9 @@ def import_dataset(
     check_dataset_name(name)
     if input is not None:
         if train or valid or test:
-            raise InputFileError("give either --input (one file to split) or --train/--valid/--test, not both.")
+            raise InputFileError(
+                "give either --input (one file to split) or --train/--valid/--test, not both."
+            )
         sources = [("all", input)]
         plan = dict(zip(SPLITS, split_ratios)) if split else None
     elif train and test:
@@ -473,8 +512,16 @@ def import_dataset(
     first_path = sources[0][1]
     names = read_columns(first_path, separator)
     schema = Schema(
-        first_path, names, click, purchase, user_id, item_id, _split_patterns(user_fields),
-        _split_patterns(item_fields), _split_patterns(context_fields), _split_patterns(numerical),
+        first_path,
+        names,
+        click,
+        purchase,
+        user_id,
+        item_id,
+        _split_patterns(user_fields),
+        _split_patterns(item_fields),
+        _split_patterns(context_fields),
+        _split_patterns(numerical),
     )
     for _, path in sources[1:]:
         schema.check_file(path, read_columns(path, separator))
@@ -483,8 +530,10 @@ def import_dataset(
         plan_names = list(plan)
     out_splits = list(SPLITS) if (plan is not None or input is None) else []
 
-    inter_fields = [(c, schema.kind(c)) for c in schema.inter_columns] + [(schema.click, "float"),
-                                                                          (schema.purchase, "float")]
+    inter_fields = [(c, schema.kind(c)) for c in schema.inter_columns] + [
+        (schema.click, "float"),
+        (schema.purchase, "float"),
+    ]
     counts = {split: {"rows": 0, "clicks": 0, "purchases": 0} for split in (out_splits or ["all"])}
     dropped = {}
     users, items = _Profiles(), _Profiles()
@@ -510,19 +559,28 @@ def import_dataset(
                     clicks, purchases = clicks[keep], purchases[keep]
                 if len(clicks) == 0:
                     continue
-                for id_column, fields, profiles in ((schema.user_id, schema.user_fields, users),
-                                                    (schema.item_id, schema.item_fields, items)):
+                for id_column, fields, profiles in (
+                    (schema.user_id, schema.user_fields, users),
+                    (schema.item_id, schema.item_fields, items),
+                ):
                     if id_column is not None:
-                        profile = (pc.binary_join_element_wise(*[columns[f] for f in fields], "\t")
-                                   if fields else pa.array([""] * len(clicks)))
+                        profile = (
+                            pc.binary_join_element_wise(*[columns[f] for f in fields], "\t")
+                            if fields
+                            else pa.array([""] * len(clicks))
+                        )
                         profiles.update(columns[id_column], profile)
                 # The last value carries the line end, so the joined values are the file's text.
                 labels = [pa.array(np.where(clicks, "1", "0")), pa.array(np.where(purchases, "1\n", "0\n"))]
-                lines = pc.binary_join_element_wise(*[columns[c] for c in schema.inter_columns], *labels, "\t")
+                lines = pc.binary_join_element_wise(
+                    *[columns[c] for c in schema.inter_columns], *labels, "\t"
+                )
                 _check_tokens(path, columns, schema.inter_columns, lines, position, origin)
                 if schema.user_fields or schema.item_fields:
                     profile_columns = schema.user_fields + schema.item_fields
-                    profile_lines = pc.binary_join_element_wise(*[columns[c] for c in profile_columns], *labels, "\t")
+                    profile_lines = pc.binary_join_element_wise(
+                        *[columns[c] for c in profile_columns], *labels, "\t"
+                    )
                     _check_tokens(path, columns, profile_columns, profile_lines, position, origin)
                 if plan is not None and source in ("all", "train"):
                     assigned = splitter.assign(clicks.astype(np.int8) + purchases.astype(np.int8))
@@ -550,8 +608,10 @@ def import_dataset(
                 f"purchases. The stratified split gives each split purchases once the input has "
                 f"{splitter.block} of them: use more data or a larger valid/test ratio."
             )
-        for id_column, fields, profiles, suffix in ((schema.user_id, schema.user_fields, users, "user"),
-                                                    (schema.item_id, schema.item_fields, items, "item")):
+        for id_column, fields, profiles, suffix in (
+            (schema.user_id, schema.user_fields, users, "user"),
+            (schema.item_id, schema.item_fields, items, "item"),
+        ):
             if id_column is None:
                 continue
             table = writer.table(suffix, [(id_column, "token")] + [(f, schema.kind(f)) for f in fields])
@@ -579,9 +639,14 @@ def import_dataset(
                 "ignored": schema.ignored,
             },
             "split": (
-                {"rule": "stratified on (click, purchase), seeded blocks", "ratios": plan, "seed": seed,
-                 "block_rows": splitter.block}
-                if plan is not None else ("files" if input is None else "none (eval_args splits at run time)")
+                {
+                    "rule": "stratified on (click, purchase), seeded blocks",
+                    "ratios": plan,
+                    "seed": seed,
+                    "block_rows": splitter.block,
+                }
+                if plan is not None
+                else ("files" if input is None else "none (eval_args splits at run time)")
             ),
             "counts": counts,
             "dropped_purchase_without_click": dropped,
@@ -592,7 +657,9 @@ def import_dataset(
         summary["elapsed_seconds"] = round(time.perf_counter() - started, 3)
         writer.write_meta(summary)
     if problems:
-        summary["warnings"] = [f"{p}: its AUC is undefined (the run will refuse it as valid)" for p in problems]
+        summary["warnings"] = [
+            f"{p}: its AUC is undefined (the run will refuse it as valid)" for p in problems
+        ]
     return summary
 
 

@@ -101,8 +101,10 @@ def _yaml_scalar(value):
     if isinstance(value, (int, float)):
         return repr(value)
     text = str(value)
-    plain = text and all(ch.isalnum() or ch in "_-." for ch in text) and text.lower() not in (
-        "true", "false", "null", "yes", "no", "on", "off", "~"
+    plain = (
+        text
+        and all(ch.isalnum() or ch in "_-." for ch in text)
+        and text.lower() not in ("true", "false", "null", "yes", "no", "on", "off", "~")
     )
     return text if plain else json.dumps(text)  # a JSON string is a YAML double-quoted scalar
 

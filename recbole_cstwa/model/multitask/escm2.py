@@ -131,7 +131,11 @@ class ESCM2(MultiTaskRecommender):
             self.init_weights()
         else:  # PaddleRec's MMoE: one gate, tower and two-class output layer per task
             self.experts = ExpertMixture(
-                self.input_size(), config["num_experts"], len(self.tasks), config["escm2_expert_hidden_size"], 0.0
+                self.input_size(),
+                config["num_experts"],
+                len(self.tasks),
+                config["escm2_expert_hidden_size"],
+                0.0,
             )
             self.towers = nn.ModuleDict(
                 {

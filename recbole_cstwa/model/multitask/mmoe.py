@@ -41,7 +41,9 @@ class MMoE(MultiTaskRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.embedding = self.make_embedding(dataset)
-        self.experts = ExpertMixture(self.input_size(), config["num_experts"], self.num_gates, *self.expert_layers())
+        self.experts = ExpertMixture(
+            self.input_size(), config["num_experts"], self.num_gates, *self.expert_layers()
+        )
         self.task_towers = TaskTowers(
             self.experts.output_size,
             self.num_tasks,

@@ -270,7 +270,11 @@ class CSTWA(MultiTaskRecommender):
         self.use_cp = config["use_cp"]
         self.use_ce = config["use_ce"]
         self.use_calibration = config["use_calibration"]
-        self.sm_mode, self.sm_layers, self.sm_lambda = config["sm_mode"], config["sm_layers"], config["sm_lambda"]
+        self.sm_mode, self.sm_layers, self.sm_lambda = (
+            config["sm_mode"],
+            config["sm_layers"],
+            config["sm_lambda"],
+        )
         self.ce_window = config["ce_window"]
         self.ce_low_percentile = config["ce_low_percentile"]
         self.ce_high_percentile = config["ce_high_percentile"]

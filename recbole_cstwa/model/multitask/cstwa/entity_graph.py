@@ -118,7 +118,9 @@ class EntityGraph(nn.Module):
         the id field ``id_field`` (one row an entity; profile fields' tokens are shared by many
         entities, so they are left as they are). Marks the graph as having acted (``ready``)."""
         if id_field not in embedding.token_offset:
-            raise ValueError(f"sm_mode: update writes the {self.group} id rows, but {id_field} is not a token field.")
+            raise ValueError(
+                f"sm_mode: update writes the {self.group} id rows, but {id_field} is not a token field."
+            )
         start = embedding.token_offset[id_field]
         table = embedding.token_table.weight
         rows = table[start : start + self.num_entities]

@@ -81,7 +81,13 @@ class CSTWATrainer(MultiTaskTrainer):
     )
     GRAPH_SETTINGS = ("graph_top_k", "graph_self_loop", "graph_symmetric", "graph_index")
     INDEX_SETTINGS = {
-        "auto": ("graph_exact_max_nodes", "graph_ivf_nlist", "graph_nprobe", "graph_hnsw_m", "graph_hnsw_ef_search"),
+        "auto": (
+            "graph_exact_max_nodes",
+            "graph_ivf_nlist",
+            "graph_nprobe",
+            "graph_hnsw_m",
+            "graph_hnsw_ef_search",
+        ),
         "ivf": ("graph_ivf_nlist", "graph_nprobe"),
         "hnsw": ("graph_hnsw_m", "graph_hnsw_ef_search"),
     }
@@ -235,7 +241,9 @@ class CSTWATrainer(MultiTaskTrainer):
         path = None
         if self.config["cstwa_cache"]:
             state = {name: tensor.detach().cpu() for name, tensor in model.embedding.state_dict().items()}
-            path = self._save_to_cache("pretrain", settings, {"embedding": state}, "the pre-trained CTR embedding")
+            path = self._save_to_cache(
+                "pretrain", settings, {"embedding": state}, "the pre-trained CTR embedding"
+            )
         self.cache_events.append(("pretrain", "computed", path))
 
     def _save_to_cache(self, kind, settings, state, what):
@@ -360,7 +368,10 @@ class CSTWATrainer(MultiTaskTrainer):
             except (KeyError, TypeError, ValueError, RuntimeError) as error:
                 return None, f"{group} graph unreadable: {type(error).__name__}"
             if tuple(graphs[group].shape) != (size, size):
-                return None, f"{group} graph is {tuple(graphs[group].shape)}, the data has {size} {group} rows"
+                return (
+                    None,
+                    f"{group} graph is {tuple(graphs[group].shape)}, the data has {size} {group} rows",
+                )
         return graphs, None
 
     def _note_small_groups(self):
@@ -420,7 +431,9 @@ def _state_mismatch(state, module):
     found = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in state.items()}
     if set(found) != set(expected):
         return f"parameters {sorted(set(found) ^ set(expected))} differ"
-    wrong = [f"{name} {found[name]} != {expected[name]}" for name in expected if found[name] != expected[name]]
+    wrong = [
+        f"{name} {found[name]} != {expected[name]}" for name in expected if found[name] != expected[name]
+    ]
     return "; ".join(wrong) or None
 
 
