@@ -6,10 +6,11 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import zlib
 
 import pytest
-from conftest import TINY, load_script, tiny_config
+from conftest import REPOSITORY, TINY, load_script, tiny_config
 from scipy import stats
 
 from recbole_cstwa.errors import InputError
@@ -357,3 +358,41 @@ def test_sm_used_column_counts_the_seeds_whose_kept_model_used_it(tiny_data_path
     assert mlp.endswith("| – |") and cstwa.endswith("| 1/2 |")
     records = [json.loads(line) for line in open(result["files"]["runs"], encoding="utf-8")]
     assert [record["sm_used"] for record in records if record["row"] == "CSTWA"] == [True, False]
+
+
+def test_runs_record_their_code_and_the_summary_names_it(comparison, tiny_data_path, tmp_path):
+    from recbole_cstwa.experiments.compare import code_label, code_version
+
+    code = code_version()
+    assert all(record["code"] == code for record in comparison["records"])
+    if os.path.exists(os.path.join(REPOSITORY, ".git")):  # a checkout: the commit is the HEAD's
+        head = subprocess.run(["git", "-C", REPOSITORY, "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert code["commit"] == head.stdout.strip() and isinstance(code["modified"], bool)
+    markdown = open(comparison["files"]["markdown"], encoding="utf-8").read()
+    assert f"Code: all {len(comparison['records'])} runs at {code_label(code)}." in markdown
+
+    # Runs of other code kept in runs.jsonl: the table says the code versions differ.
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(comparison["files"]["runs"], encoding="utf-8") as file:
+        lines = [json.loads(line) for line in file]
+    lines[0]["code"] = {"version": "0.0.9", "commit": "0" * 40, "modified": False}
+    (out / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    logged = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        result = run_comparison(
+            MODELS,
+            SEEDS,
+            dataset=TINY,
+            overrides=_overrides(tiny_data_path, comparison["folder"]),
+            variants=[VARIANT],
+            reference="MLP",
+            output_dir=str(out),
+            runner=scripted_runner,
+            log=logged.append,
+        )
+    markdown = open(result["files"]["markdown"], encoding="utf-8").read()
+    assert "**Code: the runs were made with 2 different code versions**" in markdown
+    assert "commit 0000000000 (0.0.9): 1 runs" in markdown
+    assert any("runs of other code (commit 0000000000 (0.0.9))" in line for line in logged)

@@ -241,6 +241,45 @@ def make_plan(
     return plan
 
 
+def code_version():
+    """What code a run is made with: the plugin's version and, in a git checkout, its commit and
+    whether tracked files differ from it (``{"version", "commit", "modified"}``; commit None
+    outside a checkout or without git)."""
+    import subprocess
+
+    import recbole_cstwa
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_cstwa.__file__)))
+    version = {"version": recbole_cstwa.__version__, "commit": None, "modified": None}
+    if not os.path.exists(os.path.join(root, ".git")):
+        return version
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return {**version, "commit": commit, "modified": bool(status.strip())}
+
+
+def code_label(code):
+    """One line naming a run's code, e.g. ``commit 1a2b3c4d (0.1.0)``."""
+    if not code:
+        return "unrecorded"
+    if not code.get("commit"):
+        return f"version {code.get('version')} (no git commit)"
+    return f"commit {code['commit'][:10]} ({code.get('version')})" + (
+        " with local changes" if code.get("modified") else ""
+    )
+
+
 def read_runs(path):
     """The records of ``runs.jsonl`` by key. A line cut off by a crash is skipped; a line that is
     no run record (no ``key``, no test result) is an error naming the line."""
@@ -284,6 +323,10 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
     if not resume and os.path.isfile(path):
         os.replace(path, f"{path}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
     done = read_runs(path)
+    code = code_version()
+    older = sorted({code_label(r.get("code")) for r in done.values()} - {code_label(code)})
+    if older:  # kept runs of other code: the table then mixes code versions, and says so
+        log(f"runs.jsonl holds runs of other code ({', '.join(older)}); this code is {code_label(code)}")
     records = []
     for number, run in enumerate(plan.runs, start=1):
         label = f"[{number}/{len(plan.runs)}] {run['row']} seed {run['seed']}" + (
@@ -315,6 +358,7 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
             "sm_used": result.get("sm_used"),
             "stage_times": result.get("stage_times"),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "code": code,
         }
         with open_append(path) as file:  # refuses a symbolic link planted at runs.jsonl
             file.write(json.dumps(record, default=float) + "\n")
@@ -477,7 +521,11 @@ def run_comparison(
         "markdown": os.path.join(output_dir, "summary.md"),
         "csv": os.path.join(output_dir, "summary.csv"),
     }
-    write_markdown(files["markdown"], plan, rows, oracle_values)
+    codes = {}
+    for record in records:
+        label = code_label(record.get("code"))
+        codes[label] = codes.get(label, 0) + 1
+    write_markdown(files["markdown"], plan, rows, oracle_values, codes)
     write_csv(files["csv"], rows, oracle_values)
     plots = write_plot(os.path.join(output_dir, "summary.html"), plan, rows, joined, oracle_values, plotlyjs)
     files["html"] = plots[0]

@@ -73,7 +73,21 @@ def table_lines(plan, rows, oracle=None):
     return lines
 
 
-def write_markdown(path, plan, rows, oracle=None):
+def code_lines(codes):
+    """The summary's statement of the code the runs were made with (``{label: runs}``)."""
+    if not codes:
+        return []
+    if len(codes) == 1:
+        label, count = next(iter(codes.items()))
+        return [f"Code: all {count} runs at {label}."]
+    listed = "; ".join(f"{label}: {count} runs" for label, count in codes.items())
+    return [
+        f"**Code: the runs were made with {len(codes)} different code versions** ({listed}): "
+        "re-run the older ones (`--fresh`, or remove their lines from runs.jsonl) before citing."
+    ]
+
+
+def write_markdown(path, plan, rows, oracle=None, codes=None):
     split = (
         f"the dataset's pre-split files (test: `{plan.test_split}`), the same in every run"
         if plan.test_split
@@ -94,6 +108,7 @@ def write_markdown(path, plan, rows, oracle=None):
             else ""
         )
         + ".",
+        *code_lines(codes),
         "",
         *table_lines(plan, rows, oracle),
         "",
