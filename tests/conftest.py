@@ -8,6 +8,7 @@ Runs happen inside a temporary working directory, because RecBole writes ``log/`
 import importlib.util
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -72,6 +73,17 @@ def tiny_data_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate(root, name=TINY, n_impressions=4000, cvr=0.3, seed=7)
     return str(root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_pytest_flags_in_argv():
+    """RecBole's Config reads ``--key=value`` pairs from ``sys.argv``, and the plugin refuses keys
+    nobody reads: pytest's own flags (``--durations=25``, ...) must reach neither it nor spawned
+    workers, which inherit ``sys.argv``. Session-wide, so module fixtures see it too; a test that
+    wants a command line sets its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", sys.argv[:1])
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ port; they take tens of seconds on a small machine, hence ``slow``.
 """
 
 import socket
-import sys
 
 import pytest
 import torch
@@ -138,9 +137,10 @@ def _single_process_test_metrics(settings, model_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["MLP", "DCMT", "DDPO", "NISE", "CSTWA"])
+# DDPO for its per-batch self-normalised weights; DCMT and NISE passed this test when they were
+# added and are left out to keep the suite short.
+@pytest.mark.parametrize("model", ["MLP", "DDPO", "CSTWA"])
 def test_two_cpu_processes_give_the_single_process_metrics(ddp_data_path, tmp_path, monkeypatch, model):
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # no pytest flag reaches RecBole's Config
     settings = _settings(ddp_data_path, tmp_path, model=model)
     result = run_recbole_cstwa(config_dict=dict(settings), nproc=2, port=free_port())
     assert result["world_size"] == 2 and len(result["peak_rss_mb"]) == len(result["pss_mb"]) == 2
