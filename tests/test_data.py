@@ -168,14 +168,14 @@ def test_batch_rows_are_gathered_as_recbole_indexes_them(make_config):
     import numpy as np
     from recbole.data.interaction import Interaction
 
-    from recbole_cstwa.data.dataset import _take_rows
+    from recbole_cstwa.data.dataset import take_rows
 
     config = make_config("MLP")
     dataset = create_dataset(config)
     feat = dataset.inter_feat
     order = np.random.default_rng(0).permutation(len(feat))[:37]
     for index in (order, torch.from_numpy(order), torch.from_numpy(order).int(), slice(3, 40)):
-        ours = _take_rows(feat, index)
+        ours = take_rows(feat, index)
         reference = Interaction.__getitem__(feat, index.tolist() if hasattr(index, "tolist") else index)
         assert set(ours.interaction) == set(reference.interaction)
         for field in reference.interaction:

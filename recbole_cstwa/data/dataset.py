@@ -60,7 +60,7 @@ def smallest_int_dtype(largest):
     return np.dtype(np.int64)
 
 
-def _take_rows(interaction, index):
+def take_rows(interaction, index):
     """Rows ``index`` of an ``Interaction``, as RecBole's ``interaction[index]``.
 
     RecBole turns an array index into a Python list and indexes every column with it (a large share
@@ -429,13 +429,13 @@ class MultiTaskDataset(Dataset):
         """RecBole's join; ids may be stored in small integer types, torch indexes with ``long``."""
         _as_long(df)
         if self.user_feat is not None and self.uid_field in df:
-            df.update(_take_rows(self.user_feat, df[self.uid_field]))
+            df.update(take_rows(self.user_feat, df[self.uid_field]))
         if self.item_feat is not None and self.iid_field in df:
-            df.update(_take_rows(self.item_feat, df[self.iid_field]))
+            df.update(take_rows(self.item_feat, df[self.iid_field]))
         return _as_long(df)
 
     def __getitem__(self, index, join=True):
-        df = _take_rows(self.inter_feat, index)  # a column name goes on to RecBole's indexing
+        df = take_rows(self.inter_feat, index)  # a column name goes on to RecBole's indexing
         if not isinstance(df, Interaction):  # one column by name
             return df
         return self.join(df) if join else _as_long(df)
