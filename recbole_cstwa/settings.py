@@ -377,32 +377,32 @@ SETTINGS = (
         high_open=True,
         note="pCTR is clamped to [c, 1 - c] before its inverse and that of 1 - pCTR are taken",
     ),
-    # ----- DDPO (Eq. 18's task weights; the paper gives no values) ------------------------------
+    # ----- DDPO (Eq. 18's task weights: 1 in the paper, Section 4.4 RQ5, and in main.py) --------
     Setting(
         "ddpo_click_weight",
         "number",
-        "lambda_o: --parao 1.0 in DDPO's official main.py",
+        "lambda_o: 1 in the DDPO paper (Section 4.4, RQ5) and --parao 1.0 in its main.py",
         models=("DDPO",),
         low=0,
     ),
     Setting(
         "ddpo_conversion_weight",
         "number",
-        "lambda_c: --parac 1.0 in DDPO's official main.py",
+        "lambda_c: 1 in the DDPO paper (Section 4.4, RQ5) and --parac 1.0 in its main.py",
         models=("DDPO",),
         low=0,
     ),
     Setting(
         "ddpo_cvr_weight",
         "number",
-        "lambda_r: --parar 1.0 in DDPO's official main.py",
+        "lambda_r: 1 in the DDPO paper (Section 4.4, RQ5) and --parar 1.0 in its main.py",
         models=("DDPO",),
         low=0,
     ),
     Setting(
         "ddpo_ctcvr_weight",
         "number",
-        "lambda_t: --paract 1.0 in DDPO's official main.py",
+        "lambda_t: 1 in the DDPO paper (Section 4.4, RQ5) and --paract 1.0 in its main.py",
         models=("DDPO",),
         low=0,
     ),

@@ -165,3 +165,23 @@ def test_one_epoch_improves_validation_purchase_auc(tmp_path):
     assert model.embedding.token_table.weight.grad.is_sparse
     trained = trainer.evaluate(valid_data, load_best_model=False)["purchase_auc"]
     assert trained > untrained + 0.05, (untrained, trained)
+
+
+def test_a_saturated_prediction_gives_finite_gradients():
+    """A pCVR that rounds to exactly 1 (or 0) in float32 must not turn the gradient into NaN: the
+    pseudo-label term reads it clamped, so that row adds no gradient and the others keep theirs."""
+    from recbole_cstwa.model.multitask.nise import pseudo_label_losses
+
+    logits = torch.tensor([20.0, 0.3, -1.0, -2.0, -120.0], requires_grad=True)
+    p_cvr = torch.sigmoid(logits)
+    assert p_cvr[0].item() == 1.0 and p_cvr[4].item() == 0.0  # saturated in float32
+    click = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    purchase = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+    clicked, non_clicked = pseudo_label_losses(p_cvr, click, purchase)
+    (clicked + non_clicked).backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[4].item() == 0.0  # the saturated non-clicked row: no gradient
+    # the unsaturated non-clicked rows: the entropy's gradient log((1 - p) / p) * p (1 - p) / B
+    p = p_cvr.detach().double()
+    expected = torch.log((1 - p) / p) * p * (1 - p) / len(p)
+    assert torch.allclose(logits.grad[2:4].double(), expected[2:4], rtol=1e-5)

@@ -8,7 +8,8 @@ Reference code:
     No code of the authors was found. Two re-implementations were read: the NISE authors'
     (``Hjh233/NISE``: ``torch-rechub/torch_rechub/models/multi_task/dcmt.py`` for the towers,
     the ``DCMT`` branch of ``torch-rechub/torch_rechub/trainers/mtl_trainer.py`` for the loss)
-    and EVI's (``q1179897215/EVI``, ``src/models/dcmt.py``: ``Dcmt`` and ``DcmtLoss``). The
+    and EVI's (``q1179897215/EVI`` at commit ``a79a967``, ``src/models/dcmt.py``: ``Dcmt`` and
+    ``DcmtLoss``; the file is gone from later commits). The
     paper is followed where they differ (see :class:`DCMT`).
 """
 
@@ -92,8 +93,9 @@ class DCMT(MultiTaskRecommender):
       tower against ``r`` itself (0 there); not followed.
     - Reduction and weights: the paper's ``1/|D|`` sums, i.e. batch means of ``o e / o_hat`` and
       ``(1 - o) e* / (1 - o_hat)``, as NISE's weighted ``BCELoss``. EVI normalises the inverse
-      propensities to sum to 1 over the batch and then takes the mean again, which shrinks
-      both CVR terms by about the batch size; not followed.
+      propensities to sum to 1 over the batch and then takes the mean again, which divides each
+      CVR term by the batch sum of its inverse propensities (about ``B * mean(1 / pCTR)`` for the
+      factual term, about ``B`` for the counterfactual one); not followed.
     - Propensity clip: the paper states none; NISE clamps pCTR to
       ``[1e-15, 1 - 1e-15]``, EVI to ``[1e-3, 1 - 1e-3]`` (inverse weights at most 1000). EVI's
       clamp is the default (``dcmt_propensity_clip``), so that a saturated CTR head cannot give

@@ -16,9 +16,12 @@ import torch.nn.functional as F
 
 from recbole_cstwa.model.multitask.esmm import ESMM
 
-#: PyTorch's BCE clamps each log at -100; the pseudo-label term keeps the same clamp, so it equals
-#: the reference code's ``BCELoss(p, p)`` exactly, saturated predictions included.
-LOG_FLOOR = -100.0
+#: The pseudo-label term reads the prediction clamped to [1e-7, 1 - 1e-7]: a pCVR that saturates
+#: to exactly 0 or 1 in float32 would otherwise give ``0 * inf`` = NaN in the backward pass of
+#: ``log`` and poison the CVR tower (the reference's ``BCELoss(p, p)`` has the same hazard). Away
+#: from saturation the value and the gradient are the reference's; a saturated row adds at most
+#: about 1.7e-6 and no gradient.
+ENTROPY_CLAMP = 1e-7
 
 
 def pseudo_label_losses(p_cvr, click, purchase):
@@ -46,9 +49,8 @@ def pseudo_label_losses(p_cvr, click, purchase):
         tuple: ``(clicked, non_clicked)`` scalar losses.
     """
     clicked = F.binary_cross_entropy(p_cvr, purchase, weight=click)
-    log_p = torch.log(p_cvr).clamp(min=LOG_FLOOR)
-    log_not_p = torch.log(1 - p_cvr).clamp(min=LOG_FLOOR)
-    entropy = -(p_cvr * log_p + (1 - p_cvr) * log_not_p)
+    p = p_cvr.clamp(ENTROPY_CLAMP, 1 - ENTROPY_CLAMP)  # see ENTROPY_CLAMP
+    entropy = -(p * torch.log(p) + (1 - p) * torch.log(1 - p))
     return clicked, ((1 - click) * entropy).mean()
 
 
@@ -101,7 +103,9 @@ class NISE(ESMM):
     - The pseudo-label keeps its gradient, as in the code (see :func:`pseudo_label_losses`).
     - The code clamps pCVR and pCTR to ``[1e-15, 1 - 1e-15]`` before the losses; in float32 the
       upper bound is 1 and the lower one binds only below 1e-15, where BCE's log clamp at -100
-      already bounds the loss, so no clamp is applied here.
+      already bounds the loss, so that clamp is not applied here. The pseudo-label term instead
+      reads pCVR clamped to ``[1e-7, 1 - 1e-7]`` (:data:`ENTROPY_CLAMP`): a prediction saturated
+      to 0 or 1 gives the code a NaN or infinite gradient; here it gives none.
     - Tower sizes, embedding, optimiser and batch are the comparison's shared settings (the code:
       16-dimensional embeddings concatenated, towers [160, 80] with BatchNorm and no dropout,
       Adam lr 1e-3 with weight decay 1e-5, batch 2048).
