@@ -75,13 +75,28 @@ def test_loss_parts_equal_the_papers_formula_by_hand(build):
         assert part.item() == pytest.approx(value, rel=1e-5), name
 
 
-def test_loss_weights_and_a_binding_propensity_clip(build):
+@pytest.mark.parametrize("click_bias", [8.0, -8.0])
+def test_loss_weights_and_a_binding_propensity_clip(build, click_bias):
     model, batch = build(
         dcmt_cvr_weight=0.7, dcmt_ctcvr_weight=0.4, dcmt_constraint_weight=0.5, dcmt_propensity_clip=0.01
     )
-    with torch.no_grad():  # pCTR near 1 on every row: 1 - pCTR is clamped to 0.01
-        model.click_head.linear.bias.fill_(8.0)
+    with torch.no_grad():  # pCTR near 1 (or 0) on every row: 1 - pCTR (or pCTR) is clamped to 0.01
+        model.click_head.linear.bias.fill_(click_bias)
     output = model(batch)
+    if click_bias < 0:  # the factual part: the clicked rows' BCE, each weighted 1 / 0.01
+        assert (output["click"] < 0.01).all()
+        parts = model.calculate_loss(batch)
+        expected = _paper_loss_parts(output, 0.01, 0.7, 0.4, 0.5)
+        for part, value in zip(parts, expected):
+            assert part.item() == pytest.approx(value, rel=1e-5)
+        p_cvr, purchases = output["cvr"].double().tolist(), batch["purchase"].tolist()
+        by_hand = sum(
+            -(math.log(q) if r else math.log(1 - q)) / 0.01
+            for q, r, o in zip(p_cvr, purchases, CLICKS)
+            if o == 1
+        ) / len(CLICKS)
+        assert parts[1].item() == pytest.approx(0.7 * by_hand, rel=1e-5)
+        return
     assert (1 - output["click"] < 0.01).all()
     parts = model.calculate_loss(batch)
     expected = _paper_loss_parts(output, 0.01, 0.7, 0.4, 0.5)
