@@ -79,7 +79,7 @@ def tiny_data_path(tmp_path_factory):
 def _no_pytest_flags_in_argv():
     """RecBole's Config reads ``--key=value`` pairs from ``sys.argv``, and the plugin refuses keys
     nobody reads: pytest's own flags (``--durations=25``, ...) must reach neither it nor spawned
-    workers, which inherit ``sys.argv``. Session-wide, so module fixtures see it too; a test that
+    workers, which inherit ``sys.argv``. pytest-session scope, so module fixtures see it too; a test that
     wants a command line sets its own."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", sys.argv[:1])
