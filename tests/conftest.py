@@ -118,6 +118,35 @@ def make_config(tiny_data_path, tmp_path):
     return make
 
 
+#: Labels of the crafted 8-row batch of ``build_model``: clicks with and without purchase, and
+#: no-click rows.
+CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+PURCHASES = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+@pytest.fixture
+def build_model(make_config):
+    """``build_model(model, **config)`` -> (model in eval mode, an 8-row batch labelled with
+    :data:`CLICKS` and :data:`PURCHASES`), seeded."""
+    import torch
+
+    from recbole_cstwa.data import create_dataset, data_preparation
+    from recbole_cstwa.registry import get_model
+
+    def make(model_name, **overrides):
+        torch.manual_seed(0)
+        config = make_config(model_name, **overrides)
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        model = get_model(model_name)(config, train_data._dataset)
+        model.eval()
+        batch = next(iter(train_data))[: len(CLICKS)]
+        batch["click"] = torch.tensor(CLICKS)
+        batch["purchase"] = torch.tensor(PURCHASES)
+        return model, batch
+
+    return make
+
+
 @pytest.fixture
 def cstwa_stages(make_config):
     """``cstwa_stages(**config)`` -> ``(trainer, model)`` after CSTWATrainer's pre-training stages."""

@@ -9,33 +9,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CLICKS, PURCHASES
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.model.layers import ExtractionLayer
 from recbole_cstwa.model.multitask.escm2 import dr_counterfactual_risk, ips_counterfactual_risk
 from recbole_cstwa.registry import get_model
 
-#: Labels of the crafted batch: clicks with and without purchase, and no-click rows.
-CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-PURCHASES = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-
 
 @pytest.fixture
-def build(make_config):
-    """``build(model, **config)`` -> (model in eval mode, an 8-row batch with fixed labels)."""
-
-    def make(model_name, **overrides):
-        torch.manual_seed(0)
-        config = make_config(model_name, **overrides)
-        train_data, _, _ = data_preparation(config, create_dataset(config))
-        model = get_model(model_name)(config, train_data._dataset)
-        model.eval()
-        batch = next(iter(train_data))[: len(CLICKS)]
-        batch["click"] = torch.tensor(CLICKS)
-        batch["purchase"] = torch.tensor(PURCHASES)
-        return model, batch
-
-    return make
+def build(build_model):
+    """``build(model, **config)`` -> (model in eval mode, the crafted 8-row batch)."""
+    return build_model
 
 
 def _bce(p, y):

@@ -5,35 +5,21 @@ The hand computations use plain Python arithmetic on the model's outputs (in eva
 ``forward`` is deterministic), never the model's own loss helper.
 """
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import CLICKS, PURCHASES
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.registry import get_model
 
-#: Labels of the crafted batch: clicks with and without purchase, and no-click rows.
-CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-PURCHASES = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-
 
 @pytest.fixture
-def build(make_config):
-    """``build(**config)`` -> (DCMT in eval mode, an 8-row batch with fixed labels)."""
-
-    def make(**overrides):
-        torch.manual_seed(0)
-        config = make_config("DCMT", **overrides)
-        train_data, _, _ = data_preparation(config, create_dataset(config))
-        model = get_model("DCMT")(config, train_data._dataset)
-        model.eval()
-        batch = next(iter(train_data))[: len(CLICKS)]
-        batch["click"] = torch.tensor(CLICKS)
-        batch["purchase"] = torch.tensor(PURCHASES)
-        return model, batch
-
-    return make
+def build(build_model):
+    """``build(**config)`` -> (DCMT in eval mode, the crafted 8-row batch)."""
+    return functools.partial(build_model, "DCMT")
 
 
 def _bce(p, y):

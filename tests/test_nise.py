@@ -6,8 +6,11 @@ Losses are checked against plain torch computations of the formula of ``Hjh233/N
 deterministic (dropout off).
 """
 
+import functools
+
 import pytest
 import torch
+from conftest import CLICKS, PURCHASES
 
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
@@ -17,27 +20,11 @@ from recbole_cstwa.registry import get_model, get_trainer
 from recbole_cstwa.tools.generator import generate
 from recbole_cstwa.trainer import MultiTaskTrainer
 
-#: Labels of the crafted batch: clicks with and without purchase, and no-click rows.
-CLICKS = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-PURCHASES = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-
 
 @pytest.fixture
-def build(make_config):
-    """``build(**config)`` -> (NISE in eval mode, an 8-row batch with fixed labels)."""
-
-    def make(**overrides):
-        torch.manual_seed(0)
-        config = make_config("NISE", **overrides)
-        train_data, _, _ = data_preparation(config, create_dataset(config))
-        model = get_model("NISE")(config, train_data._dataset)
-        model.eval()
-        batch = next(iter(train_data))[: len(CLICKS)]
-        batch["click"] = torch.tensor(CLICKS)
-        batch["purchase"] = torch.tensor(PURCHASES)
-        return model, batch
-
-    return make
+def build(build_model):
+    """``build(**config)`` -> (NISE in eval mode, the crafted 8-row batch)."""
+    return functools.partial(build_model, "NISE")
 
 
 def _reference_loss(p_click, p_cvr, cap, scale):
