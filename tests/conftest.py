@@ -91,6 +91,20 @@ def _work_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+def tiny_arguments(tiny_data_path, tmp_path, *extra):
+    """The command-line form of a one-epoch run on the tiny dataset (``extra`` appended before
+    the checkpoint folder)."""
+    return [
+        f"--dataset={TINY}",
+        f"--data_path={tiny_data_path}",
+        "--benchmark_filename=['train','valid','test']",
+        "--epochs=1",
+        "--show_progress=False",
+        *extra,
+        f"--checkpoint_dir={tmp_path / 'saved'}",
+    ]
+
+
 def tiny_config(tiny_data_path, tmp_path, **overrides):
     config = {
         "dataset": TINY,

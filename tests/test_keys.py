@@ -7,21 +7,10 @@ import re
 import sys
 
 import pytest
-from conftest import REPOSITORY, TINY, load_script, tiny_config
+from conftest import REPOSITORY, TINY, load_script, tiny_arguments, tiny_config
 
 from recbole_cstwa.errors import UnknownSettingError
 from recbole_cstwa.keys import closest, known_keys
-
-
-def _tiny_arguments(tiny_data_path, tmp_path):
-    return [
-        f"--dataset={TINY}",
-        f"--data_path={tiny_data_path}",
-        "--benchmark_filename=['train','valid','test']",
-        "--epochs=1",
-        "--show_progress=False",
-        f"--checkpoint_dir={tmp_path / 'saved'}",
-    ]
 
 
 def _only_error_line(capsys, stop):
@@ -41,7 +30,7 @@ def _only_error_line(capsys, stop):
     ],
 )
 def test_command_line(monkeypatch, capsys, tiny_data_path, tmp_path, argument, given, meant):
-    arguments = ["run_recbole_cstwa.py", "--model=MLP", argument, *_tiny_arguments(tiny_data_path, tmp_path)]
+    arguments = ["run_recbole_cstwa.py", "--model=MLP", argument, *tiny_arguments(tiny_data_path, tmp_path)]
     monkeypatch.setattr(sys, "argv", arguments)
     with pytest.raises(SystemExit) as stop:
         load_script("run_recbole_cstwa").main()
@@ -61,7 +50,7 @@ def test_config_file(monkeypatch, capsys, tiny_data_path, tmp_path):
             "run_recbole_cstwa.py",
             "--model=ESMM",
             f"--config_files={settings}",
-            *_tiny_arguments(tiny_data_path, tmp_path),
+            *tiny_arguments(tiny_data_path, tmp_path),
         ],
     )
     with pytest.raises(SystemExit) as stop:
@@ -76,7 +65,7 @@ def test_params_file(capsys, tiny_data_path, tmp_path):
     params_file.write_text("learning_rate choice [0.01]\ntower_dropuot choice [0.1, 0.2]\n")
     with pytest.raises(SystemExit) as stop:
         load_script("run_hyper").main(
-            ["--model=MLP", f"--params_file={params_file}", *_tiny_arguments(tiny_data_path, tmp_path)]
+            ["--model=MLP", f"--params_file={params_file}", *tiny_arguments(tiny_data_path, tmp_path)]
         )
     line = _only_error_line(capsys, stop)
     assert line.startswith(f"error: params file [{params_file}]: tower_dropuot is not a setting")
@@ -92,7 +81,7 @@ def test_hyper_fixed_settings_are_the_command_line(capsys, tiny_data_path, tmp_p
                 "--model=MLP",
                 f"--params_file={params_file}",
                 "--epoch=1",
-                *_tiny_arguments(tiny_data_path, tmp_path),
+                *tiny_arguments(tiny_data_path, tmp_path),
             ]
         )
     assert "error: command line: --epoch is not a setting" in _only_error_line(capsys, stop)
@@ -114,7 +103,7 @@ def test_variant(capsys, tiny_data_path, tmp_path):
                 "--variant",
                 "SM=CSTWA:use_sm=True,use_cp=False,use_cee=False",
                 f"--output_dir={tmp_path / 'compare'}",
-                *[a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--dataset")],
+                *[a for a in tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--dataset")],
                 f"--dataset={TINY}",
             ]
         )

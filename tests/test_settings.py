@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPOSITORY, TINY, load_script
+from conftest import REPOSITORY, load_script, tiny_arguments
 
 from recbole_cstwa.checkpoint import check_writable_directory
 from recbole_cstwa.commands.cli import INPUT_ERROR_STATUS
@@ -200,18 +200,6 @@ def _error_line(monkeypatch, capsys, arguments):
     return lines[0]
 
 
-def _tiny_arguments(tiny_data_path, tmp_path):
-    return [
-        f"--dataset={TINY}",
-        f"--data_path={tiny_data_path}",
-        "--benchmark_filename=['train','valid','test']",
-        "--epochs=1",
-        "--show_progress=False",
-        "--state=ERROR",
-        f"--checkpoint_dir={tmp_path / 'saved'}",
-    ]
-
-
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -249,7 +237,9 @@ def _tiny_arguments(tiny_data_path, tmp_path):
     ],
 )
 def test_cli_prints_one_error_line(monkeypatch, capsys, tiny_data_path, tmp_path, arguments, message):
-    line = _error_line(monkeypatch, capsys, arguments + _tiny_arguments(tiny_data_path, tmp_path))
+    line = _error_line(
+        monkeypatch, capsys, arguments + tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR")
+    )
     assert line.startswith(message)
 
 
@@ -269,7 +259,9 @@ def test_normal_command_line_values_parse_as_before(monkeypatch, tiny_data_path,
         "--embedding_size=-1",  # a negative number, refused by the table below, not read as text
     ]
     monkeypatch.setattr(
-        sys, "argv", ["run_recbole_cstwa.py", *arguments, *_tiny_arguments(tiny_data_path, tmp_path)]
+        sys,
+        "argv",
+        ["run_recbole_cstwa.py", *arguments, *tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR")],
     )
     config = Config.__new__(Config)
     read = config._load_cmd_line()
@@ -286,7 +278,11 @@ def test_an_empty_checkpoint_dir_is_refused_before_any_file_is_written(
     monkeypatch, capsys, tiny_data_path, tmp_path
 ):
     """RecBole joined the dataset cache's folder to '' and wrote it into the current folder."""
-    arguments = [a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--checkpoint_dir")]
+    arguments = [
+        a
+        for a in tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR")
+        if not a.startswith("--checkpoint_dir")
+    ]
     line = _error_line(monkeypatch, capsys, ["--model=MLP", "--checkpoint_dir=", *arguments])
     assert (
         line
@@ -299,7 +295,9 @@ def test_unquoted_benchmark_filename_is_the_list(monkeypatch, tiny_data_path, tm
     from recbole_cstwa.config import Config
 
     arguments = [
-        a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--benchmark_filename")
+        a
+        for a in tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR")
+        if not a.startswith("--benchmark_filename")
     ]
     monkeypatch.setattr(
         sys, "argv", ["run_recbole_cstwa.py", "--benchmark_filename=[train,valid,test]", *arguments]
@@ -321,7 +319,7 @@ def test_a_call_on_the_command_line_never_runs(monkeypatch, capsys, tiny_data_pa
         [
             "--model=MLP",
             f"--note=open({str(marker)!r},'a').write('x')",
-            *_tiny_arguments(tiny_data_path, tmp_path),
+            *tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR"),
         ],
     )
     assert line.startswith('error: --note: the string "open(') and "is Python code" in line
@@ -374,7 +372,11 @@ def test_config_file_yaml_is_plain(monkeypatch, capsys, tiny_data_path, tmp_path
     line = _error_line(
         monkeypatch,
         capsys,
-        ["--model=MLP", f"--config_files={config_file}", *_tiny_arguments(tiny_data_path, tmp_path)],
+        [
+            "--model=MLP",
+            f"--config_files={config_file}",
+            *tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR"),
+        ],
     )
     assert line.startswith(f"error: Config file [{config_file}]") and message in line
 
@@ -396,7 +398,11 @@ def test_cli_yaml_python_tag_names_the_file(monkeypatch, capsys, tiny_data_path,
     line = _error_line(
         monkeypatch,
         capsys,
-        ["--model=MLP", f"--config_files={config_file}", *_tiny_arguments(tiny_data_path, tmp_path)],
+        [
+            "--model=MLP",
+            f"--config_files={config_file}",
+            *tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR"),
+        ],
     )
     assert line.startswith(f"error: Config file [{config_file}], line 2 is not plain YAML")
     assert not os.path.exists("marker")
@@ -406,7 +412,11 @@ def test_cli_missing_config_file(monkeypatch, capsys, tiny_data_path, tmp_path):
     line = _error_line(
         monkeypatch,
         capsys,
-        ["--model=MLP", f"--config_files={tmp_path}/absent.yaml", *_tiny_arguments(tiny_data_path, tmp_path)],
+        [
+            "--model=MLP",
+            f"--config_files={tmp_path}/absent.yaml",
+            *tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR"),
+        ],
     )
     assert line == f"error: Config file [{tmp_path}/absent.yaml] does not exist (--config_files)."
 
@@ -416,7 +426,11 @@ def test_cli_unwritable_checkpoint_dir_stops_before_training(monkeypatch, capsys
     blocker.write_text("not a folder")
     arguments = [
         "--model=MLP",
-        *(a for a in _tiny_arguments(tiny_data_path, tmp_path) if not a.startswith("--checkpoint_dir")),
+        *(
+            a
+            for a in tiny_arguments(tiny_data_path, tmp_path, "--state=ERROR")
+            if not a.startswith("--checkpoint_dir")
+        ),
         f"--checkpoint_dir={blocker}/saved",
     ]
     monkeypatch.setattr(
