@@ -1,5 +1,5 @@
 """Scoring cost: run_predict.py on a 4M-impression Ali-CCP-shaped dataset's test split, and the
-exported TorchScript model against eager torch.
+exported TorchScript and ONNX models against eager torch.
 
 1. The dataset (``--dataset``, default ``s4m``: 4M impressions, 0.2M users, 0.5M items, the
    generator's default 80/10/10 split) is generated when its folder is missing
@@ -11,8 +11,9 @@ exported TorchScript model against eager torch.
    times: its scoring loop's rows/s over wall and CPU time (as it reports them), the whole
    process's (start-up, loading the checkpoint and the vocabularies included) over wall and CPU
    time (user + system: rows/s a core), peak RSS; min and median over the runs.
-5. Exported vs eager: ``--repeats`` calls of the TorchScript model and of the eager module
-   (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows, one thread, in
+5. Exported vs eager: ``--repeats`` calls of the TorchScript model, of the ONNX model in
+   onnxruntime (one thread; left out when the onnx extra is not installed) and of the eager
+   module (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows, one thread, in
    ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
    median over rounds, and rows a CPU second at the median.
 
@@ -118,7 +119,8 @@ def score_file(model_file, source, output):
 def exported_vs_eager(model_file, folder, dataset, repeats, runs):
     import torch
 
-    from recbole_cstwa.serving.export import export_model
+    from recbole_cstwa.errors import InputError
+    from recbole_cstwa.serving.export import export_model, onnx_modules, onnx_runner
     from recbole_cstwa.serving.module import ServingModule
     from recbole_cstwa.serving.predict import FieldVocabulary
     from recbole_cstwa.serving.trained import load_trained
@@ -127,7 +129,6 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
     trained = load_trained(model_file)
     export_dir = os.path.join(os.path.dirname(model_file), "exported")
     export_model(trained, export_dir)
-    exported = torch.jit.load(os.path.join(export_dir, "model.pt"))
     serving = ServingModule(trained).eval()
     table = pa_csv.read_csv(
         os.path.join(folder, f"{dataset}.test.inter"),
@@ -147,15 +148,24 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
         dim=1,
     )
     floats = torch.zeros(len(tokens), len(serving.float_fields))
+    models = {"torchscript": torch.jit.load(os.path.join(export_dir, "model.pt"))}
+    try:
+        onnx_modules()
+    except InputError as missing:
+        print(f"ONNX left out: {missing}")
+    else:
+        export_model(trained, os.path.join(export_dir, "onnx"), "onnx")
+        models["onnx"] = onnx_runner(os.path.join(export_dir, "onnx", "model.onnx"))[0]  # one thread
+    models["eager"] = serving
     medians = {}  # (batch, model) -> (wall, CPU) median latency of each round
     with torch.inference_mode():
         for batch in (1, 256, 4096):
             inputs = (tokens[:batch], floats[:batch])
-            for model in (exported, serving):
+            for model in models.values():
                 for _ in range(3):
                     model(*inputs)  # warm-up (the TorchScript profiler optimises on the first calls)
-            for _ in range(runs):  # rounds alternate the two models: a busy spell hits both
-                for name, model in (("exported", exported), ("eager", serving)):
+            for _ in range(runs):  # rounds alternate the models: a busy spell hits both
+                for name, model in models.items():
                     walls, cpus = [], []
                     for _ in range(repeats):
                         start, cpu_start = time.perf_counter(), time.process_time()
@@ -164,8 +174,11 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
                         cpus.append(time.process_time() - cpu_start)
                     round_medians = (statistics.median(walls), statistics.median(cpus))
                     medians.setdefault((batch, name), []).append(round_medians)
-            difference = (exported(*inputs) - serving(*inputs)).abs().max().item()
-            print(f"batch {batch}: max |exported - eager| = {difference:.2e}")
+            for name, model in models.items():
+                if name != "eager":
+                    columns = (model(*inputs) - serving(*inputs)).abs().max(0).values.tolist()
+                    shown = ", ".join(f"{c} {d:.2e}" for c, d in zip(serving.output_names, columns))
+                    print(f"batch {batch}: max |{name} - eager|: {shown}")
     return medians
 
 
@@ -201,12 +214,12 @@ def main():
         values = [run[name] for run in runs]
         print(f"  {name:<20} {min(values):>12,.1f} {statistics.median(values):>12,.1f} {max(values):>12,.1f}")
     print("exported vs eager, 1 thread: the median call of each round; min / median over rounds")
-    print(f"{'batch':>6} {'model':<9} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
+    print(f"{'batch':>6} {'model':<11} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
     timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs)
     for (batch, name), medians in timings.items():
         walls, cpus = [m[0] * 1000 for m in medians], [m[1] * 1000 for m in medians]
         print(
-            f"{batch:>6} {name:<9} {min(walls):>8.3f} / {statistics.median(walls):<7.3f} "
+            f"{batch:>6} {name:<11} {min(walls):>8.3f} / {statistics.median(walls):<7.3f} "
             f"{min(cpus):>8.3f} / {statistics.median(cpus):<7.3f} {batch / statistics.median(cpus) * 1000:>14,.0f}"
         )
 

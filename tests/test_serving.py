@@ -1,5 +1,5 @@
 """From a trained model to scores: checkpoints that load alone, load_data_and_model, the file
-predictor, the TorchScript export, --model_file evaluation and --resume."""
+predictor, the TorchScript and ONNX exports, --model_file evaluation and --resume."""
 
 import copy
 import glob
@@ -218,6 +218,41 @@ def trained_stub(trained):
     return load_trained(trained("MLP").model_file)
 
 
+def split_inputs(run, schema):
+    """``(tokens, floats)`` of ``run``'s test split in the order ``schema`` gives."""
+    interaction = run.test_data.dataset.inter_feat
+    tokens = torch.stack([interaction[field].long() for field in schema["inputs"]["tokens"]["fields"]], dim=1)
+    return tokens, torch.zeros(len(tokens), 0)
+
+
+def blocked_imports(*packages):
+    """The head of a script run by a Python that cannot import ``packages``."""
+    import site
+
+    return (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {packages!r}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = {site.getsitepackages()!r}\n"
+    )
+
+
+def run_isolated(script, folders, cwd):
+    """``{model: largest difference}`` printed by ``script`` run in ``python -I -S`` on ``folders``."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script, *folders],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {name: float(value) for name, value in (line.split() for line in done.stdout.strip().splitlines())}
+
+
 @pytest.mark.slow
 def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(trained, tmp_path):
     from recbole_cstwa.serving.export import export_model
@@ -231,11 +266,7 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
         folder = tmp_path / name
         schema = export_model(model, str(folder))
         serving = ServingModule(model)
-        interaction = run.test_data.dataset.inter_feat
-        tokens = torch.stack(
-            [interaction[field].long() for field in schema["inputs"]["tokens"]["fields"]], dim=1
-        )
-        floats = torch.zeros(len(tokens), 0)
+        tokens, floats = split_inputs(run, schema)
         exported = torch.jit.load(str(folder / "model.pt"))
         with torch.no_grad():
             eager = serving(tokens, floats)
@@ -254,16 +285,7 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
         cases.append(str(folder))
 
     # Loaded by a Python that cannot import RecBole or the plugin: torch only.
-    import site
-
-    script = (
-        "import sys, importlib.abc\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('recbole', 'recbole_cstwa'):\n"
-        "            raise ImportError('blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        f"sys.path[:0] = {site.getsitepackages()!r}\n"
+    script = blocked_imports("recbole", "recbole_cstwa") + (
         "import torch\n"
         "for folder in sys.argv[1:]:\n"
         "    check = torch.load(folder + '/check.pt', weights_only=True)\n"
@@ -273,17 +295,102 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
         "    print(folder.rsplit('/', 1)[-1], float((out - check['expected']).abs().max()))\n"
         "assert not any(m.split('.')[0] in ('recbole', 'recbole_cstwa') for m in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script, *cases],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    differences = dict(line.split() for line in done.stdout.strip().splitlines())
+    differences = run_isolated(script, cases, tmp_path)
     assert set(differences) == set(PLUGIN_MODELS)
-    assert all(float(value) <= 1e-6 for value in differences.values()), differences
+    assert all(value <= 1e-6 for value in differences.values()), differences
+
+
+@pytest.mark.slow
+def test_onnx_export_equals_eager_for_every_plugin_model_and_runs_with_onnxruntime_alone(trained, tmp_path):
+    pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
+    from recbole_cstwa.serving.export import export_model
+    from recbole_cstwa.serving.module import ServingModule
+    from recbole_cstwa.serving.trained import load_trained
+
+    cases = []
+    for name in PLUGIN_MODELS:
+        run = trained(name)
+        model = load_trained(run.model_file)
+        folder = tmp_path / name
+        schema = export_model(model, str(folder), "onnx")
+        assert schema["artifact"]["file"] == "model.onnx" and schema["output"]["name"] == "probabilities"
+        assert list(schema["inputs"]) == ["tokens"]  # no numerical fields: floats is not read
+        tokens, floats = split_inputs(run, schema)
+        with torch.no_grad():
+            eager = ServingModule(model)(tokens, floats)
+        np.testing.assert_allclose(eager[:, 1].numpy(), run.predictions["purchase"].numpy(), atol=1e-6)
+        np.save(folder / "tokens.npy", tokens.numpy())
+        np.save(folder / "expected.npy", eager.numpy())
+        cases.append(str(folder))
+
+    # Run by a Python that cannot import torch, RecBole or the plugin: onnxruntime and numpy only,
+    # on batches of 1 and 256 rows and the whole split (the export traced 64).
+    script = blocked_imports("torch", "recbole", "recbole_cstwa") + (
+        "import json, numpy, onnxruntime\n"
+        "for folder in sys.argv[1:]:\n"
+        "    schema = json.load(open(folder + '/schema.json'))\n"
+        "    session = onnxruntime.InferenceSession(folder + '/' + schema['artifact']['file'])\n"
+        "    tokens, expected = numpy.load(folder + '/tokens.npy'), numpy.load(folder + '/expected.npy')\n"
+        "    worst = 0.0\n"
+        "    for rows in (1, 256, len(tokens)):\n"
+        "        (out,) = session.run([schema['output']['name']], {'tokens': tokens[:rows]})\n"
+        "        assert out.shape == (rows, len(schema['output']['columns']))\n"
+        "        worst = max(worst, float(numpy.abs(out - expected[:rows]).max()))\n"
+        "    print(folder.rsplit('/', 1)[-1], worst)\n"
+        "assert not any(m.split('.')[0] in ('torch', 'recbole', 'recbole_cstwa') for m in sys.modules)\n"
+    )
+    differences = run_isolated(script, cases, tmp_path)
+    assert set(differences) == set(PLUGIN_MODELS)
+    assert all(value <= 1e-6 for value in differences.values()), differences
+
+
+@pytest.mark.slow
+def test_an_export_that_differs_from_the_eager_model_is_refused(trained, tmp_path, monkeypatch):
+    import recbole_cstwa.serving.export as export
+    from recbole_cstwa.errors import InputError
+    from recbole_cstwa.serving.trained import load_trained
+
+    model = load_trained(trained("MLP").model_file)
+    trace = torch.jit.trace
+
+    def off_by(shift):
+        def traced(*args, **kwargs):
+            module = trace(*args, **kwargs)
+            return lambda tokens, floats: module(tokens, floats) + shift
+
+        return traced
+
+    # p_click / p_purchase 2e-6 off: refused; the DIVISION p_cvr may move by 1e-5 of its value
+    monkeypatch.setattr(torch.jit, "trace", off_by(torch.tensor([2e-6, 0.0, 0.0])))
+    with pytest.raises(InputError, match="times the tolerance"):
+        export.export_model(model, str(tmp_path / "off"))
+    assert not (tmp_path / "off" / "model.pt").exists()
+    serving = export.ServingModule(model)
+    eager = serving(*export.example_inputs(serving, model.dataset, 8))
+    for relative, refused in ((5e-6, False), (2e-5, True)):
+        difference = export.export_difference(
+            eager * torch.tensor([1.0, 1.0, 1.0 + relative]), eager, serving
+        )
+        assert (difference > 1.0) == refused, (relative, difference)
+
+
+def test_onnx_export_without_the_extra_names_the_fix(monkeypatch):
+    import importlib
+
+    from recbole_cstwa.errors import InputError
+    from recbole_cstwa.serving.export import export_model
+
+    real_import = importlib.import_module
+
+    def without_onnxruntime(name, *args):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_onnxruntime)
+    # refused before the model is read: no trained model needed
+    with pytest.raises(InputError, match=r'onnxruntime.*pip install "recbole-cstwa\[onnx\]"'):
+        export_model(None, "unused", "onnx")
 
 
 class Planted:
@@ -317,7 +424,11 @@ def test_a_planted_pickle_is_refused_by_every_new_entry_point(trained, tmp_path,
         with pytest.raises(CheckpointError, match="is not loaded"):
             call()
     run_predict = load_script("run_predict")
-    for argv in (["--input", "x.csv", "--output", "y.csv"], ["--export", "torchscript", "--output", "out"]):
+    for argv in (
+        ["--input", "x.csv", "--output", "y.csv"],
+        ["--export", "torchscript", "--output", "out"],
+        ["--export", "onnx", "--output", "out"],
+    ):
         with pytest.raises(SystemExit) as stopped:
             run_predict.main(["--model_file", str(planted), *argv])
         assert stopped.value.code == 2

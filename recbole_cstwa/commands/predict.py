@@ -2,20 +2,20 @@
 
     python run_predict.py --model_file=saved/MLP-....pth --input=new.csv --output=scores.csv \
                           [--keys user_id item_id] [--batch_size=8192] [--threads=N]
-    python run_predict.py --model_file=saved/MLP-....pth --export=torchscript --output=served/
+    python run_predict.py --model_file=saved/MLP-....pth --export=torchscript|onnx --output=served/
 
 The input is CSV, TSV, parquet or a RecBole .inter file with the model's feature columns (any
 order, other columns ignored, labels optional); the output (CSV or parquet) holds one row an
 input row: the --keys columns, then p_click, p_purchase, p_cvr (a RecBole model: its label's
 probability). Unseen tokens score as absent fields and are counted; with label columns the
-run's metrics are printed. --export writes a TorchScript model, its vocabularies and schema.json
-(docs/serving.md).
+run's metrics are printed. --export writes a TorchScript (torch only) or ONNX (onnxruntime; the
+onnx extra) model, its vocabularies and schema.json (docs/serving.md).
 """
 
 import argparse
 
 from recbole_cstwa.commands.cli import reported_errors
-from recbole_cstwa.serving.export import export_model
+from recbole_cstwa.serving.export import EXPORT_FILES, export_model
 from recbole_cstwa.serving.predict import predict_file
 from recbole_cstwa.serving.trained import load_trained
 
@@ -30,15 +30,19 @@ def main(argv=None):
     parser.add_argument("--keys", nargs="*", default=[], help="input columns copied to the output")
     parser.add_argument("--batch_size", type=int, default=8192, help="rows a model call (default 8192)")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: torch's)")
-    parser.add_argument("--export", choices=["torchscript"], help="write a model for serving instead")
+    parser.add_argument("--export", choices=list(EXPORT_FILES), help="write a model for serving instead")
     args = parser.parse_args(argv)
     with reported_errors():
         trained = load_trained(args.model_file)
         if args.export:
-            schema = export_model(trained, args.output)
-            print(f"exported {schema['model']} to {args.output}/model.pt (TorchScript), schema.json, vocab/")
+            schema = export_model(trained, args.output, args.export)
+            artifact = schema["artifact"]
             print(
-                f"inputs: tokens {schema['inputs']['tokens']['fields']}, floats {schema['inputs']['floats']['fields']}"
+                f"exported {schema['model']} to {args.output}/{artifact['file']} ({args.export}), schema.json, vocab/"
+            )
+            print(
+                "inputs: "
+                + ", ".join(f"{name} {value['fields']}" for name, value in schema["inputs"].items())
             )
             print(f"output columns: {schema['output']['columns']}")
             return
