@@ -164,7 +164,7 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
             for model in models.values():
                 for _ in range(3):
                     model(*inputs)  # warm-up (the TorchScript profiler optimises on the first calls)
-            for _ in range(runs):  # rounds alternate the models: a busy spell hits both
+            for _ in range(runs):  # rounds alternate the models: a busy spell hits all
                 for name, model in models.items():
                     walls, cpus = [], []
                     for _ in range(repeats):

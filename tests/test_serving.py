@@ -219,7 +219,8 @@ def trained_stub(trained):
 
 
 def split_inputs(run, schema):
-    """``(tokens, floats)`` of ``run``'s test split in the order ``schema`` gives."""
+    """``(tokens, floats)`` of ``run``'s test split in the order ``schema`` gives (the tiny
+    dataset has no numerical fields: ``floats`` has no column)."""
     interaction = run.test_data.dataset.inter_feat
     tokens = torch.stack([interaction[field].long() for field in schema["inputs"]["tokens"]["fields"]], dim=1)
     return tokens, torch.zeros(len(tokens), 0)
@@ -302,6 +303,7 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
 
 @pytest.mark.slow
 def test_onnx_export_equals_eager_for_every_plugin_model_and_runs_with_onnxruntime_alone(trained, tmp_path):
+    pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
     pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
     from recbole_cstwa.serving.export import export_model
     from recbole_cstwa.serving.module import ServingModule
@@ -345,33 +347,81 @@ def test_onnx_export_equals_eager_for_every_plugin_model_and_runs_with_onnxrunti
 
 
 @pytest.mark.slow
-def test_an_export_that_differs_from_the_eager_model_is_refused(trained, tmp_path, monkeypatch):
-    import recbole_cstwa.serving.export as export
+@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+def test_an_export_that_differs_from_the_eager_model_is_refused_and_writes_nothing(
+    trained, tmp_path, monkeypatch, export_format
+):
+    if export_format == "onnx":
+        pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
+        pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
     from recbole_cstwa.errors import InputError
+    from recbole_cstwa.serving.export import export_model
+    from recbole_cstwa.serving.module import ServingModule
     from recbole_cstwa.serving.trained import load_trained
 
     model = load_trained(trained("MLP").model_file)
-    trace = torch.jit.trace
+    folder = tmp_path / export_format
+    schema = export_model(model, str(folder), export_format)
+    written = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert set(written) == {schema["artifact"]["file"], "schema.json"}
 
-    def off_by(shift):
-        def traced(*args, **kwargs):
-            module = trace(*args, **kwargs)
-            return lambda tokens, floats: module(tokens, floats) + shift
+    # The eager model's p_click moves by 2e-6 (the traced one, recorded while tracing, does not).
+    forward = ServingModule.forward
 
-        return traced
+    def shifted(self, tokens, floats):
+        output = forward(self, tokens, floats)
+        return output if torch.jit.is_tracing() else output + torch.tensor([2e-6, 0.0, 0.0])
 
-    # p_click / p_purchase 2e-6 off: refused; the DIVISION p_cvr may move by 1e-5 of its value
-    monkeypatch.setattr(torch.jit, "trace", off_by(torch.tensor([2e-6, 0.0, 0.0])))
+    monkeypatch.setattr(ServingModule, "forward", shifted)
     with pytest.raises(InputError, match="times the tolerance"):
-        export.export_model(model, str(tmp_path / "off"))
-    assert not (tmp_path / "off" / "model.pt").exists()
-    serving = export.ServingModule(model)
-    eager = serving(*export.example_inputs(serving, model.dataset, 8))
-    for relative, refused in ((5e-6, False), (2e-5, True)):
-        difference = export.export_difference(
-            eager * torch.tensor([1.0, 1.0, 1.0 + relative]), eager, serving
-        )
-        assert (difference > 1.0) == refused, (relative, difference)
+        export_model(model, str(folder), export_format)
+    # the earlier export is untouched, and no temporary file is left
+    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == written
+
+
+def test_the_export_tolerance_is_absolute_but_relative_for_a_division_p_cvr():
+    from types import SimpleNamespace
+
+    from recbole_cstwa.serving.export import export_difference
+
+    eager = torch.tensor([[0.04, 0.0004, 0.01], [0.5, 0.2, 0.4]])
+    division = SimpleNamespace(outputs=["click", "purchase", "cvr"], native_outputs=["click", "purchase"])
+    head = SimpleNamespace(outputs=["click", "purchase", "cvr"], native_outputs=["click", "purchase", "cvr"])
+
+    def moved(column, by):
+        exported = eager.clone()
+        exported[0, column] += by
+        return exported
+
+    # p_click and p_purchase: 1e-6 absolute, however small the value
+    assert export_difference(moved(0, 9e-7), eager, division) <= 1.0
+    assert export_difference(moved(1, 2e-6), eager, division) > 1.0
+    # a DIVISION p_cvr of 0.01: 1e-5 of it (1e-7) is the bound, below the absolute one
+    assert export_difference(moved(2, 5e-8), eager, division) <= 1.0
+    assert export_difference(moved(2, 2e-7), eager, division) > 1.0
+    # a pCVR head's p_cvr is a model output: held to 1e-6 absolute
+    assert export_difference(moved(2, 5e-7), eager, head) <= 1.0
+    assert export_difference(moved(2, 2e-6), eager, head) > 1.0
+
+
+def test_the_onnx_sigmoid_keeps_small_probabilities_exact():
+    """onnxruntime's own Sigmoid is off by a large part of a small probability; the export
+    writes 1 / (1 + exp(-x)), which keeps float32's relative precision."""
+    pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
+    pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
+    from recbole_cstwa.serving.export import onnx_bytes, onnx_runner
+
+    class Sigmoid(torch.nn.Module):
+        def forward(self, tokens, floats):
+            return torch.sigmoid(floats) + tokens.sum(dim=1, keepdim=True).float() * 0
+
+    logits = torch.linspace(-20, 20, 401).unsqueeze(1)
+    tokens = torch.zeros(len(logits), 1, dtype=torch.long)
+    run, inputs = onnx_runner(onnx_bytes(Sigmoid(), (tokens, logits)))
+    assert inputs == ["tokens", "floats"]
+    expected = torch.sigmoid(logits.double())
+    relative = ((run(tokens, logits).double() - expected).abs() / expected).max().item()
+    assert relative <= 1e-6, relative
 
 
 def test_onnx_export_without_the_extra_names_the_fix(monkeypatch):

@@ -13,11 +13,12 @@ torch alone) or ``model.onnx`` (ONNX; ``onnxruntime`` runs it without torch), an
 Both formats record one trace of the module: the settings a trained model fixes (a gate count,
 whether CSTWA holds a ``P``) become constants, the batch size stays free. TorchScript runs the same
 ATen kernels as eager torch; ONNX runs onnxruntime's, whose sums round differently (about 1e-7
-of a probability). Either export is checked against the eager model on batches of other sizes
-than the traced one and is not written when a probability differs by more than
+of a probability). Either export is checked in memory against the eager model on batches of
+other sizes than the traced one, and nothing is written when a probability differs by more than
 ``EXPORT_TOLERANCE``. The DIVISION ``p_cvr`` (``p_purchase / p_click``, of models without a pCVR
-head) carries the relative rounding of both heads, divided by a small ``p_click``: it is held to
-``DIVISION_TOLERANCE`` of its value instead (in practice a few 1e-7 absolute).
+head) carries the relative rounding of both heads: it is held to ``DIVISION_TOLERANCE`` of its
+value instead (measured: 1.0e-6 absolute at most on 4,096 test rows of the 4M-impression
+benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.atomic_write`).
 
 ONNX uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), the
 same trace as the TorchScript export: torch's newer ``torch.export``-based exporter refuses
@@ -25,14 +26,15 @@ CSTWA, whose held-``P`` check is a branch on a tensor's value. ONNX needs the ``
 (``pip install "recbole-cstwa[onnx]"``: ``onnx`` to write, ``onnxruntime`` to check); an input
 the model never reads (``floats`` of a model without numerical fields) is left out of the ONNX
 graph, and ``schema.json`` lists the inputs the file takes. The ONNX graph writes a sigmoid as
-``1 / (1 + exp(-x))``: onnxruntime's own ``Sigmoid`` kernel approximates to about 1e-7 absolute,
-which is 2e-4 of a purchase probability near 4e-4 and, through the DIVISION ``p_cvr``, 1e-5 of a
-pCVR (measured on the 4M-impression benchmark's MLP); its ``Exp`` keeps the relative error near
-float32's.
+``1 / (1 + exp(-x))``: onnxruntime's own ``Sigmoid`` kernel is accurate to about 1e-7 absolute,
+so its relative error grows as the probability shrinks (2e-4 of a purchase probability near
+3.6e-4 on the 4M-impression benchmark's MLP, and through the DIVISION ``p_cvr`` 1.3e-5 of a
+pCVR); its ``Exp`` keeps the relative error near float32's.
 """
 
 import contextlib
 import importlib
+import io
 import json
 import os
 import warnings
@@ -40,6 +42,7 @@ import warnings
 import torch
 
 import recbole_cstwa
+from recbole_cstwa.atomic_write import write_bytes, write_text
 from recbole_cstwa.errors import InputError
 from recbole_cstwa.serving.module import CVR_EPSILON, ServingModule
 
@@ -52,7 +55,9 @@ SCHEMA_FORMAT = "recbole-cstwa-serving/1"
 EXPORT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 #: Outputs' name in the ONNX graph (TorchScript's are positional).
 ONNX_OUTPUT = "probabilities"
-#: The sigmoid symbolic below holds from this opset on (Div, Add, Exp, Neg: all opset 1).
+#: torch's own ``aten::sigmoid`` symbolic is registered at opset 9 and serves every later opset:
+#: the replacement below, registered at the same opset, takes its place (Div, Add, Exp, Neg: all
+#: opset 1).
 ONNX_SIGMOID_OPSET = 9
 
 
@@ -104,20 +109,22 @@ def sigmoid_by_exp(graph, x):
 
 
 @contextlib.contextmanager
-def _unregistered_after(symbol):
-    """Removes the custom ONNX symbolic of ``symbol`` on leaving: torch keeps it process-wide."""
+def sigmoid_by_exp_registered():
+    """:func:`sigmoid_by_exp` as torch's ``aten::sigmoid`` symbolic inside the block only (torch
+    keeps a registration process-wide; leaving it removes it, and torch's own applies again)."""
+    torch.onnx.register_custom_op_symbolic("aten::sigmoid", sigmoid_by_exp, ONNX_SIGMOID_OPSET)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic(symbol, ONNX_SIGMOID_OPSET)
+        torch.onnx.unregister_custom_op_symbolic("aten::sigmoid", ONNX_SIGMOID_OPSET)
 
 
-def write_onnx(serving, example, path):
-    """Writes ``serving`` traced on ``example`` to ``path`` as ONNX, checked by ``onnx``."""
+def onnx_bytes(serving, example):
+    """``serving`` traced on ``example``, as the bytes of an ONNX model checked by ``onnx``."""
     onnx, _ = onnx_modules()
     input_names = ["tokens", "floats"]
-    torch.onnx.register_custom_op_symbolic("aten::sigmoid", sigmoid_by_exp, ONNX_SIGMOID_OPSET)
-    with warnings.catch_warnings(), _unregistered_after("aten::sigmoid"):
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), sigmoid_by_exp_registered():
         # torch warns that the TorchScript-based exporter is deprecated: the module docstring
         # says why it is the one used.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -125,22 +132,38 @@ def write_onnx(serving, example, path):
         torch.onnx.export(
             serving,
             example,
-            path,
+            buffer,
             dynamo=False,
             input_names=input_names,
             output_names=[ONNX_OUTPUT],
             dynamic_axes={name: {0: "batch"} for name in [*input_names, ONNX_OUTPUT]},
         )
-    onnx.checker.check_model(path)
+    data = buffer.getvalue()
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model)
+    if any(node.op_type == "Sigmoid" for node in model.graph.node):
+        raise InputError(
+            f"This torch ({torch.__version__}) exported a Sigmoid node despite the replacement "
+            "(recbole_cstwa.serving.export.sigmoid_by_exp), whose absence keeps small probabilities "
+            "exact in onnxruntime. Fix: --export=torchscript."
+        )
+    return data
 
 
-def onnx_runner(path, threads=1):
-    """``(run, inputs)``: ``run(tokens, floats)`` scores torch tensors with the ONNX file at
-    ``path`` in onnxruntime (``threads`` threads); ``inputs``: the names of the inputs it takes."""
+def onnx_opset(data):
+    """The default-domain opset of the ONNX model ``data``."""
+    onnx, _ = onnx_modules()
+    opsets = onnx.load_from_string(data).opset_import
+    return max(entry.version for entry in opsets if entry.domain in ("", "ai.onnx"))
+
+
+def onnx_runner(model, threads=1):
+    """``(run, inputs)``: ``run(tokens, floats)`` scores torch tensors with the ONNX ``model`` (a
+    path or its bytes) in onnxruntime (``threads`` threads); ``inputs``: the inputs it takes."""
     _, onnxruntime = onnx_modules()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     inputs = [node.name for node in session.get_inputs()]
 
     def run(tokens, floats):
@@ -155,8 +178,10 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
     """Writes the ``export_format`` artifact (:data:`EXPORT_FILES`), ``schema.json`` and
     ``vocab/`` for ``trained`` into ``output_dir``.
 
-    The exported model is checked against the eager one on random batches of ``check_rows`` rows
-    (batch sizes other than the traced one): a larger difference than ``EXPORT_TOLERANCE`` stops.
+    The exported model is checked in memory against the eager one on random batches of
+    ``check_rows`` rows (batch sizes other than the traced one): a larger difference than the
+    tolerance (``EXPORT_TOLERANCE``; ``DIVISION_TOLERANCE`` of a DIVISION ``p_cvr``) stops before
+    any file is written, so a folder's earlier export stays as it was.
 
     Returns:
         dict: the schema written.
@@ -168,8 +193,6 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
     if export_format == "onnx":
         onnx_modules()  # before any work: a missing extra is the first thing said
     serving = ServingModule(trained).eval()
-    os.makedirs(os.path.join(output_dir, "vocab"), exist_ok=True)
-    model_path = os.path.join(output_dir, EXPORT_FILES[export_format])
     example = example_inputs(serving, trained.dataset, 64)
     inputs = ["tokens", "floats"]
     with torch.no_grad(), warnings.catch_warnings():
@@ -178,16 +201,17 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
         # free, which the checks below verify on other batch sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if export_format == "onnx":
-            write_onnx(serving, example, model_path)
-            exported, inputs = onnx_runner(model_path)
+            data = onnx_bytes(serving, example)
+            exported, inputs = onnx_runner(data)
         else:
             exported = torch.jit.trace(serving, example, check_trace=False)
+            buffer = io.BytesIO()
+            torch.jit.save(exported, buffer)
+            data = buffer.getvalue()
         for seed, rows in enumerate(check_rows, start=1):
             batch = example_inputs(serving, trained.dataset, rows, seed)
             difference = export_difference(exported(*batch), serving(*batch), serving)
             if not difference <= 1.0:
-                if export_format == "onnx":
-                    os.remove(model_path)
                 raise InputError(
                     f"The {export_format} export of {trained.config['model']} differs from the eager "
                     f"model by {difference:.3g} times the tolerance on {rows} rows ({EXPORT_TOLERANCE} "
@@ -195,26 +219,20 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
                     "Fix: score with run_predict.py instead of the export."
                 )
     if export_format == "torchscript":
-        exported.save(model_path)
         runtime = {"runtime": "torch.jit.load", "torch_version": torch.__version__}
     else:
-        onnx, onnxruntime = onnx_modules()
         runtime = {
             "runtime": "onnxruntime.InferenceSession",
-            "opset": max(
-                entry.version
-                for entry in onnx.load(model_path).opset_import
-                if entry.domain in ("", "ai.onnx")
-            ),
-            "checked_with_onnxruntime": onnxruntime.__version__,
+            "opset": onnx_opset(data),
+            "checked_with_onnxruntime": onnx_modules()[1].__version__,
             "torch_version": torch.__version__,
         }
+    os.makedirs(os.path.join(output_dir, "vocab"), exist_ok=True)
+    write_bytes(os.path.join(output_dir, EXPORT_FILES[export_format]), data)
     vocabularies = {}
     for field in serving.token_fields:
         relative = f"vocab/{field}.txt"
-        with open(os.path.join(output_dir, relative), "w", encoding="utf-8", newline="\n") as file:
-            file.write("\n".join(trained.dataset.vocabulary(field)))
-            file.write("\n")
+        write_text(os.path.join(output_dir, relative), "\n".join(trained.dataset.vocabulary(field)) + "\n")
         vocabularies[field] = relative
     described = {
         "tokens": {
@@ -251,7 +269,5 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
             f"[{CVR_EPSILON}, {1 - CVR_EPSILON}] (the ESMM paper's DIVISION)."
         ),
     }
-    with open(os.path.join(output_dir, "schema.json"), "w", encoding="utf-8") as file:
-        json.dump(schema, file, indent=2)
-        file.write("\n")
+    write_text(os.path.join(output_dir, "schema.json"), json.dumps(schema, indent=2) + "\n")
     return schema
