@@ -218,6 +218,12 @@ def trained_stub(trained):
     return load_trained(trained("MLP").model_file)
 
 
+def requires_onnx():
+    """Skips the calling test where the onnx extra (onnx and onnxruntime) is not installed."""
+    for package in ("onnx", "onnxruntime"):
+        pytest.importorskip(package, reason='the onnx extra: pip install -e ".[test,onnx]"')
+
+
 def split_inputs(run, schema):
     """``(tokens, floats)`` of ``run``'s test split in the order ``schema`` gives (the tiny
     dataset has no numerical fields: ``floats`` has no column)."""
@@ -303,8 +309,7 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
 
 @pytest.mark.slow
 def test_onnx_export_equals_eager_for_every_plugin_model_and_runs_with_onnxruntime_alone(trained, tmp_path):
-    pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
-    pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
+    requires_onnx()
     from recbole_cstwa.serving.export import export_model
     from recbole_cstwa.serving.module import ServingModule
     from recbole_cstwa.serving.trained import load_trained
@@ -352,8 +357,7 @@ def test_an_export_that_differs_from_the_eager_model_is_refused_and_writes_nothi
     trained, tmp_path, monkeypatch, export_format
 ):
     if export_format == "onnx":
-        pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
-        pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
+        requires_onnx()
     from recbole_cstwa.errors import InputError
     from recbole_cstwa.serving.export import export_model
     from recbole_cstwa.serving.module import ServingModule
@@ -407,8 +411,7 @@ def test_the_export_tolerance_is_absolute_but_relative_for_a_division_p_cvr():
 def test_the_onnx_sigmoid_keeps_small_probabilities_exact():
     """onnxruntime's own Sigmoid is off by a large part of a small probability; the export
     writes 1 / (1 + exp(-x)), which keeps float32's relative precision."""
-    pytest.importorskip("onnx", reason='the onnx extra: pip install -e ".[test,onnx]"')
-    pytest.importorskip("onnxruntime", reason='the onnx extra: pip install -e ".[test,onnx]"')
+    requires_onnx()
     from recbole_cstwa.serving.export import onnx_bytes, onnx_runner
 
     class Sigmoid(torch.nn.Module):
@@ -417,7 +420,8 @@ def test_the_onnx_sigmoid_keeps_small_probabilities_exact():
 
     logits = torch.linspace(-20, 20, 401).unsqueeze(1)
     tokens = torch.zeros(len(logits), 1, dtype=torch.long)
-    run, inputs = onnx_runner(onnx_bytes(Sigmoid(), (tokens, logits)))
+    data, _ = onnx_bytes(Sigmoid(), (tokens, logits))
+    run, inputs = onnx_runner(data)
     assert inputs == ["tokens", "floats"]
     expected = torch.sigmoid(logits.double())
     relative = ((run(tokens, logits).double() - expected).abs() / expected).max().item()

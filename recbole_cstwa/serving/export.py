@@ -53,6 +53,8 @@ DIVISION_TOLERANCE = 1e-5
 SCHEMA_FORMAT = "recbole-cstwa-serving/1"
 #: ``--export`` choices -> the artifact's file name.
 EXPORT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+#: The serving module's inputs, in ``forward``'s order (also their names in the ONNX graph).
+INPUT_NAMES = ("tokens", "floats")
 #: Outputs' name in the ONNX graph (TorchScript's are positional).
 ONNX_OUTPUT = "probabilities"
 #: torch's own ``aten::sigmoid`` symbolic is registered at opset 9 and serves every later opset:
@@ -120,9 +122,9 @@ def sigmoid_by_exp_registered():
 
 
 def onnx_bytes(serving, example):
-    """``serving`` traced on ``example``, as the bytes of an ONNX model checked by ``onnx``."""
+    """``(data, opset)``: ``serving`` traced on ``example`` as the bytes of an ONNX model checked
+    by ``onnx``, and its default-domain opset."""
     onnx, _ = onnx_modules()
-    input_names = ["tokens", "floats"]
     buffer = io.BytesIO()
     with warnings.catch_warnings(), sigmoid_by_exp_registered():
         # torch warns that the TorchScript-based exporter is deprecated: the module docstring
@@ -134,9 +136,9 @@ def onnx_bytes(serving, example):
             example,
             buffer,
             dynamo=False,
-            input_names=input_names,
+            input_names=list(INPUT_NAMES),
             output_names=[ONNX_OUTPUT],
-            dynamic_axes={name: {0: "batch"} for name in [*input_names, ONNX_OUTPUT]},
+            dynamic_axes={name: {0: "batch"} for name in [*INPUT_NAMES, ONNX_OUTPUT]},
         )
     data = buffer.getvalue()
     model = onnx.load_from_string(data)
@@ -147,14 +149,8 @@ def onnx_bytes(serving, example):
             "(recbole_cstwa.serving.export.sigmoid_by_exp), whose absence keeps small probabilities "
             "exact in onnxruntime. Fix: --export=torchscript."
         )
-    return data
-
-
-def onnx_opset(data):
-    """The default-domain opset of the ONNX model ``data``."""
-    onnx, _ = onnx_modules()
-    opsets = onnx.load_from_string(data).opset_import
-    return max(entry.version for entry in opsets if entry.domain in ("", "ai.onnx"))
+    opset = max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    return data, opset
 
 
 def onnx_runner(model, threads=1):
@@ -167,11 +163,31 @@ def onnx_runner(model, threads=1):
     inputs = [node.name for node in session.get_inputs()]
 
     def run(tokens, floats):
-        given = {"tokens": tokens, "floats": floats}
+        given = dict(zip(INPUT_NAMES, (tokens, floats)))
         (output,) = session.run([ONNX_OUTPUT], {name: given[name].numpy() for name in inputs})
         return torch.from_numpy(output)
 
     return run, inputs
+
+
+def traced_artifact(serving, example, export_format):
+    """``(exported, data, inputs, runtime)`` of one format: the traced model as a callable, the
+    file's bytes, the inputs it takes and the schema's runtime entries."""
+    if export_format == "onnx":
+        data, opset = onnx_bytes(serving, example)
+        exported, inputs = onnx_runner(data)
+        runtime = {
+            "runtime": "onnxruntime.InferenceSession",
+            "opset": opset,
+            "checked_with_onnxruntime": onnx_modules()[1].__version__,
+            "torch_version": torch.__version__,
+        }
+        return exported, data, inputs, runtime
+    exported = torch.jit.trace(serving, example, check_trace=False)
+    buffer = io.BytesIO()
+    torch.jit.save(exported, buffer)
+    runtime = {"runtime": "torch.jit.load", "torch_version": torch.__version__}
+    return exported, buffer.getvalue(), list(INPUT_NAMES), runtime
 
 
 def export_model(trained, output_dir, export_format="torchscript", check_rows=(1, 7, 256)):
@@ -194,20 +210,12 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
         onnx_modules()  # before any work: a missing extra is the first thing said
     serving = ServingModule(trained).eval()
     example = example_inputs(serving, trained.dataset, 64)
-    inputs = ["tokens", "floats"]
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns where a model reads a shape, a gate count or whether CSTWA holds a P:
         # fixed for a trained model, so the trace keeps them as constants; the batch size stays
         # free, which the checks below verify on other batch sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        if export_format == "onnx":
-            data = onnx_bytes(serving, example)
-            exported, inputs = onnx_runner(data)
-        else:
-            exported = torch.jit.trace(serving, example, check_trace=False)
-            buffer = io.BytesIO()
-            torch.jit.save(exported, buffer)
-            data = buffer.getvalue()
+        exported, data, inputs, runtime = traced_artifact(serving, example, export_format)
         for seed, rows in enumerate(check_rows, start=1):
             batch = example_inputs(serving, trained.dataset, rows, seed)
             difference = export_difference(exported(*batch), serving(*batch), serving)
@@ -218,15 +226,6 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
                     f"absolute; {DIVISION_TOLERANCE} relative for the DIVISION p_cvr): it is not written. "
                     "Fix: score with run_predict.py instead of the export."
                 )
-    if export_format == "torchscript":
-        runtime = {"runtime": "torch.jit.load", "torch_version": torch.__version__}
-    else:
-        runtime = {
-            "runtime": "onnxruntime.InferenceSession",
-            "opset": onnx_opset(data),
-            "checked_with_onnxruntime": onnx_modules()[1].__version__,
-            "torch_version": torch.__version__,
-        }
     os.makedirs(os.path.join(output_dir, "vocab"), exist_ok=True)
     write_bytes(os.path.join(output_dir, EXPORT_FILES[export_format]), data)
     vocabularies = {}
