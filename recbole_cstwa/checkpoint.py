@@ -9,7 +9,7 @@ reads them back with ``weights_only=True`` (see docs/recbole-workarounds.md).
 
 Since format 2 a checkpoint also carries what it takes to use the model without the training
 run (docs/serving.md): the resolved settings, the fields, vocabularies and
-user / item feature tables (:mod:`recbole_cstwa.serving.schema`), the plugin version, CSTWA's
+user / item feature tables (:mod:`recbole_cstwa.schema`), the plugin version, CSTWA's
 graphs, and the random states at the save, so that a resumed run continues as the interrupted one
 would have. A format-1 checkpoint (parameters only) still loads for training-time use.
 """
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 import recbole_cstwa
-from recbole_cstwa.atomic_write import DiskFullError, atomic_file
 from recbole_cstwa.errors import CheckpointError, ConfigError
+from recbole_cstwa.file_writes import DiskFullError, atomic_file
 from recbole_cstwa.optim import SplitOptimizer
-from recbole_cstwa.serving.schema import describe_dataset, stored_settings
+from recbole_cstwa.schema import describe_dataset, stored_settings
 
 #: Version of what a checkpoint holds; 1: parameters and training state only.
 CHECKPOINT_FORMAT = 2

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY, dataset_cache_dirs
 
-from recbole_cstwa import atomic_write
+from recbole_cstwa import file_writes
 from recbole_cstwa.checkpoint import SafeCheckpointMixin, load_checkpoint
 from recbole_cstwa.commands.import_dataset import main as import_main
 from recbole_cstwa.data import create_dataset
@@ -57,7 +57,7 @@ def test_artifact_cache_never_writes_through_planted_links(tmp_path, victim):
 def test_atomic_file_replaces_a_link_and_leaves_no_temporary(tmp_path, victim):
     target = tmp_path / "out.txt"
     os.symlink(victim, target)
-    atomic_write.write_text(target, "new\n")
+    file_writes.write_text(target, "new\n")
     assert _unchanged(victim) and not target.is_symlink() and target.read_text() == "new\n"
     assert sorted(os.listdir(tmp_path)) == ["out.txt", "outside"]
 
@@ -77,7 +77,7 @@ def test_runs_file_link_is_refused(tmp_path, victim):
     with pytest.raises(CompareError, match="symbolic link"):
         execute(_Plan(), str(output), runner=lambda **_: pytest.fail("ran"), log=lambda _: None)
     with pytest.raises(OSError) as raised:
-        atomic_write.open_append(str(output / "runs.jsonl"))
+        file_writes.open_append(str(output / "runs.jsonl"))
     assert raised.value.errno == errno.ELOOP and _unchanged(victim)
 
 
@@ -240,7 +240,7 @@ def test_importer_commit_killed_leaves_the_whole_old_dataset(tmp_path, monkeypat
 
         monkeypatch.setattr(writer_module, "replace_directory", killed)
     else:
-        monkeypatch.setattr(atomic_write, "_exchange", lambda *_: False)
+        monkeypatch.setattr(file_writes, "_exchange", lambda *_: False)
         renames = []
         real_rename = os.rename
 
@@ -250,7 +250,7 @@ def test_importer_commit_killed_leaves_the_whole_old_dataset(tmp_path, monkeypat
                 raise KeyboardInterrupt
             real_rename(source, target)
 
-        monkeypatch.setattr(atomic_write.os, "rename", second_fails)
+        monkeypatch.setattr(file_writes.os, "rename", second_fails)
     with pytest.raises(KeyboardInterrupt):
         with_ids(tmp_path, train=write_csv(tmp_path / "train2.csv", TRAIN[:3]))
     assert _snapshot(folder) == before
@@ -336,7 +336,7 @@ def test_damaged_checkpoint_says_what_is_wrong(tmp_path, content, says):
 def test_failed_artifact_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
     cache = ArtifactCache(str(tmp_path), "CSTWA-x")
     monkeypatch.setattr(torch, "save", _disk_full_after(torch.save, 1000))
-    with pytest.raises(atomic_write.DiskFullError, match=str(tmp_path)):
+    with pytest.raises(file_writes.DiskFullError, match=str(tmp_path)):
         cache.save("graphs", {"k": 1}, {"values": torch.ones(3)})
     assert os.listdir(tmp_path) == []
 

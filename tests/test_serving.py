@@ -176,8 +176,8 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
     """The integer look-up gives what a string look-up gives, for every kind of cell."""
     import pyarrow as pa
 
+    from recbole_cstwa.schema import decode_tokens, decode_tokens_arrow, encode_tokens
     from recbole_cstwa.serving.predict import FieldVocabulary
-    from recbole_cstwa.serving.schema import decode_tokens, decode_tokens_arrow, encode_tokens
 
     encoded = encode_tokens(tokens)
     assert decode_tokens_arrow(encoded).to_pylist() == list(decode_tokens(encoded)) == tokens

@@ -35,8 +35,8 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_cstwa.atomic_write import remove_stale_temporaries, replace_directory
 from recbole_cstwa.data.dataset import TokenIds
+from recbole_cstwa.file_writes import remove_stale_temporaries, replace_directory
 
 # 2: cells such as NA, null or None are tokens (version 1 read them as missing, the padding id).
 # 3: arrays carry a checksum.

@@ -15,7 +15,7 @@ from logging import getLogger
 
 import numpy as np
 
-from recbole_cstwa.data.atomic import header_problem
+from recbole_cstwa.data.atomic_files import header_problem
 from recbole_cstwa.errors import ConfigError, DataFormatError
 from recbole_cstwa.tasks import label_fields, metric_key, task_label
 

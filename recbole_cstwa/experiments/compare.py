@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recbole_cstwa.atomic_write import open_append
 from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
@@ -52,6 +51,7 @@ from recbole_cstwa.experiments.report import (
     write_markdown,
     write_plot,
 )
+from recbole_cstwa.file_writes import open_append
 from recbole_cstwa.tasks import label_fields
 from recbole_cstwa.values import parse_assignments, split_assignments
 

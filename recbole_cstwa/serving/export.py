@@ -18,7 +18,7 @@ other sizes than the traced one, and nothing is written when a probability diffe
 ``EXPORT_TOLERANCE``. The DIVISION ``p_cvr`` (``p_purchase / p_click``, of models without a pCVR
 head) carries the relative rounding of both heads: it is held to ``DIVISION_TOLERANCE`` of its
 value instead (measured: 1.0e-6 absolute at most on 4,096 test rows of the 4M-impression
-benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.atomic_write`).
+benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.file_writes`).
 
 ONNX uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), the
 same trace as the TorchScript export: torch's newer ``torch.export``-based exporter refuses
@@ -42,8 +42,8 @@ import warnings
 import torch
 
 import recbole_cstwa
-from recbole_cstwa.atomic_write import write_bytes, write_text
 from recbole_cstwa.errors import InputError
+from recbole_cstwa.file_writes import write_bytes, write_text
 from recbole_cstwa.serving.module import CVR_EPSILON, ServingModule
 
 #: Largest difference to the eager model an export may show on its check batches.

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_cstwa.atomic_write import atomic_file, write_text
+from recbole_cstwa.file_writes import atomic_file, write_text
 
 DEFAULT_NAME = "synthetic-ccp"
 DEFAULT_N_IMPRESSIONS = 300_000

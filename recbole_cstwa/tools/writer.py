@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 
-from recbole_cstwa.atomic_write import (
+from recbole_cstwa.file_writes import (
     disk_full_error,
     folder_size,
     is_disk_full,

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from recbole_cstwa.atomic_write import atomic_file, remove_stale_temporaries
+from recbole_cstwa.file_writes import atomic_file, remove_stale_temporaries
 
 #: The artifact entry holding the tensors' checksums.
 CHECKSUMS = "blake2b"
