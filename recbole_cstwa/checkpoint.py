@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 import recbole_cstwa
-from recbole_cstwa.errors import CheckpointError, ConfigError
-from recbole_cstwa.file_writes import DiskFullError, atomic_file
+from recbole_cstwa.errors import CheckpointError, ConfigError, DiskFullError
+from recbole_cstwa.file_writes import atomic_file
 from recbole_cstwa.optim import SplitOptimizer
 from recbole_cstwa.schema import describe_dataset, stored_settings
 

@@ -18,7 +18,7 @@ from recbole_cstwa.checkpoint import SafeCheckpointMixin, load_checkpoint
 from recbole_cstwa.commands.import_dataset import main as import_main
 from recbole_cstwa.data import create_dataset
 from recbole_cstwa.data.dataset import MultiTaskDataset
-from recbole_cstwa.errors import CompareError, ConfigError
+from recbole_cstwa.errors import CompareError, ConfigError, DiskFullError
 from recbole_cstwa.experiments.compare import execute
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.tools import writer as writer_module
@@ -336,9 +336,29 @@ def test_damaged_checkpoint_says_what_is_wrong(tmp_path, content, says):
 def test_failed_artifact_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
     cache = ArtifactCache(str(tmp_path), "CSTWA-x")
     monkeypatch.setattr(torch, "save", _disk_full_after(torch.save, 1000))
-    with pytest.raises(file_writes.DiskFullError, match=str(tmp_path)):
+    with pytest.raises(DiskFullError, match=str(tmp_path)):
         cache.save("graphs", {"k": 1}, {"values": torch.ones(3)})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_disk_full_error_is_an_os_error_and_an_input_error(capsys):
+    """Callers of a write test ``isinstance(error, OSError)`` and its errno; the command lines
+    print it as one ``error:`` line (an :class:`InputError`)."""
+    import pickle
+
+    from recbole_cstwa.commands.cli import reported_errors
+    from recbole_cstwa.errors import InputError
+
+    error = DiskFullError("no space left on the device of [out]: 3.0 MiB were needed")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert isinstance(error, InputError)
+    assert str(error) == "no space left on the device of [out]: 3.0 MiB were needed"
+    copy = pickle.loads(pickle.dumps(error))  # as a worker process sends it back
+    assert type(copy) is DiskFullError and str(copy) == str(error) and copy.errno == errno.ENOSPC
+    with pytest.raises(SystemExit) as stop, reported_errors():
+        raise error
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {error}\n"
 
 
 def test_importer_on_a_full_disk_cleans_up_and_names_the_folder(tmp_path, monkeypatch, capsys):

@@ -36,6 +36,7 @@ from recbole.utils import FeatureSource, FeatureType
 from recbole.utils.argument_list import dataset_arguments
 
 from recbole_cstwa.data.dataset import TokenIds
+from recbole_cstwa.errors import CacheError
 from recbole_cstwa.file_writes import remove_stale_temporaries, replace_directory
 
 # 2: cells such as NA, null or None are tokens (version 1 read them as missing, the padding id).
@@ -60,10 +61,6 @@ RESULT_SETTINGS = sorted(
         "benchmark_filename",
     }
 )
-
-
-class CacheError(Exception):
-    """A cache directory that cannot be used (truncated, foreign, or of another format)."""
 
 
 def data_files(config):

@@ -486,13 +486,6 @@ def _calibrate_bias(offsets: np.ndarray, target: float, weights=None) -> float:
     return bias
 
 
-def _cross_ids(left: np.ndarray, right: np.ndarray, n_right: int) -> np.ndarray:
-    """Compact 1-based id per distinct (left, right) pair, like Ali-CCP crosses."""
-    codes = left.astype(np.int64) * n_right + right
-    _, dense = np.unique(codes, return_inverse=True)
-    return dense.astype(np.int64) + 1
-
-
 def _stream(seed: np.random.SeedSequence, skip: int) -> np.random.Generator:
     """A generator on ``seed`` advanced by ``skip`` 64-bit draws (one per uniform double)."""
     bit_generator = np.random.PCG64(seed)

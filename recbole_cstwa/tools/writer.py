@@ -69,12 +69,6 @@ class TableWriter:
         if len(self._buffer) >= self.chunk_rows:
             self.flush()
 
-    def add_lines(self, text, count):
-        """Appends ``count`` lines already joined into ``text`` (each ending in a newline)."""
-        self.flush()
-        self.file.write(text)
-        self.rows += count
-
     def add_bytes(self, data, count):
         """Appends ``count`` lines given as UTF-8 bytes (e.g. an Arrow string buffer), unconverted."""
         self.flush()
