@@ -11,8 +11,7 @@ from conftest import Batches
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError
-from recbole_cstwa.model.layers import sparse_row_parameters
-from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
+from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer, sparse_row_parameters
 from recbole_cstwa.registry import get_model
 from recbole_cstwa.trainer import MultiTaskTrainer
 
