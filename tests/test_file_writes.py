@@ -167,7 +167,7 @@ def test_cached_labels_are_checked_again(make_config, caplog):
     manifest_path = os.path.join(directory, "manifest.json")
     with open(manifest_path, encoding="utf-8") as file:
         manifest = json.load(file)
-    from recbole_cstwa.data.cache import array_checksum
+    from recbole_cstwa.digest import array_checksum
 
     manifest["arrays"]["inter_feat.purchase.npy"]["blake2b"] = array_checksum(
         purchase
@@ -433,7 +433,7 @@ class _Plan:
 
 
 def test_empty_tensors_and_arrays_have_checksums(tmp_path):
-    from recbole_cstwa.data.cache import array_checksum
+    from recbole_cstwa.digest import array_checksum
 
     assert len(array_checksum(np.zeros((0, 3)))) == 32  # dtype and shape are checked beside it
     cache = ArtifactCache(str(tmp_path), "CSTWA-x")

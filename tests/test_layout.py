@@ -154,6 +154,7 @@ LAYERS = [
     "compat",
     "memory",
     "file_writes",
+    "digest",
     "values",
     "optim",
     # what a run is made of

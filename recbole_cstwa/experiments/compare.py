@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recbole_cstwa.config import isolated_argv
+from recbole_cstwa.digest import file_digest
 from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
@@ -89,11 +90,6 @@ def _is_two_task(model):
     return is_multitask_model(get_model(model))
 
 
-def _file_digest(path):
-    with open(path, "rb") as file:
-        return hashlib.sha1(file.read()).hexdigest()
-
-
 def _defaults_digest():
     """A digest of every YAML file under the plugin's ``properties/``."""
     from recbole_cstwa.config import properties_dir
@@ -105,7 +101,7 @@ def _defaults_digest():
         for name in names
         if name.endswith(".yaml")
     )
-    return [[os.path.relpath(path, root), _file_digest(path)] for path in paths]
+    return [[os.path.relpath(path, root), file_digest(path)] for path in paths]
 
 
 def _dataset_yaml_digest(config_dict, dataset):
@@ -114,7 +110,7 @@ def _dataset_yaml_digest(config_dict, dataset):
     path = dataset_yaml_path(
         str((config_dict or {}).get("data_path", "dataset/")), dataset or EMBEDDED_DATASET
     )
-    return _file_digest(path) if os.path.isfile(path) else None
+    return file_digest(path) if os.path.isfile(path) else None
 
 
 def run_key(model, task, config_dict, dataset, config_file_list):
@@ -124,7 +120,7 @@ def run_key(model, task, config_dict, dataset, config_file_list):
         "task": task,
         "dataset": dataset,
         "config": config_dict,
-        "config_files": [[os.path.abspath(path), _file_digest(path)] for path in config_file_list or []],
+        "config_files": [[os.path.abspath(path), file_digest(path)] for path in config_file_list or []],
         # The plugin's YAML defaults: editing one must not reuse runs made under the old value.
         "defaults": _defaults_digest(),
         # The dataset's own YAML, loaded by convention (<data_path>/<name>/<name>.yaml).
