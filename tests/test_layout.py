@@ -155,6 +155,7 @@ LAYERS = [
     "memory",
     "file_writes",
     "digest",
+    "random_state",
     "values",
     "optim",
     # what a run is made of
