@@ -35,8 +35,8 @@ import torch
 from tqdm import tqdm
 
 from recbole_cstwa.errors import PredictInputError
-from recbole_cstwa.evaluator import TaskEvaluator
-from recbole_cstwa.serving.module import ServingModule, division_cvr
+from recbole_cstwa.evaluator import TaskEvaluator, division_cvr
+from recbole_cstwa.serving.module import ServingModule
 
 #: Bytes of CSV text parsed a block.
 BLOCK_BYTES = 1 << 22
