@@ -156,6 +156,7 @@ LAYERS = [
     "file_writes",
     "digest",
     "random_state",
+    "tables",
     "values",
     "optim",
     # what a run is made of

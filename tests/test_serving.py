@@ -211,6 +211,30 @@ def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stu
         predict_file(trained_stub, source, tmp_path / "out.csv")
 
 
+def test_predictor_reads_its_input_by_the_tables_rule(tmp_path, trained_stub):
+    """A compressed text table scores as the plain one; a name of no table kind, a compressed
+    parquet file or a compressed output is refused, naming what is read."""
+    import gzip
+
+    from recbole_cstwa.errors import PredictInputError
+    from recbole_cstwa.serving.predict import predict_file
+
+    original = os.path.join(trained_stub.config["data_path"], f"{TINY}.test.inter")
+    with open(original, "rb") as file:
+        (tmp_path / "rows.inter.gz").write_bytes(gzip.compress(file.read()))
+    plain = predict_file(trained_stub, original, tmp_path / "plain.csv")
+    packed = predict_file(trained_stub, tmp_path / "rows.inter.gz", tmp_path / "packed.csv")
+    assert packed.rows == plain.rows > 0 and packed.metrics == plain.metrics
+    assert (tmp_path / "packed.csv").read_text() == (tmp_path / "plain.csv").read_text()
+    for source, target, says in (
+        (tmp_path / "rows.txt", tmp_path / "out.csv", r"Input file .* ends in \.txt: use one of \.csv"),
+        (tmp_path / "rows.parquet.gz", tmp_path / "out.csv", r"ends in \.parquet\.gz"),
+        (tmp_path / "rows.inter.gz", tmp_path / "out.csv.gz", r"Output file .* ends in \.csv\.gz"),
+    ):
+        with pytest.raises(PredictInputError, match=says):
+            predict_file(trained_stub, source, target)
+
+
 @pytest.fixture
 def trained_stub(trained):
     from recbole_cstwa.serving.trained import load_trained
