@@ -163,6 +163,7 @@ LAYERS = [
     "tasks",
     "settings",
     "distributed",
+    "run_setup",
     "tools",
     "keys",
     "data",

@@ -79,14 +79,24 @@ def trained(tiny_data_path, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["MLP", "AITM", "ESCM2", "CSTWA", "DeepFM"])
-def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name):
+def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name, monkeypatch):
+    import logging
+
     from recbole_cstwa.quick_start import load_data_and_model
 
     run = trained(name)
     state = torch.load(run.model_file, weights_only=True)  # still plain data only
     assert state["format"] == 2 and state["settings"]["embedding_size"] == run.config["embedding_size"]
-    config, model, dataset, _, _, test_data = load_data_and_model(run.model_file)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
+    monkeypatch.setattr(root, "level", root.level)
+    config, model, dataset, _, _, test_data = load_data_and_model(run.model_file, {"state": "INFO"})
+    for handler in root.handlers:
+        handler.close()
     assert config["model"] == name and len(test_data.dataset) == len(run.test_data.dataset)
+    assert model.training  # as RecBole's: the caller calls model.eval() before scoring
+    (log_file,) = glob.glob(os.path.join("log", name, "*.log"))  # a log file of its own, as a run's
+    assert log_file.endswith(f"-{os.getpid()}.log") and os.path.getsize(log_file) > 0
     reloaded = model_predictions(model, test_data, run.multitask)
     assert set(reloaded) == set(run.predictions)
     for output, values in run.predictions.items():
@@ -558,6 +568,18 @@ def test_model_file_evaluation_equals_the_training_runs_test_result(
     from recbole_cstwa.quick_start import evaluate_checkpoint
 
     assert evaluate_checkpoint(result["model_file"])["test_result"] == result["test_result"]
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
+    monkeypatch.setattr(root, "level", root.level)
+    evaluated = evaluate_checkpoint(result["model_file"], config_dict={"state": "INFO"})
+    for handler in root.handlers:
+        handler.close()
+    assert evaluated["test_result"] == result["test_result"]  # its own log file, as a run's
+    assert (
+        evaluated["log_file"].endswith(f"-{os.getpid()}.log") and os.path.getsize(evaluated["log_file"]) > 0
+    )
     assert result["best_epoch"] == load_checkpoint(result["model_file"])["epoch"]
 
 
