@@ -9,14 +9,13 @@ reads them back with ``weights_only=True`` (see docs/recbole-workarounds.md).
 
 Since format 2 a checkpoint also carries what it takes to use the model without the training
 run (docs/serving.md): the resolved settings, the fields, vocabularies and
-user / item feature tables (:mod:`recbole_cstwa.serving.schema`), the plugin version, CSTWA's
-graphs, and the random states at the save, so that a resumed run continues as the interrupted one
+user / item feature tables (:mod:`recbole_cstwa.schema`), the plugin version, CSTWA's
+graphs, and the random states at the save (:mod:`recbole_cstwa.random_state`), so that a resumed run continues as the interrupted one
 would have. A format-1 checkpoint (parameters only) still loads for training-time use.
 """
 
 import os
 import pickle
-import random
 import uuid
 import zipfile
 
@@ -24,10 +23,11 @@ import numpy as np
 import torch
 
 import recbole_cstwa
-from recbole_cstwa.atomic_write import DiskFullError, atomic_file
-from recbole_cstwa.errors import CheckpointError, ConfigError
+from recbole_cstwa.errors import CheckpointError, ConfigError, DiskFullError
+from recbole_cstwa.file_writes import atomic_file
 from recbole_cstwa.optim import SplitOptimizer
-from recbole_cstwa.serving.schema import describe_dataset, stored_settings
+from recbole_cstwa.random_state import random_state, restore_random_state
+from recbole_cstwa.schema import describe_dataset, stored_settings
 
 #: Version of what a checkpoint holds; 1: parameters and training state only.
 CHECKPOINT_FORMAT = 2
@@ -263,34 +263,3 @@ class SafeCheckpointMixin:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self._load_saved_graphs(checkpoint)
         self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
-
-
-def random_state(loader_generator=None):
-    """torch's, numpy's and Python's random states (and a data loader's), as plain data."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            name,
-            torch.from_numpy(keys.astype(np.int64)),
-            int(position),
-            int(has_gauss),
-            float(cached_gaussian),
-        ],
-        "python": [version, list(internal), gauss_next],
-        "loader": loader_generator.get_state() if loader_generator is not None else None,
-    }
-
-
-def restore_random_state(state):
-    """Sets the states :func:`random_state` saved; returns the loader's (set by ``fit``)."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    return state["loader"]

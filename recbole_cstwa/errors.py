@@ -5,8 +5,11 @@ request) is an :class:`InputError`; its message is one line naming the file or k
 and the fix. The command-line scripts print it as ``error: <message>`` and exit with status 2
 (:func:`recbole_cstwa.commands.cli.reported_errors`); anything else is a bug and keeps its
 traceback. Every error type of the plugin is defined here, so any module can raise one without
-importing the module that first needed it.
+importing the module that first needed it; :class:`CacheError` alone is no :class:`InputError`:
+the plugin catches it itself (an unusable cache is rebuilt).
 """
+
+import errno
 
 
 class InputError(ValueError):
@@ -88,3 +91,26 @@ class UnknownSettingError(ConfigError):
     def given_in(self, where):
         """The same error, said to come from ``where``."""
         return UnknownSettingError(self.key, where, self.suggestion)
+
+
+class DiskFullError(OSError, InputError):
+    """No space left while writing a file: the message names the folder and the space needed.
+
+    An ``OSError`` with ``errno`` ``ENOSPC`` (what callers of a write test for) and an
+    :class:`InputError`: the fix is the user's (free space or write elsewhere), so the command
+    lines print it as one ``error:`` line.
+    """
+
+    def __init__(self, message):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self):
+        return self.strerror
+
+    def __reduce__(self):  # OSError's would call __init__ with (errno, message)
+        return type(self), (self.strerror,)
+
+
+class CacheError(Exception):
+    """A cache directory that cannot be used (truncated, foreign, or of another format): caught
+    where the cache is read, which rebuilds it."""

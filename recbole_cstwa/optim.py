@@ -3,13 +3,17 @@
 :class:`LazyRowAdam` moves only the embedding rows a batch looked up, :class:`SplitOptimizer`
 steps it together with the configured learner for the dense parameters, and
 :func:`clip_gradients` is RecBole's gradient clipping extended to sparse gradients. The trainers
-(:mod:`recbole_cstwa.trainer`) build them.
+(:mod:`recbole_cstwa.trainer`) build them over the tables :func:`sparse_row_parameters` finds.
+
+Nothing here imports model code: the plugin's embedding layer is recognised by what it declares
+(``sparse`` and ``row_weight_decay``), so the trainers below the models need no model import.
 """
 
 import math
 from logging import getLogger
 
 import torch
+import torch.nn as nn
 from torch.nn.utils.clip_grad import clip_grad_norm_
 
 #: Learners whose embedding-table part :class:`LazyRowAdam` reproduces row-wise, with whether
@@ -36,6 +40,32 @@ def sparse_updates(config):
     if learner not in ROW_WISE_LEARNERS:
         return False, f"learner {learner} (the row-wise update is Adam's: learner adam or adamw)"
     return True, None
+
+
+def sparse_row_parameters(module):
+    """``{parameter: row_weight_decay}`` of every sparse embedding table in ``module``.
+
+    An embedding layer that declares ``row_weight_decay`` (the plugin's
+    :class:`~recbole_cstwa.model.layers.FieldEmbedding`) and is ``sparse`` gives all its tables
+    with that decay (``None``: the optimizer's ``weight_decay``); any other ``nn.Embedding`` with
+    ``sparse=True`` gives its weight with ``None``.
+    """
+    found = {}
+    for layer in module.modules():  # parents first: a declaring layer's own decay wins
+        if hasattr(layer, "row_weight_decay") and getattr(layer, "sparse", False):
+            for weight in layer.parameters():
+                found[weight] = layer.row_weight_decay
+        elif isinstance(layer, nn.Embedding) and layer.sparse:
+            found.setdefault(layer.weight, None)
+    return found
+
+
+def mark_tables_sparse(module):
+    """Makes every ``nn.Embedding`` in ``module`` give sparse gradients (``sparse=True``, read by
+    ``nn.Embedding.forward``): how RecBole's built-in models get ``embedding_update: sparse``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Embedding):
+            layer.sparse = True
 
 
 def coalesced(grad):

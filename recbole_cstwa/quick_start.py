@@ -1,31 +1,88 @@
-"""RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers."""
+"""RecBole's quick-start pipeline with the plugin's config, dataset, models and trainers.
 
-import contextlib
-import hashlib
-import logging
+Every run is prepared by :func:`prepare_run` (config, threads, seed, log file, checked dataset
+and splits): training (:func:`run_recbole_cstwa`, also when resuming), a checkpoint's evaluation
+(:func:`evaluate_checkpoint`) and :func:`load_data_and_model`.
+"""
+
 import os
 import sys
 import time
+from dataclasses import dataclass
 from logging import getLogger
 
 import torch
-from recbole.utils import get_local_time, init_logger, init_seed, set_color
+from recbole.utils import init_seed, set_color
 
 from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from recbole_cstwa.compat import plain_logs_when_redirected
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
 from recbole_cstwa.errors import CheckpointError
 from recbole_cstwa.memory import peak_rss_mb, pss_mb
 from recbole_cstwa.registry import get_model, get_trainer
+from recbole_cstwa.run_setup import init_run_logger, set_torch_threads
 from recbole_cstwa.serving.trained import (
     StoredConfig,
     build_model,
     check_vocabularies,
     read_trained_checkpoint,
 )
+
+
+@dataclass
+class PreparedRun:
+    """What :func:`prepare_run` gives: the config, the dataset and its three splits' loaders,
+    and the run's log file (None when RecBole's logger writes none)."""
+
+    config: Config
+    dataset: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    log_file: object
+
+
+def prepare_run(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    checkpoint=None,
+    model_file=None,
+    config_class=Config,
+):
+    """Prepares one run, the same way for training, resuming, evaluating a checkpoint and
+    :func:`load_data_and_model`: the config (``config_class``: :class:`StoredConfig` reads no
+    command line), torch's threads, the seed, RecBole's logger with the run's own log file, the
+    dataset's checks, the dataset and its loaders, the splits' checks, the log lines of the
+    command line, settings, notes and dataset, and, given the ``checkpoint`` read from
+    ``model_file`` (with its data description), the check that the dataset numbers tokens as the
+    model's training data did.
+
+    Settings and data are checked before the settings are logged: an error is then the run's
+    only output, not the last line after a page of settings.
+    """
+    config = config_class(
+        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )
+    set_torch_threads(config)
+    init_seed(config["seed"], config["reproducibility"])
+    log_file = init_run_logger(config)
+    logger = getLogger()
+    check_dataset_settings(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    check_evaluation_splits(config, valid_data, test_data)
+    logger.info(sys.argv)
+    logger.info(config)
+    for note in config.notes:
+        logger.warning(note)
+    logger.info(dataset)
+    if checkpoint is not None and "data" in checkpoint:
+        check_vocabularies(checkpoint, train_data._dataset, str(model_file))
+    return PreparedRun(config, dataset, train_data, valid_data, test_data, log_file)
 
 
 def run_recbole_cstwa(
@@ -121,11 +178,16 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
                 f"Checkpoint [{model_file}] holds {key} {stored}, not {given}. Fix: drop --{key} "
                 f"or give --{key}={stored}."
             )
+    return checkpoint["model"], checkpoint["dataset"], _run_settings(checkpoint, config_dict)
+
+
+def _run_settings(checkpoint, config_dict):
+    """A checkpoint's stored settings for a new run, ``config_dict`` over them."""
     settings = dict(checkpoint["settings"])
     for key in ("show_progress", "threads"):  # this run's terminal and machine decide
         settings.pop(key, None)
     settings.update(config_dict or {})
-    return checkpoint["model"], checkpoint["dataset"], settings
+    return settings
 
 
 def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=None, config_dict=None):
@@ -133,31 +195,23 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
     training (``run_recbole_cstwa.py --model_file=...``).
 
     Returns:
-        dict: as :func:`run_recbole_cstwa`'s, ``best_valid_result`` holding the validation result
-        and ``best_epoch`` the epoch the checkpoint was saved at.
+        dict: as :func:`run_recbole_cstwa`'s, ``best_valid_result`` holding the validation result,
+        ``best_epoch`` the epoch the checkpoint was saved at and ``log_file`` this run's log.
     """
     model, dataset, config_dict = checkpoint_settings(model_file, model, dataset, config_dict)
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    set_torch_threads(config)
+    checkpoint = load_checkpoint(model_file, map_location="cpu", mmap=True)
+    run = prepare_run(
+        model, dataset, config_file_list, config_dict, checkpoint=checkpoint, model_file=model_file
+    )
+    config, logger = run.config, getLogger()
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    plain_logs_when_redirected()
-    logger = getLogger()
-    check_dataset_settings(config)  # data errors before the settings are logged
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
-    logger.info(config)
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
-    if "data" in checkpoint:
-        check_vocabularies(checkpoint, train_data._dataset, model_file)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = get_model(config["model"])(config, run.train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     show = config["show_progress"]
     valid_result = trainer.evaluate(
-        valid_data, load_best_model=True, model_file=model_file, show_progress=show
+        run.valid_data, load_best_model=True, model_file=model_file, show_progress=show
     )
-    test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=show)
+    test_result = trainer.evaluate(run.test_data, load_best_model=False, show_progress=show)
     logger.info(set_color("valid result", "yellow") + f": {dict(valid_result or {})}")
     logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")
     return {
@@ -167,6 +221,7 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
         "model_file": str(model_file),
         "best_epoch": checkpoint.get("epoch"),
         "epochs_trained": 0,
+        "log_file": run.log_file,
     }
 
 
@@ -181,44 +236,35 @@ def load_data_and_model(model_file, config_dict=None):
         config_dict (dict, optional): settings replacing stored ones, e.g. ``data_path`` when
             the data moved.
 
+    The run is prepared as a training run is (:func:`prepare_run`: the dataset's checks, the
+    run's own log file, ...), with the stored settings in place of the command line.
+
     Returns:
-        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's; the
+        model is in training mode, as RecBole's is: call ``model.eval()`` before scoring.
     """
     checkpoint = read_trained_checkpoint(model_file)
-    settings = dict(checkpoint["settings"])
-    settings.update(config_dict or {})
-    config = StoredConfig(model=checkpoint["model"], dataset=checkpoint["dataset"], config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    plain_logs_when_redirected()
-    logger = getLogger()
-    logger.info(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    check_vocabularies(checkpoint, train_data._dataset, model_file)
-    model = build_model(config, train_data._dataset, checkpoint, model_file).to(config["device"])
-    return config, model, dataset, train_data, valid_data, test_data
+    run = prepare_run(
+        checkpoint["model"],
+        checkpoint["dataset"],
+        config_dict=_run_settings(checkpoint, config_dict),
+        checkpoint=checkpoint,
+        model_file=model_file,
+        config_class=StoredConfig,
+    )
+    config = run.config
+    model = build_model(config, run.train_data._dataset, checkpoint, str(model_file)).to(config["device"])
+    return config, model, run.dataset, run.train_data, run.valid_data, run.test_data
 
 
 def _run(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume=None):
-    """The pipeline of one process (of a DDP rank when ``config_dict`` sets ``local_rank``)."""
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    set_torch_threads(config)
-    init_seed(config["seed"], config["reproducibility"])
-    log_file = init_run_logger(config)
+    """The pipeline of one process (of a DDP rank when ``config_dict`` sets ``local_rank``);
+    ``resume``: the checkpoint training continues from."""
+    checkpoint = load_checkpoint(resume, map_location="cpu", mmap=True) if resume is not None else None
+    run = prepare_run(model, dataset, config_file_list, config_dict, checkpoint=checkpoint, model_file=resume)
+    config, dataset, log_file = run.config, run.dataset, run.log_file
+    train_data, valid_data, test_data = run.train_data, run.valid_data, run.test_data
     logger = getLogger()
-    # Settings and data are checked before the settings are logged: an error is then the run's
-    # only output, not the last line after a page of settings.
-    check_dataset_settings(config)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    check_evaluation_splits(config, valid_data, test_data)
-    logger.info(sys.argv)
-    logger.info(config)
-    for note in config.notes:
-        logger.warning(note)
-    logger.info(dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -267,76 +313,6 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     if getattr(trainer, "stage_times", None):
         result["stage_times"] = dict(trainer.stage_times)
     return result
-
-
-def set_torch_threads(config):
-    """torch's threads for this process: ``threads`` when given, else ``OMP_NUM_THREADS`` when
-    set, else the default ``threads`` (1: with two threads a process, an epoch was measured
-    several times slower than with one while other processes shared the cores, see
-    ``results/threads.md``). ``threads: 0`` keeps torch's own choice (a thread a core)."""
-    given = "threads" in config.external_config_dict
-    if not given and os.environ.get("OMP_NUM_THREADS"):
-        return
-    if config["threads"] > 0:
-        torch.set_num_threads(config["threads"])
-
-
-def init_run_logger(config):
-    """RecBole's logger, writing to a log file of this run alone.
-
-    RecBole names the file ``log/<model>/<model>-<dataset>-<second>-<hash of the settings>.log``
-    and appends to it, so two runs with the same settings started in the same second would write
-    into one file; and a second run in one process (``run_compare.py``) keeps logging into the
-    first run's file. The root logger's file is replaced by ``<RecBole's name>-<process id>.log``,
-    created only when no such file exists (else ``-<process id>-2``, ...); RecBole's own file is
-    removed when it stayed empty.
-
-    Returns:
-        str: the run's log file, or None when RecBole's logger wrote none.
-    """
-    init_logger(config)
-    plain_logs_when_redirected()
-    settings = "".join(str(value) for value in config.final_config_dict.values())
-    name = (
-        f"{config['model']}-{config['dataset']}-{get_local_time()}-"
-        f"{hashlib.md5(settings.encode('utf-8')).hexdigest()[:6]}"
-    )
-    folder = os.path.join("log", str(config["model"]))
-    root = logging.getLogger()
-    recbole_files = [
-        handler
-        for handler in root.handlers
-        if isinstance(handler, logging.FileHandler)
-        and os.path.dirname(handler.baseFilename) == os.path.abspath(folder)
-    ]
-    log_file = None
-    for old in recbole_files:
-        stem = os.path.join(folder, f"{name}-{os.getpid()}")
-        path = log_file = _exclusive_file([f"{stem}.log"] + [f"{stem}-{n}.log" for n in range(2, 1000)])
-        new = logging.FileHandler(path, encoding=old.encoding)
-        new.setLevel(old.level)
-        new.setFormatter(old.formatter)
-        for log_filter in old.filters:
-            new.addFilter(log_filter)
-        root.removeHandler(old)
-        root.addHandler(new)
-        old.close()
-        for leftover in {old.baseFilename, os.path.abspath(os.path.join(folder, f"{name}.log"))}:
-            with contextlib.suppress(OSError):  # absent, or removed by another run first
-                if os.path.getsize(leftover) == 0:
-                    os.remove(leftover)
-    return log_file
-
-
-def _exclusive_file(candidates):
-    """Creates the first of ``candidates`` that does not exist yet (``O_EXCL``) and returns it."""
-    for path in candidates:
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"log files {candidates[0]} ... {candidates[-1]} all exist already")
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

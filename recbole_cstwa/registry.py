@@ -16,6 +16,8 @@ from recbole.utils import ModelType
 from recbole.utils import get_model as get_recbole_model
 
 from recbole_cstwa.errors import UnknownModelError
+from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
+from recbole_cstwa.trainer import MultiTaskTrainer, SingleTaskTrainer
 
 #: Sub-packages of ``recbole_cstwa.model`` holding one model a file.
 PLUGIN_MODEL_CATEGORIES = ("multitask",)
@@ -114,8 +116,6 @@ def _recbole_context_class_names():
 
 def is_multitask_model(model_class):
     """True for this plugin's two-task (click, purchase) models."""
-    from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
-
     return isinstance(model_class, type) and issubclass(model_class, MultiTaskRecommender)
 
 
@@ -138,17 +138,16 @@ def get_trainer(model_type, model_name):
     multi-task trainer for its two-task models, and its single-task trainer for RecBole's
     context-aware models (trained on ``LABEL_FIELD``, scored as the click or the purchase task).
     """
-    trainer_module = importlib.import_module("recbole_cstwa.trainer")
     model_class = get_model(model_name)
     own_trainer = model_trainer(model_class)
     if own_trainer is not None:
         return own_trainer
     if is_multitask_model(model_class):
-        return trainer_module.MultiTaskTrainer
+        return MultiTaskTrainer
     if model_type != ModelType.CONTEXT:
         raise UnknownModelError(
             f"Model [{model_name}] is a RecBole {model_type.name.lower()} model; recbole-cstwa "
             "scores impressions with a click and a purchase label, so it runs RecBole's "
             "context-aware models (DeepFM, WideDeep, DCN, ...) and its own multi-task models."
         )
-    return trainer_module.SingleTaskTrainer
+    return SingleTaskTrainer

@@ -61,11 +61,6 @@ def task_label(task):
     return TASKS[task][0]
 
 
-def task_scores(task):
-    """The model outputs a task can be scored with, in order of preference."""
-    return TASKS[task][1]
-
-
 def trained_label(config):
     """The label a single-label model trains on: ``click`` when ``LABEL_FIELD`` is the click
     column, else ``purchase``."""

@@ -20,8 +20,15 @@ from recbole_cstwa import distributed
 from recbole_cstwa.checkpoint import SafeCheckpointMixin
 from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.evaluator import TaskEvaluator
-from recbole_cstwa.model.layers import mark_tables_sparse, sparse_row_parameters
-from recbole_cstwa.optim import ROW_WISE_LEARNERS, LazyRowAdam, SplitOptimizer, clip_gradients, sparse_updates
+from recbole_cstwa.optim import (
+    ROW_WISE_LEARNERS,
+    LazyRowAdam,
+    SplitOptimizer,
+    clip_gradients,
+    mark_tables_sparse,
+    sparse_row_parameters,
+    sparse_updates,
+)
 from recbole_cstwa.tasks import trained_label
 
 
@@ -192,7 +199,7 @@ class SingleTaskTrainer(TaskTrainer):
 
     ``embedding_update: sparse`` (the default) applies to them as to the plugin's models: their
     ``nn.Embedding`` tables give sparse gradients and :class:`LazyRowAdam` updates the rows a
-    batch used (:func:`~recbole_cstwa.model.layers.mark_tables_sparse`), so a side-by-side
+    batch used (:func:`~recbole_cstwa.optim.mark_tables_sparse`), so a side-by-side
     trains every model with the same update rule. A table the model's loss reads whole (a
     regulariser over its weights, as xDeepFM's) gets a dense gradient: all its rows are then
     updated every step, as under ``embedding_update: dense`` (logged once). ``dense`` is RecBole's

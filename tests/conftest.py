@@ -162,6 +162,38 @@ def build_model(make_config):
 
 
 @pytest.fixture
+def model_and_trainer(make_config):
+    """``model_and_trainer(model, **config)`` -> (model, its ``MultiTaskTrainer``, the first
+    ``batches`` training batches), seeded the same."""
+    import torch
+
+    from recbole_cstwa.data import create_dataset, data_preparation
+    from recbole_cstwa.registry import get_model
+    from recbole_cstwa.trainer import MultiTaskTrainer
+
+    def make(model_name="MLP", batches=3, **overrides):
+        config = make_config(model_name, **overrides)
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        model = get_model(model_name)(config, train_data._dataset)
+        trainer = MultiTaskTrainer(config, model)
+        taken = []
+        for batch in train_data:
+            taken.append(batch)
+            if len(taken) == batches:
+                break
+        return model, trainer, taken
+
+    return make
+
+
+class Batches(list):
+    """Batches taken from a loader, replayed as a training epoch's data (not shuffled)."""
+
+    shuffle = False
+
+
+@pytest.fixture
 def cstwa_stages(make_config):
     """``cstwa_stages(**config)`` -> ``(trainer, model)`` after CSTWATrainer's pre-training stages."""
     from recbole_cstwa.data import create_dataset, data_preparation

@@ -183,7 +183,7 @@ def test_paired_t_test_matches_scipy(comparison):
 
 
 def test_holm_adjustment_by_hand():
-    from recbole_cstwa.experiments.compare import holm_adjusted
+    from recbole_cstwa.experiments.statistics import holm_adjusted
 
     # Sorted 0.01, 0.02, 0.04 of m = 3: 3 * 0.01, max(0.03, 2 * 0.02), max(0.04, 1 * 0.04); and the
     # running maximum binds when a later product is smaller: 0.03, 0.035 -> 0.06, max(0.06, 0.035).
@@ -195,8 +195,21 @@ def test_holm_adjustment_by_hand():
     assert holm_adjusted({"a": 0.6, "b": 0.9}) == {"a": 1.0, "b": 1.0}
 
 
+def test_mean_std_and_paired_test_by_hand():
+    from recbole_cstwa.experiments.statistics import mean_std, paired_test
+
+    assert mean_std([1.0, 2.0, None, math.nan, 3.0]) == (2.0, 1.0)  # sample deviation (n - 1)
+    mean, std = mean_std([4.0])
+    assert mean == 4.0 and math.isnan(std)
+    delta, p_value, n = paired_test({1: 0.7, 2: 0.8, 3: 0.75, 4: 0.9}, {1: 0.6, 2: 0.7, 3: 0.7, 5: 0.1})
+    assert n == 3 and delta == pytest.approx((0.1 + 0.1 + 0.05) / 3)  # seed 4 and 5: unpaired
+    assert p_value == pytest.approx(stats.ttest_rel([0.7, 0.8, 0.75], [0.6, 0.7, 0.7]).pvalue)
+    delta, p_value, n = paired_test({1: 0.7}, {1: 0.5})
+    assert (delta, n) == (pytest.approx(0.2), 1) and math.isnan(p_value)
+
+
 def test_holm_p_and_kept_epochs_in_the_rows(comparison):
-    from recbole_cstwa.experiments.compare import holm_adjusted
+    from recbole_cstwa.experiments.statistics import holm_adjusted
 
     for metric in ("purchase_auc", "click_auc"):
         expected = holm_adjusted({row["name"]: row[f"{metric}_p"] for row in comparison["rows"]})

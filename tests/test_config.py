@@ -75,7 +75,7 @@ def test_each_run_writes_its_own_log_file(make_config, tmp_path, monkeypatch):
     import logging
     import os
 
-    from recbole_cstwa.quick_start import init_run_logger
+    from recbole_cstwa.run_setup import init_run_logger
 
     root = logging.getLogger()
     monkeypatch.setattr(

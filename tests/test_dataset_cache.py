@@ -170,7 +170,7 @@ def test_ids_equal_recbole_remapping(make_config, data_copy, monkeypatch, block_
     """RecBole's own Dataset on the same files: ids missing from and extra in .user, tokens that
     are not plain integers (leading zeros, letters) beside integer ones, files read in one block
     or in many."""
-    monkeypatch.setattr("recbole_cstwa.data.atomic.READ_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr("recbole_cstwa.data.atomic_files.READ_BLOCK_BYTES", block_bytes)
     inter = pd.read_csv(_file(data_copy, "test.inter"), sep="\t", dtype=str)
     inter.loc[:2, "item_id:token"] = "0" + inter.loc[:2, "item_id:token"]  # "012" is not "12"
     inter.loc[5:9, "user_category:token"] = ["x", "y", "x", "", "-0"]

@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import TINY, dataset_cache_dirs
 
-from recbole_cstwa import atomic_write
+from recbole_cstwa import file_writes
 from recbole_cstwa.checkpoint import SafeCheckpointMixin, load_checkpoint
 from recbole_cstwa.commands.import_dataset import main as import_main
 from recbole_cstwa.data import create_dataset
 from recbole_cstwa.data.dataset import MultiTaskDataset
-from recbole_cstwa.errors import CompareError, ConfigError
+from recbole_cstwa.errors import CompareError, ConfigError, DiskFullError
 from recbole_cstwa.experiments.compare import execute
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.tools import writer as writer_module
@@ -57,7 +57,7 @@ def test_artifact_cache_never_writes_through_planted_links(tmp_path, victim):
 def test_atomic_file_replaces_a_link_and_leaves_no_temporary(tmp_path, victim):
     target = tmp_path / "out.txt"
     os.symlink(victim, target)
-    atomic_write.write_text(target, "new\n")
+    file_writes.write_text(target, "new\n")
     assert _unchanged(victim) and not target.is_symlink() and target.read_text() == "new\n"
     assert sorted(os.listdir(tmp_path)) == ["out.txt", "outside"]
 
@@ -77,7 +77,7 @@ def test_runs_file_link_is_refused(tmp_path, victim):
     with pytest.raises(CompareError, match="symbolic link"):
         execute(_Plan(), str(output), runner=lambda **_: pytest.fail("ran"), log=lambda _: None)
     with pytest.raises(OSError) as raised:
-        atomic_write.open_append(str(output / "runs.jsonl"))
+        file_writes.open_append(str(output / "runs.jsonl"))
     assert raised.value.errno == errno.ELOOP and _unchanged(victim)
 
 
@@ -167,7 +167,7 @@ def test_cached_labels_are_checked_again(make_config, caplog):
     manifest_path = os.path.join(directory, "manifest.json")
     with open(manifest_path, encoding="utf-8") as file:
         manifest = json.load(file)
-    from recbole_cstwa.data.cache import array_checksum
+    from recbole_cstwa.digest import array_checksum
 
     manifest["arrays"]["inter_feat.purchase.npy"]["blake2b"] = array_checksum(
         purchase
@@ -240,7 +240,7 @@ def test_importer_commit_killed_leaves_the_whole_old_dataset(tmp_path, monkeypat
 
         monkeypatch.setattr(writer_module, "replace_directory", killed)
     else:
-        monkeypatch.setattr(atomic_write, "_exchange", lambda *_: False)
+        monkeypatch.setattr(file_writes, "_exchange", lambda *_: False)
         renames = []
         real_rename = os.rename
 
@@ -250,7 +250,7 @@ def test_importer_commit_killed_leaves_the_whole_old_dataset(tmp_path, monkeypat
                 raise KeyboardInterrupt
             real_rename(source, target)
 
-        monkeypatch.setattr(atomic_write.os, "rename", second_fails)
+        monkeypatch.setattr(file_writes.os, "rename", second_fails)
     with pytest.raises(KeyboardInterrupt):
         with_ids(tmp_path, train=write_csv(tmp_path / "train2.csv", TRAIN[:3]))
     assert _snapshot(folder) == before
@@ -336,9 +336,29 @@ def test_damaged_checkpoint_says_what_is_wrong(tmp_path, content, says):
 def test_failed_artifact_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
     cache = ArtifactCache(str(tmp_path), "CSTWA-x")
     monkeypatch.setattr(torch, "save", _disk_full_after(torch.save, 1000))
-    with pytest.raises(atomic_write.DiskFullError, match=str(tmp_path)):
+    with pytest.raises(DiskFullError, match=str(tmp_path)):
         cache.save("graphs", {"k": 1}, {"values": torch.ones(3)})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_disk_full_error_is_an_os_error_and_an_input_error(capsys):
+    """Callers of a write test ``isinstance(error, OSError)`` and its errno; the command lines
+    print it as one ``error:`` line (an :class:`InputError`)."""
+    import pickle
+
+    from recbole_cstwa.commands.cli import reported_errors
+    from recbole_cstwa.errors import InputError
+
+    error = DiskFullError("no space left on the device of [out]: 3.0 MiB were needed")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert isinstance(error, InputError)
+    assert str(error) == "no space left on the device of [out]: 3.0 MiB were needed"
+    copy = pickle.loads(pickle.dumps(error))  # as a worker process sends it back
+    assert type(copy) is DiskFullError and str(copy) == str(error) and copy.errno == errno.ENOSPC
+    with pytest.raises(SystemExit) as stop, reported_errors():
+        raise error
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {error}\n"
 
 
 def test_importer_on_a_full_disk_cleans_up_and_names_the_folder(tmp_path, monkeypatch, capsys):
@@ -413,7 +433,7 @@ class _Plan:
 
 
 def test_empty_tensors_and_arrays_have_checksums(tmp_path):
-    from recbole_cstwa.data.cache import array_checksum
+    from recbole_cstwa.digest import array_checksum
 
     assert len(array_checksum(np.zeros((0, 3)))) == 32  # dtype and shape are checked beside it
     cache = ArtifactCache(str(tmp_path), "CSTWA-x")

@@ -17,7 +17,7 @@ from hyperopt import Trials, fmin, hp
 from recbole_cstwa.errors import ParamsFileError
 from recbole_cstwa.experiments.exhaustive import exhaustive_search, grid_size
 from recbole_cstwa.experiments.hyper import parse_params, read_params_file, run_search
-from recbole_cstwa.experiments.search_space import SearchParam, hyperopt_space, trial_config
+from recbole_cstwa.experiments.trials import SearchParam, hyperopt_space, trial_config
 
 FOUR_TYPES = """\
 # every type RecBole's params files know

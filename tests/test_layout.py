@@ -1,8 +1,10 @@
-"""The package's shape, read from the source files with ``ast`` (nothing is imported): no import
-circles, models apart from the trainers and experiments, the tools apart from the commands, no
-private name shared across modules, and one home for the error types."""
+"""The package's shape, read from the source files with ``ast`` (nothing is imported): every import
+runs down the package's layers, no import circles, models apart from the trainers and experiments,
+the tools apart from the commands, no private name shared across modules, and one home for the
+error types."""
 
 import ast
+import builtins
 import os
 import subprocess
 import sys
@@ -142,6 +144,97 @@ def test_no_import_circle(module_level):
     assert _circles(graph) == []
 
 
+#: The package's rooms (each module file or sub-package directly in ``recbole_cstwa/``; the
+#: package's own ``__init__``, its version, is ``__init__``), bottom layer first. A room imports
+#: only rooms below it, at module level or inside a function: a new module is placed here.
+LAYERS = [
+    "__init__",
+    # foundations: no plugin import but errors
+    "errors",
+    "compat",
+    "memory",
+    "file_writes",
+    "digest",
+    "random_state",
+    "tables",
+    "values",
+    "optim",
+    # what a run is made of
+    "tasks",
+    "settings",
+    "distributed",
+    "run_setup",
+    "tools",
+    "keys",
+    "data",
+    "evaluator",
+    "schema",
+    # training
+    "checkpoint",
+    "trainer",
+    "model",
+    "registry",
+    "config",
+    # using what is trained, and the pipeline
+    "serving",
+    "quick_start",
+    "experiments",
+    "commands",
+]
+
+
+def _room(module):
+    """The room of a plugin module: ``recbole_cstwa.data.cache`` -> ``data``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _room_imports():
+    """``{(room, imported room): ["module:line imports module", ...]}`` over every import."""
+    found = {}
+    for module, imports in _plugin_imports(module_level=False).items():
+        for source, _, line in imports:
+            if source in MODULES and _room(source) != _room(module):
+                found.setdefault((_room(module), _room(source)), []).append(
+                    f"{module}:{line} imports {source}"
+                )
+    return found
+
+
+def test_every_room_has_its_layer():
+    assert sorted(LAYERS) == sorted({_room(module) for module in MODULES})
+    assert len(set(LAYERS)) == len(LAYERS)
+
+
+def test_the_rooms_form_no_circle():
+    graph = {}
+    for room, source in _room_imports():
+        graph.setdefault(room, set()).add(source)
+    assert _circles(graph) == []
+
+
+def test_every_import_runs_down_the_layers():
+    """Not even inside a function or through ``importlib.import_module``: a room that imports one
+    above it (a checkpoint reading the serving code that reads checkpoints) is in the wrong place."""
+    layer = {room: position for position, room in enumerate(LAYERS)}
+    upward = [
+        f"{where} ({room} is below {source})"
+        for (room, source), places in sorted(_room_imports().items())
+        if layer.get(source, -1) >= layer.get(room, -1)
+        for where in places
+    ]
+    assert upward == []
+
+
+def test_the_layer_check_sees_imports_inside_functions_and_by_name():
+    imports = _room_imports()
+    assert ("experiments", "quick_start") in imports  # only inside functions
+    by_name = ast.parse("def load():\n    return importlib.import_module('recbole_cstwa.config')\n")
+    assert list(_imports("recbole_cstwa.data.cache", by_name, module_level=False)) == [
+        ("recbole_cstwa.config", [], 2)
+    ]
+
+
 def test_the_circle_finder_finds_circles():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _circles({"a": {"b"}, "b": set()}) == []
@@ -162,9 +255,15 @@ def test_models_import_neither_the_trainers_nor_the_experiments():
 
 
 def test_the_general_trainer_imports_no_model():
-    imports = _plugin_imports(module_level=False)["recbole_cstwa.trainer"]
-    models = [source for source, _, _ in imports if _within(source, "recbole_cstwa.model")]
-    assert models and all(source == "recbole_cstwa.model.layers" for source in models)
+    """The models sit above the trainers (a model's own trainer builds on the general one): the
+    optimizer finds the plugin's embedding tables by what they declare, not by their class."""
+    imports = _plugin_imports(module_level=False)
+    assert ("recbole_cstwa.optim", ["sparse_row_parameters"]) in [
+        (source, [name for name in names if name == "sparse_row_parameters"])
+        for source, names, _ in imports["recbole_cstwa.trainer"]
+    ]
+    for module in ("recbole_cstwa.trainer", "recbole_cstwa.optim", "recbole_cstwa.checkpoint"):
+        assert [source for source, _, _ in imports[module] if _within(source, "recbole_cstwa.model")] == []
 
 
 def test_tools_stand_apart():
@@ -213,7 +312,17 @@ def test_no_private_name_is_imported_from_another_module():
 
 def test_error_types_live_in_errors():
     errors = {node.name for node in MODULES["recbole_cstwa.errors"][1].body if isinstance(node, ast.ClassDef)}
-    assert {"InputError", "ConfigError", "DataFormatError", "InputFileError", "MalformedLineError"} <= errors
+    assert {
+        "InputError",
+        "ConfigError",
+        "DataFormatError",
+        "InputFileError",
+        "MalformedLineError",
+        "DiskFullError",
+        "CacheError",
+    } <= errors
+    builtin_errors = {name for name, value in vars(builtins).items() if isinstance(value, type)}
+    builtin_errors = {name for name in builtin_errors if issubclass(getattr(builtins, name), BaseException)}
     bad = []
     for module, (_, tree) in MODULES.items():
         if module != "recbole_cstwa.errors":
@@ -221,7 +330,11 @@ def test_error_types_live_in_errors():
                 f"{module}:{node.lineno} defines {node.name}"
                 for node in ast.walk(tree)
                 if isinstance(node, ast.ClassDef)
-                and any(isinstance(base, ast.Name) and base.id in errors for base in node.bases)
+                and not node.name.startswith("_")  # a module's own signal, never raised out of it
+                and any(
+                    isinstance(base, ast.Name) and (base.id in errors or base.id in builtin_errors)
+                    for base in node.bases
+                )
             ]
     for module, imports in _plugin_imports(module_level=False).items():
         bad += [

@@ -15,7 +15,7 @@ from conftest import CLICKS, PURCHASES
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError
-from recbole_cstwa.model.layers import sparse_row_parameters
+from recbole_cstwa.optim import sparse_row_parameters
 from recbole_cstwa.registry import get_model, get_trainer
 from recbole_cstwa.tools.generator import generate
 from recbole_cstwa.trainer import MultiTaskTrainer

@@ -79,14 +79,24 @@ def trained(tiny_data_path, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["MLP", "AITM", "ESCM2", "CSTWA", "DeepFM"])
-def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name):
+def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name, monkeypatch):
+    import logging
+
     from recbole_cstwa.quick_start import load_data_and_model
 
     run = trained(name)
     state = torch.load(run.model_file, weights_only=True)  # still plain data only
     assert state["format"] == 2 and state["settings"]["embedding_size"] == run.config["embedding_size"]
-    config, model, dataset, _, _, test_data = load_data_and_model(run.model_file)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
+    monkeypatch.setattr(root, "level", root.level)
+    config, model, dataset, _, _, test_data = load_data_and_model(run.model_file, {"state": "INFO"})
+    for handler in root.handlers:
+        handler.close()
     assert config["model"] == name and len(test_data.dataset) == len(run.test_data.dataset)
+    assert model.training  # as RecBole's: the caller calls model.eval() before scoring
+    (log_file,) = glob.glob(os.path.join("log", name, "*.log"))  # a log file of its own, as a run's
+    assert log_file.endswith(f"-{os.getpid()}.log") and os.path.getsize(log_file) > 0
     reloaded = model_predictions(model, test_data, run.multitask)
     assert set(reloaded) == set(run.predictions)
     for output, values in run.predictions.items():
@@ -176,8 +186,8 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
     """The integer look-up gives what a string look-up gives, for every kind of cell."""
     import pyarrow as pa
 
+    from recbole_cstwa.schema import decode_tokens, decode_tokens_arrow, encode_tokens
     from recbole_cstwa.serving.predict import FieldVocabulary
-    from recbole_cstwa.serving.schema import decode_tokens, decode_tokens_arrow, encode_tokens
 
     encoded = encode_tokens(tokens)
     assert decode_tokens_arrow(encoded).to_pylist() == list(decode_tokens(encoded)) == tokens
@@ -209,6 +219,30 @@ def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stu
     pd.DataFrame({"user_id": ["1"], "item_id": ["2"]}).to_csv(source, index=False)
     with pytest.raises(PredictInputError, match=r"has no column \['position'"):
         predict_file(trained_stub, source, tmp_path / "out.csv")
+
+
+def test_predictor_reads_its_input_by_the_tables_rule(tmp_path, trained_stub):
+    """A compressed text table scores as the plain one; a name of no table kind, a compressed
+    parquet file or a compressed output is refused, naming what is read."""
+    import gzip
+
+    from recbole_cstwa.errors import PredictInputError
+    from recbole_cstwa.serving.predict import predict_file
+
+    original = os.path.join(trained_stub.config["data_path"], f"{TINY}.test.inter")
+    with open(original, "rb") as file:
+        (tmp_path / "rows.inter.gz").write_bytes(gzip.compress(file.read()))
+    plain = predict_file(trained_stub, original, tmp_path / "plain.csv")
+    packed = predict_file(trained_stub, tmp_path / "rows.inter.gz", tmp_path / "packed.csv")
+    assert packed.rows == plain.rows > 0 and packed.metrics == plain.metrics
+    assert (tmp_path / "packed.csv").read_text() == (tmp_path / "plain.csv").read_text()
+    for source, target, says in (
+        (tmp_path / "rows.txt", tmp_path / "out.csv", r"Input file .* ends in \.txt: use one of \.csv"),
+        (tmp_path / "rows.parquet.gz", tmp_path / "out.csv", r"ends in \.parquet\.gz"),
+        (tmp_path / "rows.inter.gz", tmp_path / "out.csv.gz", r"Output file .* ends in \.csv\.gz"),
+    ):
+        with pytest.raises(PredictInputError, match=says):
+            predict_file(trained_stub, source, target)
 
 
 @pytest.fixture
@@ -534,6 +568,18 @@ def test_model_file_evaluation_equals_the_training_runs_test_result(
     from recbole_cstwa.quick_start import evaluate_checkpoint
 
     assert evaluate_checkpoint(result["model_file"])["test_result"] == result["test_result"]
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
+    monkeypatch.setattr(root, "level", root.level)
+    evaluated = evaluate_checkpoint(result["model_file"], config_dict={"state": "INFO"})
+    for handler in root.handlers:
+        handler.close()
+    assert evaluated["test_result"] == result["test_result"]  # its own log file, as a run's
+    assert (
+        evaluated["log_file"].endswith(f"-{os.getpid()}.log") and os.path.getsize(evaluated["log_file"]) > 0
+    )
     assert result["best_epoch"] == load_checkpoint(result["model_file"])["epoch"]
 
 

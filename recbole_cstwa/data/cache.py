@@ -3,7 +3,7 @@ manifest, keyed by the content of the data files and every setting that changes 
 
 Layout: ``<dataset_cache_dir or checkpoint_dir>/<dataset>-dataset-<key>/`` holding
 ``manifest.json`` (field types and sources, id tokens as plain lists, split sizes, the shape and
-dtype of every array, and its BLAKE2b checksum) and ``<feat>.<field>.npy``. Arrays are read with
+dtype of every array, and its checksum, :func:`recbole_cstwa.digest.array_checksum`) and ``<feat>.<field>.npy``. Arrays are read with
 ``np.load(allow_pickle=False, mmap_mode="c")``: copy-on-write memory maps, so several processes
 reading the same cache share its pages. The directory is written under a temporary name and
 renamed into place, so a reader never sees half a cache.
@@ -12,8 +12,8 @@ Nothing in a cache folder is trusted: every name in the manifest must be a plain
 that folder, every array must match its checksum, and the labels pass the label checks again;
 anything else (a parse error included) means the cache is rebuilt, with a log line.
 
-The key hashes every byte of the atomic files the dataset reads (BLAKE2b, streamed in 16 MiB
-blocks: seconds for Ali-CCP's files, and a changed cell anywhere
+The key hashes every byte of the atomic files the dataset reads (:func:`recbole_cstwa.digest.file_digest`,
+BLAKE2b streamed in 16 MiB blocks: seconds for Ali-CCP's files, and a changed cell anywhere
 in a file gives another key, which a size / modification-time check would not). A file that
 changes while it is read (its size, modification or status-change time, or inode differ after
 loading from before hashing) is not cached: its key would describe other bytes than those read.
@@ -35,14 +35,16 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_cstwa.atomic_write import remove_stale_temporaries, replace_directory
 from recbole_cstwa.data.dataset import TokenIds
+from recbole_cstwa.digest import array_checksum, file_digest
+from recbole_cstwa.errors import CacheError
+from recbole_cstwa.file_writes import remove_stale_temporaries, replace_directory
 
 # 2: cells such as NA, null or None are tokens (version 1 read them as missing, the padding id).
 # 3: arrays carry a checksum.
-FORMAT_VERSION = 3
+# 4: the checksum covers each array's dtype and shape too (digest.array_checksum).
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
-_BLOCK = 16 << 20
 _FEAT_NAME = re.compile(r"[A-Za-z0-9_]+_feat")
 
 # Settings that change the processed dataset besides RecBole's own dataset arguments.
@@ -62,10 +64,6 @@ RESULT_SETTINGS = sorted(
 )
 
 
-class CacheError(Exception):
-    """A cache directory that cannot be used (truncated, foreign, or of another format)."""
-
-
 def data_files(config):
     """The atomic files a dataset reads, in a fixed order (those that exist)."""
     folder = config["data_path"]
@@ -77,14 +75,6 @@ def data_files(config):
     names += [f"{token}.user", f"{token}.item"]
     names += [f"{token}.{suffix}" for suffix in config["additional_feat_suffix"] or []]
     return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
-
-
-def file_digest(path):
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
-        while block := file.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_identity(path):
@@ -124,12 +114,6 @@ def changed_files(description):
         except OSError:
             changed.append(path)
     return changed
-
-
-def array_checksum(array):
-    """BLAKE2b of an array's bytes (C order), as hex."""
-    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # also for empty arrays
-    return hashlib.blake2b(flat, digest_size=16).hexdigest()
 
 
 def is_plain_name(name):

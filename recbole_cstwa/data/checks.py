@@ -15,7 +15,7 @@ from logging import getLogger
 
 import numpy as np
 
-from recbole_cstwa.data.atomic import header_problem
+from recbole_cstwa.data.atomic_files import read_header
 from recbole_cstwa.errors import ConfigError, DataFormatError
 from recbole_cstwa.tasks import label_fields, metric_key, task_label
 
@@ -23,21 +23,15 @@ from recbole_cstwa.tasks import label_fields, metric_key, task_label
 RANKING_METRICS = ("auc", "gauc")
 
 
-def _read_header(path, separator):
-    """``{field: type}`` of an atomic file's header, or None when the file is not there; a
-    malformed header (an empty file, another separator, a repeated name) is an error."""
+def _header_types(path, separator, encoding):
+    """``{field: type}`` of an atomic file's header (:func:`read_header`, the dataset's reader),
+    or None when the file is not there. Undecodable bytes are replaced: the checks read the
+    names, the dataset reports what cannot be read."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8", errors="replace") as file:
-        line = file.readline().rstrip("\r\n")
-    problem = header_problem(path, line, separator)
-    if problem:
-        raise DataFormatError(problem)
-    header = {}
-    for column in line.split(separator):
-        name, _, kind = column.partition(":")
-        header[name] = kind
-    return header
+    return {
+        field: ftype.value for _, field, ftype in read_header(path, separator, encoding, errors="replace")
+    }
 
 
 def _inter_files(config):
@@ -59,8 +53,8 @@ def _loaded(config, source, header):
 
 def check_dataset_settings(config):
     """Checks the settings against the atomic files' headers (see the module docstring)."""
-    separator = config["field_separator"]
-    inter_headers = [(path, _read_header(path, separator)) for path in _inter_files(config)]
+    separator, encoding = config["field_separator"], config["encoding"] or "utf-8"
+    inter_headers = [(path, _header_types(path, separator, encoding)) for path in _inter_files(config)]
     inter_headers = [(path, header) for path, header in inter_headers if header is not None]
     for key, fix in (("USER_ID_FIELD", "USER_ID_FIELD: ~"), ("ITEM_ID_FIELD", "ITEM_ID_FIELD: ~")):
         field = config[key]
@@ -91,7 +85,7 @@ def check_dataset_settings(config):
     headers = [("inter", path, header) for path, header in inter_headers[:1]]
     for source in ("user", "item"):
         path = os.path.join(folder, f"{token}.{source}")
-        header = _read_header(path, separator)
+        header = _header_types(path, separator, encoding)
         if header is not None:
             headers.append((source, path, header))
     for source, path, header in headers:

@@ -1,6 +1,6 @@
 """The two-label impressions dataset: RecBole's ``Dataset`` with checked click and purchase labels.
 
-The atomic files are read column by column with pyarrow (:mod:`recbole_cstwa.data.atomic`: token
+The atomic files are read column by column with pyarrow (:mod:`recbole_cstwa.data.atomic_files`: token
 columns dictionary-encoded, so no Python string is built per row), ids are remapped exactly as
 RecBole remaps them, and token ids stay in the smallest integer type that holds them until a
 batch is taken.
@@ -17,7 +17,7 @@ from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_cstwa.data.atomic import (
+from recbole_cstwa.data.atomic_files import (
     as_strings,
     merge_token_blocks,
     read_columns,
@@ -185,7 +185,7 @@ class MultiTaskDataset(Dataset):
 
     def _read_atomic_file(self, filepath, source):
         """RecBole's ``_load_feat`` with the streamed pyarrow reader of
-        :mod:`recbole_cstwa.data.atomic`: the same header parsing (``name:type``), ``load_col`` /
+        :mod:`recbole_cstwa.data.atomic_files`: the same header parsing (``name:type``), ``load_col`` /
         ``unload_col``, missing cells and field properties, but token columns come back as pandas
         categoricals (codes + the distinct strings)."""
         field_separator = self.config["field_separator"]

@@ -17,6 +17,7 @@ from recbole.utils import ModelType, set_color
 from recbole_cstwa.data import cache
 from recbole_cstwa.data.dataloader import CompactEvalDataLoader, CompactTrainDataLoader
 from recbole_cstwa.data.dataset import MultiTaskDataset
+from recbole_cstwa.errors import CacheError
 
 
 def create_dataset(config):
@@ -42,7 +43,7 @@ def create_dataset(config):
         start = time.perf_counter()
         try:
             dataset = cache.load(MultiTaskDataset, config, directory, key)
-        except cache.CacheError as error:
+        except CacheError as error:
             logger.warning(f"Dataset cache [{directory}] cannot be used ({error}): rebuilding it.")
         else:
             logger.info(

@@ -1,3 +1,3 @@
-"""Experiments built on the library: comparisons of models over seeds (:mod:`.compare`, tables and
-plots in :mod:`.report`), hyper-parameter searches (:mod:`.hyper`, :mod:`.search_space`,
+"""Experiments built on the library: comparisons of models over seeds (:mod:`.compare`, their
+statistics in :mod:`.statistics`, tables and plots in :mod:`.report`), hyper-parameter searches (:mod:`.hyper`, :mod:`.trials`,
 :mod:`.ray_tune`, :mod:`.exhaustive`) and the generator's oracle (:mod:`.oracle`)."""

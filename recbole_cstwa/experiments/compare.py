@@ -20,7 +20,8 @@ then includes the split).
 The summary gives, per row, the mean and sample standard deviation (n - 1) over seeds of click
 AUC, click LogLoss, purchase AUC, purchase LogLoss, CVR AUC (over clicked impressions, when
 ``eval_tasks`` lists ``cvr``), the run time, and a paired t-test
-(``scipy.stats.ttest_rel``) of the per-seed purchase AUC and click AUC against a reference row.
+(``scipy.stats.ttest_rel``) of the per-seed purchase AUC and click AUC against a reference row,
+Holm-adjusted over the rows (:mod:`recbole_cstwa.experiments.statistics`).
 With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
 that two models are equal, and only large, consistent gaps come out significant. When the dataset
 has the generator's truth files, an oracle row gives the AUC of scoring with the true
@@ -36,13 +37,10 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from recbole_cstwa.atomic_write import open_append
 from recbole_cstwa.config import isolated_argv
+from recbole_cstwa.digest import file_digest
 from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
@@ -52,6 +50,8 @@ from recbole_cstwa.experiments.report import (
     write_markdown,
     write_plot,
 )
+from recbole_cstwa.experiments.statistics import holm_adjusted, mean_std, paired_test
+from recbole_cstwa.file_writes import open_append
 from recbole_cstwa.tasks import label_fields
 from recbole_cstwa.values import parse_assignments, split_assignments
 
@@ -89,11 +89,6 @@ def _is_two_task(model):
     return is_multitask_model(get_model(model))
 
 
-def _file_digest(path):
-    with open(path, "rb") as file:
-        return hashlib.sha1(file.read()).hexdigest()
-
-
 def _defaults_digest():
     """A digest of every YAML file under the plugin's ``properties/``."""
     from recbole_cstwa.config import properties_dir
@@ -105,7 +100,7 @@ def _defaults_digest():
         for name in names
         if name.endswith(".yaml")
     )
-    return [[os.path.relpath(path, root), _file_digest(path)] for path in paths]
+    return [[os.path.relpath(path, root), file_digest(path)] for path in paths]
 
 
 def _dataset_yaml_digest(config_dict, dataset):
@@ -114,7 +109,7 @@ def _dataset_yaml_digest(config_dict, dataset):
     path = dataset_yaml_path(
         str((config_dict or {}).get("data_path", "dataset/")), dataset or EMBEDDED_DATASET
     )
-    return _file_digest(path) if os.path.isfile(path) else None
+    return file_digest(path) if os.path.isfile(path) else None
 
 
 def run_key(model, task, config_dict, dataset, config_file_list):
@@ -124,7 +119,7 @@ def run_key(model, task, config_dict, dataset, config_file_list):
         "task": task,
         "dataset": dataset,
         "config": config_dict,
-        "config_files": [[os.path.abspath(path), _file_digest(path)] for path in config_file_list or []],
+        "config_files": [[os.path.abspath(path), file_digest(path)] for path in config_file_list or []],
         # The plugin's YAML defaults: editing one must not reuse runs made under the old value.
         "defaults": _defaults_digest(),
         # The dataset's own YAML, loaded by convention (<data_path>/<name>/<name>.yaml).
@@ -394,43 +389,6 @@ def per_seed(plan, records):
     return joined
 
 
-def _mean_std(values):
-    values = [value for value in values if value is not None and math.isfinite(value)]
-    if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
-def paired_test(values, reference_values):
-    """Paired t-test over the seeds both rows have: ``(mean difference, p-value, n)``."""
-    from scipy import stats
-
-    seeds = sorted(set(values) & set(reference_values))
-    a = np.array([values[seed] for seed in seeds], dtype=float)
-    b = np.array([reference_values[seed] for seed in seeds], dtype=float)
-    if len(seeds) < 2:
-        return (float(np.mean(a - b)) if seeds else math.nan), math.nan, len(seeds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # identical differences: p is nan
-        p_value = float(stats.ttest_rel(a, b).pvalue)
-    return float(np.mean(a - b)), p_value, len(seeds)
-
-
-def holm_adjusted(p_values):
-    """Holm's step-down adjustment of ``{name: p}`` for testing them together (NaN stays NaN).
-
-    Sorted ascending, the ``i``-th of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_j)``
-    (S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 1979).
-    """
-    finite = sorted((p, name) for name, p in p_values.items() if p is not None and math.isfinite(p))
-    adjusted = {name: math.nan for name in p_values}
-    running_max = 0.0
-    for rank, (p_value, name) in enumerate(finite):
-        running_max = max(running_max, min(1.0, (len(finite) - rank) * p_value))
-        adjusted[name] = running_max
-    return adjusted
-
-
 def summarize(plan, records):
     """One summary row per entry: means, stds, times and the tests against the reference."""
     joined = per_seed(plan, records)
@@ -445,7 +403,7 @@ def summarize(plan, records):
             "n_seeds": len(seeds),
         }
         for metric in (*METRICS, "seconds", "epoch_seconds"):
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(
                 [v.get(metric, math.nan) for v in seeds.values()]
             )
         used = [v["sm_used"] for v in seeds.values() if "sm_used" in v]

@@ -35,7 +35,7 @@ import re
 from recbole_cstwa.compat import terminal
 from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import ConfigError, ParamsFileError, UnknownSettingError, ValueTextError
-from recbole_cstwa.experiments.search_space import (
+from recbole_cstwa.experiments.trials import (
     PARAM_TYPES,
     Search,
     SearchParam,

@@ -17,7 +17,7 @@ import time
 
 from recbole_cstwa.config import isolated_argv
 from recbole_cstwa.errors import ConfigError
-from recbole_cstwa.experiments.search_space import (
+from recbole_cstwa.experiments.trials import (
     hyperopt_space,
     run_trial,
     trial_config,
@@ -55,7 +55,7 @@ def _free_port():
 
 
 def _run_ddp_trial(search_params, fixed, config_file_list, sampled, nproc):
-    """As :func:`~recbole_cstwa.experiments.search_space.run_trial`, with ``nproc`` DDP processes on this node."""
+    """As :func:`~recbole_cstwa.experiments.trials.run_trial`, with ``nproc`` DDP processes on this node."""
     from recbole_cstwa.quick_start import run_recbole_cstwa
 
     params = trial_config(search_params, sampled)

@@ -5,7 +5,7 @@ import json
 import math
 import os
 
-from recbole_cstwa.atomic_write import atomic_file, write_text
+from recbole_cstwa.file_writes import atomic_file, write_text
 
 #: The table's metrics, task-prefixed as the plugin's trainers report them.
 METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc")

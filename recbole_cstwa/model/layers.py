@@ -52,7 +52,7 @@ class FieldEmbedding(nn.Module):
     with a row-wise lazy Adam (:class:`recbole_cstwa.optim.LazyRowAdam`): a step then costs the
     same whatever the vocabulary size. ``row_weight_decay`` is the L2 weight on the touched rows:
     ``None`` (the optimizer's ``weight_decay``) or a number a model sets (AITM's ``aitm_l2``);
-    :func:`sparse_row_parameters` lists the tables for the optimizer.
+    :func:`recbole_cstwa.optim.sparse_row_parameters` lists the tables for the optimizer.
     """
 
     def __init__(self, dataset, groups, embedding_size, init_std=0.01, sparse=False):
@@ -177,28 +177,6 @@ def gather_unique_rows(weight, rows):
     gradient is a sparse tensor marked coalesced: one value a row, so the optimizer need not sort
     and sum the batch's look-ups again (``nn.Embedding(sparse=True)`` gives one value a look-up)."""
     return _GatherUniqueRows.apply(weight, rows)
-
-
-def sparse_row_parameters(module):
-    """``{parameter: row_weight_decay}`` of every sparse embedding table in ``module``: the
-    :class:`FieldEmbedding` tables (``row_weight_decay`` ``None``: the optimizer's
-    ``weight_decay``) and any other ``nn.Embedding`` with ``sparse=True`` (``None``)."""
-    found = {}
-    for layer in module.modules():  # parents first: a FieldEmbedding's own decay wins
-        if isinstance(layer, FieldEmbedding) and layer.sparse:
-            for weight in layer.parameters():
-                found[weight] = layer.row_weight_decay
-        elif isinstance(layer, nn.Embedding) and layer.sparse:
-            found.setdefault(layer.weight, None)
-    return found
-
-
-def mark_tables_sparse(module):
-    """Makes every ``nn.Embedding`` in ``module`` give sparse gradients (``sparse=True``, read by
-    ``nn.Embedding.forward``): how RecBole's built-in models get ``embedding_update: sparse``."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Embedding):
-            layer.sparse = True
 
 
 def mean_of_present(embeddings, present):

@@ -18,7 +18,7 @@ other sizes than the traced one, and nothing is written when a probability diffe
 ``EXPORT_TOLERANCE``. The DIVISION ``p_cvr`` (``p_purchase / p_click``, of models without a pCVR
 head) carries the relative rounding of both heads: it is held to ``DIVISION_TOLERANCE`` of its
 value instead (measured: 1.0e-6 absolute at most on 4,096 test rows of the 4M-impression
-benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.atomic_write`).
+benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.file_writes`).
 
 ONNX uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), the
 same trace as the TorchScript export: torch's newer ``torch.export``-based exporter refuses
@@ -42,9 +42,10 @@ import warnings
 import torch
 
 import recbole_cstwa
-from recbole_cstwa.atomic_write import write_bytes, write_text
 from recbole_cstwa.errors import InputError
-from recbole_cstwa.serving.module import CVR_EPSILON, ServingModule
+from recbole_cstwa.evaluator import DIVISION_CLIP
+from recbole_cstwa.file_writes import write_bytes, write_text
+from recbole_cstwa.serving.module import ServingModule
 
 #: Largest difference to the eager model an export may show on its check batches.
 EXPORT_TOLERANCE = 1e-6
@@ -265,7 +266,7 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
             "tokens: index = line number of the token in vocab/<field>.txt; a missing or unseen "
             "token is 0 ([PAD], the field counts as absent). floats: the raw value. p_cvr of a "
             "model without a pCVR head is p_purchase / p_click clipped to "
-            f"[{CVR_EPSILON}, {1 - CVR_EPSILON}] (the ESMM paper's DIVISION)."
+            f"[{DIVISION_CLIP}, {1 - DIVISION_CLIP}] (the ESMM paper's DIVISION)."
         ),
     }
     write_text(os.path.join(output_dir, "schema.json"), json.dumps(schema, indent=2) + "\n")

@@ -15,8 +15,9 @@ looks up the user's and item's feature fields in the tables the training data he
 model. The predictor runs it eagerly and the exporter traces it, so both score alike.
 
 ``p_cvr`` of a model without a pCVR head (all but ESMM, ESCM2, DCMT, DDPO and NISE) is the ESMM paper's DIVISION
-baseline, ``p_purchase / p_click`` clipped to ``[CVR_EPSILON, 1 - CVR_EPSILON]``: the
-post-click probability implied by the model's two impression-level heads.
+baseline, ``p_purchase / p_click`` clipped into (0, 1): the post-click probability implied by the
+model's two impression-level heads, computed as the evaluator scores it
+(:func:`recbole_cstwa.evaluator.division_cvr`).
 """
 
 import copy
@@ -27,21 +28,14 @@ from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_cstwa.errors import InputError
+from recbole_cstwa.evaluator import division_cvr
 from recbole_cstwa.model.layers import FieldEmbedding
 from recbole_cstwa.tasks import trained_label
 
 #: Output columns: model output -> column name.
 OUTPUT_COLUMNS = {"click": "p_click", "purchase": "p_purchase", "cvr": "p_cvr"}
-#: Clip of the DIVISION p_cvr (p_purchase / p_click), inside (0, 1).
-CVR_EPSILON = 1e-7
 #: The sources of the fields an impression row carries (the ``.inter`` file's).
 ROW_SOURCES = (FeatureSource.INTERACTION, FeatureSource.USER_ID, FeatureSource.ITEM_ID)
-
-
-def division_cvr(p_purchase, p_click):
-    """The ESMM paper's DIVISION pCVR: ``pCTCVR / pCTR``, clipped into (0, 1)."""
-    ratio = p_purchase / p_click.clamp_min(CVR_EPSILON)
-    return ratio.clamp(CVR_EPSILON, 1.0 - CVR_EPSILON)
 
 
 def input_fields(dataset, config):

@@ -1,7 +1,7 @@
 """Score a file of impressions with a trained model, streamed in blocks.
 
-:func:`predict_file` reads CSV, TSV, parquet or a RecBole atomic ``.inter`` file block by block
-(pyarrow), maps each token field's raw tokens to the model's indices with the vocabularies
+:func:`predict_file` reads CSV, TSV, parquet or a RecBole atomic ``.inter`` file (the text ones
+also compressed; :mod:`recbole_cstwa.tables`) block by block (pyarrow), maps each token field's raw tokens to the model's indices with the vocabularies
 stored in the checkpoint (:class:`FieldVocabulary`), scores the block with the model
 (:class:`~recbole_cstwa.serving.module.ServingModule`, eagerly) and appends one output row an
 input row: the key columns asked for, then ``p_click``, ``p_purchase``, ``p_cvr`` (or the
@@ -19,7 +19,6 @@ trained label's probability for a RecBole model).
   the metrics.
 """
 
-import csv
 import os
 import sys
 import time
@@ -35,15 +34,13 @@ import torch
 from tqdm import tqdm
 
 from recbole_cstwa.errors import PredictInputError
-from recbole_cstwa.evaluator import TaskEvaluator
-from recbole_cstwa.serving.module import ServingModule, division_cvr
+from recbole_cstwa.evaluator import TaskEvaluator, division_cvr
+from recbole_cstwa.serving.module import ServingModule
+from recbole_cstwa.tables import COMPRESSIONS, KINDS, column_names, read_blocks, table_format
 
-#: Bytes of CSV text parsed a block.
-BLOCK_BYTES = 1 << 22
-#: Rows of a parquet block.
-PARQUET_BLOCK_ROWS = 65536
-INPUT_FORMATS = (".csv", ".tsv", ".parquet", ".inter")
-OUTPUT_FORMATS = (".csv", ".parquet")
+#: The kinds of table (:data:`recbole_cstwa.tables.KINDS`) scored, and written.
+INPUT_KINDS = ("csv", "tsv", "parquet", "inter")
+OUTPUT_KINDS = ("csv", "parquet")
 
 
 class FieldVocabulary:
@@ -169,55 +166,36 @@ class PredictReport:
         return lines
 
 
-def _file_format(path, allowed, role):
-    extension = os.path.splitext(str(path))[1].lower()
-    if extension not in allowed:
-        raise PredictInputError(
-            f"{role} file [{path}] ends in {extension or 'no extension'}: use one of {', '.join(allowed)}."
-        )
-    return extension
+def _file_format(path, kinds, role, compressed):
+    """The kind of a file to read or write (:func:`recbole_cstwa.tables.table_format`, the one
+    rule the importer follows too); one of ``kinds``, compressed only if ``compressed``."""
+    table = table_format(path)
+    if table.kind not in kinds or (table.compression and (not compressed or table.kind == "parquet")):
+        allowed = ", ".join(extension for extension, kind in KINDS.items() if kind in kinds)
+        written = (table.extension or "no extension") + (table.compression or "")
+        packed = f", a text one also ending in {' / '.join(COMPRESSIONS)}" if compressed else ""
+        raise PredictInputError(f"{role} file [{path}] ends in {written}: use one of {allowed}{packed}.")
+    return table.kind
 
 
-def _csv_header(path, delimiter, encoding="utf-8"):
-    """The column names of the first line (quoted or not)."""
-    with open(path, encoding=encoding, newline="") as file:
-        return next(csv.reader([file.readline().rstrip("\r\n")], delimiter=delimiter), [])
-
-
-def _blocks(path, extension, wanted, types, threads):
+def _blocks(path, wanted, types, threads):
     """Record batches of the ``wanted`` columns (names without ``:type``), and the file's names."""
-    if extension == ".parquet":
-        try:
-            parquet = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as error:
-            raise PredictInputError(f"Cannot read [{path}] as parquet: {error}.") from None
-        names = parquet.schema_arrow.names
+    try:
+        names = column_names(path)
         present = [name for name in wanted if name in names]
-        return names, parquet.iter_batches(
-            batch_size=PARQUET_BLOCK_ROWS, columns=present, use_threads=threads > 1
-        )
-    delimiter = "," if extension == ".csv" else "\t"
-    header = _csv_header(path, delimiter)
-    names = [name.split(":")[0] if extension == ".inter" else name for name in header]
-    present = [name for name in wanted if name in names]
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(
-            column_names=names, skip_rows=1, block_size=BLOCK_BYTES, use_threads=threads > 1
-        ),
-        parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-        convert_options=pa_csv.ConvertOptions(
-            include_columns=present,
+        blocks = read_blocks(
+            path,
+            present,
             column_types={name: types[name] for name in present if name in types},
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=True,
-        ),
-    )
-    return names, reader
+            use_threads=threads > 1,
+        )
+    except (OSError, pa.ArrowException) as error:
+        raise PredictInputError(f"Cannot read [{path}] as {table_format(path).kind}: {error}.") from None
+    return names, blocks
 
 
-def _writer(path, extension, schema):
-    if extension == ".parquet":
+def _writer(path, kind, schema):
+    if kind == "parquet":
         return pq.ParquetWriter(path, schema)
     return pa_csv.CSVWriter(path, schema)
 
@@ -236,8 +214,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
         PredictReport
     """
     input_path, output_path = str(input_path), str(output_path)
-    in_format = _file_format(input_path, INPUT_FORMATS, "Input")
-    out_format = _file_format(output_path, OUTPUT_FORMATS, "Output")
+    _file_format(input_path, INPUT_KINDS, "Input", compressed=True)
+    out_format = _file_format(output_path, OUTPUT_KINDS, "Output", compressed=False)
     if not os.path.isfile(input_path):
         raise PredictInputError(f"Input file [{input_path}] does not exist.")
     if threads:
@@ -255,7 +233,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     types.update({name: pa.float64() for name in serving.float_fields + label_names})
     keys = list(dict.fromkeys(keys))
     wanted = list(dict.fromkeys(serving.token_fields + serving.float_fields + label_names + keys))
-    names, blocks = _blocks(input_path, in_format, wanted, types, threads)
+    names, blocks = _blocks(input_path, wanted, types, threads)
     missing = [name for name in serving.token_fields + serving.float_fields if name not in names]
     if missing:
         raise PredictInputError(

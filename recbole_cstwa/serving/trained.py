@@ -16,7 +16,7 @@ from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from recbole_cstwa.config import Config
 from recbole_cstwa.errors import CheckpointError, InputError
 from recbole_cstwa.registry import get_model, is_multitask_model
-from recbole_cstwa.serving.schema import TrainedDataset, encode_tokens
+from recbole_cstwa.schema import TrainedDataset, encode_tokens
 
 
 class StoredConfig(Config):

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from recbole_cstwa.atomic_write import atomic_file
+from recbole_cstwa.file_writes import atomic_file
 
 CATEGORICAL = [f"categorical_{i}" for i in range(1, 17)]
 NUMERICAL = [f"numerical_{i}" for i in range(1, 64)]

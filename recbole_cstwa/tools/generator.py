@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_cstwa.atomic_write import atomic_file, write_text
+from recbole_cstwa.file_writes import atomic_file, write_text
 
 DEFAULT_NAME = "synthetic-ccp"
 DEFAULT_N_IMPRESSIONS = 300_000
@@ -484,13 +484,6 @@ def _calibrate_bias(offsets: np.ndarray, target: float, weights=None) -> float:
         if high - low < 1e-13:
             break
     return bias
-
-
-def _cross_ids(left: np.ndarray, right: np.ndarray, n_right: int) -> np.ndarray:
-    """Compact 1-based id per distinct (left, right) pair, like Ali-CCP crosses."""
-    codes = left.astype(np.int64) * n_right + right
-    _, dense = np.unique(codes, return_inverse=True)
-    return dense.astype(np.int64) + 1
 
 
 def _stream(seed: np.random.SeedSequence, skip: int) -> np.random.Generator:

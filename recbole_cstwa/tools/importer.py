@@ -52,18 +52,15 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from recbole_cstwa.errors import InputFileError
+from recbole_cstwa.tables import BLOCK_BYTES, PARQUET_BATCH_ROWS, column_names, read_blocks, table_format
 from recbole_cstwa.tools.writer import AtomicDatasetWriter, check_dataset_name
 
 SPLITS = ("train", "valid", "test")
 #: Label spellings accepted in a label column (parquet booleans read as "true"/"false").
 LABEL_TEXTS = ("0", "1", "0.0", "1.0", "false", "true")
 POSITIVE_TEXTS = ("1", "1.0", "true")
-CSV_BLOCK_BYTES = 4 << 20  # with the reader's read-ahead, this bounds the memory held
-PARQUET_BATCH_ROWS = 65_536
 #: The most rows a stratification block may hold (ratios are rounded to 1/1000).
 MAX_BLOCK = 1000
 
@@ -72,43 +69,21 @@ MAX_BLOCK = 1000
 # Reading
 
 
-def _file_format(path, separator):
-    """``("parquet", None)`` or ``("csv", separator)`` from the name (``.gz``/``.bz2`` allowed)."""
-    name = os.path.basename(path).lower()
-    for compression in (".gz", ".bz2", ".zst", ".lz4"):
-        if name.endswith(compression):
-            name = name[: -len(compression)]
-    if name.endswith((".parquet", ".pq")):
-        return "parquet", None
-    if separator is not None:
-        return "csv", separator
-    if name.endswith((".tsv", ".tab")):
-        return "csv", "\t"
-    return "csv", ","
-
-
 def _first_line_of(error):
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def read_columns(path, separator=None):
-    """The column names of a CSV / TSV / parquet file."""
+    """The column names of a CSV / TSV / parquet file (:func:`recbole_cstwa.tables.column_names`:
+    the format told by the name, a file of another extension read as CSV)."""
     if not os.path.isfile(path):
         raise InputFileError(f"{path}: input file not found.")
-    kind, separator = _file_format(path, separator)
     try:
-        if kind == "parquet":
-            names = list(pq.ParquetFile(path).schema_arrow.names)
-        else:
-            reader = pa_csv.open_csv(
-                path,
-                read_options=pa_csv.ReadOptions(block_size=1 << 16),
-                parse_options=pa_csv.ParseOptions(delimiter=separator),
-            )
-            names = list(reader.schema.names)
-            reader.close()
-    except (pa.ArrowException, OSError) as error:
+        names = column_names(path, separator)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise InputFileError(f"{path}: cannot read the header: {_first_line_of(error)}") from None
+    if not names:
+        raise InputFileError(f"{path}: cannot read the header: the file is empty.")
     repeated = [name for name in dict.fromkeys(names) if names.count(name) > 1]
     if repeated:
         raise InputFileError(
@@ -127,26 +102,20 @@ def _as_text(array):
 
 def iter_batches(path, columns, separator=None, batch_rows=None):
     """Yields ``(first row's position, {column: string array})``: positions count data rows from 0."""
-    kind, separator = _file_format(path, separator)
     position = 0
     try:
-        if kind == "parquet":
-            source = pq.ParquetFile(path).iter_batches(
-                batch_size=batch_rows or PARQUET_BATCH_ROWS, columns=columns
-            )
-        else:
-            block = CSV_BLOCK_BYTES if batch_rows is None else max(1 << 12, batch_rows * 16)
-            source = pa_csv.open_csv(
-                path,
-                read_options=pa_csv.ReadOptions(block_size=block, use_threads=False),
-                parse_options=pa_csv.ParseOptions(delimiter=separator),
-                convert_options=pa_csv.ConvertOptions(
-                    include_columns=columns,
-                    column_types={column: pa.string() for column in columns},
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
+        block = BLOCK_BYTES if batch_rows is None else max(1 << 12, batch_rows * 16)
+        source = read_blocks(
+            path,
+            columns,
+            separator,
+            column_types={column: pa.string() for column in columns},
+            block_bytes=block,
+            batch_rows=batch_rows or PARQUET_BATCH_ROWS,
+            # CSV in one thread: with its read-ahead, the block bounds the memory held
+            use_threads=table_format(path).kind == "parquet",
+            strings_can_be_null=False,
+        )
         for batch in source:
             if batch.num_rows == 0:
                 continue
@@ -160,7 +129,7 @@ def iter_batches(path, columns, separator=None, batch_rows=None):
 
 def _where(path, position):
     """``line N`` in a CSV (header = line 1) or ``row N`` in a parquet file."""
-    if _file_format(path, None)[0] == "parquet":
+    if table_format(path).kind == "parquet":
         return f"row {position + 1}"
     return f"line {position + 2}"
 

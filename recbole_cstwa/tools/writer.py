@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 
-from recbole_cstwa.atomic_write import (
+from recbole_cstwa.file_writes import (
     disk_full_error,
     folder_size,
     is_disk_full,
@@ -68,12 +68,6 @@ class TableWriter:
         self._buffer.append(line)
         if len(self._buffer) >= self.chunk_rows:
             self.flush()
-
-    def add_lines(self, text, count):
-        """Appends ``count`` lines already joined into ``text`` (each ending in a newline)."""
-        self.flush()
-        self.file.write(text)
-        self.rows += count
 
     def add_bytes(self, data, count):
         """Appends ``count`` lines given as UTF-8 bytes (e.g. an Arrow string buffer), unconverted."""

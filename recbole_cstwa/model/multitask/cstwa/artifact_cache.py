@@ -13,7 +13,8 @@ import os
 import numpy as np
 import torch
 
-from recbole_cstwa.atomic_write import atomic_file, remove_stale_temporaries
+from recbole_cstwa.digest import array_checksum
+from recbole_cstwa.file_writes import atomic_file, remove_stale_temporaries
 
 #: The artifact entry holding the tensors' checksums.
 CHECKSUMS = "blake2b"
@@ -50,7 +51,8 @@ def settings_hash(settings):
 
 
 def tensor_checksums(tree, prefix=""):
-    """``{"a/b": blake2b hex}`` for every tensor in a nested dict / list (name, dtype, shape, bytes)."""
+    """``{"a/b": checksum}`` for every tensor in a nested dict / list
+    (:func:`recbole_cstwa.digest.array_checksum`: dtype, shape, bytes)."""
     sums = {}
     items = (
         tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
@@ -58,10 +60,7 @@ def tensor_checksums(tree, prefix=""):
     for name, value in items:
         path = f"{prefix}{name}"
         if isinstance(value, torch.Tensor):
-            array = np.ascontiguousarray(value.detach().cpu().numpy())
-            digest = hashlib.blake2b(f"{array.dtype}/{array.shape}".encode(), digest_size=16)
-            digest.update(array.reshape(-1).view(np.uint8))  # also for empty tensors
-            sums[path] = digest.hexdigest()
+            sums[path] = array_checksum(value)
         elif isinstance(value, (dict, list, tuple)):
             sums.update(tensor_checksums(value, f"{path}/"))
     return sums

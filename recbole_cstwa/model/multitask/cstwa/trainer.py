@@ -5,11 +5,8 @@ schedule, on top of the plugin's :class:`~recbole_cstwa.trainer.MultiTaskTrainer
 (``CSTWATrainer``).
 """
 
-import random
-from contextlib import contextmanager
 from time import time
 
-import numpy as np
 import torch
 from recbole.utils import set_color
 from tqdm import tqdm
@@ -25,6 +22,7 @@ from recbole_cstwa.model.multitask.cstwa.structure import (
     graph_to_state,
     group_representations,
 )
+from recbole_cstwa.random_state import isolated_random_state
 from recbole_cstwa.trainer import MultiTaskTrainer
 
 
@@ -435,35 +433,3 @@ def _state_mismatch(state, module):
         f"{name} {found[name]} != {expected[name]}" for name in expected if found[name] != expected[name]
     ]
     return "; ".join(wrong) or None
-
-
-@contextmanager
-def isolated_random_state(seed, data_loader=None):
-    """Runs a block under its own seeded random state, then restores the previous one.
-
-    Covers torch (CPU and CUDA), numpy, ``random`` and the data loader's shuffling generator, so
-    that a stage run before training (or skipped because it was cached) does not shift the
-    random numbers the training itself draws.
-    """
-    generator = getattr(data_loader, "generator", None)
-    saved = (
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        np.random.get_state(),
-        random.getstate(),
-        generator.get_state() if generator is not None else None,
-    )
-    torch.manual_seed(seed)
-    if generator is not None:
-        generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch_state, cuda_states, numpy_state, random_state, generator_state = saved
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        np.random.set_state(numpy_state)
-        random.setstate(random_state)
-        if generator_state is not None:
-            generator.set_state(generator_state)

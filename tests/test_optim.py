@@ -1,52 +1,28 @@
-"""Training cost: sparse embedding updates, the trainer's training epoch, the graph index choice."""
+"""Sparse embedding updates (``embedding_update: sparse``): :class:`LazyRowAdam`,
+:class:`SplitOptimizer`, gradient clipping of sparse gradients, and which tables the trainers give
+row-wise updates, for the plugin's models and RecBole's."""
 
 import logging
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_vectors
+from conftest import Batches
 
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError
-from recbole_cstwa.model.layers import sparse_row_parameters
-from recbole_cstwa.model.multitask.cstwa.structure import build_graph, choose_index, nearest_neighbours
-from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer
+from recbole_cstwa.optim import LazyRowAdam, SplitOptimizer, sparse_row_parameters
 from recbole_cstwa.registry import get_model
 from recbole_cstwa.trainer import MultiTaskTrainer
-
-
-@pytest.fixture
-def setup(make_config):
-    """``setup(model, **config)`` -> (model, trainer, first training batches), seeded the same."""
-
-    def make(model_name="MLP", batches=3, **overrides):
-        config = make_config(model_name, **overrides)
-        train_data, _, _ = data_preparation(config, create_dataset(config))
-        torch.manual_seed(0)
-        model = get_model(model_name)(config, train_data._dataset)
-        trainer = MultiTaskTrainer(config, model)
-        taken = []
-        for batch in train_data:
-            taken.append(batch)
-            if len(taken) == batches:
-                break
-        return model, trainer, taken
-
-    return make
-
-
-class Batches(list):
-    shuffle = False
 
 
 def _table_grads(model):
     return {name: p.grad for name, p in model.named_parameters() if "table" in name and p.grad is not None}
 
 
-def test_sparse_and_dense_give_the_same_loss_and_first_gradient(setup):
-    dense_model, _, batches = setup(embedding_update="dense")
-    sparse_model, _, _ = setup(embedding_update="sparse")
+def test_sparse_and_dense_give_the_same_loss_and_first_gradient(model_and_trainer):
+    dense_model, _, batches = model_and_trainer(embedding_update="dense")
+    sparse_model, _, _ = model_and_trainer(embedding_update="sparse")
     for name, parameter in dense_model.named_parameters():
         torch.testing.assert_close(parameter, sparse_model.state_dict()[name], rtol=0, atol=0)
     losses = []
@@ -66,11 +42,11 @@ def test_sparse_and_dense_give_the_same_loss_and_first_gradient(setup):
         torch.testing.assert_close(other.to_dense(), parameter.grad, rtol=1e-6, atol=1e-9)
 
 
-def test_first_step_moves_touched_rows_as_adam_and_leaves_the_others(setup):
+def test_first_step_moves_touched_rows_as_adam_and_leaves_the_others(model_and_trainer):
     """With weight decay: touched rows move as dense Adam moves them; the others stay (dense
     Adam decays them too)."""
-    dense_model, dense_trainer, batches = setup(embedding_update="dense", weight_decay=1e-3)
-    sparse_model, sparse_trainer, _ = setup(embedding_update="sparse", weight_decay=1e-3)
+    dense_model, dense_trainer, batches = model_and_trainer(embedding_update="dense", weight_decay=1e-3)
+    sparse_model, sparse_trainer, _ = model_and_trainer(embedding_update="sparse", weight_decay=1e-3)
     assert isinstance(sparse_trainer.optimizer, SplitOptimizer)
     assert isinstance(dense_trainer.optimizer, torch.optim.Adam)
     before = sparse_model.click_embedding.token_table.weight.detach().clone()
@@ -92,47 +68,8 @@ def test_first_step_moves_touched_rows_as_adam_and_leaves_the_others(setup):
             torch.testing.assert_close(dict(sparse_model.named_parameters())[name], parameter)
 
 
-def test_dense_path_is_bit_for_bit_the_plain_adam_loop(setup):
-    """embedding_update: dense and the trainer's epoch give the same parameters as a plain loop
-    with RecBole's Adam over every parameter (the code before sparse updates)."""
-    model, trainer, batches = setup(embedding_update="dense", batches=4)
-    reference, _, _ = setup(embedding_update="dense", batches=4)
-    optimizer = torch.optim.Adam(
-        reference.parameters(),
-        lr=reference.config["learning_rate"],
-        weight_decay=reference.config["weight_decay"],
-    )
-    torch.manual_seed(3)
-    trainer._train_epoch(Batches(batches), 0)
-    torch.manual_seed(3)
-    reference.train()
-    for batch in batches:
-        optimizer.zero_grad()
-        losses = reference.calculate_loss(batch)
-        loss = sum(losses)
-        loss.backward()
-        optimizer.step()
-    for name, parameter in reference.named_parameters():
-        assert torch.equal(parameter, dict(model.named_parameters())[name]), name
-
-
-def test_training_epoch_returns_the_summed_loss_parts(setup):
-    model, trainer, batches = setup(embedding_update="sparse")
-    torch.manual_seed(5)
-    totals = trainer._train_epoch(Batches(batches[:1]), 0)
-    assert isinstance(totals, tuple) and len(totals) == 2
-    assert all(np.isfinite(totals))
-
-
-def test_sparse_training_converges_on_a_tiny_case(setup):
-    model, trainer, batches = setup(embedding_update="sparse", learning_rate=0.01, batches=8)
-    torch.manual_seed(0)
-    losses = [sum(trainer._train_epoch(Batches(batches), epoch)) for epoch in range(6)]
-    assert losses[-1] < 0.8 * losses[0]
-
-
-def test_sparse_optimizer_state_round_trips(setup):
-    model, trainer, batches = setup(embedding_update="sparse")
+def test_sparse_optimizer_state_round_trips(model_and_trainer):
+    model, trainer, batches = model_and_trainer(embedding_update="sparse")
     trainer._train_epoch(Batches(batches[:1]), 0)
     state = trainer.optimizer.state_dict()
     fresh = MultiTaskTrainer(model.config, model).optimizer
@@ -178,10 +115,12 @@ def test_lazy_row_adam_decoupled_is_torch_adamw_on_touched_rows():
     assert torch.allclose(table, reference, atol=1e-6)
 
 
-def test_learner_adamw_trains_end_to_end(setup):
+def test_learner_adamw_trains_end_to_end(model_and_trainer):
     """learner: adamw is accepted by the settings and trains: torch's AdamW for the dense
     parameters (as RecBole's trainer builds it), the decoupled row-wise form for the tables."""
-    model, trainer, batches = setup(embedding_update="sparse", learner="AdamW", learning_rate=0.01, batches=4)
+    model, trainer, batches = model_and_trainer(
+        embedding_update="sparse", learner="AdamW", learning_rate=0.01, batches=4
+    )
     assert model.config["learner"] == "adamw"
     dense, row_wise = trainer.optimizer.optimizers
     assert isinstance(dense, torch.optim.AdamW)
@@ -192,7 +131,7 @@ def test_learner_adamw_trains_end_to_end(setup):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     for group, old in zip(groups, before):  # both optimizers moved their parameters
         assert any(not torch.equal(b, p) for b, p in zip(old, group))
-    _, dense_trainer, _ = setup(embedding_update="dense", learner="adamw")
+    _, dense_trainer, _ = model_and_trainer(embedding_update="dense", learner="adamw")
     assert isinstance(dense_trainer.optimizer, torch.optim.AdamW)
 
 
@@ -224,9 +163,9 @@ def test_sparse_gives_way_where_it_cannot_apply(make_config, caplog, model_name,
     trainer._train_epoch(Batches([next(iter(train_data))]), 0)  # trains (clipping included)
 
 
-def test_sparse_table_with_another_learner_is_refused(setup):
+def test_sparse_table_with_another_learner_is_refused(model_and_trainer):
     """The optimizer's guard, for tables made sparse by hand."""
-    model, trainer, _ = setup(embedding_update="sparse")
+    model, trainer, _ = model_and_trainer(embedding_update="sparse")
     trainer.config["learner"] = "sgd"
     with pytest.raises(ConfigError, match="learner"):
         trainer._build_optimizer(learner="sgd")
@@ -251,48 +190,11 @@ def test_resuming_with_the_other_embedding_update_names_the_fix(make_config, tmp
     assert same.start_epoch == 1
 
 
-# ----- graph_index: auto ------------------------------------------------------------------------
-@pytest.mark.parametrize(("nodes", "expected"), [(40, "exact"), (41, "ivf")])
-def test_auto_picks_exact_up_to_the_threshold(nodes, expected, caplog):
-    assert choose_index("auto", nodes, 40)[0] == expected
-    assert choose_index("auto", nodes, 40, gpu=True)[0] == "exact"
-    assert choose_index("ivf", nodes, 40)[0] == "ivf"
-    with caplog.at_level(logging.INFO):
-        nearest_neighbours(
-            random_vectors(nodes, 12), 4, index_type="auto", exact_max_nodes=40, log_name="item graph"
-        )
-    assert f"item graph: {expected} faiss search over {nodes} nodes" in caplog.text
-
-
-def test_auto_below_the_threshold_is_the_exact_graph():
-    vectors = random_vectors(60, 12)
-    auto = build_graph(vectors, 5, index_type="auto", exact_max_nodes=1000)
-    exact = build_graph(vectors, 5, index_type="exact")
-    assert torch.equal(auto.indices(), exact.indices())
-    assert torch.equal(auto.values(), exact.values())
-
-
-def test_approximate_auto_graph_keeps_the_invariants():
-    vectors = np.abs(random_vectors(300, 12))  # positive cosines: every one of the K edges is kept
-    k = 6
-    graph = build_graph(vectors, k, index_type="auto", exact_max_nodes=50)
-    rows, columns = graph.indices().numpy()
-    counts = np.bincount(rows, minlength=len(vectors))
-    assert counts[0] == 1 and (counts[1:] == k).all()  # padding row: its own edge only
-    # D^-1/2 A D^-1/2 with D the row sums of A: rebuild A from the cosines of the kept edges.
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    weights = np.where(rows == 0, 1.0, (unit[rows] * unit[columns]).sum(axis=1))
-    degree = np.bincount(rows, weights=weights, minlength=len(vectors))
-    expected = weights / np.sqrt(degree[rows] * degree[columns])
-    np.testing.assert_allclose(graph.values().numpy(), expected, rtol=1e-4)
-    assert ((rows == columns).sum()) == len(vectors)  # every node keeps its self edge
-
-
-def test_gradient_clipping_takes_sparse_gradients(setup):
+def test_gradient_clipping_takes_sparse_gradients(model_and_trainer):
     from recbole_cstwa.optim import clip_gradients
 
-    dense_model, _, batches = setup(embedding_update="dense")
-    sparse_model, _, _ = setup(embedding_update="sparse")
+    dense_model, _, batches = model_and_trainer(embedding_update="dense")
+    sparse_model, _, _ = model_and_trainer(embedding_update="sparse")
     norms = []
     for model in (dense_model, sparse_model):
         torch.manual_seed(1)
@@ -305,23 +207,6 @@ def test_gradient_clipping_takes_sparse_gradients(setup):
             torch.testing.assert_close(other.to_dense(), parameter.grad, rtol=1e-5, atol=1e-10)
 
 
-def test_sparse_table_gradient_has_one_value_a_row_and_matches_torch_coalesce(setup):
-    """The embedding layer gathers each distinct token once: its sparse gradient comes with
-    distinct ascending rows, which ``coalesced`` takes without sorting, equal to torch's
-    ``coalesce`` of the same gradient."""
-    from recbole_cstwa.optim import coalesced
-
-    model, _, batches = setup(embedding_update="sparse")
-    torch.manual_seed(1)
-    sum(model.calculate_loss(batches[0])).backward()
-    grad = model.click_embedding.token_table.weight.grad
-    rows = grad._indices()[0]
-    assert len(rows) > 1 and bool((rows[1:] > rows[:-1]).all())
-    ours, torchs = coalesced(grad), grad.coalesce()
-    assert ours.is_coalesced()
-    assert torch.equal(ours.indices(), torchs.indices()) and torch.equal(ours.values(), torchs.values())
-
-
 def test_coalesced_sums_repeated_and_unordered_rows():
     from recbole_cstwa.optim import coalesced
 
@@ -330,43 +215,6 @@ def test_coalesced_sums_repeated_and_unordered_rows():
     grad = coalesced(torch.sparse_coo_tensor(indices, values, (8, 2), check_invariants=True))
     assert grad.indices().tolist() == [[1, 3, 5]]
     assert grad.values().tolist() == [[3.0, 4.0], [7.0, 8.0], [6.0, 8.0]]
-
-
-def test_one_lookup_a_table_equals_the_per_group_lookups(setup):
-    """``FieldEmbedding.lookup`` (one table look-up for all groups) gives every group's vectors,
-    masks and table gradient as the per-group look-ups, sparse and dense."""
-    for update in ("sparse", "dense"):
-        model, _, batches = setup(embedding_update=update)
-        embedding, batch = model.click_embedding, batches[0]
-        together = embedding.lookup(batch)
-        weights = torch.randn(sum(v.numel() for v, _ in together.values()))
-        torch.cat([v.flatten() for v, _ in together.values()]).mul(weights).sum().backward()
-        grad_together = embedding.token_table.weight.grad.to_dense().clone()
-        embedding.token_table.weight.grad = None
-        apart = {group: embedding(batch, group) for group in together}
-        torch.cat([v.flatten() for v, _ in apart.values()]).mul(weights).sum().backward()
-        for group in together:
-            assert torch.equal(together[group][0], apart[group][0])
-            assert torch.equal(together[group][1], apart[group][1])
-        torch.testing.assert_close(embedding.token_table.weight.grad.to_dense(), grad_together)
-
-
-def test_dropout_keeps_each_element_with_probability_one_minus_p():
-    from recbole_cstwa.model.layers import Dropout
-
-    torch.manual_seed(0)
-    layer = Dropout(0.3)
-    x = torch.ones(400, 500, requires_grad=True)
-    out = layer(x)
-    kept = out != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.005
-    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
-    out.sum().backward()
-    assert torch.equal(x.grad, out.detach())  # the gradient is the scaled mask
-    layer.eval()
-    assert layer(x) is x
-    assert Dropout(0.0).train()(x) is x
-    assert not Dropout(1.0).train()(x).any()
 
 
 def _recbole_model(make_config, model_name, **overrides):

@@ -8,8 +8,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from recbole_cstwa.atomic_write import write_text
 from recbole_cstwa.config import isolated_argv
+from recbole_cstwa.file_writes import write_text
 from recbole_cstwa.values import plain_value
 
 #: Parameter types of RecBole's params files.

@@ -164,10 +164,12 @@ def first_line_holding(path, encoding, separator, position, value):
     return ""
 
 
-def read_header(filepath, field_separator, encoding):
+def read_header(filepath, field_separator, encoding="utf-8", errors="strict"):
     """``[(column name, field, FeatureType)]`` of a file's header, in file order; the column name
-    (``<position>:<name>:<type>``) is unique even if a field name repeats."""
-    with open(filepath, encoding=encoding) as file:
+    (``<position>:<name>:<type>``) is unique even if a field name repeats. A malformed header (an
+    empty file, another separator, a repeated name) is a :class:`DataFormatError`
+    (:func:`header_problem`). ``errors``: how undecodable bytes are read (``open``'s)."""
+    with open(filepath, encoding=encoding, errors=errors) as file:
         header_line = file.readline().rstrip("\r\n")
     problem = header_problem(filepath, header_line, field_separator)
     if problem:

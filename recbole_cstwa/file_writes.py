@@ -16,21 +16,13 @@ import secrets
 import shutil
 import time
 
+from recbole_cstwa.errors import DiskFullError
+
 #: Every temporary name holds this marker (``.<name>.<pid>-<random>.tmp``).
 TMP_SUFFIX = ".tmp"
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _MIB = 1 << 20
 _TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{16}" + re.escape(TMP_SUFFIX))
-
-
-class DiskFullError(OSError):
-    """No space left while writing a file: the message names the folder and the space needed."""
-
-    def __init__(self, message):
-        super().__init__(errno.ENOSPC, message)
-
-    def __str__(self):
-        return self.strerror
 
 
 def temporary_name(path):

@@ -1,0 +1,52 @@
+"""The statistics of a comparison over seeds: a row's mean and standard deviation, the paired
+t-test of a row against the reference row, and Holm's adjustment of the p-values of one metric
+(every row tested against the same reference forms one family).
+
+With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
+that two models are equal, and only large, consistent gaps come out significant.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (n - 1) of the finite values (over seeds); NaN when
+    there are none (the deviation: fewer than two)."""
+    values = [value for value in values if value is not None and math.isfinite(value)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def paired_test(values, reference_values):
+    """Paired t-test (``scipy.stats.ttest_rel``) of ``{seed: value}`` against
+    ``reference_values`` over the seeds both have: ``(mean difference, p-value, n)``."""
+    from scipy import stats
+
+    seeds = sorted(set(values) & set(reference_values))
+    a = np.array([values[seed] for seed in seeds], dtype=float)
+    b = np.array([reference_values[seed] for seed in seeds], dtype=float)
+    if len(seeds) < 2:
+        return (float(np.mean(a - b)) if seeds else math.nan), math.nan, len(seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical differences: p is nan
+        p_value = float(stats.ttest_rel(a, b).pvalue)
+    return float(np.mean(a - b)), p_value, len(seeds)
+
+
+def holm_adjusted(p_values):
+    """Holm's step-down adjustment of ``{name: p}`` for testing them together (NaN stays NaN).
+
+    Sorted ascending, the ``i``-th of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_j)``
+    (S. Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statist. 1979).
+    """
+    finite = sorted((p, name) for name, p in p_values.items() if p is not None and math.isfinite(p))
+    adjusted = {name: math.nan for name in p_values}
+    running_max = 0.0
+    for rank, (p_value, name) in enumerate(finite):
+        running_max = max(running_max, min(1.0, (len(finite) - rank) * p_value))
+        adjusted[name] = running_max
+    return adjusted
