@@ -22,7 +22,8 @@ from recbole_cstwa.compat import quiet_known_noise
 from recbole_cstwa.errors import ConfigError
 from recbole_cstwa.keys import check_keys, extra_keys, known_keys
 from recbole_cstwa.registry import get_model, is_multitask_model
-from recbole_cstwa.settings import check_settings, properties_dir
+from recbole_cstwa.setting_checks import check_settings, properties_dir
+from recbole_cstwa.settings import RULES, SETTINGS
 from recbole_cstwa.tasks import resolve_tasks
 from recbole_cstwa.values import YAML_MAX_NODES, SettingsYamlLoader, parse_literal
 
@@ -232,7 +233,9 @@ class Config(RecBoleConfig):
         if "show_progress" not in self.external_config_dict:
             # progress bars only on a terminal: redirected, they fill the file with \r lines
             self.final_config_dict["show_progress"] = sys.stderr.isatty()
-        check_settings(self.final_config_dict, self.model, is_multitask_model(self.model_class))
+        check_settings(
+            self.final_config_dict, self.model, is_multitask_model(self.model_class), SETTINGS, RULES
+        )
         self._check_paths_and_files()
         self._resolve_tasks()
         super()._set_default_parameters()

@@ -16,7 +16,8 @@ import yaml
 from recbole.utils import argument_list
 
 from recbole_cstwa.errors import ConfigError, UnknownSettingError
-from recbole_cstwa.settings import SETTINGS, properties_dir, recbole_properties_dir
+from recbole_cstwa.setting_checks import properties_dir, recbole_properties_dir
+from recbole_cstwa.settings import SETTINGS
 
 #: Keys read by RecBole's or the plugin's code, or set by their command lines, that no YAML file
 #: of defaults holds.

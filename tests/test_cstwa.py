@@ -11,6 +11,7 @@ from recbole.utils import init_seed
 from recbole_cstwa.checkpoint import load_checkpoint
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.model.multitask.cstwa.cstwa import (
     CSTWA,
@@ -27,6 +28,8 @@ from recbole_cstwa.model.multitask.cstwa.structure import (
 )
 from recbole_cstwa.model.multitask.cstwa.trainer import CSTWATrainer
 from recbole_cstwa.model.multitask.mlp import MLP
+from recbole_cstwa.setting_checks import shaping_keys
+from recbole_cstwa.settings import SETTINGS
 
 
 # ----- helpers ---------------------------------------------------------------------------------
@@ -528,6 +531,99 @@ def test_cache_miss_names_the_changed_setting(tmp_path):
     torch.testing.assert_close(artifact["values"], torch.ones(2))
     artifact, _, reason = cache.load("graphs", {"graph_top_k": 4, "seed": 1})
     assert artifact is None and "graph_top_k: 8 -> 4" in reason and "seed" not in reason
+
+
+#: Keys the pre-training and graph stages read that their cache key leaves out, and why it may.
+READ_WITHOUT_SHAPING = {
+    "device": "where the stages run, not what they compute",
+    "checkpoint_dir": "where the cache lies",
+    "cstwa_cache": "whether the cache is used",
+    # the click AUC that pre-training logs after each epoch (progress only)
+    "eval_args": "the logged click AUC",
+    "metric_decimal_place": "the logged click AUC",
+    "topk": "the logged click AUC",
+    "reg_weight": "RecBole's optimizer builder reads it for a warning only",
+    # with embedding_update and learner they decide whether sparse updates apply
+    "single_spec": "keyed as sparse_updates",
+    "enable_amp": "keyed as sparse_updates",
+    "enable_scaler": "keyed as sparse_updates",
+    # which fields are embedded
+    "PURCHASE_FIELD": "keyed as fields",
+    "LABEL_FIELD": "keyed as fields",
+    "numerical_features": "keyed as fields",
+}
+
+
+@pytest.mark.slow
+def test_every_key_the_cached_stages_read_is_in_their_cache_key(make_config, monkeypatch):
+    """The cache keys come from the settings table (its ``shapes``), not from a hand-kept list:
+    every config key the pre-training stage reads, or the model's shared pieces read (the CTR
+    model is built from its embedding, tower and Eq. 7 input), is in the pre-trained
+    embedding's key; every key the graph stage reads is in the graphs' key."""
+    config = make_config("CSTWA")
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    read = {"pretrain": set(), "graphs": set()}
+    recording = []  # the stage whose reads are recorded now, if any
+
+    def recorded_getitem(self, key, getitem=Config.__getitem__):
+        if recording and self is config:
+            read[recording[-1]].add(key)
+        return getitem(self, key)
+
+    def recorded_init(self, *args, base_init=MultiTaskRecommender.__init__):
+        recording.append("pretrain")
+        try:
+            base_init(self, *args)
+        finally:
+            recording.pop()
+
+    monkeypatch.setattr(Config, "__getitem__", recorded_getitem)
+    monkeypatch.setattr(MultiTaskRecommender, "__init__", recorded_init)
+    trainer = CSTWATrainer(config, CSTWA(config, train_data._dataset))
+    for name, stage in trainer.pre_training_stages():
+        recording.append(name)
+        stage(train_data, valid_data, False)
+        recording.pop()
+    assert [event[:2] for event in trainer.cache_events] == [("pretrain", "computed"), ("graphs", "computed")]
+    pretrain_key = set(trainer._pretrain_settings(train_data._dataset))
+    graph_key = set(trainer._graph_settings(train_data._dataset))
+    assert read["pretrain"] - pretrain_key - set(READ_WITHOUT_SHAPING) == set()
+    assert read["graphs"] - graph_key - set(READ_WITHOUT_SHAPING) == set()
+    assert {"graph_top_k", "graph_self_loop", "embedding_size", "pretrain_epochs"} <= read["graphs"] | read[
+        "pretrain"
+    ]
+
+
+def test_cache_keys_hold_the_settings_that_apply(make_config):
+    """The table marks what shapes each stage; a graph index's own settings shape the graphs
+    only under that index, and nothing is keyed when the stages do not run."""
+    values = dict(make_config("CSTWA").final_config_dict)
+
+    def keys(stage, **overrides):
+        return set(shaping_keys(SETTINGS, stage, {**values, **overrides}, "CSTWA", multitask=True))
+
+    assert keys("pretrain") == {
+        "embedding_update",
+        "embedding_size",
+        "embedding_init_std",
+        "context_pooling",
+        "tower_hidden_size",
+        "tower_dropout",
+        "learner",
+        "weight_decay",
+        "train_batch_size",
+        "seed",
+        "shuffle",
+        "pretrain_epochs",
+        "pretrain_learning_rate",
+    }
+    graphs = {"graph_top_k", "graph_self_loop", "graph_symmetric", "graph_index"}
+    ivf, hnsw = {"graph_ivf_nlist", "graph_nprobe"}, {"graph_hnsw_m", "graph_hnsw_ef_search"}
+    assert keys("graphs", graph_index="exact") == graphs
+    assert keys("graphs", graph_index="ivf") == graphs | ivf
+    assert keys("graphs", graph_index="hnsw") == graphs | hnsw
+    assert keys("graphs", graph_index="auto") == graphs | ivf | hnsw | {"graph_exact_max_nodes"}
+    assert keys("graphs", use_sm=False) == set()
 
 
 # ----- end to end ---------------------------------------------------------------------------------

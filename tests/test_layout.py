@@ -161,6 +161,7 @@ LAYERS = [
     "optim",
     # what a run is made of
     "tasks",
+    "setting_checks",
     "settings",
     "distributed",
     "run_setup",

@@ -15,15 +15,21 @@ from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.errors import ConfigError, DataFormatError, InputError
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import CHECKSUMS, tensor_checksums
 from recbole_cstwa.registry import plugin_model_names
-from recbole_cstwa.settings import (
+from recbole_cstwa.setting_checks import (
     ANY_MODEL,
     MULTITASK,
     NO_DEFAULT,
-    SETTINGS,
     Setting,
+    applies,
+    check_value,
+    default_source,
     default_value,
+    defining_file,
+    line_comments,
+    parse_setting_comment,
     requirement,
 )
+from recbole_cstwa.settings import SETTINGS
 
 
 # ----- the table -----------------------------------------------------------------------------------
@@ -45,7 +51,7 @@ def test_every_setting_has_its_default_in_the_yaml_files():
 
 
 def test_a_row_written_with_its_default_is_refused():
-    """Rows are Setting(key, kind, source, ...): a default in the row (the old form) fails at import."""
+    """Rows are Setting(key, kind, models=..., ...): a default or a source in the row fails at import."""
     with pytest.raises(TypeError, match="multiple values for argument 'models'"):
         Setting("my_size", "int", 8, "my source", models=("MyModel",), low=1)
     with pytest.raises(TypeError, match="the default goes in properties/"):
@@ -55,7 +61,7 @@ def test_a_row_written_with_its_default_is_refused():
 def test_every_model_yaml_key_is_in_the_table():
     import yaml
 
-    from recbole_cstwa.settings import properties_dir
+    from recbole_cstwa.setting_checks import properties_dir
 
     described = {spec.key for spec in SETTINGS}
     for model in plugin_model_names():
@@ -63,6 +69,95 @@ def test_every_model_yaml_key_is_in_the_table():
         if os.path.isfile(path):
             keys = set(yaml.safe_load(open(path, encoding="utf-8")) or {})
             assert keys <= described, (model, keys - described)
+
+
+#: The ``(type)`` a setting's YAML comment gives, by the table's kind.
+YAML_TYPES = {"int": "int", "number": "float", "bool": "bool", "choice": "str", "int_list": "list"}
+YAML_TYPES["number_list"] = "list"
+
+
+def test_every_setting_has_its_yaml_line_with_meaning_and_source():
+    """Each setting is described once: the line of properties/ that sets its default, for every
+    model reading it, says ``key: default  # (type) meaning: source``; the table does not repeat
+    the source."""
+    from recbole_cstwa.registry import get_model, is_multitask_model
+    from recbole_cstwa.setting_checks import properties_dir
+
+    root = properties_dir()
+    checked = 0
+    for model in [*plugin_model_names(), "DeepFM"]:
+        multitask = is_multitask_model(get_model(model))
+        for spec in SETTINGS:
+            if not applies(spec.models, model, multitask):
+                continue
+            path = defining_file(spec.key, model)
+            assert path is not None and path.startswith(root), (spec.key, model, path)
+            parsed = parse_setting_comment(line_comments(path).get(spec.key))
+            assert parsed is not None, f"{path}: {spec.key} needs '# (type) meaning: source'"
+            kind, meaning, source = parsed
+            assert kind == YAML_TYPES[spec.kind] and meaning and source, (spec.key, model, parsed)
+            assert default_source(spec.key, model) == source
+            checked += 1
+    assert checked > len(SETTINGS)
+    assert not any(hasattr(spec, "source") for spec in SETTINGS)
+
+
+def test_the_fix_names_the_source_written_on_the_default_s_line(tmp_path, monkeypatch):
+    import shutil
+
+    from recbole_cstwa import setting_checks
+
+    copy = tmp_path / "properties"
+    shutil.copytree(setting_checks.properties_dir(), copy)
+    overall = copy / "overall.yaml"
+    text = overall.read_text(encoding="utf-8")
+    line = "tower_dropout: [0.1, 0.3, 0.3]     # (list) dropout after each tower layer: the CSTWA paper, Section 4.1.4"
+    assert line in text
+    seed_line = next(row for row in text.splitlines(keepends=True) if row.startswith("seed:"))
+    text = text.replace(line, "tower_dropout: [0.2, 0.2, 0.2]  # (list) dropout: my own runs")
+    overall.write_text(text.replace(seed_line, ""))
+    (copy / "model" / "AITM.yaml").write_text("tower_dropout: [0.5, 0.5, 0.5]\n")
+    monkeypatch.setattr(setting_checks, "properties_dir", lambda: str(copy))
+    spec = {row.key: row for row in SETTINGS}["tower_dropout"]
+    with pytest.raises(ConfigError) as error:
+        check_value(spec, [1.5], "MLP")
+    assert str(error.value).endswith(
+        "Fix: --tower_dropout=[0.2,0.2,0.2] (my own runs) or another such value."
+    )
+    with pytest.raises(ConfigError) as error:  # a line without a comment: the default alone
+        check_value(spec, [1.5], "AITM")
+    assert str(error.value).endswith("Fix: --tower_dropout=[0.5,0.5,0.5] or another such value.")
+    with pytest.raises(ConfigError) as error:  # set by RecBole's overall.yaml only
+        check_value({row.key: row for row in SETTINGS}["seed"], -1, "MLP")
+    assert str(error.value).endswith("Fix: --seed=2020 (RecBole's default) or another such value.")
+
+
+def test_yaml_comments_are_read_line_by_line(tmp_path):
+    path = tmp_path / "defaults.yaml"
+    path.write_text(
+        "# a file comment: not a setting\n"
+        "plain: 1  # (int) a number: the source, with: a colon\n"
+        "quoted: 'a # b'  # (str) text with a hash: quoted\n"
+        'double: "x#y"\n'
+        "glued: a#b\n"
+        "nested:\n"
+        "  inner: 2  # (int) nested: not top level\n"
+        "flow: {'RS': [0.8, 0.1]}  # (str) a mapping: RecBole\n"
+        "twice: 1  # (int) first: old\n"
+        "twice: 2  # (int) second: new\n"
+        "bare: 3  # no type or source\n"
+    )
+    comments = line_comments(str(path))
+    assert comments == {
+        "plain": "(int) a number: the source, with: a colon",
+        "quoted": "(str) text with a hash: quoted",
+        "flow": "(str) a mapping: RecBole",
+        "twice": "(int) second: new",
+        "bare": "no type or source",
+    }
+    assert parse_setting_comment(comments["plain"]) == ("int", "a number", "the source, with: a colon")
+    assert parse_setting_comment(comments["bare"]) is None
+    assert parse_setting_comment("(int) no source") is None and parse_setting_comment(None) is None
 
 
 def test_requirement_words():

@@ -178,13 +178,14 @@ def check_space(params, model, source):
     """Checks every value a search can try against the settings table, before any trial: each
     choice, and the bounds of a range (``exp`` of a loguniform's)."""
     from recbole_cstwa.registry import get_model, is_multitask_model
-    from recbole_cstwa.settings import applies, check_value, setting
+    from recbole_cstwa.setting_checks import applies, check_value
+    from recbole_cstwa.settings import SETTINGS
 
     multitask = is_multitask_model(get_model(model))
+    described = {spec.key: spec for spec in SETTINGS}
     for param in params:
-        try:
-            spec = setting(param.name)
-        except KeyError:
+        spec = described.get(param.name)
+        if spec is None:
             continue  # a RecBole setting the plugin does not describe
         if not applies(spec.models, model, multitask):
             continue
@@ -203,7 +204,7 @@ def check_space(params, model, source):
             values = tuple(int(v) if spec.kind == "int" else v for v in values)
         for value in values:
             try:
-                check_value(spec, value)
+                check_value(spec, value, model)
             except ConfigError as error:
                 raise ParamsFileError(f"{source}, {param.name} {param.kind}: {error}") from None
 

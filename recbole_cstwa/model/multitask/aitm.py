@@ -66,8 +66,8 @@ class AITM(MultiTaskRecommender):
 
     As the official code (xidongbo/AITM ``AITM.py``):
 
-    - one embedding layer feeds both towers (no shared bottom); towers ``tower_hidden_size``
-      [128, 64, 32] with ``tower_dropout`` [0.1, 0.3, 0.3];
+    - one embedding layer feeds both towers (no shared bottom), the common towers
+      (``tower_hidden_size``, ``tower_dropout``);
     - info layer: Linear(32) + ReLU + Dropout on the click tower's output, with the tower's last
       dropout (0.3; the official code reuses ``keep_prob[2]``);
     - AIT over the two items [purchase tower output, info] (:class:`AdaptiveInformationTransfer`,
@@ -75,8 +75,8 @@ class AITM(MultiTaskRecommender):
     - heads: ``p_click = sigmoid(Linear(click tower))``, ``p_purchase = sigmoid(Linear(z))``;
       other linear layers Xavier-uniform with zero biases (Keras' defaults);
     - loss = BCE(p_click, click) + BCE(p_purchase, purchase), both over all impressions (the
-      purchase label is impression-level), + ``aitm_calibration_weight`` (0.6) * the **mean** over
-      the batch of ``max(p_purchase - p_click, 0)``, + ``aitm_l2`` (1e-6) * sum(w^2) / 2 (TF's
+      purchase label is impression-level), + ``aitm_calibration_weight`` * the **mean** over
+      the batch of ``max(p_purchase - p_click, 0)``, + ``aitm_l2`` * sum(w^2) / 2 (TF's
       ``l2_regularizer``) over the **embedding tables and the three AIT projections only**.
       :meth:`calculate_loss` returns the four parts ``(click, purchase, calibration, l2)``, each
       already weighted.

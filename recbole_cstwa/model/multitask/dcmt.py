@@ -77,10 +77,9 @@ class DCMT(MultiTaskRecommender):
     impression-level purchase probability); ``forward`` also returns ``counterfactual_cvr``
     (pCVR*), which no evaluation task reads.
 
-    Defaults: ``dcmt_cvr_weight`` 1, ``dcmt_ctcvr_weight`` 1 and ``dcmt_constraint_weight``
-    1e-3 (both re-implementations: NISE's ``loss_ctr + (loss_cvr + loss_counterfactual_cvr +
-    1e-3 * loss_constraint) + loss_ctcvr``, EVI's ``DcmtLoss`` the same sum);
-    ``dcmt_propensity_clip`` 1e-3 (EVI's ``clamp(p_ctr, 0.001, 1 - 0.001)``).
+    The weights are both re-implementations' (NISE's ``loss_ctr + (loss_cvr +
+    loss_counterfactual_cvr + 1e-3 * loss_constraint) + loss_ctcvr``, EVI's ``DcmtLoss`` the
+    same sum); each default and its source is on its line of ``properties/model/DCMT.yaml``.
     Readings and where the paper, the two re-implementations and this model differ:
 
     - Towers: the paper's towers are wide & deep (a linear part on wide features plus an MLP on

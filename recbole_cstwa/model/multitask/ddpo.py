@@ -89,12 +89,11 @@ class DDPO(MultiTaskRecommender):
     - ``L_t`` = BCE(o_hat * r_hat, purchase) over all impressions (Eq. 17).
 
     The weights ``ddpo_click_weight``, ``ddpo_conversion_weight``, ``ddpo_cvr_weight`` and
-    ``ddpo_ctcvr_weight`` default to 1.0: the paper sets each to 1 (Section 4.4, RQ5, after a
-    search over {0.0001, ..., 5.0}), as do ``--parao/--parac/--parar/--paract`` of the official
-    ``main.py``. All parts are trained together in every step (the paper's Algorithm 1),
+    ``ddpo_ctcvr_weight`` are the paper's and the official ``main.py``'s (their defaults and
+    sources: ``properties/model/DDPO.yaml``). All parts are trained together in every step (the paper's Algorithm 1),
     so no propensity pre-training and no trainer of its own. Readings and differences:
 
-    - [reading] Towers: the shared MLP towers ([128, 64, 32], dropout [0.1, 0.3, 0.3], no batch
+    - [reading] Towers: the shared MLP towers (``tower_hidden_size``, ``tower_dropout``, no batch
       normalisation) encode, the transfer modules act on their outputs and each prediction is one
       linear layer + sigmoid, as the paper's implementation details say ("the prediction network
       is implemented with a single fully connected layer"). The official code encodes with

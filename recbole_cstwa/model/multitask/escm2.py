@@ -91,19 +91,19 @@ class ESCM2(MultiTaskRecommender):
     The purchase prediction scored against the purchase label is pCTCVR, the impression-level
     purchase probability (as ESMM); ``forward`` also returns ``cvr`` (and ``imputation``).
 
-    Defaults: ``escm2_mode: dr``, ``escm2_counterfactual_weight`` 0.5 and
-    ``escm2_global_weight`` 0.5 (PaddleRec's ``config_bigdata.yaml`` and code defaults; its
-    sample-data ``config.yaml`` uses 0.01 / 1.0), the inverse-propensity clip 15 and floor 1e-6
+    Defaults are PaddleRec's ``config_bigdata.yaml`` and code defaults, each on its line of
+    ``properties/model/ESCM2.yaml`` (its sample-data ``config.yaml`` weights the risks 0.01 /
+    1.0); the inverse propensities are floored at 1e-6 and clipped at ``escm2_max_weight``
     (PaddleRec's "online trick"). Readings and differences:
 
     - [reading] Backbone ``escm2_backbone: mlp`` (default): the CSTWA paper's description, ESMM
       with the counterfactual regulariser, with the same MLP towers as every model of the
       comparison (the imputation tower is one more such tower).
     - ``escm2_backbone: mmoe`` is PaddleRec's backbone (``models/multitask/escm2/net.py``,
-      ``config_bigdata.yaml``): ``num_experts`` (8) experts Linear(input -> 16) + ReLU
-      (``escm2_expert_hidden_size`` [16]); one softmax gate Linear(input -> 8) per task (3 with
-      DR's imputation task); per task a tower Linear(16 -> 8) + ReLU
-      (``escm2_tower_hidden_size`` [8]) and Linear(8 -> 2) -> softmax, clipped to
+      ``config_bigdata.yaml``): ``num_experts`` experts Linear(input -> 16) + ReLU
+      (``escm2_expert_hidden_size``); one softmax gate Linear(input -> num_experts) per task (3
+      with DR's imputation task); per task a tower Linear(16 -> 8) + ReLU
+      (``escm2_tower_hidden_size``) and Linear(8 -> 2) -> softmax, clipped to
       [1e-15, 1 - 1e-15], class 1's probability (:class:`TwoClassSoftmaxHead`); no dropout;
       Xavier-uniform weights and every bias 0.1, as PaddleRec. Its input is the common input of
       every model here (PaddleRec: 23 fields of up to 3 ids, sum-pooled, embedding 12).

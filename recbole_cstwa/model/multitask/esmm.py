@@ -16,7 +16,7 @@ class ESMM(MultiTaskRecommender):
     post-click CVR tower is learned over the entire space without its own loss (as the paper and
     torch-rechub's ``sum(loss_list[1:])``). The purchase prediction scored against the purchase
     label is pCTCVR, the impression-level purchase probability; ``forward`` also returns ``cvr``.
-    Towers follow the CSTWA paper's common settings ([128, 64, 32], dropout [0.1, 0.3, 0.3])
+    Towers follow the CSTWA paper's common settings (``tower_hidden_size``, ``tower_dropout``)
     instead of the ESMM paper's, so that every model of the comparison has the same MLP.
     """
 

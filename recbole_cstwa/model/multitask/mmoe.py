@@ -22,10 +22,10 @@ class MMoE(MultiTaskRecommender):
     dimensions of layers in the MLP-Tower [..] are set to [..]. That is, [..]" (numbers lost),
     and 4.1.3: every model uses "the same fundamental network structure and hyper-parameters in
     their Multi-Layer Perceptron". So each expert is the common tower (``expert_hidden_size``
-    and ``expert_dropout`` empty: ``tower_hidden_size`` [128, 64, 32] with ``tower_dropout``
-    [0.1, 0.3, 0.3]) and each task reads its mixture with its own Click / Conversion Layer
-    (``task_tower_hidden_size: []``), as the paper's MLP and CSTWA read their towers.
-    ``num_experts`` 8 (the paper gives no count; torch-rechub's and PaddleRec's Ali-CCP value).
+    and ``expert_dropout`` empty: ``tower_hidden_size`` and ``tower_dropout``) and each task
+    reads its mixture with its own Click / Conversion Layer (``task_tower_hidden_size: []``),
+    as the paper's MLP and CSTWA read their towers. The paper gives no expert count
+    (``num_experts``: ``properties/model/MMoE.yaml``).
     Difference: the MMoE paper (Fig. 1c) and torch-rechub / MTReclib / PaddleRec put a task
     tower after each gate; ``task_tower_hidden_size`` adds one. torch-rechub's Ali-CCP example
     (``examples/ranking/run_ali_ccp_multi_task.py``: experts [16], towers [8], no dropout) is

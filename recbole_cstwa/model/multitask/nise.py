@@ -86,9 +86,9 @@ class NISE(ESMM):
         lambda = nise_weight_scale * min(L_ctr / L_cvr, nise_weight_cap)   (no gradient)
         L = L_ctr + lambda * L_cvr
 
-    returned as the parts ``(L_ctr, lambda * L_clicked, lambda * L_non_clicked)``. Defaults:
-    ``nise_weight_cap`` (beta) 50 and ``nise_weight_scale`` (alpha) 1, the code's ``--weight`` and
-    ``--ablation_weight`` defaults (``baselines/mlp_model.py``).
+    returned as the parts ``(L_ctr, lambda * L_clicked, lambda * L_non_clicked)``, with
+    ``nise_weight_cap`` beta and ``nise_weight_scale`` alpha at the code's defaults
+    (``properties/model/NISE.yaml``).
 
     Outputs: ``cvr`` is the CVR tower (a real pCVR head); ``purchase`` is ``pCTR * pCVR``, the
     impression-level purchase probability the ``purchase`` task scores (NISE trains no CTCVR

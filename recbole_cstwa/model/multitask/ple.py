@@ -23,10 +23,9 @@ class PLE(MultiTaskRecommender):
     are trained with BCE on their labels over all impressions.
 
     [reading] Expert sizes as MMoE's (the CSTWA paper, Section 4.1.4: the MLP-Experts are set like
-    the MLP-Towers): each expert the common tower [128, 64, 32] with dropout [0.1, 0.3, 0.3],
-    each task's output layer on its mixture. The paper gives no expert counts; they are
-    torch-rechub's Ali-CCP example (``examples/ranking/run_ali_ccp_multi_task.py``):
-    ``ple_num_levels`` 1, ``ple_specific_experts`` 2, ``ple_shared_experts`` 1. Differences: the
+    the MLP-Towers): each expert the common tower, each task's output layer on its mixture. The
+    paper gives no expert counts; the defaults are torch-rechub's Ali-CCP example's
+    (``examples/ranking/run_ali_ccp_multi_task.py``; ``properties/model/PLE.yaml``). Differences: the
     PLE paper (Fig. 5) and torch-rechub / MTReclib / PaddleRec put a task tower after the last
     level (``task_tower_hidden_size`` adds one; torch-rechub's sizes are
     ``--expert_hidden_size=[16] --expert_dropout=0 --task_tower_hidden_size=[8]

@@ -6,8 +6,8 @@ Reference:
     ECML-PKDD 2023 (arXiv 2304.01169).
 
 The paper's equations were lost in its public text and its authors published no code; this
-module implements the project's reading of every equation (written down in the class docstring);
-the readings that are choices between alternatives are config switches.
+module implements the project's reading of every equation (written down in docs/cstwa.md); the
+readings that are choices between alternatives are config switches.
 """
 
 import torch
@@ -66,7 +66,7 @@ class PredictionWindow(nn.Module):
         return tau_low, tau_high
 
 
-#: Values of ``ce_weight_form``: the two readings of Eq. 18's weights (spec, "Curse Escaper").
+#: Values of ``ce_weight_form``: the two readings of Eq. 18's weights (docs/cstwa.md).
 CE_WEIGHT_FORMS = ("ratio", "margin")
 
 
@@ -183,89 +183,36 @@ class ClickPretrainModel(nn.Module):
 class CSTWA(MultiTaskRecommender):
     r"""Click-aware Structure Transfer with Sample Weight Assignment (CSTWA).
 
-    Two embedding layers (Eq. 6: ``click_embedding`` for CTR, ``purchase_embedding`` for CVR),
-    a Click Tower on ``x_ctr`` (Eq. 7, 12), a Conversion Tower on the CVR input, and three
-    components, each a switch:
+    Two embedding layers (Eq. 6: ``click_embedding`` for CTR, ``purchase_embedding`` for CVR), a
+    Click Tower on ``x_ctr`` (Eqs. 7, 12) and a Conversion Tower on the CVR input, with three
+    components, each a switch: the Structure Migrator (``use_sm``, Eqs. 8-11: user and item rows
+    of the CVR input mixed with their propagation over user / item graphs mined from a
+    pre-trained CTR model, given with :meth:`set_graphs` by
+    :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`), the Click Perceptron
+    (``use_cp``, Eqs. 12-14: the CVR input scaled by ``2 * sigmoid(MLP(h_ctr))``) and the Curse
+    Escaper (``use_ce``, Eqs. 17-18: the purchase BCE weighted up for likely false positives and
+    false negatives). Loss (Eq. 20): ``loss_weights`` on the click BCE, the weighted purchase BCE
+    and the calibration term (Eq. 19); ``calculate_loss`` returns the weighted parts. With all
+    four switches off (``use_calibration`` too) it is the
+    :class:`~recbole_cstwa.model.multitask.mlp.MLP` model, parameter for parameter (Table 3's
+    base).
 
-    - Structure Migrator (``use_sm``, Eqs. 8-11): user and item rows of the CVR input are mixed
-      with their propagation over a user graph and an item graph mined from a pre-trained CTR
-      model (Eqs. 2-5; built by :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer` and given with
-      :meth:`set_graphs`): ``(1 - sm_lambda) * live row + sm_lambda * (A_hat^L E)[row]``.
-    - Click Perceptron (``use_cp``, Eqs. 12-14): ``b = 2 * sigmoid(MLP(h_ctr))``,
-      Conversion Tower input ``x_cvr * b``.
-    - Curse Escaper (``use_ce``, Eqs. 17-18): the purchase BCE is weighted up for false
-      positives (high CTR prediction, no purchase) and false negatives (low CTR prediction, a
-      purchase), against percentiles of the previous ``ce_window`` CTR predictions.
+    The paper's equations were lost from its public text; docs/cstwa.md writes the project's
+    reading of each in full. The readings chosen ([reading], each a setting where it is a
+    choice): the Structure Migrator's timing (``sm_mode``, ``sm_first_epoch_refreshes``,
+    ``sm_refresh_steps``), the graphs' self edge (``graph_self_loop``), direction
+    (``graph_symmetric``) and padding entity, the Info Layer's size (``info_hidden_size``), the
+    Curse Escaper's weights (``ce_weight_form``) and prediction window, the calibration term in
+    the ablations (``use_calibration``), the unnormalised weighted purchase BCE, the pre-trained
+    CTR model's settings (``pretrain_epochs``, ``pretrain_learning_rate``).
 
-    Loss (Eq. 20): ``w1 * BCE(p_ctr, click) + w2 * weighted BCE(p_cvr, purchase) + w3 * L_cal``,
-    ``L_cal = mean(max(p_cvr - p_ctr, 0))`` (Eq. 19), ``loss_weights = [w1, w2, w3]``; every BCE
-    is over all impressions. ``calculate_loss`` returns the weighted parts as a tuple. The
-    purchase output scored against the purchase label is ``p_cvr`` (AITM's protocol, as the
-    paper's tables).
-
-    Ablations (the paper's Table 3): ``use_sm`` / ``use_cp`` / ``use_ce`` select the components,
-    and ``use_calibration`` switches Eq. 19 off. The Table 3 "MLP" row is all four off: it is
-    then parameter for parameter the :class:`~recbole_cstwa.model.multitask.mlp.MLP` model (same
-    attribute names, shapes, initialisation order and losses). The other ablation rows keep
-    ``use_calibration`` on ([reading]: the paper lists MLP as "the base structure" without the
-    calibration term, and the three components as what is added to CSTWA's full loss).
-
-    Readings of the project's spec (``[reading]``), each a setting:
-
-    - Structure Migrator schedule (Eq. 10's "in the t-th epoch", whose condition was lost).
-      ``sm_mode: epoch``: ``P = A_hat^L E`` is computed from the current CVR embedding without
-      gradient (:meth:`update_structure`, scheduled by
-      :class:`~recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`) and held; the live rows
-      keep their gradient. P is refreshed ``sm_first_epoch_refreshes`` times inside the first
-      epoch, spread over its steps, then at the start of every later epoch
-      (``sm_refresh_steps: 0``) or before every ``sm_refresh_steps``-th step; never before the
-      first step, so no step trains on a P of the random initial embedding, and until the first
-      refresh the CVR input is the live rows. Evaluation uses the held P, i.e. the P of the last
-      training step (P is saved in checkpoints, so the reloaded best epoch is scored with its own
-      P). Because the first epoch holds refreshes, a model kept after its first epoch has trained
-      with the Structure Migrator and is scored with it (``structure_steps``, saved with the
-      model, counts the training steps it acted in; :meth:`kept_model_facts` gives ``sm_used``).
-      ``sm_mode: batch``: each batch gathers the L-hop graph neighbourhood of its users / items
-      and propagates the live embedding rows differentiably (exact ``A_hat^L E`` rows for any L;
-      the rows looked up grow as K^L); training and evaluation then use the same live P.
-      ``sm_mode: update`` (the spec's third reading, the paper's words "the update of CVR
-      features"): on the same schedule as ``epoch``, the CVR embedding's user and item id rows
-      become ``(1 - lambda) E_id + lambda A_hat^L E_id``; nothing is mixed into the input, the
-      updated rows are the input. Only the id rows are written: an entity's profile-field tokens
-      are shared with other entities. The default was chosen by validation purchase AUC over 5
-      seeds on two generated datasets: ``results/cstwa-candidates.md``.
-    - ``sm_layers`` (L = 1, the paper's setting); ``sm_lambda`` (0.3).
-    - Graphs (built by the trainer): cosine top-``graph_top_k`` (8) with faiss;
-      ``graph_self_loop`` (True): the node itself is one of its K edges; ``graph_symmetric``
-      (False): the top-K graph is left directed; D = row sums of A. RecBole's ``[PAD]`` entity
-      (row 0) is kept out of the search and gets one self edge, so its row is left unchanged.
-    - Info Layer (Eq. 13): "MLP" is one Linear layer from ``h_ctr`` (32) to ``dim(x_cvr)``
-      (the paper calls its single-layer Click / Conversion Layers "multi-layer perceptron" too);
-      ``info_hidden_size`` (``[]``) adds hidden ReLU layers. ``h_ctr`` is not detached: the CVR
-      loss also trains the Click Tower through ``b`` (the paper says nothing to stop it).
-    - Curse Escaper weights (detached ``p = p_ctr``; :func:`curse_escaper_weights`),
-      ``ce_weight_form``: ``ratio`` (the paper's words: upper limits searched between 2 and 10
-      only bind on terms that grow past 1): false positive ``min((p / tau_high) ** alpha, c)``,
-      false negative ``min((tau_low / p) ** alpha, c)``; ``margin``: false positive ``min(1 +
-      alpha * (p - tau_high) / (1 - tau_high), c)``, false negative ``min(1 + alpha * (tau_low -
-      p) / tau_low, c)``, at most ``1 + alpha`` so the cap never binds at alpha 3; otherwise 1;
-      ``ce_alpha`` 3, ``c = ce_max_weight`` 4. Measured: ``results/cstwa-candidates.md``. Each
-      training epoch logs the share of impressions re-weighted as false positives and as false
-      negatives and their mean weights (:class:`CurseEscaperTally`). The
-      thresholds are the ``ce_high_percentile`` (99) / ``ce_low_percentile`` (10) percentiles of
-      the last ``ce_window`` (10,000) training CTR predictions *before* the current batch is
-      added; an empty window gives weight 1, a partly filled one is used as it is. The window is
-      training state only (not updated in evaluation, not checkpointed).
-    - ``L_cvr = 1/N * sum_i w_i * BCE_i`` (weights not renormalised).
-
-    Deliberate differences: none in the model beyond the readings above. The pre-training
-    settings (``pretrain_epochs``, ``pretrain_learning_rate``) are not given by the paper; see
-    ``properties/model/CSTWA.yaml``.
+    Deliberate differences from the paper: none beyond these readings (its authors published no
+    code).
     """
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        # Settings are checked once, when the config is built (recbole_cstwa.settings).
+        # Settings are checked once, when the config is built (recbole_cstwa.setting_checks).
         self.use_sm = config["use_sm"]
         self.use_cp = config["use_cp"]
         self.use_ce = config["use_ce"]

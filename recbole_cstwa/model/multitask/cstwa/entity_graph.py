@@ -113,7 +113,7 @@ class EntityGraph(nn.Module):
 
     @torch.no_grad()
     def update_rows(self, embedding, id_field, sm_lambda):
-        """The paper's literal Eq. 10 (spec, third reading) on the entities' own rows:
+        """The paper's literal Eq. 10 (``sm_mode: update``, docs/cstwa.md) on the entities' own rows:
         ``E_id <- (1 - lambda) E_id + lambda A_hat^L E_id``, written into ``embedding``'s rows of
         the id field ``id_field`` (one row an entity; profile fields' tokens are shared by many
         entities, so they are left as they are). Marks the graph as having acted (``ready``)."""

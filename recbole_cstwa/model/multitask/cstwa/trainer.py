@@ -22,7 +22,10 @@ from recbole_cstwa.model.multitask.cstwa.structure import (
     graph_to_state,
     group_representations,
 )
+from recbole_cstwa.optim import sparse_updates
 from recbole_cstwa.random_state import isolated_random_state
+from recbole_cstwa.setting_checks import shaping_keys
+from recbole_cstwa.settings import SETTINGS
 from recbole_cstwa.trainer import MultiTaskTrainer
 
 
@@ -57,38 +60,13 @@ class CSTWATrainer(MultiTaskTrainer):
 
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
-    settings they depend on; a change of a graph setting alone (say ``graph_top_k``) reuses the
-    pre-trained embedding and rebuilds the graphs. A cache file that does not fit the model or the
-    data (other shapes) is rebuilt, and a failed cache write is a warning: the run goes on. With
-    ``use_sm: False`` neither stage runs.
+    settings that shape them (the settings table's ``shapes``, :mod:`recbole_cstwa.settings`); a
+    change of a graph setting alone (say ``graph_top_k``) reuses the pre-trained embedding and
+    rebuilds the graphs. A cache file that does not fit the model or the data (other shapes) is
+    rebuilt, and a failed cache write is a warning: the run goes on. With ``use_sm: False``
+    neither stage runs.
     """
 
-    PRETRAIN_SETTINGS = (
-        "embedding_update",
-        "embedding_size",
-        "embedding_init_std",
-        "context_pooling",
-        "tower_hidden_size",
-        "tower_dropout",
-        "learner",
-        "weight_decay",
-        "train_batch_size",
-        "pretrain_epochs",
-        "pretrain_learning_rate",
-        "seed",
-    )
-    GRAPH_SETTINGS = ("graph_top_k", "graph_self_loop", "graph_symmetric", "graph_index")
-    INDEX_SETTINGS = {
-        "auto": (
-            "graph_exact_max_nodes",
-            "graph_ivf_nlist",
-            "graph_nprobe",
-            "graph_hnsw_m",
-            "graph_hnsw_ef_search",
-        ),
-        "ivf": ("graph_ivf_nlist", "graph_nprobe"),
-        "hnsw": ("graph_hnsw_m", "graph_hnsw_ef_search"),
-    }
     #: Bump when the cached artifacts' meaning changes.
     CACHE_FORMAT = 1
 
@@ -196,24 +174,38 @@ class CSTWATrainer(MultiTaskTrainer):
     def _cache(self):
         return ArtifactCache(self.config["checkpoint_dir"], f"CSTWA-{self.config['dataset']}")
 
+    def _shaping_settings(self, stage):
+        """The settings that shape ``stage`` (``pretrain`` or ``graphs``) in this run, with their
+        values: the rows of the settings table whose ``shapes`` name it and that the run reads
+        (a graph index's own settings only under that index)."""
+        values = self.config.final_config_dict
+        keys = shaping_keys(SETTINGS, stage, values, values["model"], multitask=True)
+        return {key: self.config[key] for key in keys}
+
     def _pretrain_settings(self, dataset):
+        """The pre-trained embedding's cache key: the settings that shape it, the data and the
+        fields it embeds."""
         if self._data_fingerprint is None:
             self._data_fingerprint = dataset_fingerprint(dataset)
         groups = self.model.field_groups
-        settings = {key: self.config[key] for key in self.PRETRAIN_SETTINGS}
+        settings = self._shaping_settings("pretrain")
         settings.update(
             cache_format=self.CACHE_FORMAT,
             dataset=self.config["dataset"],
             data_fingerprint=self._data_fingerprint,
             fields={group: [field for field, _ in fields] for group, fields in groups.items()},
             field_sizes={field: dataset.num(field) for fields in groups.values() for field, _ in fields},
+            CLICK_FIELD=self.config["CLICK_FIELD"],  # the pre-training's label
+            # embedding_update as this run applies it (dense under DDP or mixed precision)
+            sparse_updates=sparse_updates(self.config)[0],
         )
         return settings
 
     def _graph_settings(self, dataset):
+        """The graphs' cache key: the pre-trained embedding's (they are mined from it) and the
+        settings that shape the graphs."""
         settings = self._pretrain_settings(dataset)
-        keys = self.GRAPH_SETTINGS + self.INDEX_SETTINGS.get(self.config["graph_index"], ())
-        settings.update({key: self.config[key] for key in keys})
+        settings.update(self._shaping_settings("graphs"))
         return settings
 
     # ----- stage 1: pre-training -------------------------------------------------------------
@@ -261,7 +253,11 @@ class CSTWATrainer(MultiTaskTrainer):
     def _pretrain(self, model, train_data, valid_data, show_progress):
         epochs = self.config["pretrain_epochs"]
         optimizer = self._build_optimizer(
-            params=model.parameters(), module=model, learning_rate=self.config["pretrain_learning_rate"]
+            params=model.parameters(),
+            module=model,
+            learner=self.config["learner"],
+            learning_rate=self.config["pretrain_learning_rate"],
+            weight_decay=self.config["weight_decay"],
         )
         click_field = self.config["CLICK_FIELD"]
         for epoch in range(epochs):
