@@ -5,8 +5,8 @@
    of size 5 (an id field unique to the entity plus shared profile fields, as Eq. 2 builds them
    from an embedding table), with the exact faiss index and the approximate IVF and HNSW
    indexes; the approximate ones also report their neighbour recall against the exact search.
-2. On the embedded ``synthetic-ccp`` dataset (unless ``--skip-training``): the pre-training
-   stage, the graph stage and one training epoch with ``sm_mode: epoch``, with
+2. On a pre-split dataset (``--dataset``, default the embedded ``synthetic-ccp``; unless
+   ``--skip-training``): the pre-training stage, the graph stage and one training epoch with ``sm_mode: epoch``, with
    ``sm_mode: batch`` and without the Structure Migrator (``use_sm: False``), through
    :class:`recbole_cstwa.model.multitask.cstwa.trainer.CSTWATrainer`, without the artifact cache.
 
@@ -16,11 +16,13 @@ other in this one, so memory freed by an earlier step and reused is not counted 
 CUDA peak when the model runs on a GPU.
 
     python benchmarks/bench_cstwa.py [--nodes 200000] [--indexes exact ivf hnsw] [--skip-training]
+        [--dataset NAME --data-path FOLDER]
 """
 
 import argparse
 import multiprocessing
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -104,7 +106,7 @@ def bench_graphs(nodes, fields, top_k, indexes):
     return rows
 
 
-def bench_training(checkpoint_dir):
+def bench_training(checkpoint_dir, dataset, data_path):
     from recbole.utils import init_seed
 
     from recbole_cstwa.config import Config
@@ -116,10 +118,13 @@ def bench_training(checkpoint_dir):
         config = Config(
             model="CSTWA",
             config_dict={
+                "dataset": dataset,
+                "benchmark_filename": ["train", "valid", "test"],
                 "show_progress": False,
                 "state": "ERROR",
                 "cstwa_cache": False,
                 "checkpoint_dir": checkpoint_dir,
+                **({"data_path": data_path} if data_path else {}),
                 **overrides,
             },
         )
@@ -133,7 +138,7 @@ def bench_training(checkpoint_dir):
     for name, stage in trainer.pre_training_stages():
         with PeakMemory() as memory:
             stage(train_data, valid_data, False)
-        rows.append((f"stage {name} (synthetic-ccp)", *memory.result(), ""))
+        rows.append((f"stage {name} ({dataset})", *memory.result(), ""))
     for mode in ("epoch", "batch"):
         trainer.model.sm_mode = mode
         with PeakMemory() as memory:
@@ -157,7 +162,13 @@ def main():
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--indexes", nargs="+", default=["exact", "ivf", "hnsw"])
     parser.add_argument("--skip-training", action="store_true", help="only the graph benchmark")
+    parser.add_argument("--dataset", default="synthetic-ccp", help="a pre-split dataset (train/valid/test)")
+    parser.add_argument(
+        "--data-path", default=None, help="its parent folder (default: the embedded dataset's)"
+    )
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config would read this script's --key=value options as settings
+    data_path = args.data_path and os.path.abspath(args.data_path)
 
     print(f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
     rows = bench_graphs(args.nodes, args.fields, args.top_k, args.indexes)
@@ -166,7 +177,7 @@ def main():
             previous = os.getcwd()
             os.chdir(directory)  # RecBole writes log folders into the working directory
             try:
-                rows += bench_training(os.path.join(directory, "saved"))
+                rows += bench_training(os.path.join(directory, "saved"), args.dataset, data_path)
             finally:
                 os.chdir(previous)
     cuda = torch.cuda.is_available()

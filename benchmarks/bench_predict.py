@@ -13,7 +13,8 @@ exported TorchScript and ONNX models against eager torch.
    time (user + system: rows/s a core), peak RSS; min and median over the runs.
 5. Exported vs eager: ``--repeats`` calls of the TorchScript model, of the ONNX model in
    onnxruntime (one thread; left out when the onnx extra is not installed) and of the eager
-   module (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows, one thread, in
+   module (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows (fewer when the
+   test split is smaller), one thread, in
    ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
    median over rounds, and rows a CPU second at the median.
 
@@ -43,7 +44,7 @@ def ensure_dataset(args):
     if args.n_impressions is None:
         raise SystemExit(f"error: no dataset [{folder}]: give --n-impressions to generate it.")
     command = [
-        sys.executable, "-m", "recbole_cstwa.tools.generator", "generate", "--output", args.data_path,
+        sys.executable, "-m", "recbole_cstwa.commands.generate", "generate", "--output", args.data_path,
         "--name", args.dataset, "--n-impressions", str(args.n_impressions), "--n-users", str(args.n_users),
         "--n-items", str(args.n_items),
     ]  # fmt: skip
@@ -63,7 +64,7 @@ def train(args, work):
     start = time.perf_counter()
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=work)
     print(f"trained in {time.perf_counter() - start:.1f}s")
-    return re.search(r"checkpoint: (\S+)", done.stdout).group(1)
+    return re.search(r"checkpoint: (\S+?\.pth)", done.stdout).group(1)
 
 
 def test_split_as_csv(folder, dataset, path):
@@ -159,7 +160,7 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
     models["eager"] = serving
     medians = {}  # (batch, model) -> (wall, CPU) median latency of each round
     with torch.inference_mode():
-        for batch in (1, 256, 4096):
+        for batch in sorted({min(size, len(tokens)) for size in (1, 256, 4096)}):  # capped by the split
             inputs = (tokens[:batch], floats[:batch])
             for model in models.values():
                 for _ in range(3):

@@ -380,6 +380,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config would read this script's --key=value options as settings
     args.data_path = os.path.abspath(args.data_path)
     args.small_dataset = args.small_dataset or f"{args.dataset}-smallvocab"
     args.cache_dir = os.path.abspath(args.cache_dir or os.path.join(args.data_path, "bench-cache"))

@@ -3,10 +3,10 @@
 1. Dropout on the towers' activation shapes (batch 2000 x 128 / 64 / 32, forward and backward):
    torch's ``nn.Dropout`` (its CPU mask comes from ``bernoulli_``) against the plugin's
    :class:`recbole_cstwa.model.layers.Dropout` (the same dropout, mask from uniform draws).
-2. ``torch.compile`` (inductor) of the click and purchase towers of ``--model`` against eager
-   execution, through the plugin's trainer on ``--batches`` pre-built batches of ``--dataset``:
-   the time of the first 3 steps (compilation included) and the best rows/s of ``--repeats``
-   epochs over the batches. Skipped with ``--skip-compile``.
+2. ``torch.compile`` (``--compile-backend``, default inductor) of the click and purchase towers
+   of ``--model`` against eager execution, through the plugin's trainer on ``--batches``
+   pre-built batches of ``--dataset``: the time of the first 3 steps (compilation included) and
+   the best rows/s of ``--repeats`` epochs over the batches. Skipped with ``--skip-compile``.
 
     python benchmarks/bench_step.py --data-path <data folder> --dataset s4m --model CSTWA
 
@@ -16,6 +16,7 @@ The device comes from the config (``--set device=cuda`` / ``use_gpu``); ``--thre
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -91,7 +92,7 @@ def bench_compile(args):
         model = get_model(args.model)(config, train_data._dataset).to(config["device"])
         if compiled:
             for name in ("click_tower", "purchase_tower"):
-                setattr(model, name, torch.compile(getattr(model, name)))
+                setattr(model, name, torch.compile(getattr(model, name), backend=args.compile_backend))
         trainer = get_trainer(config["MODEL_TYPE"], args.model)(config, model)
         start = time.perf_counter()
         trainer._train_epoch(PrebuiltBatches(batches[:3]), 0)
@@ -102,7 +103,7 @@ def bench_compile(args):
             trainer._train_epoch(PrebuiltBatches(batches), 0)
             rates.append(rows / (time.perf_counter() - start))
         print(
-            f"  {'compiled' if compiled else 'eager':<9}: first 3 steps {first:.1f} s, "
+            f"  {f'compiled ({args.compile_backend})' if compiled else 'eager':<20}: first 3 steps {first:.1f} s, "
             f"{max(rates):,.0f} rows/s (best of {args.repeats})"
         )
 
@@ -118,8 +119,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend (eager, aot_eager: no code generation)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config would read this script's --key=value options as settings
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if any(s in ("device=cuda", "use_gpu=true") for s in args.set) else "cpu")
