@@ -11,13 +11,17 @@ from collections.abc import Sequence
 
 from recbole_cstwa.experiments.oracle import oracle_metrics
 from recbole_cstwa.tools.generator import (
+    DEFAULT_CLICKBAIT_SHARE,
     DEFAULT_CTR,
     DEFAULT_CVR,
     DEFAULT_N_CATEGORIES,
     DEFAULT_N_IMPRESSIONS,
     DEFAULT_NAME,
+    DEFAULT_NEW_ITEM_SHARE,
+    DEFAULT_NEW_USER_SHARE,
     DEFAULT_RHO,
     DEFAULT_SEED,
+    DEFAULT_SELECTION_BIAS,
     DEFAULT_SPLIT,
     SPLIT_NAMES,
     generate,
@@ -53,6 +57,30 @@ def _parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_SPLIT),
         metavar=("TRAIN", "VALID", "TEST"),
     )
+    make.add_argument(
+        "--clickbait-share",
+        type=float,
+        default=DEFAULT_CLICKBAIT_SHARE,
+        help="share of clickbait categories (many clicks, few purchases)",
+    )
+    make.add_argument(
+        "--selection-bias",
+        type=float,
+        default=DEFAULT_SELECTION_BIAS,
+        help="weight of the purchase-only affinity in the click logit (0: none)",
+    )
+    make.add_argument(
+        "--new-user-share",
+        type=float,
+        default=DEFAULT_NEW_USER_SHARE,
+        help="share of users held out of train (cold start in valid/test)",
+    )
+    make.add_argument(
+        "--new-item-share",
+        type=float,
+        default=DEFAULT_NEW_ITEM_SHARE,
+        help="share of items held out of train (cold start in valid/test)",
+    )
     oracle = commands.add_parser("oracle", help="print the oracle metrics of a split")
     oracle.add_argument("--dataset-dir", required=True)
     oracle.add_argument("--split", default="test", choices=SPLIT_NAMES)
@@ -79,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rho=args.rho,
                 seed=args.seed,
                 split=args.split,
+                clickbait_share=args.clickbait_share,
+                selection_bias=args.selection_bias,
+                new_user_share=args.new_user_share,
+                new_item_share=args.new_item_share,
             )
         except ValueError as error:
             parser.error(str(error))

@@ -18,12 +18,33 @@ How the truth is built (and why):
 * Items carry category, shop and brand; their latents are sums of embeddings
   of those fields plus a small individual part, for the same reason.
 * Click and purchase only partly agree: the purchase affinity is
-  ``rho * click_affinity + sqrt(1 - rho**2) * independent_affinity``, and
-  categories come in kinds: "clickbait" categories draw clicks but rarely
-  sell, "everyday" categories sell well on few clicks. Position affects the
-  click only.
+  ``rho * click_affinity + sqrt(1 - rho**2) * purchase_only_affinity``, and
+  categories come in kinds: "clickbait" categories (a share
+  ``clickbait_share`` of them) draw clicks but rarely sell, "everyday"
+  categories (0.15) sell well on few clicks, "regular" ones take the rest.
+  Position affects the click only.
+* The logits of an impression of user u, item i at position k are::
+
+      click_logit = click_bias + user_click_effect[u] + item_click_effect[i]
+                    + position_effect[k] + 0.9 * click_affinity
+                    + selection_bias * purchase_only_affinity
+      conversion_logit = conversion_bias + user_purchase_effect[u]
+                         + item_purchase_effect[i] + 1.0 * purchase_affinity
+      p_click = sigmoid(click_logit)
+      p_purchase = p_click * sigmoid(conversion_logit)
+
+  where ``click_affinity`` and ``purchase_only_affinity`` are scaled dot
+  products of independent user and item latents (unit variance each). With
+  ``selection_bias > 0`` users click more where they would buy, so clicked
+  impressions over-represent converting ones: the selection bias of the
+  post-click CVR that entire-space models claim to correct (it has no effect
+  on the conversion when ``rho`` is +-1).
 * Users and items have skewed, sparse exposure (few impressions each), as in
   Ali-CCP.
+* Cold start: a seeded share ``new_user_share`` of the users (``new_item_share``
+  of the items) is held out of train: train impressions are drawn from the
+  other users (items), valid and test impressions from all, so valid and test
+  hold users and items never seen in training. ``meta.json`` names them.
 * The click bias is calibrated numerically so the mean true click rate equals
   ``ctr``; the conversion bias so the click-weighted mean
   ``P(purchase | click)`` equals ``cvr``.
@@ -35,7 +56,14 @@ blocks of ``STREAM_ROWS``, each column from its own stream advanced to the
 block's first row, so the files do not depend on the block size and memory
 stays bounded (about 16 bytes an impression for the logit offsets the global
 calibration needs, plus one block): an Ali-CCP-sized dataset of 85M
-impressions fits in a few GB.
+impressions fits in a few GB. A block that straddles the end of train draws
+each part with its split's probabilities from the same stream positions.
+
+``<name>.meta.json`` records the parameters, a command line that regenerates
+the files, the derived values and counts, and per split a BLAKE2b digest
+(``hashlib.blake2b``, ``digest_size=16``, hex) of the written ``.inter`` and
+``.truth.gz`` files (``truth.digests``), so that a reader can check that a
+truth file belongs to the ``.inter`` file beside it.
 
 Command line::
 
@@ -48,6 +76,8 @@ standard library so that it runs without RecBole or torch.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import zlib
@@ -68,6 +98,10 @@ DEFAULT_CVR = 0.25
 DEFAULT_RHO = 0.4
 DEFAULT_SEED = 2023
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+DEFAULT_CLICKBAIT_SHARE = 0.12
+DEFAULT_SELECTION_BIAS = 0.0
+DEFAULT_NEW_USER_SHARE = 0.0
+DEFAULT_NEW_ITEM_SHARE = 0.0
 SPLIT_NAMES = ("train", "valid", "test")
 
 # Below this the calibration and the three splits become meaningless.
@@ -91,6 +125,7 @@ CHUNK_ROWS = 1 << 18  # bounds the (rows x LATENT_DIM) temporaries
 STREAM_ROWS = 1 << 22
 CALIBRATION_ROWS = 1 << 22
 PROBABILITY_FORMAT = "%.6g"
+DIGEST_SIZE = 16  # BLAKE2b-128 of the written files, in meta.json
 
 # (field name, Ali-CCP field id, number of values)
 USER_PROFILE_FIELDS = (
@@ -110,17 +145,24 @@ CROSS_FIELDS = ("user_category", "user_shop", "user_brand")
 POSITION_PROBS = (0.45, 0.35, 0.20)
 POSITION_CLICK_EFFECT = (0.5, 0.0, -0.5)
 
-# Category kinds: (name, share of categories, click effect, purchase effect).
+# Category kinds: (name, share of categories, click effect, purchase effect). The clickbait
+# share is the default of ``clickbait_share``; "regular" takes what the other two leave.
 CATEGORY_KINDS = (
     ("regular", 0.73, 0.0, 0.0),
-    ("clickbait", 0.12, 0.8, -1.5),
+    ("clickbait", DEFAULT_CLICKBAIT_SHARE, 0.8, -1.5),
     ("everyday", 0.15, -0.5, 1.0),
 )
+EVERYDAY_SHARE = CATEGORY_KINDS[2][1]
 CATEGORY_EFFECT_SD = 0.3
 
 # Scales of the latent affinities in the click and conversion logits.
 CLICK_AFFINITY_SCALE = 0.9
 PURCHASE_AFFINITY_SCALE = 1.0
+# Far beyond the click affinity's own weight: the click is then ruled by the purchase-only
+# affinity alone.
+MAX_SELECTION_BIAS = 10.0
+# meta.json lists the held-out user (item) ids up to this many; always their count and digest.
+MAX_LISTED_NEW_IDS = 10_000
 
 INTER_COLUMNS = (
     "user_id:token",
@@ -183,6 +225,10 @@ def _validate(
     cvr: float,
     rho: float,
     split: Sequence[float],
+    clickbait_share: float,
+    selection_bias: float,
+    new_user_share: float,
+    new_item_share: float,
 ) -> tuple[int, int, int]:
     """Check the parameters; return the row counts of train/valid/test."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
@@ -222,6 +268,30 @@ def _validate(
             f"rho (--rho) is the correlation of click and purchase affinity and"
             f" must lie in [-1, 1]; got {rho!r}."
         )
+    max_clickbait_share = 1.0 - EVERYDAY_SHARE
+    if not 0.0 <= clickbait_share <= max_clickbait_share:
+        raise ValueError(
+            f"clickbait_share (--clickbait-share) is the share of clickbait categories and must"
+            f" lie in [0, {max_clickbait_share:.2f}] (everyday categories keep {EVERYDAY_SHARE},"
+            f" regular ones take the rest; default {DEFAULT_CLICKBAIT_SHARE}); got {clickbait_share!r}."
+        )
+    if not -MAX_SELECTION_BIAS <= selection_bias <= MAX_SELECTION_BIAS:
+        raise ValueError(
+            f"selection_bias (--selection-bias) is the weight of the purchase-only affinity in the"
+            f" click logit (0: none; the click affinity weighs {CLICK_AFFINITY_SCALE}) and must be"
+            f" a number in [{-MAX_SELECTION_BIAS:g}, {MAX_SELECTION_BIAS:g}]; got {selection_bias!r}."
+        )
+    for knob, share, population, count, minimum in (
+        ("new_user_share", new_user_share, "users", n_users, MIN_USERS),
+        ("new_item_share", new_item_share, "items", n_items, MIN_ITEMS),
+    ):
+        held_out = _held_out_count(share, count) if 0.0 <= share < 1.0 else 0
+        if not (0.0 <= share < 1.0 and (share == 0.0 or 1 <= held_out <= count - minimum)):
+            raise ValueError(
+                f"{knob} (--{knob.replace('_', '-')}) is the share of {population} held out of"
+                f" train and must lie in [0, 1), holding out at least one of the {count}"
+                f" {population} and leaving at least {minimum} for train; got {share!r}."
+            )
     fractions = [float(fraction) for fraction in split]
     if len(fractions) != 3 or any(fraction <= 0 for fraction in fractions):
         raise ValueError(
@@ -242,6 +312,55 @@ def _validate(
             f" n_impressions={n_impressions}; use larger fractions or more impressions."
         )
     return n_train, n_valid, n_test
+
+
+def _held_out_count(share: float, population: int) -> int:
+    """Number of users (items) held out of train for ``share``."""
+    return round(share * population)
+
+
+def _category_kind_shares(clickbait_share: float) -> list[float]:
+    """Probabilities of the kinds in ``CATEGORY_KINDS`` order: regular takes the rest."""
+    return [max(0.0, 1.0 - clickbait_share - EVERYDAY_SHARE), clickbait_share, EVERYDAY_SHARE]
+
+
+def _held_out(seed: np.random.SeedSequence, population: int, share: float) -> np.ndarray:
+    """Sorted 0-based ids of the held-out users (items): a seeded prefix of a permutation, so
+    a larger share holds out a superset."""
+    order = np.random.default_rng(seed).permutation(population)
+    return np.sort(order[: _held_out_count(share, population)])
+
+
+def _without(exposure: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+    """``exposure`` with the held-out entries at zero probability, renormalised."""
+    if len(held_out) == 0:
+        return exposure
+    restricted = exposure.copy()
+    restricted[held_out] = 0.0
+    return restricted / restricted.sum()
+
+
+def _ids_digest(ids: np.ndarray) -> str:
+    """BLAKE2b-128 of the ids written one a line (decimal, ``\\n`` after each)."""
+    text = "".join(f"{value}\n" for value in ids.tolist())
+    return hashlib.blake2b(text.encode("ascii"), digest_size=DIGEST_SIZE).hexdigest()
+
+
+class _DigestWriter(io.RawIOBase):
+    """Writes to ``file`` and hashes the very bytes written (BLAKE2b-128)."""
+
+    def __init__(self, file):
+        super().__init__()
+        self._file = file
+        self.digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self._file.write(data)  # a buffered file: writes all or raises
+        return memoryview(data).nbytes
 
 
 def _skewed_probabilities(rng: np.random.Generator, size: int, concentration: float) -> np.ndarray:
@@ -291,7 +410,9 @@ def _scalar_effect(
     return effect
 
 
-def _draw_world(rng: np.random.Generator, n_users: int, n_items: int, n_categories: int) -> _World:
+def _draw_world(
+    rng: np.random.Generator, n_users: int, n_items: int, n_categories: int, clickbait_share: float
+) -> _World:
     """Draw users, items and their hidden click/purchase propensities."""
     # Users: profile values with skewed marginals, as in Ali-CCP.
     field_sizes = [size for _, _, size in USER_PROFILE_FIELDS]
@@ -339,7 +460,7 @@ def _draw_world(rng: np.random.Generator, n_users: int, n_items: int, n_categori
     n_brands = max(n_categories, n_items // ITEMS_PER_BRAND)
     n_shops = max(2, n_items // ITEMS_PER_SHOP)
     category_probs = _skewed_probabilities(rng, n_categories, 0.8)
-    kind_shares = [share for _, share, _, _ in CATEGORY_KINDS]
+    kind_shares = _category_kind_shares(clickbait_share)
     category_kind = rng.choice(len(CATEGORY_KINDS), n_categories, p=kind_shares)
     # Every category gets at least one brand; the rest follow category sizes.
     brand_category = np.concatenate(
@@ -404,6 +525,7 @@ def _logit_offsets(
     items: np.ndarray,
     positions: np.ndarray,
     rho: float,
+    selection_bias: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Click and conversion logits of each impression, without global biases."""
     n_rows = len(users)
@@ -428,6 +550,8 @@ def _logit_offsets(
         + np.asarray(POSITION_CLICK_EFFECT)[positions]
         + CLICK_AFFINITY_SCALE * click_affinity
     )
+    if selection_bias:  # users click more where they would buy
+        click_offset += selection_bias * purchase_own_affinity
     conversion_offset = (
         world.user_purchase_effect[users]
         + world.item_purchase_effect[items]
@@ -493,7 +617,22 @@ def _stream(seed: np.random.SeedSequence, skip: int) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def _counts(n_rows: int, users_seen: np.ndarray, items_seen: np.ndarray, totals: np.ndarray) -> dict:
+# Per-split row counts of cold-start rows, in the order _counts' ``cold_rows`` holds them.
+COLD_ROW_COUNTS = (
+    "rows_new_user",
+    "rows_new_item",
+    "rows_user_unseen_in_train",
+    "rows_item_unseen_in_train",
+)
+
+
+def _counts(
+    n_rows: int,
+    users_seen: np.ndarray,
+    items_seen: np.ndarray,
+    totals: np.ndarray,
+    cold_rows: np.ndarray,
+) -> dict:
     return {
         "rows": int(n_rows),
         "users": int(users_seen.sum()),
@@ -502,7 +641,17 @@ def _counts(n_rows: int, users_seen: np.ndarray, items_seen: np.ndarray, totals:
         "purchases": int(totals[1]),
         "expected_clicks": round(float(totals[2]), 3),
         "expected_purchases": round(float(totals[3]), 3),
+        **{key: int(count) for key, count in zip(COLD_ROW_COUNTS, cold_rows)},
     }
+
+
+def _held_out_record(held_out: np.ndarray, share: float) -> dict:
+    """meta.json's account of the held-out users (items): 1-based ids, listed if not too many."""
+    ids = held_out + 1
+    record = {"share": float(share), "count": len(ids), "ids_blake2b": _ids_digest(ids)}
+    if len(ids) <= MAX_LISTED_NEW_IDS:
+        record["ids"] = ids.tolist()
+    return record
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
@@ -522,6 +671,10 @@ def generate(
     rho: float = DEFAULT_RHO,
     seed: int = DEFAULT_SEED,
     split: Sequence[float] = DEFAULT_SPLIT,
+    clickbait_share: float = DEFAULT_CLICKBAIT_SHARE,
+    selection_bias: float = DEFAULT_SELECTION_BIAS,
+    new_user_share: float = DEFAULT_NEW_USER_SHARE,
+    new_item_share: float = DEFAULT_NEW_ITEM_SHARE,
 ) -> Path:
     """Write the dataset ``<output_dir>/<name>/`` and return that folder.
 
@@ -537,6 +690,13 @@ def generate(
         rho: correlation of the click and purchase affinities.
         seed: the only source of randomness.
         split: fractions of train/valid/test (rows are i.i.d., split in order).
+        clickbait_share: probability of a category being "clickbait" (draws
+            clicks, rarely sells); "everyday" keeps 0.15, "regular" the rest.
+        selection_bias: weight of the purchase-only affinity in the click
+            logit (module docstring); > 0 makes clicked impressions
+            over-represent converting ones.
+        new_user_share, new_item_share: shares of users / items held out of
+            train (cold start in valid and test); seeded by ``seed``.
 
     Raises:
         ValueError: a parameter is out of range (the message names it).
@@ -545,29 +705,66 @@ def generate(
         n_users = default_n_users(int(n_impressions))
     if n_items is None:
         n_items = default_n_items(int(n_impressions))
-    split_rows = _validate(name, n_impressions, n_users, n_items, n_categories, ctr, cvr, rho, split)
+    split_rows = _validate(
+        name,
+        n_impressions,
+        n_users,
+        n_items,
+        n_categories,
+        ctr,
+        cvr,
+        rho,
+        split,
+        clickbait_share,
+        selection_bias,
+        new_user_share,
+        new_item_share,
+    )
     n_impressions, n_users, n_items = int(n_impressions), int(n_users), int(n_items)
     n_categories = int(n_categories)
 
-    # Separate streams: the world does not change when only n_impressions does.
-    world_seed, impression_seed, label_seed = np.random.SeedSequence(seed).spawn(3)
-    world = _draw_world(np.random.default_rng(world_seed), n_users, n_items, n_categories)
+    # Separate streams: the world does not change when only n_impressions does; the held-out
+    # users and items have their own (spawn(5)[:3] are the three streams of spawn(3)).
+    streams = np.random.SeedSequence(seed).spawn(5)
+    world_seed, impression_seed, label_seed, new_user_seed, new_item_seed = streams
+    world = _draw_world(
+        np.random.default_rng(world_seed), n_users, n_items, n_categories, float(clickbait_share)
+    )
+    new_users = _held_out(new_user_seed, n_users, new_user_share)
+    new_items = _held_out(new_item_seed, n_items, new_item_share)
+    user_is_new = np.zeros(n_users, dtype=bool)
+    user_is_new[new_users] = True
+    item_is_new = np.zeros(n_items, dtype=bool)
+    item_is_new[new_items] = True
+    # (size, probabilities in train, probabilities in valid and test) of each drawn column.
+    impression_columns = (
+        (n_users, _without(world.user_exposure, new_users), world.user_exposure),
+        (n_items, _without(world.item_exposure, new_items), world.item_exposure),
+        (len(POSITION_PROBS), POSITION_PROBS, POSITION_PROBS),
+    )
+    train_end = split_rows[0]
 
     # Every column is its own stream on one generator state, advanced so that drawing a block
     # of rows gives exactly the values of drawing all rows at once (one 64-bit draw a value).
+    # A block across the end of train draws each part with its split's probabilities.
     def impression_block(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        draws = [
-            _stream(impression_seed, column * n_impressions + rows.start).choice(
-                size, rows.stop - rows.start, p=p
+        parts = [
+            (part, is_train)
+            for part, is_train in (
+                (slice(rows.start, min(rows.stop, train_end)), True),
+                (slice(max(rows.start, train_end), rows.stop), False),
             )
-            for column, (size, p) in enumerate(
-                (
-                    (n_users, world.user_exposure),
-                    (n_items, world.item_exposure),
-                    (len(POSITION_PROBS), POSITION_PROBS),
-                )
-            )
+            if part.start < part.stop
         ]
+        draws = []
+        for column, (size, train_p, other_p) in enumerate(impression_columns):
+            pieces = [
+                _stream(impression_seed, column * n_impressions + part.start).choice(
+                    size, part.stop - part.start, p=train_p if is_train else other_p
+                )
+                for part, is_train in parts
+            ]
+            draws.append(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
         return draws[0], draws[1], draws[2]
 
     blocks = [slice(s, min(s + STREAM_ROWS, n_impressions)) for s in range(0, n_impressions, STREAM_ROWS)]
@@ -595,7 +792,9 @@ def generate(
 
     for rows in blocks:
         users, items, positions = impression_block(rows)
-        click_offset[rows], conversion_offset[rows] = _logit_offsets(world, users, items, positions, rho)
+        click_offset[rows], conversion_offset[rows] = _logit_offsets(
+            world, users, items, positions, rho, selection_bias
+        )
         for column, codes in cross_codes(users, items).items():
             cross_seen[column][codes] = True
     # Crosses pair a user attribute with an item attribute (Ali-CCP's 508 pairs the user's past
@@ -628,6 +827,9 @@ def generate(
     users_seen_all = np.zeros(n_users, dtype=bool)
     items_seen_all = np.zeros(n_items, dtype=bool)
     totals_all = np.zeros(4)
+    cold_rows_all = np.zeros(len(COLD_ROW_COUNTS), dtype=np.int64)
+    train_users_seen = train_items_seen = None
+    digests = {}
     start = 0
     for split_name, n_rows in zip(SPLIT_NAMES, split_rows):
         split_blocks = [
@@ -637,14 +839,19 @@ def generate(
         users_seen = np.zeros(n_users, dtype=bool)
         items_seen = np.zeros(n_items, dtype=bool)
         totals = np.zeros(4)  # clicks, purchases, expected clicks, expected purchases
+        cold_rows = np.zeros(len(COLD_ROW_COUNTS), dtype=np.int64)
         inter_path = dataset_dir / f"{name}.{split_name}.inter"
         truth_path = dataset_dir / f"{name}.{split_name}.truth.gz"
         # zlib's gzip wrapper, streamed: the bytes gzip.compress(level 6, mtime 0) gives.
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
         with (
-            atomic_file(inter_path, "w", newline="") as inter_file,
-            atomic_file(truth_path, "wb") as truth_file,
+            atomic_file(inter_path, "wb") as inter_binary,
+            atomic_file(truth_path, "wb") as truth_binary,
         ):
+            # Both files are hashed as they are written (no second read).
+            inter_digest = _DigestWriter(inter_binary)
+            truth_file = _DigestWriter(truth_binary)
+            inter_file = io.TextIOWrapper(io.BufferedWriter(inter_digest), encoding="ascii", newline="")
             for index, rows in enumerate(split_blocks):
                 users, items, positions = impression_block(rows)
                 p_click = sigmoid(click_bias + click_offset[rows])
@@ -680,12 +887,27 @@ def generate(
                 users_seen[users] = True
                 items_seen[items] = True
                 totals += (click.sum(), purchase.sum(), p_click.sum(), p_purchase.sum())
+                in_train = train_users_seen is None
+                cold_rows += (
+                    user_is_new[users].sum(),
+                    item_is_new[items].sum(),
+                    0 if in_train else (~train_users_seen[users]).sum(),
+                    0 if in_train else (~train_items_seen[items]).sum(),
+                )
+            inter_file.detach()  # flushes the text and its buffer; the file stays open
             truth_file.write(compressor.flush())
+        digests[split_name] = {
+            "inter": inter_digest.digest.hexdigest(),
+            "truth": truth_file.digest.hexdigest(),
+        }
+        if train_users_seen is None:
+            train_users_seen, train_items_seen = users_seen, items_seen
         users_seen_all |= users_seen
         items_seen_all |= items_seen
         totals_all += totals
-        counts[split_name] = _counts(n_rows, users_seen, items_seen, totals)
-    counts["all"] = _counts(n_impressions, users_seen_all, items_seen_all, totals_all)
+        cold_rows_all += cold_rows
+        counts[split_name] = _counts(n_rows, users_seen, items_seen, totals, cold_rows)
+    counts["all"] = _counts(n_impressions, users_seen_all, items_seen_all, totals_all, cold_rows_all)
 
     parameters = {
         "name": name,
@@ -698,6 +920,10 @@ def generate(
         "rho": float(rho),
         "seed": int(seed),
         "split": [float(fraction) for fraction in split],
+        "clickbait_share": float(clickbait_share),
+        "selection_bias": float(selection_bias),
+        "new_user_share": float(new_user_share),
+        "new_item_share": float(new_item_share),
     }
     regenerate = " ".join(
         ["recbole-cstwa-generate generate --output <dir>"]
@@ -727,6 +953,15 @@ def generate(
                 "p_click": "P(click | impression)",
                 "p_purchase": "P(click and purchase | impression)",
             },
+            # A truth file belongs to the .inter file beside it only if both digests match.
+            "digest": f"blake2b, digest_size={DIGEST_SIZE}, hex, of each written file's bytes",
+            "digests": digests,
+        },
+        "cold_start": {
+            "new_users": _held_out_record(new_users, new_user_share),
+            "new_items": _held_out_record(new_items, new_item_share),
+            "row_counts": "counts.<split>.rows_new_user / rows_new_item (held out of train),"
+            " rows_user_unseen_in_train / rows_item_unseen_in_train (held out or never drawn in train)",
         },
         "counts": counts,
     }
