@@ -120,8 +120,10 @@ def run_recbole_cstwa(
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
         ``test_result`` (metric name -> value, e.g. ``purchase_auc``), ``epochs_trained``,
         ``kept_epoch`` (RecBole's 0-based index of the epoch whose checkpoint is scored, when
-        ``saved``), ``sm_used`` (CSTWA: whether the kept model trained and is scored with its
-        Structure Migrator), ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
+        ``saved``), ``valid_metric`` (the metric that picked it), ``sm_used`` (CSTWA: whether the
+        kept model trained and is scored with its Structure Migrator; with it on, also
+        ``trained_steps``, the kept model's training steps, and ``sm_steps``, those the Structure
+        Migrator acted in), ``fit_seconds``, ``epoch_seconds`` (training time of each epoch), ``model_file`` (the
         best checkpoint, when ``saved``), ``best_epoch`` (the epoch it holds), ``log_file`` (this
         run's log), ``world_size``, ``peak_rss_mb`` (peak resident memory
         of each rank, MiB), ``pss_mb`` (each rank's proportional set size at the end, MiB) and, when the trainer ran stages, ``stage_times`` (seconds). Under
@@ -286,6 +288,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "model": config["model"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
+        "valid_metric": config["valid_metric"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "epochs_trained": len(trainer.train_loss_dict),  # fewer than `epochs` after early stopping

@@ -94,6 +94,19 @@ def test_a_comparison_trains_both_kinds_of_model(tiny_data_path, tmp_path):
     for name in ("MLP", "DeepFM"):
         assert all(0 < rows[name][f"{metric}_mean"] for metric in METRICS)
     assert len(result["records"]) == 3
+    # Each record names its kept checkpoint and the metric that picked it (the click run's own).
+    picked = {(record["row"], record["task"]): record["valid_metric"] for record in result["records"]}
+    assert picked == {
+        ("MLP", "both"): "purchase_auc",
+        ("DeepFM", "click"): "click_auc",
+        ("DeepFM", "purchase"): "purchase_auc",
+    }
+    assert result["selection"] == {
+        "purchase_auc": ["MLP", "DeepFM purchase label"],
+        "click_auc": ["DeepFM click label"],
+    }
+    for record in result["records"]:
+        assert os.path.isabs(record["model_file"]) and os.path.isfile(record["model_file"])
 
 
 def test_split_assignments_keeps_lists_and_quotes_whole():
@@ -409,3 +422,155 @@ def test_runs_record_their_code_and_the_summary_names_it(comparison, tiny_data_p
     assert "**Code: the runs were made with 2 different code versions**" in markdown
     assert "commit 0000000000 (0.0.9): 1 runs" in markdown
     assert any("runs of other code (commit 0000000000 (0.0.9))" in line for line in logged)
+
+
+def test_sm_used_is_the_kept_models_share_of_steps_with_p(tiny_data_path, tmp_path):
+    def runner(model, dataset, config_file_list, config_dict, saved):
+        result = scripted_runner(model, dataset, config_file_list, config_dict, saved)
+        if model == "CSTWA":  # epoch 1 kept, P from mid-epoch (seed 2020); both epochs kept, all with P
+            steps = {2020: (60, 120), 2021: (240, 240)}[config_dict["seed"]]
+            result.update(sm_used=True, sm_steps=steps[0], trained_steps=steps[1])
+        return result
+
+    result = run_comparison(
+        ["MLP"],
+        SEEDS,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, tmp_path),
+        variants=["CSTWA=CSTWA:use_sm=True"],
+        output_dir=str(tmp_path / "out"),
+        runner=runner,
+        log=lambda message: None,
+    )
+    cstwa = result["rows"][1]
+    assert cstwa["sm_used"] == "60/120, 240/240 (mean 0.75)" and cstwa["sm_share_mean"] == 0.75
+    assert result["table"].splitlines()[3].endswith("| 60/120, 240/240 (mean 0.75) |")
+    records = [json.loads(line) for line in open(result["files"]["runs"], encoding="utf-8")]
+    assert [(r["sm_steps"], r["trained_steps"]) for r in records if r["row"] == "CSTWA"] == [
+        (60, 120),
+        (240, 240),
+    ]
+    markdown = open(result["files"]["markdown"], encoding="utf-8").read()
+    assert "SM used: per seed, the kept model's training steps" in markdown
+
+
+def test_the_summary_names_the_valid_metric_of_the_runs(comparison):
+    """MLP and ESMM select on purchase_auc (the default); DeepFM's click run on click_auc, the
+    metric its label's run computes (records without valid_metric: the plan's resolved one)."""
+    kinds = ["MLP", "ESMM", "DeepFM purchase label", "ESMM_small"]
+    assert comparison["selection"] == {"purchase_auc": kinds, "click_auc": ["DeepFM click label"]}
+    line = (
+        "Kept epoch: the best validation valid_metric of each run: `purchase_auc` (MLP, ESMM, "
+        "DeepFM purchase label, ESMM_small); `click_auc` (DeepFM click label)."
+    )
+    assert line in open(comparison["files"]["markdown"], encoding="utf-8").read()
+    assert line in comparison["table"]
+    planned = {(run["row"], run["task"]): run["valid_metric"] for run in comparison["plan"].runs}
+    assert planned[("DeepFM", "click")] == "click_auc" and planned[("ESMM_small", "both")] == "purchase_auc"
+
+
+def test_a_single_valid_metric_is_named_once(tiny_data_path, tmp_path):
+    result = run_comparison(
+        ["MLP"],
+        SEEDS,
+        dataset=TINY,
+        overrides={**_overrides(tiny_data_path, tmp_path), "valid_metric": "click_logloss"},
+        output_dir=str(tmp_path / "out"),
+        runner=scripted_runner,
+        log=lambda message: None,
+        oracle=False,
+    )
+    assert "Kept epoch: the best validation `click_logloss` (valid_metric) of every run." in result["table"]
+
+
+@pytest.mark.parametrize(
+    "text, names, expected",
+    [
+        ("CP+CE-CP", ["CP", "CP+CE"], ("CP+CE", "CP")),
+        (" ESMM - MLP ", ["MLP", "ESMM"], ("ESMM", "MLP")),
+        ("A-B-C", ["A-B", "C", "A"], ("A-B", "C")),  # "A" - "B-C": B-C is no row
+    ],
+)
+def test_parse_increment(text, names, expected):
+    from recbole_cstwa.experiments.compare import parse_increment
+
+    increment = parse_increment(text, names)
+    assert (increment.minuend, increment.subtrahend) == expected
+    assert increment.name == f"{expected[0]} - {expected[1]}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("CP+CE", "names no two rows"),
+        ("CP-SM", "names no two rows"),
+        ("A-B-C", "reads 2 ways"),
+        ("CP-CP", "from itself"),
+    ],
+)
+def test_bad_increments_fail_before_any_run(text, message):
+    from recbole_cstwa.experiments.compare import parse_increment
+
+    with pytest.raises(InputError, match=message):
+        parse_increment(text, ["CP", "CP+CE", "A", "B-C", "A-B", "C"])
+
+
+def test_increments_are_paired_differences_tested_and_holm_adjusted(tiny_data_path, tmp_path):
+    from recbole_cstwa.experiments.statistics import holm_adjusted
+
+    seeds = [2020, 2021, 2022]
+    listed = ["ESMM-MLP", "ESMM_small-ESMM"]
+    result = run_comparison(
+        ["MLP", "ESMM"],
+        seeds,
+        dataset=TINY,
+        overrides=_overrides(tiny_data_path, tmp_path),
+        variants=[VARIANT],
+        increments=listed,
+        output_dir=str(tmp_path / "out"),
+        runner=scripted_runner,
+        log=lambda message: None,
+        oracle=False,
+    )
+    joined = result["per_seed"]
+    rows = result["increments"]
+    assert [(row["minuend"], row["subtrahend"]) for row in rows] == [("ESMM", "MLP"), ("ESMM_small", "ESMM")]
+    for metric in ("purchase_auc", "click_auc"):
+        p_values = {}
+        for row in rows:
+            a = [joined[row["minuend"]][seed][metric] for seed in seeds]
+            b = [joined[row["subtrahend"]][seed][metric] for seed in seeds]
+            differences = [x - y for x, y in zip(a, b)]
+            assert row[f"{metric}_delta_mean"] == pytest.approx(statistics.mean(differences))
+            assert row[f"{metric}_delta_std"] == pytest.approx(statistics.stdev(differences))
+            assert row[f"{metric}_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+            assert row[f"{metric}_n"] == 3
+            p_values[row["name"]] = row[f"{metric}_p"]
+        adjusted = holm_adjusted(p_values)  # over the listed increments, not the table's rows
+        assert [row[f"{metric}_p_holm"] for row in rows] == pytest.approx(
+            [adjusted[row["name"]] for row in rows]
+        )
+    markdown = open(result["files"]["markdown"], encoding="utf-8").read()
+    assert "## Increments" in markdown and "| ESMM_small - ESMM | 3 |" in markdown
+    assert "| ESMM - MLP | 3 |" in result["table"]
+    with open(result["files"]["increments"], newline="") as file:
+        written = list(csv.DictReader(file))
+    assert [line["name"] for line in written] == ["ESMM - MLP", "ESMM_small - ESMM"]
+    assert float(written[0]["purchase_auc_p_holm"]) == pytest.approx(rows[0]["purchase_auc_p_holm"])
+
+
+def test_increments_from_the_command_line(comparison, tiny_data_path, monkeypatch, capsys):
+    folder = comparison["folder"]
+    monkeypatch.chdir(folder)
+    settings = [f"--{key}={value}" for key, value in _overrides(tiny_data_path, folder).items()]
+    monkeypatch.setattr(
+        "recbole_cstwa.quick_start.run_recbole_cstwa", lambda **kwargs: pytest.fail("trained again")
+    )
+    result = load_script("run_compare").main(
+        ["--models", "MLP ESMM DeepFM", "--seeds", *map(str, SEEDS), "--variant", VARIANT]
+        + [f"--dataset={TINY}", "--reference", "MLP", "--output_dir", str(folder / "out")]
+        + ["--increment", "ESMM_small-ESMM", "--increment", "DeepFM-MLP", *settings]
+    )
+    assert [row["name"] for row in result["increments"]] == ["ESMM_small - ESMM", "DeepFM - MLP"]
+    printed = capsys.readouterr().out
+    assert "| ESMM_small - ESMM | 2 |" in printed and "| DeepFM - MLP | 2 |" in printed

@@ -449,16 +449,30 @@ def test_model_kept_after_its_first_epoch_trained_and_is_scored_with_the_structu
     first_refresh = 0 if sm_mode == "batch" else trainer.first_epoch_refresh_steps(steps)[0]
     state = load_checkpoint(trainer.saved_model_file)["state_dict"]
     assert int(state["structure_steps"]) == steps - first_refresh > 0
+    assert int(state["trained_steps"]) == steps  # the kept model's training steps, with P or not
     if sm_mode != "batch":
         assert bool(state["structure.user.ready"]) and bool(state["structure.item.ready"])
     result = trainer.evaluate(valid_data, load_best_model=True)
     assert model.structure_used()
+    assert model.kept_model_facts() == {
+        "sm_used": True,
+        "sm_steps": steps - first_refresh,
+        "trained_steps": steps,
+    }
     if sm_mode == "epoch":  # scoring reads the held P: without it the scores change
         for graph in model.structure.values():
             graph.ready.fill_(False)
         assert trainer.evaluate(valid_data, load_best_model=False)["purchase_auc"] != result["purchase_auc"]
     assert len(trainer.curse_escaper_epochs) == 1
     assert trainer.curse_escaper_epochs[0]["rows"] == len(train_data.dataset)
+
+
+def test_a_checkpoint_written_before_steps_were_counted_loads_without_them(build):
+    model, _, _ = build()
+    state = model.state_dict()
+    del state["trained_steps"]
+    model.load_state_dict(state)  # strict, as the trainers load
+    assert model.kept_model_facts() == {"sm_used": False, "sm_steps": 0, "trained_steps": None}
 
 
 def test_update_mode_writes_eq_10_into_the_id_rows_only(build):
@@ -640,3 +654,4 @@ def test_one_epoch_batch_mode_two_layers(run_tiny):
     result = run_tiny("CSTWA", sm_mode="batch", sm_layers=2)
     # The kept model propagated its two-hop neighbourhoods in training and is scored with them.
     assert result["sm_used"] is True and result["epochs_trained"] == 1
+    assert result["sm_steps"] == result["trained_steps"] > 0  # batch mode: P in every step

@@ -25,10 +25,17 @@ Holm-adjusted over the rows (:mod:`recbole_cstwa.experiments.statistics`).
 With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
 that two models are equal, and only large, consistent gaps come out significant. When the dataset
 has the generator's truth files, an oracle row gives the AUC of scoring with the true
-probabilities.
+probabilities. Increments (``"A-B"``: row A minus row B, paired by seed) give the differences'
+mean and std, their t-test and Holm's p over the listed increments (the paper's Table 3 reading).
+The summary names the ``valid_metric`` the runs picked their kept epoch on.
+
+Runs are trained in this process, in worker processes (``jobs``) or as Ray tasks
+(:mod:`recbole_cstwa.experiments.workers`), each claimed first and recorded by one whole-line
+append (:mod:`recbole_cstwa.experiments.run_records`).
 
 Files in the output folder: ``runs.jsonl`` (one line per finished run, appended as it finishes;
-a rerun skips the runs already there with the same settings), ``summary.md``, ``summary.csv`` and
+a rerun skips the runs already there with the same settings), ``claims/`` (the runs in
+training), ``summary.md``, ``summary.csv``, ``increments.csv`` (with increments) and
 ``summary.html`` (an interactive plot; plotly.js inline by default, so it opens offline).
 """
 
@@ -36,6 +43,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -45,20 +53,31 @@ from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
     TESTED_METRICS,
+    increment_lines,
+    selection_line,
     table_lines,
     write_csv,
+    write_increments_csv,
     write_markdown,
     write_plot,
 )
-from recbole_cstwa.experiments.statistics import holm_adjusted, mean_std, paired_test
-from recbole_cstwa.file_writes import open_append
+from recbole_cstwa.experiments.run_records import RUNS_FILE, read_runs
+from recbole_cstwa.experiments.statistics import holm_adjusted, mean_std, paired_differences, paired_test
+from recbole_cstwa.experiments.workers import (
+    InProcess,
+    RayTasks,
+    RunContext,
+    WorkerProcesses,
+    run_all,
+)
 from recbole_cstwa.tasks import label_fields
 from recbole_cstwa.values import parse_assignments, split_assignments
 
-RUNS_FILE = "runs.jsonl"
 DEFAULT_OUTPUT_DIR = os.path.join("results", "compare")
 #: Settings the comparison sets itself in every run.
 RESERVED_KEYS = ("seed", "LABEL_FIELD", "model", "dataset")
+#: Where runs are trained: this machine (``--jobs``) or a Ray cluster.
+TOOLS = ("local", "Ray")
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,35 @@ def parse_variant(text):
             '"SM=CSTWA:use_sm=True,use_cp=False,use_ce=False".'
         )
     return Entry(name, model, parse_assignments(split_assignments(assignments), f"--variant {name}"))
+
+
+@dataclass(frozen=True)
+class Increment:
+    """A pairwise increment of the summary: row ``minuend`` minus row ``subtrahend``, paired by seed."""
+
+    minuend: str
+    subtrahend: str
+
+    @property
+    def name(self):
+        return f"{self.minuend} - {self.subtrahend}"
+
+
+def parse_increment(text, names):
+    """``"CP+CE-CP"`` (row CP+CE minus row CP) as an :class:`Increment` of two of ``names``: the
+    one ``-`` with a row name on each side (row names may hold ``-`` and ``+`` themselves)."""
+    splits = {(text[:at].strip(), text[at + 1 :].strip()) for at, char in enumerate(text) if char == "-"}
+    found = sorted((a, b) for a, b in splits if a in names and b in names)
+    if len(found) != 1:
+        reason = "names no two rows" if not found else f"reads {len(found)} ways: {found}"
+        raise CompareError(
+            f"--increment {text!r} {reason}. Write ROW-ROW with two row names (the first minus "
+            f'the second), e.g. "CP+CE-CP"; rows: {list(names)}.'
+        )
+    minuend, subtrahend = found[0]
+    if minuend == subtrahend:
+        raise CompareError(f"--increment {text!r} subtracts a row from itself: name two rows.")
+    return Increment(minuend, subtrahend)
 
 
 def _is_two_task(model):
@@ -143,12 +191,23 @@ class Plan:
     data_dir: str
     test_split: str = ""
     runs: list = field(default_factory=list)
+    increments: list = field(default_factory=list)
+    #: each row's data_path and checkpoint_dir, absolute (for runs in other working folders)
+    paths: dict = field(default_factory=dict)
 
 
 def make_plan(
-    models, seeds, dataset=None, config_file_list=None, overrides=None, variants=(), reference=None
+    models,
+    seeds,
+    dataset=None,
+    config_file_list=None,
+    overrides=None,
+    variants=(),
+    reference=None,
+    increments=(),
 ):
-    """Checks the models, variants and settings and lists the runs (nothing is trained)."""
+    """Checks the models, variants, increments and settings and lists the runs (nothing is
+    trained). Each run names the ``valid_metric`` its settings resolve to."""
     from recbole_cstwa.config import Config
 
     entries = [Entry(name, name) for name in models] + [
@@ -182,6 +241,9 @@ def make_plan(
         reference = entries[0].name
     if reference not in names:
         raise CompareError(f"--reference {reference!r} is not a row; rows: {names}.")
+    increments = [
+        item if isinstance(item, Increment) else parse_increment(item, names) for item in increments
+    ]
 
     two_task, configs = {}, {}
     for entry in entries:
@@ -200,8 +262,22 @@ def make_plan(
             # config_dict holds the variant's settings over the command's --key=value pairs
             where = f"--variant {entry.name}" if error.key in entry.overrides else "command line"
             raise error.given_in(where) from None
+    labels = label_fields(configs[entries[0].name])
+    valid_metrics = {}  # (row, task) -> the metric that picks the run's kept epoch
+    for entry in entries:
+        if two_task[entry.name]:
+            valid_metrics[entry.name, "both"] = configs[entry.name]["valid_metric"]
+            continue
+        for task in ("click", "purchase"):  # a single-label model: resolved for each label
+            with isolated_argv():
+                config = Config(
+                    model=entry.model,
+                    dataset=dataset,
+                    config_file_list=config_file_list or None,
+                    config_dict={**overrides, **entry.overrides, "LABEL_FIELD": labels[task]},
+                )
+            valid_metrics[entry.name, task] = config["valid_metric"]
     first = configs[entries[0].name]
-    labels = label_fields(first)
     benchmark = first["benchmark_filename"] or []
     plan = Plan(
         entries=entries,
@@ -214,6 +290,15 @@ def make_plan(
         two_task=two_task,
         data_dir=first["data_path"],
         test_split=benchmark[2] if len(benchmark) == 3 else "",
+        increments=increments,
+        paths={
+            name: {
+                # data_path ends in the dataset's folder
+                "data_path": os.path.dirname(os.path.abspath(config["data_path"])),
+                "checkpoint_dir": os.path.abspath(config["checkpoint_dir"]),
+            }
+            for name, config in configs.items()
+        },
     )
     for seed in seeds:  # seed by seed: a comparison cut short still has whole seeds
         for entry in entries:
@@ -231,6 +316,7 @@ def make_plan(
                         "task": task,
                         "config": config_dict,
                         "key": key,
+                        "valid_metric": valid_metrics[entry.name, task],
                     }
                 )
     return plan
@@ -275,39 +361,41 @@ def code_label(code):
     )
 
 
-def read_runs(path):
-    """The records of ``runs.jsonl`` by key. A line cut off by a crash is skipped; a line that is
-    no run record (no ``key``, no test result) is an error naming the line."""
-    records = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for number, line in enumerate(file, start=1):
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError):
-                    continue
-                if not (
-                    isinstance(record, dict)
-                    and isinstance(record.get("key"), str)
-                    and isinstance(record.get("test_result"), dict)
-                ):
-                    raise CompareError(
-                        f"{path}, line {number}: not a run record of this command (it needs key and "
-                        "test_result). Fix: remove the line, or start over with --fresh (the file "
-                        "is kept as a .bak copy)."
-                    )
-                records[record["key"]] = record
-    return records
+def execute(
+    plan,
+    output_dir,
+    resume=True,
+    runner=None,
+    log=print,
+    jobs=1,
+    tool="local",
+    ray_options=None,
+    poll_seconds=5.0,
+):
+    """Runs what ``runs.jsonl`` lacks and returns every run's record, in the plan's order.
 
-
-def _metrics(result):
-    return {key: float(value) for key, value in dict(result or {}).items()}
-
-
-def execute(plan, output_dir, resume=True, runner=None, log=print):
-    """Runs what ``runs.jsonl`` lacks, appending each record as it finishes; returns all records."""
-    if runner is None:
-        from recbole_cstwa.quick_start import run_recbole_cstwa as runner
+    ``tool="local"``: ``jobs`` 1 trains in this process; more, in that many worker processes at
+    once. ``tool="Ray"``: as Ray tasks (``ray_options``: ``address``, ``cpus_per_run``,
+    ``gpus_per_run``; ``jobs``, when given, caps the runs at once). Runs are claimed before they
+    are trained (:mod:`recbole_cstwa.experiments.run_records`): a run another process is training
+    is waited for, its record checked every ``poll_seconds``. A run that fails in a worker ends
+    the comparison with an error naming it, after the others finished; running the same command
+    again trains it.
+    """
+    if tool not in TOOLS:
+        raise CompareError(f"--tool {tool!r}: choose one of {list(TOOLS)}.")
+    if jobs is not None and int(jobs) < 1:
+        raise CompareError(f"--jobs {jobs}: give at least 1 (runs at once).")
+    if runner is not None and tool == "Ray":
+        raise CompareError("tool='Ray' trains with run_recbole_cstwa on the cluster: give no runner.")
+    if runner is not None and (jobs or 1) > 1:
+        try:
+            pickle.dumps(runner)  # it goes to each worker process by name
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise CompareError(
+                f"jobs={jobs} sends the runner to worker processes, which need a module-level "
+                f"function ({error}); give one, or jobs=1."
+            ) from None
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RUNS_FILE)
     if os.path.islink(path):  # appending through it would write to whatever it points to
@@ -322,43 +410,44 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
     older = sorted({code_label(r.get("code")) for r in done.values()} - {code_label(code)})
     if older:  # kept runs of other code: the table then mixes code versions, and says so
         log(f"runs.jsonl holds runs of other code ({', '.join(older)}); this code is {code_label(code)}")
-    records = []
+    context = RunContext(
+        dataset=plan.dataset,
+        config_file_list=plan.config_file_list,
+        output_dir=os.path.abspath(output_dir),
+        runs_path=os.path.abspath(path),
+        code=code,
+        working_dir=os.getcwd(),
+    )
+    todo = []
     for number, run in enumerate(plan.runs, start=1):
         label = f"[{number}/{len(plan.runs)}] {run['row']} seed {run['seed']}" + (
             f" ({run['task']} label)" if run["task"] != "both" else ""
         )
         if run["key"] in done:
             log(f"{label}: done before, kept")
-            records.append({**done[run["key"]], "row": run["row"]})
-            continue
-        log(f"{label}: training")
-        start = time.perf_counter()
-        with isolated_argv():
-            result = runner(
-                model=run["model"],
-                dataset=plan.dataset,
-                config_file_list=plan.config_file_list or None,
-                config_dict=dict(run["config"]),
-                saved=True,
-            )
-        record = {
-            **run,
-            "test_result": _metrics(result.get("test_result")),
-            "best_valid_result": _metrics(result.get("best_valid_result")),
-            "best_valid_score": float(result["best_valid_score"]),
-            "wall_seconds": time.perf_counter() - start,
-            "fit_seconds": result.get("fit_seconds"),
-            "epochs_trained": result.get("epochs_trained"),
-            "kept_epoch": result.get("kept_epoch"),
-            "sm_used": result.get("sm_used"),
-            "stage_times": result.get("stage_times"),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "code": code,
-        }
-        with open_append(path) as file:  # refuses a symbolic link planted at runs.jsonl
-            file.write(json.dumps(record, default=float) + "\n")
-        records.append(record)
-    return records
+        else:
+            todo.append((number, run, label))
+    failures = []
+    if todo:
+        if tool == "Ray":
+            options = {**(ray_options or {}), "max_concurrent": jobs}
+            backend = RayTasks(context, options, lambda run: plan.paths[run["row"]], log)
+        elif (jobs or 1) > 1:
+            backend = WorkerProcesses(int(jobs), context, runner, log)
+        else:
+            backend = InProcess(context, runner, log)
+        failures = run_all(todo, backend, context, log, poll_seconds)
+    recorded = read_runs(path)
+    missing = [run for run in plan.runs if run["key"] not in recorded]
+    if failures or missing:
+        listed = "; ".join(f"{label}: {error}" for label, error in failures) or (
+            f"{len(missing)} run(s) have no record"
+        )
+        raise CompareError(
+            f"{len(missing)} of {len(plan.runs)} runs did not finish ({listed}). The others are "
+            f"recorded in [{path}]: run the same command again to train the missing ones."
+        )
+    return [{**recorded[run["key"]], "row": run["row"]} for run in plan.runs]
 
 
 def per_seed(plan, records):
@@ -375,6 +464,9 @@ def per_seed(plan, records):
         values["seconds"] += record["wall_seconds"]
         if record.get("sm_used") is not None:
             values["sm_used"] = record["sm_used"]
+        if record.get("trained_steps") is not None and record["trained_steps"] >= 0:
+            # the kept model's training steps, and those the Structure Migrator's P acted in
+            values["sm_steps"], values["trained_steps"] = record["sm_steps"], record["trained_steps"]
         if record.get("kept_epoch") is not None:
             # 1-based, as a reader counts epochs; a built-in row keeps its purchase run's epoch.
             if task in ("both", "purchase") or "kept_epoch" not in values:
@@ -406,8 +498,7 @@ def summarize(plan, records):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(
                 [v.get(metric, math.nan) for v in seeds.values()]
             )
-        used = [v["sm_used"] for v in seeds.values() if "sm_used" in v]
-        row["sm_used"] = f"{sum(used)}/{len(used)}" if used else None  # seeds whose kept model used SM
+        row.update(_sm_used(seeds))
         kept = [seeds[seed]["kept_epoch"] for seed in sorted(seeds) if "kept_epoch" in seeds[seed]]
         row["kept_epochs"] = ", ".join(map(str, kept)) if kept else None  # per seed, in seed order
         for metric in TESTED_METRICS:
@@ -424,6 +515,59 @@ def summarize(plan, records):
         for row in rows:
             row[f"{metric}_p_holm"] = adjusted[row["name"]]
     return rows
+
+
+def _sm_used(seeds):
+    """The "SM used" cell of a row: per seed (in seed order) the kept model's training steps
+    that had the Structure Migrator's P over its training steps, and the mean of those shares
+    (``sm_share_mean``); from records without the step counts, the seeds whose kept model used
+    it (``1/2``)."""
+    used = [seeds[seed] for seed in sorted(seeds) if "sm_used" in seeds[seed]]
+    if not used:
+        return {"sm_used": None, "sm_share_mean": math.nan}
+    if all(v.get("trained_steps") for v in used):
+        shares = [v["sm_steps"] / v["trained_steps"] for v in used]
+        steps = ", ".join(f"{v['sm_steps']}/{v['trained_steps']}" for v in used)
+        mean = sum(shares) / len(shares)
+        return {"sm_used": f"{steps} (mean {mean:.2f})", "sm_share_mean": mean}
+    return {"sm_used": f"{sum(v['sm_used'] for v in used)}/{len(used)}", "sm_share_mean": math.nan}
+
+
+def summarize_increments(plan, joined):
+    """The summary's pairwise increments (:attr:`Plan.increments`): for each tested metric, the
+    per-seed differences' mean and sample std, the paired t-test's p and Holm's p over the
+    listed increments (one family a metric)."""
+    rows = []
+    for increment in plan.increments:
+        minuend, subtrahend = joined[increment.minuend], joined[increment.subtrahend]
+        row = {"name": increment.name, "minuend": increment.minuend, "subtrahend": increment.subtrahend}
+        for metric in TESTED_METRICS:
+            values = {seed: v[metric] for seed, v in minuend.items() if metric in v}
+            reference = {seed: v[metric] for seed, v in subtrahend.items() if metric in v}
+            differences = paired_differences(values, reference)
+            row[f"{metric}_delta_mean"], row[f"{metric}_delta_std"] = mean_std(differences.values())
+            _, row[f"{metric}_p"], row[f"{metric}_n"] = paired_test(values, reference)
+        rows.append(row)
+    for metric in TESTED_METRICS:
+        adjusted = holm_adjusted({index: row[f"{metric}_p"] for index, row in enumerate(rows)})
+        for index, row in enumerate(rows):
+            row[f"{metric}_p_holm"] = adjusted[index]
+    return rows
+
+
+def selection_metrics(plan, records):
+    """``{valid_metric: [run kinds]}``: the metric that picked each run's kept epoch (the
+    record's, else the plan's resolved one), e.g. ``{"purchase_auc": ["MLP", "DeepFM purchase
+    label"], "click_auc": ["DeepFM click label"]}``."""
+    planned = {run["key"]: run.get("valid_metric") for run in plan.runs}
+    chosen = {}
+    for record in records:
+        metric = record.get("valid_metric") or planned.get(record["key"]) or "unrecorded"
+        kind = record["row"] + (f" {record['task']} label" if record["task"] != "both" else "")
+        kinds = chosen.setdefault(metric, [])
+        if kind not in kinds:
+            kinds.append(kind)
+    return chosen
 
 
 def oracle_row(plan):
@@ -452,6 +596,11 @@ def run_comparison(
     plotlyjs=True,
     runner=None,
     log=print,
+    increments=(),
+    jobs=1,
+    tool="local",
+    ray_options=None,
+    poll_seconds=5.0,
 ):
     """Runs the comparison and writes ``runs.jsonl``, ``summary.{md,csv,html}``.
 
@@ -464,15 +613,32 @@ def run_comparison(
         resume: keep the runs already in ``runs.jsonl`` with the same settings.
         plotlyjs: ``True`` puts plotly.js inside the HTML (works offline, about 4.8 MB),
             ``"cdn"`` links it (small file, needs the internet to open).
-        runner: the training function (default :func:`recbole_cstwa.quick_start.run_recbole_cstwa`).
+        runner: the training function (default :func:`recbole_cstwa.quick_start.run_recbole_cstwa`;
+            with ``jobs`` > 1 a module-level function, as it goes to the worker processes).
+        increments: ``"ROW-ROW"`` strings (or :class:`Increment` objects): each the paired
+            difference of two rows over seeds, tested and Holm-adjusted over the list.
+        jobs, tool, ray_options, poll_seconds: where the runs are trained (:func:`execute`).
 
     Returns:
-        dict: ``rows`` (the summary), ``per_seed``, ``records``, ``oracle``, ``files``.
+        dict: ``rows`` (the summary), ``increments``, ``selection`` (:func:`selection_metrics`),
+        ``per_seed``, ``records``, ``oracle``, ``files``, ``table`` (what the command prints).
     """
-    plan = make_plan(models, seeds, dataset, config_file_list, overrides, variants, reference)
-    records = execute(plan, output_dir, resume=resume, runner=runner, log=log)
+    plan = make_plan(models, seeds, dataset, config_file_list, overrides, variants, reference, increments)
+    records = execute(
+        plan,
+        output_dir,
+        resume=resume,
+        runner=runner,
+        log=log,
+        jobs=jobs,
+        tool=tool,
+        ray_options=ray_options,
+        poll_seconds=poll_seconds,
+    )
     rows = summarize(plan, records)
     joined = per_seed(plan, records)
+    increment_rows = summarize_increments(plan, joined)
+    selection = selection_metrics(plan, records)
     oracle_values = oracle_row(plan) if oracle else None
     files = {
         "runs": os.path.join(output_dir, RUNS_FILE),
@@ -483,8 +649,13 @@ def run_comparison(
     for record in records:
         label = code_label(record.get("code"))
         codes[label] = codes.get(label, 0) + 1
-    write_markdown(files["markdown"], plan, rows, oracle_values, codes)
+    write_markdown(
+        files["markdown"], plan, rows, oracle_values, codes, increments=increment_rows, selection=selection
+    )
     write_csv(files["csv"], rows, oracle_values)
+    if increment_rows:
+        files["increments"] = os.path.join(output_dir, "increments.csv")
+        write_increments_csv(files["increments"], increment_rows)
     plots = write_plot(os.path.join(output_dir, "summary.html"), plan, rows, joined, oracle_values, plotlyjs)
     files["html"] = plots[0]
     if len(plots) > 1:
@@ -492,9 +663,18 @@ def run_comparison(
     return {
         "plan": plan,
         "rows": rows,
+        "increments": increment_rows,
+        "selection": selection,
         "per_seed": joined,
         "records": records,
         "oracle": oracle_values,
         "files": files,
-        "table": "\n".join(table_lines(plan, rows, oracle_values)),
+        "table": "\n".join(
+            [
+                *table_lines(plan, rows, oracle_values),
+                "",
+                selection_line(selection),
+                *(["", *increment_lines(increment_rows)] if increment_rows else []),
+            ]
+        ),
     }

@@ -73,6 +73,49 @@ def table_lines(plan, rows, oracle=None):
     return lines
 
 
+def selection_line(selection):
+    """The summary's statement of the ``valid_metric`` that picked each run's kept epoch
+    (``{metric: [run kinds]}``)."""
+    if not selection:
+        return "Kept epoch: no runs."
+    if len(selection) == 1:
+        return f"Kept epoch: the best validation `{next(iter(selection))}` (valid_metric) of every run."
+    listed = "; ".join(f"`{metric}` ({', '.join(kinds)})" for metric, kinds in selection.items())
+    return f"Kept epoch: the best validation valid_metric of each run: {listed}."
+
+
+def increment_lines(increments):
+    """The pairwise increments (Table 3's protocol) as a Markdown table."""
+    header = ["increment", "seeds"]
+    for metric in TESTED_METRICS:
+        title = METRIC_TITLES[metric]
+        header += [f"Δ {title} (mean ± std)", f"p ({title})", f"Holm p ({title})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in increments:
+        cells = [row["name"], str(min(row[f"{metric}_n"] for metric in TESTED_METRICS))]
+        for metric in TESTED_METRICS:
+            mean, std = row[f"{metric}_delta_mean"], row[f"{metric}_delta_std"]
+            delta = (
+                "–"
+                if not math.isfinite(mean)
+                else _signed(mean) + (f" ± {std:.4f}" if math.isfinite(std) else "")
+            )
+            cells += [delta, _p_cell(row[f"{metric}_p"]), _p_cell(row[f"{metric}_p_holm"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_increments_csv(path, increments):
+    columns = ["name", "minuend", "subtrahend"]
+    for metric in TESTED_METRICS:
+        columns += [f"{metric}_{part}" for part in ("delta_mean", "delta_std", "p", "p_holm", "n")]
+    with atomic_file(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in increments:
+            writer.writerow({column: row.get(column) for column in columns})
+
+
 def code_lines(codes):
     """The summary's statement of the code the runs were made with (``{label: runs}``)."""
     if not codes:
@@ -87,7 +130,7 @@ def code_lines(codes):
     ]
 
 
-def write_markdown(path, plan, rows, oracle=None, codes=None):
+def write_markdown(path, plan, rows, oracle=None, codes=None, increments=None, selection=None):
     split = (
         f"the dataset's pre-split files (test: `{plan.test_split}`), the same in every run"
         if plan.test_split
@@ -109,6 +152,7 @@ def write_markdown(path, plan, rows, oracle=None, codes=None):
         )
         + ".",
         *code_lines(codes),
+        *([selection_line(selection)] if selection is not None else []),
         "",
         *table_lines(plan, rows, oracle),
         "",
@@ -125,6 +169,26 @@ def write_markdown(path, plan, rows, oracle=None, codes=None):
         "asking whether any row differs. Kept epoch: the 1-based epoch whose checkpoint was scored, "
         "per seed in seed order.",
     ]
+    if any(row.get("sm_used") for row in rows):
+        text += [
+            "",
+            "SM used: per seed, the kept model's training steps in which the Structure Migrator's "
+            "P acted over its training steps (e.g. 60/120 when epoch 1 is kept and P first came "
+            "mid-epoch), and the mean of those shares; for runs recorded without step counts, the "
+            "seeds whose kept model used it.",
+        ]
+    if increments:
+        text += [
+            "",
+            "## Increments",
+            "",
+            *increment_lines(increments),
+            "",
+            "Each increment is one row minus another, paired by seed: the mean ± sample standard "
+            "deviation of the per-seed differences, the paired t-test's p, and Holm's p over the "
+            "listed increments (one family a metric), as the paper's Table 3 reads each component's "
+            "gain.",
+        ]
     if variants:
         text += ["", "Variants:", *variants]
     write_text(path, "\n".join(text) + "\n")
@@ -136,7 +200,7 @@ def write_csv(path, rows, oracle=None):
         columns += [f"{metric}_mean", f"{metric}_std"]
     for metric in TESTED_METRICS:
         columns += [f"{metric}_delta", f"{metric}_p", f"{metric}_p_holm"]
-    columns += ["kept_epochs", "sm_used", "overrides"]
+    columns += ["kept_epochs", "sm_used", "sm_share_mean", "overrides"]
     with atomic_file(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()

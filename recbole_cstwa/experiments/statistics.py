@@ -1,6 +1,7 @@
-"""The statistics of a comparison over seeds: a row's mean and standard deviation, the paired
-t-test of a row against the reference row, and Holm's adjustment of the p-values of one metric
-(every row tested against the same reference forms one family).
+"""The statistics of a comparison over seeds: a row's mean and standard deviation, the per-seed
+differences of two rows, the paired t-test of a row against the reference row (or of an
+increment's two rows), and Holm's adjustment of the p-values of one metric (every row tested
+against the same reference forms one family; so do the listed increments).
 
 With 3 seeds the t-test has 2 degrees of freedom and little power: a p above 0.05 does not show
 that two models are equal, and only large, consistent gaps come out significant.
@@ -19,6 +20,13 @@ def mean_std(values):
     if not values:
         return math.nan, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def paired_differences(values, reference_values):
+    """``{seed: value - reference value}`` over the seeds both have."""
+    return {
+        seed: values[seed] - reference_values[seed] for seed in sorted(set(values) & set(reference_values))
+    }
 
 
 def paired_test(values, reference_values):

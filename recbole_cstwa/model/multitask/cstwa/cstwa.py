@@ -271,6 +271,9 @@ class CSTWA(MultiTaskRecommender):
         # Training steps in which the Structure Migrator acted (saved with the model, so a kept
         # checkpoint says whether its training used it).
         self.register_buffer("structure_steps", torch.zeros((), dtype=torch.long))
+        # All its training steps, so that the kept model says what share of them had P
+        # (-1: a checkpoint written before they were counted).
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
 
     def num_entities(self, group):
         """Rows of ``group``'s graph: its entities, RecBole's ``[PAD]`` row included."""
@@ -338,7 +341,19 @@ class CSTWA(MultiTaskRecommender):
         return self.structure_acts() and int(self.structure_steps) > 0
 
     def kept_model_facts(self):
-        return {"sm_used": self.structure_used()}
+        """``sm_used``; with the Structure Migrator on, also the kept model's training steps
+        (``trained_steps``; None when its checkpoint did not count them) and those the
+        Structure Migrator acted in (``sm_steps``)."""
+        facts = {"sm_used": self.structure_used()}
+        if self.use_sm:
+            trained = int(self.trained_steps)
+            facts.update(sm_steps=int(self.structure_steps), trained_steps=trained if trained >= 0 else None)
+        return facts
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.use_sm:  # a checkpoint written before training steps were counted
+            state_dict.setdefault(prefix + "trained_steps", torch.tensor(-1, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def migrated_rows(self, interaction, group, live=None):
         """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items),
@@ -410,6 +425,8 @@ class CSTWA(MultiTaskRecommender):
         return weights
 
     def calculate_loss(self, interaction):
+        if self.training and self.use_sm:
+            self.trained_steps += 1
         if self.training and self.structure_acts():
             self.structure_steps += 1
         output = self.forward(interaction)
