@@ -58,3 +58,36 @@ def holm_adjusted(p_values):
         running_max = max(running_max, min(1.0, (len(finite) - rank) * p_value))
         adjusted[name] = running_max
     return adjusted
+
+
+def paired_power(effect, n, alpha=0.05):
+    """The power of a two-sided paired t-test at level ``alpha`` with ``n`` pairs when the paired
+    differences have mean / standard deviation ``effect`` (the noncentral t distribution with
+    ``n - 1`` degrees of freedom and noncentrality ``effect * sqrt(n)``)."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(effect):
+        return math.nan
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    noncentrality = abs(effect) * math.sqrt(n)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_needed(differences, alpha=0.05, power=0.8, most=1000):
+    """The fewest seeds with which a two-sided paired t-test at level ``alpha`` separates two rows
+    with probability ``power``, when their per-seed differences behave as ``differences`` do (the
+    effect: their mean over their sample standard deviation). ``math.inf`` when the differences
+    are all zero or more than ``most`` seeds would be needed; NaN with fewer than two."""
+    values = np.asarray([value for value in differences if math.isfinite(value)], dtype=float)
+    if len(values) < 2:
+        return math.nan
+    spread = float(np.std(values, ddof=1))
+    mean = float(np.mean(values))
+    if spread == 0:
+        return 2 if mean != 0 else math.inf
+    effect = mean / spread
+    for n in range(2, most + 1):
+        if paired_power(effect, n, alpha) >= power:
+            return n
+    return math.inf
