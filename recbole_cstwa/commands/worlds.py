@@ -93,7 +93,7 @@ def main(argv=None):
             overrides=overrides,
             report=args.report,
             resume=not args.fresh,
-            **({"jobs": args.jobs} if args.jobs != 1 else {}),
+            jobs=args.jobs,
         )
     print("written: " + ", ".join(result["files"]))
     return result
