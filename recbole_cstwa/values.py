@@ -231,7 +231,8 @@ def plain_value(value, where):
 def parse_literal(text, where, key=None):
     """A value written as text (a command line, a params file, a ``config_dict`` string), read by
     the module's rule; ``key``: the setting, whose value stays text when it names a file, a folder
-    or a name (:data:`TEXT_KEYS`). Text starting with ``[`` or ``{`` must be a whole list or dict."""
+    or a name (:data:`TEXT_KEYS`). Text in brackets that is no list or dict (RecBole's interval
+    ``[0,inf)``) is the string as written."""
     stripped = text.strip()
     if key in TEXT_KEYS:
         return read_text(stripped)
@@ -243,11 +244,7 @@ def parse_literal(text, where, key=None):
     try:
         return plain_value(yaml.load(stripped, Loader=SettingsYamlLoader), where)
     except yaml.YAMLError:
-        kind = "list" if stripped.startswith("[") else "dict"
-        raise ValueTextError(
-            f"{where}: cannot read {_shorten(stripped)!r} as a {kind}. Fix: close every bracket "
-            f"([a, b] or {{k: v}}), or quote the text to keep it as a string."
-        ) from None
+        return stripped
     except RecursionError:
         raise ValueTextError(
             f"{where}: {_shorten(stripped)!r} is nested too deeply to be a setting."

@@ -325,7 +325,7 @@ def test_choice_text_that_looks_like_code_is_kept_as_the_string(line):
             "learner choice __import__('os')",
             r"choice takes a non-empty list such as \[1, 2\], got \"__import__",
         ),
-        ("learner choice [adam, sgd", r"cannot read '\[adam, sgd' as a list"),
+        ("learner choice [adam, sgd", r"choice takes a non-empty list such as \[1, 2\], got '\[adam, sgd'"),
         pytest.param(
             "learner choice " + "[" * 5000 + "]" * 5000,
             "is nested too deeply to be a setting",
