@@ -4,6 +4,7 @@ and every entry point (command line, config file, params file, --variant, config
 value the same way."""
 
 import datetime
+import os
 import random
 import sys
 
@@ -176,3 +177,31 @@ def test_every_entry_point_reads_a_value_the_same_way(monkeypatch, tmp_path, tex
 def test_a_config_dict_string_read_as_text_stays_exactly_as_given(make_config):
     config = make_config("MLP", seq_separator=" ", field_separator="\t")
     assert config["seq_separator"] == " " and config["field_separator"] == "\t"
+
+
+def test_the_reported_paths_reach_the_config_as_written(monkeypatch, tmp_path):
+    """Each stopped with `error: ... is Python code`."""
+    (tmp_path / "a.yaml").write_text("learning_rate: 0.01\n")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "run_recbole_cstwa.py",
+            "--model=MLP",
+            "--dataset=my.data",
+            "--data_path=data.v2",
+            "--checkpoint_dir=saved.v2",
+            "--config_files=a.yaml",
+            "--model_file=best.pth",
+            "--resume=saved/MLP-Dec-10-2026_16-21-52-31492-ebce0d.pth",
+        ],
+    )
+    config = Config(config_file_list=["a.yaml"], config_dict={"state": "ERROR"})
+    assert (config["dataset"], config["checkpoint_dir"], config["config_files"]) == (
+        "my.data",
+        "saved.v2",
+        "a.yaml",
+    )
+    assert config["data_path"] == os.path.join("data.v2", "my.data")  # RecBole joins the dataset's folder
+    assert config["model_file"] == "best.pth" and config["learning_rate"] == 0.01
+    assert config["resume"] == "saved/MLP-Dec-10-2026_16-21-52-31492-ebce0d.pth"
