@@ -413,7 +413,7 @@ def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
         ("sm_lambda uniform 0.1,1.5", "sm_lambda uniform: sm_lambda must be a number in [0, 1], got 1.5."),
         (
             "embedding_size choice [4, 0]",
-            "embedding_size choice: embedding_size must be an integer >= 1, got 0.",
+            "embedding_size choice: embedding_size must be an integer in [1, 4096] (far above the papers' 5 to 64; larger only allocates memory), got 0.",
         ),
         ("graph_top_k uniform 4,32", "graph_top_k uniform: graph_top_k takes whole numbers"),
         ("graph_top_k quniform 0,32,4", "graph_top_k quniform: graph_top_k must be an integer >= 1, got 0."),
