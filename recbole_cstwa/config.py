@@ -8,7 +8,6 @@ when present (the importer and the Ali-CCP converter write it beside the atomic 
 a dataset's settings travel with it; any config file or command-line key still overrides it.
 """
 
-import ast
 import contextlib
 import os
 import sys
@@ -152,27 +151,19 @@ class Config(RecBoleConfig):
                     f"Command line: --{key} is given twice, as {settings[key][0]!r} and {text!r}. "
                     "Fix: give each --key=value once."
                 )
-            settings[key] = (text, parse_literal(text, f"--{key}"))
+            settings[key] = (text, parse_literal(text, f"--{key}", key=key))
         if ignored:
             getLogger().warning(f"command line args [{' '.join(ignored)}] will not be used in RecBole")
         return {key: value for key, (_, value) in settings.items()}
 
     def _convert_config_dict(self, config_dict):
-        """``config_dict``'s strings as RecBole reads them, without ``eval``: a Python literal
-        (``"[1, 2]"``, ``"1e-3"``, ``"None"``), ``true`` / ``false`` in any letter case, else the
-        text itself. RecBole ``eval``s them, which would run a call written there."""
+        """``config_dict``'s strings read as the command line's values are
+        (:func:`recbole_cstwa.values.parse_literal`: ``"[1, 2]"``, ``"1e-3"``, ``"true"``, ``"~"``),
+        never by RecBole's ``eval``; a string read as text stays exactly as given (``" "``)."""
         for key, value in config_dict.items():
-            if not isinstance(value, str):
-                continue
-            try:
-                parsed = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                lowered = value.strip().lower()
-                parsed = True if lowered == "true" else False if lowered == "false" else value
-            # RecBole's rule: anything but plain data (a set, bytes, ...) keeps its text.
-            config_dict[key] = (
-                parsed if isinstance(parsed, (str, int, float, list, tuple, dict, type(None))) else value
-            )
+            if isinstance(value, str):
+                parsed = parse_literal(value, f"config_dict, {key}", key=key)
+                config_dict[key] = value if parsed == value.strip() else parsed
         return config_dict
 
     def _load_internal_config_dict(self, model, model_class, dataset):

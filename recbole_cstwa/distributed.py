@@ -93,10 +93,16 @@ def launch(
 
 def check_port_free(port):
     """Refuses a port rank 0 cannot listen on, before any rank starts (PyTorch would end in a
-    ``DistNetworkError`` traceback after its connection timeout)."""
+    ``DistNetworkError`` traceback after its connection timeout).
+
+    The probe binds as torch's store does, with ``SO_REUSEADDR``: a port whose last connection
+    is still in TIME_WAIT (the previous run, a minute ago) is free for it; one another program
+    listens on is not.
+    """
     if not 0 < port < 65536:
         raise DistributedRunError(f"--port={port} is no TCP port: give one in 1..65535, e.g. --port=5678.")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("", port))
         except OSError as error:

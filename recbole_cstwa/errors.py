@@ -65,6 +65,11 @@ class CheckpointError(InputError):
     """A checkpoint that cannot be used as asked: the message names the file and the fix."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint file that does not exist (a ``FileNotFoundError`` too, for callers that test
+    for one): the message names the file and the option that gave it."""
+
+
 class PredictInputError(InputError):
     """A file to score or write that cannot be used: names the file, the column and the fix."""
 

@@ -15,7 +15,8 @@ import torch
 from recbole.utils import init_seed, set_color
 
 from recbole_cstwa import distributed
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_model_checkpoint
+from recbole_cstwa.checkpoint_checks import checked_settings
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
@@ -130,7 +131,7 @@ def run_recbole_cstwa(
         DDP, rank 0's result on the machine running rank 0, ``None`` on the others.
     """
     if resume is not None:
-        model, dataset, config_dict = checkpoint_settings(resume, model, dataset, config_dict)
+        model, dataset, config_dict = checkpoint_settings(resume, model, dataset, config_dict, "--resume")
     if int(nproc) != 1 or int(world_size) > 0:
         if resume is not None:
             raise CheckpointError("--resume runs in one process: drop --nproc / --world_size.")
@@ -157,12 +158,13 @@ def run_recbole_cstwa(
     return _run(model, dataset, config_file_list, config_dict, saved, resume=resume)
 
 
-def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
-    """``(model, dataset, config_dict)`` for a run on ``model_file``: a checkpoint of this
-    version gives its model, dataset and settings (``model`` / ``dataset`` given must match,
-    ``config_dict`` overrides); an earlier one (parameters only) needs them given, as in the run
-    that trained it."""
-    checkpoint = load_checkpoint(model_file, map_location="cpu")  # refuses pickles
+def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None, option="--model_file"):
+    """``(model, dataset, config_dict)`` for a run on ``model_file`` (given as ``option``): a
+    checkpoint of this version gives its model, dataset and settings, checked
+    (:func:`~recbole_cstwa.checkpoint_checks.checked_settings`; ``model`` / ``dataset`` given
+    must match, ``config_dict`` overrides); an earlier one (parameters only) needs them given, as
+    in the run that trained it."""
+    checkpoint = read_model_checkpoint(model_file, option)  # refuses pickles and foreign files
     if checkpoint.get("format", 1) < CHECKPOINT_FORMAT or "settings" not in checkpoint:
         if model is None:
             raise CheckpointError(
@@ -180,12 +182,12 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
                 f"Checkpoint [{model_file}] holds {key} {stored}, not {given}. Fix: drop --{key} "
                 f"or give --{key}={stored}."
             )
-    return checkpoint["model"], checkpoint["dataset"], _run_settings(checkpoint, config_dict)
+    return checkpoint["model"], checkpoint["dataset"], _run_settings(checkpoint, config_dict, model_file)
 
 
-def _run_settings(checkpoint, config_dict):
-    """A checkpoint's stored settings for a new run, ``config_dict`` over them."""
-    settings = dict(checkpoint["settings"])
+def _run_settings(checkpoint, config_dict, model_file):
+    """A checkpoint's stored settings, checked, for a new run, ``config_dict`` over them."""
+    settings = checked_settings(checkpoint, model_file, config_dict)
     for key in ("show_progress", "threads"):  # this run's terminal and machine decide
         settings.pop(key, None)
     settings.update(config_dict or {})
@@ -249,7 +251,7 @@ def load_data_and_model(model_file, config_dict=None):
     run = prepare_run(
         checkpoint["model"],
         checkpoint["dataset"],
-        config_dict=_run_settings(checkpoint, config_dict),
+        config_dict=_run_settings(checkpoint, config_dict, model_file),
         checkpoint=checkpoint,
         model_file=model_file,
         config_class=StoredConfig,
@@ -286,6 +288,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
     logger.info(set_color("test result", "yellow") + f": {dict(test_result or {})}")
     result = {
         "model": config["model"],
+        "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "valid_metric": config["valid_metric"],

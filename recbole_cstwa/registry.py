@@ -74,6 +74,11 @@ def get_model(model_name):
     """
     if not isinstance(model_name, str) or not model_name:
         raise UnknownModelError(f"A model name must be a non-empty string, got {model_name!r}.")
+    if not model_name.isidentifier():  # a module path would be looked up from it (../mlp)
+        raise UnknownModelError(
+            f"Model [{model_name}] is no model name (a name such as CSTWA, MLP or DeepFM). "
+            f"recbole-cstwa models: {', '.join(plugin_model_names())}."
+        )
     module_name = model_name.lower()
     for category in PLUGIN_MODEL_CATEGORIES:
         module_path = f"recbole_cstwa.model.{category}.{module_name}"

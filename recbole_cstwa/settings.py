@@ -45,16 +45,32 @@ def dropout_setting(key, models=(MULTITASK,), shapes=()):
     )
 
 
+# Upper bounds of the settings that size what is allocated (a checkpoint's stored settings are
+# checked against them too): generous, hundreds of times the defaults and the papers' values, so
+# that a typo or an edited file stops with a message instead of allocating until killed.
+MAX_WIDTH = 4096
+WIDTH_NOTE = "far above the papers' 5 to 64; larger only allocates memory"
+MAX_LAYER = 65_536
+LAYER_NOTE = "far above the papers' 16 to 512; larger only allocates memory"
+MAX_EXPERTS = 1024
+EXPERTS_NOTE = "far above the papers' 8; larger only allocates memory"
+MAX_DEPTH = 64
+DEPTH_NOTE = "far above the papers' 1 to 3; larger only allocates memory"
+MAX_BATCH = 1 << 24
+BATCH_NOTE = "far above the defaults' 2,000 and 4,096; larger only allocates memory"
+
 #: The settings table. Defaults, meanings and sources are on each key's line in
 #: ``properties/overall.yaml`` and ``properties/model/<Model>.yaml``.
 SETTINGS = (
     # ----- shared (overall.yaml) ---------------------------------------------------------------
-    Setting("embedding_size", "int", models=(ANY_MODEL,), low=1, shapes=PRETRAIN),
+    Setting(
+        "embedding_size", "int", models=(ANY_MODEL,), low=1, high=MAX_WIDTH, note=WIDTH_NOTE, shapes=PRETRAIN
+    ),
     Setting("embedding_update", "choice", choices=("sparse", "dense"), shapes=PRETRAIN),
     Setting("cache_dataset", "bool", models=(ANY_MODEL,)),
     Setting("embedding_init_std", "number", low=0, low_open=True, shapes=PRETRAIN),
     Setting("context_pooling", "choice", choices=("mean", "concat"), shapes=PRETRAIN),
-    Setting("tower_hidden_size", "int_list", low=1, shapes=PRETRAIN),
+    Setting("tower_hidden_size", "int_list", low=1, high=MAX_LAYER, note=LAYER_NOTE, shapes=PRETRAIN),
     dropout_setting("tower_dropout", shapes=PRETRAIN),
     Setting(
         "learner",
@@ -65,8 +81,16 @@ SETTINGS = (
         shapes=PRETRAIN,
     ),
     Setting("learning_rate", "number", models=(ANY_MODEL,), low=0, low_open=True),
-    Setting("train_batch_size", "int", models=(ANY_MODEL,), low=1, shapes=PRETRAIN),
-    Setting("eval_batch_size", "int", models=(ANY_MODEL,), low=1),
+    Setting(
+        "train_batch_size",
+        "int",
+        models=(ANY_MODEL,),
+        low=1,
+        high=MAX_BATCH,
+        note=BATCH_NOTE,
+        shapes=PRETRAIN,
+    ),
+    Setting("eval_batch_size", "int", models=(ANY_MODEL,), low=1, high=MAX_BATCH, note=BATCH_NOTE),
     Setting("epochs", "int", models=(ANY_MODEL,), low=1),
     Setting("weight_decay", "number", models=(ANY_MODEL,), low=0, shapes=PRETRAIN),
     # RecBole's training settings, passed through to its trainer and data loaders.
@@ -106,7 +130,7 @@ SETTINGS = (
     Setting("sm_mode", "choice", models=CSTWA, choices=("epoch", "batch", "update")),
     Setting("sm_refresh_steps", "int", models=CSTWA, low=0),
     Setting("sm_first_epoch_refreshes", "int", models=CSTWA, low=1),
-    Setting("sm_layers", "int", models=CSTWA, low=1),
+    Setting("sm_layers", "int", models=CSTWA, low=1, high=MAX_DEPTH, note=DEPTH_NOTE),
     Setting("sm_lambda", "number", models=CSTWA, low=0, high=1),
     Setting("graph_top_k", "int", models=CSTWA, low=1, when=_use_sm, shapes=GRAPHS),
     Setting("graph_self_loop", "bool", models=CSTWA, when=_use_sm, shapes=GRAPHS),
@@ -142,8 +166,17 @@ SETTINGS = (
         shapes=PRETRAIN,
     ),
     Setting("cstwa_cache", "bool", models=CSTWA, when=_use_sm),
-    Setting("info_hidden_size", "int_list", models=CSTWA, low=1, optional=True),
-    Setting("ce_window", "int", models=CSTWA, low=1),
+    Setting(
+        "info_hidden_size", "int_list", models=CSTWA, low=1, high=MAX_LAYER, note=LAYER_NOTE, optional=True
+    ),
+    Setting(
+        "ce_window",
+        "int",
+        models=CSTWA,
+        low=1,
+        high=MAX_BATCH,
+        note="predictions kept in memory; far above the paper's 10,000",
+    ),
     Setting("ce_high_percentile", "number", models=CSTWA, low=0, high=100),
     Setting("ce_low_percentile", "number", models=CSTWA, low=0, high=100),
     Setting("ce_alpha", "number", models=CSTWA, low=0),
@@ -160,8 +193,10 @@ SETTINGS = (
     Setting("escm2_counterfactual_weight", "number", models=("ESCM2",), low=0),
     Setting("escm2_global_weight", "number", models=("ESCM2",), low=0),
     Setting("escm2_max_weight", "number", models=("ESCM2",), low=0, low_open=True),
-    Setting("escm2_expert_hidden_size", "int_list", models=("ESCM2",), low=1),
-    Setting("escm2_tower_hidden_size", "int_list", models=("ESCM2",), low=1),
+    Setting(
+        "escm2_expert_hidden_size", "int_list", models=("ESCM2",), low=1, high=MAX_LAYER, note=LAYER_NOTE
+    ),
+    Setting("escm2_tower_hidden_size", "int_list", models=("ESCM2",), low=1, high=MAX_LAYER, note=LAYER_NOTE),
     # ----- NISE --------------------------------------------------------------------------------
     Setting("nise_weight_cap", "number", models=("NISE",), low=0, low_open=True),
     Setting("nise_weight_scale", "number", models=("NISE",), low=0, note="0 leaves the CTR loss alone"),
@@ -191,11 +226,21 @@ SETTINGS = (
     Setting("ddpo_cvr_weight", "number", models=("DDPO",), low=0),
     Setting("ddpo_ctcvr_weight", "number", models=("DDPO",), low=0),
     # ----- experts: MMoE, OMoE, ESCM2's mmoe backbone, PLE -------------------------------------
-    Setting("num_experts", "int", models=("MMoE", "OMoE", "ESCM2"), low=1),
-    Setting("ple_num_levels", "int", models=("PLE",), low=1),
-    Setting("ple_shared_experts", "int", models=("PLE",), low=0),
-    Setting("ple_specific_experts", "int", models=("PLE",), low=0),
-    Setting("expert_hidden_size", "int_list", models=EXPERT_MODELS, low=1, optional=True),
+    Setting(
+        "num_experts", "int", models=("MMoE", "OMoE", "ESCM2"), low=1, high=MAX_EXPERTS, note=EXPERTS_NOTE
+    ),
+    Setting("ple_num_levels", "int", models=("PLE",), low=1, high=MAX_DEPTH, note=DEPTH_NOTE),
+    Setting("ple_shared_experts", "int", models=("PLE",), low=0, high=MAX_EXPERTS, note=EXPERTS_NOTE),
+    Setting("ple_specific_experts", "int", models=("PLE",), low=0, high=MAX_EXPERTS, note=EXPERTS_NOTE),
+    Setting(
+        "expert_hidden_size",
+        "int_list",
+        models=EXPERT_MODELS,
+        low=1,
+        high=MAX_LAYER,
+        note=LAYER_NOTE,
+        optional=True,
+    ),
     Setting(
         "expert_dropout",
         "number_list",
@@ -206,8 +251,18 @@ SETTINGS = (
         scalar_ok=True,
         optional=True,
     ),
-    Setting("task_tower_hidden_size", "int_list", models=EXPERT_MODELS, low=1, optional=True),
+    Setting(
+        "task_tower_hidden_size",
+        "int_list",
+        models=EXPERT_MODELS,
+        low=1,
+        high=MAX_LAYER,
+        note=LAYER_NOTE,
+        optional=True,
+    ),
     dropout_setting("task_tower_dropout", models=EXPERT_MODELS),
+    # ----- resuming (overall.yaml) -------------------------------------------------------------
+    Setting("resume_in_place", "bool", models=(ANY_MODEL,)),
 )
 
 

@@ -1,70 +1,158 @@
-"""Values written as text (``--key=value`` on a command line, a params file), read without ``eval``.
+"""Values written as text, read as data and never evaluated: ``--key=value`` on a command line,
+a params file, a ``--variant``, a ``config_dict`` string and the plain scalars of a YAML file.
 
-Values are read without ``eval``: a Python literal (``ast.literal_eval``), else YAML
-(``[adam, sgd]``) read by :class:`SettingsYamlLoader` (plain values only). Text that is Python
-code (a call such as ``"__import__('os')"``) or arithmetic (``1/0``) is refused with where it was
-written: nothing is evaluated, so it could only end up as a misleading string.
+One rule reads every value that is written without quotes (:func:`read_scalar`):
+
+- a number, a quoted string, ``True`` / ``False`` / ``None`` as Python literals
+  (``ast.literal_eval``: ``1e-3``, ``-2``, ``0x10``, ``'a b'``);
+- ``true`` / ``false`` in any letter case; ``~`` and ``null`` (YAML's None); ``.inf`` / ``.nan``;
+- anything else is the string as written: a path (``best.pth``,
+  ``saved/MLP-Dec-10-2026_16-21-52-31492-ebce0d.pth``, ``data.v2``), a word, a date
+  (``2026-12-10``), ``1:30``, ``yes``, or text that looks like code (``1/0``).
+
+A list or a dict is a Python literal (``[1, 2]``, ``{'max_norm': 5}``) or YAML's flow style
+(``[adam, sgd]``, ``{split: {RS: [0.8, 0.1, 0.1]}}``), whose unquoted items are read by the same
+rule (YAML's own implicit types, which turn ``2026-12-10`` into a date and ``1:30`` into 90, are
+not used). Settings that name a file, a folder or a name (:data:`TEXT_KEYS`) keep their text.
+Nothing is evaluated, so text that looks like code is a string like any other: a setting that
+wants a number then says so (``learning_rate must be a number > 0, got '1/0'``).
 """
 
 import ast
-import re
 
 import numpy as np
 import yaml
 from yaml.composer import ComposerError
+from yaml.nodes import ScalarNode
 
 from recbole_cstwa.errors import ValueTextError
-
-# Expression nodes of text that reads as words, not code: names, constants and light operators
-# (``leaky-relu`` is a BinOp of two names). No calls, attributes, subscripts, ``**`` or ``*``.
-_INERT_NODES = (
-    ast.Expression,
-    ast.Name,
-    ast.Constant,
-    ast.Load,
-    ast.BinOp,
-    ast.UnaryOp,
-    ast.BoolOp,
-    ast.Compare,
-    ast.Add,
-    ast.Sub,
-    ast.Div,
-    ast.USub,
-    ast.UAdd,
-    ast.Not,
-    ast.And,
-    ast.Or,
-    ast.cmpop,
-)
-
 
 #: The most nodes a YAML document may expand to through its aliases (``*name``): a settings file
 #: holds a few hundred; a few lines of nested aliases can expand to billions.
 YAML_MAX_NODES = 100_000
-#: RecBole's float pattern: ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``), as in RecBole's loader.
-_RECBOLE_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
+#: Settings that name a file, a folder or a name: their value is the text as written (a folder
+#: named ``2024`` is no number), ``~`` / ``null`` / ``None`` meaning None.
+TEXT_KEYS = frozenset(
+    {
+        "model",
+        "dataset",
+        "data_path",
+        "checkpoint_dir",
+        "dataset_cache_dir",
+        "model_file",
+        "resume",
+        "config_files",
+        "params_file",
+        "output_file",
+    }
 )
+_NULL_WORDS = frozenset({"~", "null", "Null", "NULL", "None"})
+_YAML_SPECIAL_FLOATS = {
+    ".inf": float("inf"),
+    "+.inf": float("inf"),
+    "-.inf": float("-inf"),
+    ".nan": float("nan"),
+}
+#: The tag :class:`SettingsYamlLoader` gives an unquoted scalar: read by :func:`read_scalar`.
+_PLAIN_TAG = "tag:recbole-cstwa,2026:plain"
+_TEXT_TAG = "tag:recbole-cstwa,2026:text"
+_NOT_LITERAL = object()
+
+
+class _NotPlain(Exception):
+    """A Python literal that is no plain data (a set, bytes, a complex number)."""
+
+
+def _plain_data(value):
+    """``value`` (from ``ast.literal_eval`` or YAML) as plain data: tuples as lists, dict keys as
+    text; raises :class:`_NotPlain` for anything else."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain_data(item) for key, item in value.items()}
+    raise _NotPlain(value)
+
+
+def _literal(text):
+    """``text`` as a Python literal of plain data; ``text`` itself for a literal of another type
+    (RecBole's rule: ``{1, 2}`` keeps its text); :data:`_NOT_LITERAL` when it is none."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NOT_LITERAL
+    try:
+        return _plain_data(value)
+    except _NotPlain:
+        return text
+
+
+def read_scalar(text):
+    """A value written without quotes, read as data (the module's rule): a number, a Python
+    string literal, True / False (any letter case), None (``None``, ``~``, ``null``), ``.inf`` /
+    ``.nan``; anything else is ``text`` itself."""
+    value = _literal(text)
+    if value is not _NOT_LITERAL:
+        return value
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text in _NULL_WORDS:
+        return None
+    special = _YAML_SPECIAL_FLOATS.get(text.lower())
+    return text if special is None else special
+
+
+def read_text(text):
+    """The value of a :data:`TEXT_KEYS` setting: the text as written (a quoted Python string
+    unquoted), None for ``~`` / ``null`` / ``None``."""
+    if text in _NULL_WORDS:
+        return None
+    value = _literal(text)
+    return value if isinstance(value, str) else text
 
 
 class SettingsYamlLoader(yaml.SafeLoader):
-    """YAML settings as plain values: YAML's own types only (a ``!!python/...`` tag is an error,
-    wherever it is), RecBole's float spelling, and at most :data:`YAML_MAX_NODES` nodes once the
-    aliases are expanded (an alias bomb fails before anything is built)."""
+    """YAML settings as plain values: YAML's structure (mappings, lists, quotes) with the module's
+    rule for unquoted scalars (no dates, sexagesimal numbers or ``yes``/``no`` booleans), the text
+    of :data:`TEXT_KEYS` settings, YAML's own types only (a ``!!python/...`` tag is an error,
+    wherever it is), and at most :data:`YAML_MAX_NODES` nodes once the aliases are expanded (an
+    alias bomb fails before anything is built)."""
 
     def compose_document(self):
         node = super().compose_document()
         expanded_size(node)
         return node
 
+    def resolve(self, kind, value, implicit):
+        if kind is ScalarNode and implicit[0]:
+            return _PLAIN_TAG
+        return super().resolve(kind, value, implicit)
 
-SettingsYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _RECBOLE_FLOAT, list("-+0123456789."))
+    def construct_mapping(self, node, deep=False):
+        for key_node, value_node in node.value:
+            if (
+                isinstance(key_node, ScalarNode)
+                and key_node.value in TEXT_KEYS
+                and isinstance(value_node, ScalarNode)
+                and value_node.tag == _PLAIN_TAG
+            ):
+                value_node.tag = _TEXT_TAG
+        return super().construct_mapping(node, deep=deep)
+
+
+def _construct_plain(loader, node):
+    return None if node.value == "" else read_scalar(node.value)  # ``key:`` alone is YAML's null
+
+
+def _construct_text(loader, node):
+    return None if node.value == "" else read_text(node.value)
+
+
+SettingsYamlLoader.add_constructor(_PLAIN_TAG, _construct_plain)
+SettingsYamlLoader.add_constructor(_TEXT_TAG, _construct_text)
 
 
 def expanded_size(root):
@@ -129,67 +217,37 @@ def split_assignments(text):
 
 
 # ----- values ----------------------------------------------------------------------------------
-def check_recbole_string(text, where):
-    """Refuses a string that is Python code or arithmetic; returns ``text`` otherwise.
-
-    Nothing is evaluated (the plugin's ``Config`` keeps RecBole's ``eval`` away from every value),
-    so ``open('x').write('y')`` or ``1/0`` would only become a string where the user meant code
-    or a number. A plain word (``adam``), a word with operators (``leaky-relu``), a path or text
-    that is no Python expression is accepted.
-    """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return text
-    if not all(isinstance(node, _INERT_NODES) for node in ast.walk(tree)):
-        raise ValueTextError(
-            f"{where}: the string {text!r} is Python code; values are read as plain data and never "
-            "run. Give plain values: numbers, true/false, words, lists."
-        )
-    body = tree.body.operand if isinstance(tree.body, ast.UnaryOp) else tree.body  # -1 is a number
-    if not isinstance(body, (ast.Name, ast.Constant)) and not any(
-        isinstance(node, ast.Name) for node in ast.walk(tree)
-    ):
-        raise ValueTextError(
-            f"{where}: {text!r} is arithmetic; values are never evaluated. Give the value itself "
-            "(a number, true/false, a word or a list)."
-        )
-    return text
-
-
 def plain_value(value, where):
-    """``value`` as plain Python data that is safe to hand to RecBole's ``Config``."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, float)):
+    """``value`` as plain Python data that is safe to hand to RecBole's ``Config``: numbers, bools,
+    None, strings (kept as they are), lists (tuples too) and dicts of those."""
+    try:
+        return _plain_data(value)
+    except _NotPlain as error:
+        raise ValueTextError(
+            f"{where}: {error.args[0]!r} is not a plain value (number, bool, string, list, dict)."
+        ) from None
+
+
+def parse_literal(text, where, key=None):
+    """A value written as text (a command line, a params file, a ``config_dict`` string), read by
+    the module's rule; ``key``: the setting, whose value stays text when it names a file, a folder
+    or a name (:data:`TEXT_KEYS`). Text in brackets that is no list or dict (RecBole's interval
+    ``[0,inf)``) is the string as written."""
+    stripped = text.strip()
+    if key in TEXT_KEYS:
+        return read_text(stripped)
+    if not stripped.startswith(("[", "{")):
+        return read_scalar(stripped)
+    value = _literal(stripped)
+    if value is not _NOT_LITERAL:
         return value
-    if isinstance(value, str):
-        return check_recbole_string(value, where)
-    if isinstance(value, (list, tuple)):
-        return [plain_value(item, where) for item in value]
-    if isinstance(value, dict):
-        return {str(key): plain_value(item, where) for key, item in value.items()}
-    raise ValueTextError(f"{where}: {value!r} is not a plain value (number, bool, string, list, dict).")
-
-
-def parse_literal(text, where):
-    """A value written in a params file or an override: a Python literal, else YAML, never eval."""
     try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        try:
-            value = yaml.load(text, Loader=SettingsYamlLoader)
-        except yaml.YAMLError:
-            raise ValueTextError(f"{where}: cannot read {_shorten(text.strip())!r} as a value.") from None
-        except RecursionError:
-            raise ValueTextError(
-                f"{where}: {_shorten(text.strip())!r} is nested too deeply to be a setting."
-            ) from None
-    try:
-        return plain_value(value, where)
+        return plain_value(yaml.load(stripped, Loader=SettingsYamlLoader), where)
+    except yaml.YAMLError:
+        return stripped
     except RecursionError:
         raise ValueTextError(
-            f"{where}: {_shorten(text.strip())!r} is nested too deeply to be a setting."
+            f"{where}: {_shorten(stripped)!r} is nested too deeply to be a setting."
         ) from None
 
 
@@ -205,5 +263,7 @@ def parse_assignments(items, where):
         key = key.strip().lstrip("-")
         if not sep or not key:
             raise ValueTextError(f"{where}: expected key=value, got {item!r}.")
-        settings[key] = parse_literal(value, f"{where}, {key}" if where != "command line" else f"--{key}")
+        settings[key] = parse_literal(
+            value, f"{where}, {key}" if where != "command line" else f"--{key}", key=key
+        )
     return settings

@@ -4,6 +4,7 @@ The 2-process tests start real processes (``torch.multiprocessing.spawn``) talki
 port; they take tens of seconds on a small machine, hence ``slow``.
 """
 
+import errno
 import socket
 
 import pytest
@@ -16,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
-from recbole_cstwa.distributed import launch, unpadded_count
+from recbole_cstwa.distributed import check_port_free, launch, unpadded_count
 from recbole_cstwa.errors import DistributedRunError
 from recbole_cstwa.evaluator import TaskEvaluator
 from recbole_cstwa.quick_start import run_recbole_cstwa
@@ -161,3 +162,57 @@ def test_a_taken_port_is_named_before_any_rank_starts():
         port = taken.getsockname()[1]
         with pytest.raises(DistributedRunError, match=rf"port {port} is taken by another program: .* --port"):
             launch(lambda **kwargs: pytest.fail("a rank started"), nproc=2, port=port)
+
+
+def _port_in_time_wait():
+    """A port whose only socket is a closed connection in TIME_WAIT: the server side accepted a
+    connection and closed it first (the side that closes first waits), then stopped listening."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end of the connection waits
+        client.recv(1)  # the server's FIN
+        client.close()
+    return port
+
+
+def test_a_port_in_time_wait_is_free_for_the_next_run():
+    """Two DDP runs back to back failed at random with "port 5678 is taken by another program"
+    while nothing listened: the previous run's connection was in TIME_WAIT, which the probe's
+    bind without SO_REUSEADDR refused (torch's store binds with it)."""
+    port = _port_in_time_wait()
+    with socket.socket() as plain:  # what the probe did: refused while the port is in TIME_WAIT
+        with pytest.raises(OSError) as refused:
+            plain.bind(("", port))
+        assert refused.value.errno == errno.EADDRINUSE
+    check_port_free(port)  # no error: rank 0 can listen there
+
+
+def test_a_listening_port_is_still_refused():
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # even a program that reuses
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DistributedRunError, match=rf"port {port} is taken by another program"):
+            check_port_free(port)
+
+
+def _listening(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_two_runs_back_to_back_on_the_default_port(ddp_data_path, tmp_path):
+    """The second --nproc=2 run starts while the first one's connections on 5678 are in TIME_WAIT."""
+    if _listening(5678):
+        pytest.skip("another program listens on the default port 5678")
+    for run in ("first", "second"):
+        settings = _settings(ddp_data_path, tmp_path / run, model="MLP")
+        result = run_recbole_cstwa(config_dict=settings, nproc=2)  # the default port
+        assert result["world_size"] == 2, run

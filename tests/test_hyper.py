@@ -97,18 +97,23 @@ def test_a_repeated_name_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "values",
+    "values, kept",
     [
-        "__import__('os')",
-        "[__import__('os').getcwd()]",
-        "['__import__(\"os\").getcwd()']",  # a string RecBole's Config would have evaluated
-        "[open('x')]",
-        "['9**9**9**9']",  # no code, but an eval that never ends
+        ("[__import__('os').getcwd()]", "__import__('os').getcwd()"),
+        ("['__import__(\"os\").getcwd()']", '__import__("os").getcwd()'),  # RecBole would eval it
+        ("[open('x')]", "open('x')"),
+        ("['9**9**9**9']", "9**9**9**9"),  # no code, but an eval that never ends
     ],
 )
-def test_code_is_refused_not_run(values):
-    with pytest.raises(ParamsFileError, match="line 1"):
-        parse_params([f"learner choice {values}"])
+def test_code_is_kept_as_text_never_run(values, kept):
+    """Such text was refused as "Python code"; values are data, never evaluated: the string."""
+    (param,) = parse_params([f"learner choice {values}"])
+    assert param.values == (kept,)
+
+
+def test_a_choice_that_is_no_list_is_refused():
+    with pytest.raises(ParamsFileError, match="line 1: choice takes a non-empty list"):
+        parse_params(["learner choice __import__('os')"])
 
 
 def test_words_that_recbole_keeps_as_strings_are_accepted():
@@ -304,12 +309,23 @@ def test_redirected_output_has_no_colour_code_or_progress_bar(tiny_data_path, tm
         assert "\x1b[" not in output and "\r" not in output
 
 
+@pytest.mark.parametrize("line", ["learning_rate choice ['1/0']", "learning_rate choice [1/0]"])
+def test_choice_text_that_looks_like_code_is_kept_as_the_string(line):
+    """It was refused as "arithmetic"; values are data, never evaluated: a string, which the
+    settings check then refuses for learning_rate like any other word."""
+    (param,) = parse_params([line])
+    assert param.values == ("1/0",)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("learner choice __import__('os')", "is Python code; values are read as plain data and never run"),
-        ("learning_rate choice ['1/0']", "'1/0' is arithmetic; values are never evaluated"),
-        ("learning_rate choice [1/0]", "'1/0' is arithmetic; values are never evaluated"),
+        # read as the text it is (never evaluated): no list to choose from
+        (
+            "learner choice __import__('os')",
+            r"choice takes a non-empty list such as \[1, 2\], got \"__import__",
+        ),
+        ("learner choice [adam, sgd", r"choice takes a non-empty list such as \[1, 2\], got '\[adam, sgd'"),
         pytest.param(
             "learner choice " + "[" * 5000 + "]" * 5000,
             "is nested too deeply to be a setting",
@@ -397,7 +413,7 @@ def test_ray_local_mode_runs_trials(tiny_data_path, tmp_path):
         ("sm_lambda uniform 0.1,1.5", "sm_lambda uniform: sm_lambda must be a number in [0, 1], got 1.5."),
         (
             "embedding_size choice [4, 0]",
-            "embedding_size choice: embedding_size must be an integer >= 1, got 0.",
+            "embedding_size choice: embedding_size must be an integer in [1, 4096] (far above the papers' 5 to 64; larger only allocates memory), got 0.",
         ),
         ("graph_top_k uniform 4,32", "graph_top_k uniform: graph_top_k takes whole numbers"),
         ("graph_top_k quniform 0,32,4", "graph_top_k quniform: graph_top_k must be an integer >= 1, got 0."),

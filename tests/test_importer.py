@@ -11,7 +11,7 @@ from conftest import read_table
 from recbole_cstwa.commands.import_dataset import main
 from recbole_cstwa.errors import InputFileError
 from recbole_cstwa.tools.aliexpress_sample import HEADER, write_sample
-from recbole_cstwa.tools.importer import StratifiedSplitter, import_dataset
+from recbole_cstwa.tools.importer import StratifiedSplitter, format_summary, import_dataset
 
 # AliExpress' schema (categorical_*, numerical_*, click, conversion) plus optional id columns.
 COLUMNS = [
@@ -411,3 +411,44 @@ def test_a_numerical_column_holds_finite_numbers_or_empty_cells(tmp_path, cell):
         InputFileError, match=rf"line 6: numerical column \[numerical_1\] holds '{cell}', not a finite number"
     ):
         with_ids(tmp_path, train=train)
+
+
+def test_a_reimport_keeps_the_users_own_files_subfolders_and_links(tmp_path, capsys):
+    """Re-importing into an existing dataset folder deleted the user's own subfolders and
+    symbolic links there (``notes/n.txt`` gone, no message): they are carried over as they
+    were (links not followed) and the summary says so."""
+    with_ids(tmp_path)
+    folder = tmp_path / "out" / "ae"
+    (folder / "notes").mkdir()
+    (folder / "notes" / "n.txt").write_text("my notes\n")
+    (folder / "notes" / "deeper").mkdir()
+    (folder / "notes" / "deeper" / "d.txt").write_text("deeper\n")
+    (folder / "README.mine").write_text("mine\n")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("elsewhere\n")
+    (folder / "linked.txt").symlink_to(outside)
+    (folder / "notes" / "inner-link").symlink_to("n.txt")
+    (folder / "dangling").symlink_to("no-such-file")
+    before = (folder / "ae.train.inter").read_text()
+
+    summary = with_ids(tmp_path)
+
+    assert (folder / "ae.train.inter").read_text() == before
+    assert (folder / "notes" / "n.txt").read_text() == "my notes\n"
+    assert (folder / "notes" / "deeper" / "d.txt").read_text() == "deeper\n"
+    assert (folder / "README.mine").read_text() == "mine\n"
+    for link, target in (
+        ("linked.txt", str(outside)),
+        ("notes/inner-link", "n.txt"),
+        ("dangling", "no-such-file"),
+    ):
+        assert os.path.islink(folder / link) and os.readlink(folder / link) == target, link
+    assert outside.read_text() == "elsewhere\n"  # the link's target is not touched
+    assert summary["kept"] == [
+        "README.mine",
+        "dangling -> no-such-file",
+        f"linked.txt -> {outside}",
+        "notes/",
+    ]
+    printed = format_summary(summary)
+    assert "kept in the folder, as they were (not the importer's): README.mine, dangling" in printed

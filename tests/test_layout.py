@@ -176,6 +176,7 @@ LAYERS = [
     "model",
     "registry",
     "config",
+    "checkpoint_checks",
     # using what is trained, and the pipeline
     "serving",
     "quick_start",

@@ -6,10 +6,16 @@
                                 [--any_recbole_key=value ...]
     python run_recbole_cstwa.py --model_file=saved/MLP-....pth      # evaluate, no training
     python run_recbole_cstwa.py --resume=saved/MLP-....pth [--epochs=20]   # continue training
+                                [--resume_in_place=True]
 
 Prints the click and purchase metrics of the best validation epoch and of the test set, the best
 epoch, the checkpoint that holds it and the run's log file. A checkpoint of this version brings its model, dataset and
 settings (the command line overrides them); one of an earlier version needs them given.
+``--resume`` continues the epochs of the checkpoint (``--epochs`` counts all of them, the
+checkpoint's included) on the data it was trained on (checked: the same vocabularies); its
+checkpoints go beside the given one under a new name, which starts as its copy, so the given file
+is kept (``--resume_in_place=True`` writes over it); the table shows the kept epoch's validation
+metrics, the checkpoint's own until a new epoch beats it (docs/serving.md).
 ``--nproc=2`` trains with 2 data-parallel processes (DDP: one a GPU with nccl, or CPU processes
 with gloo); over several machines, each runs ``--nproc`` ranks from ``--group_offset`` of
 ``--world_size``, meeting at rank 0's ``--ip`` and ``--port``.
@@ -60,7 +66,12 @@ def main(argv=None):
     parser.add_argument(
         "--model_file", default=None, help="evaluate this checkpoint on the splits, no training"
     )
-    parser.add_argument("--resume", default=None, help="continue training from this checkpoint")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="continue training from this checkpoint (written beside it, under a new name, unless "
+        "--resume_in_place=True)",
+    )
     args, _ = parser.parse_known_args(argv)  # other --key=value pairs are RecBole config overrides
     config_files = args.config_files.split() if args.config_files else None
     with reported_errors():  # bad input or settings: one `error: ...` line naming the key and the fix
@@ -87,7 +98,7 @@ def main(argv=None):
         )
         return
     resumed = f", resumed from {args.resume}" if args.resume else ""
-    print(f"{result['model']} on {args.dataset or 'synthetic-ccp'}{resumed}")
+    print(f"{result['model']} on {result.get('dataset') or args.dataset or 'synthetic-ccp'}{resumed}")
     print(format_results(result))
 
 

@@ -10,8 +10,8 @@ The params file has RecBole's syntax, one parameter a line (``#`` starts a comme
 
 Unlike RecBole's ``HyperTuning._build_space_from_file`` (which ``eval``s choice values), the
 file is read without ``eval``: choice values are Python literals (``ast.literal_eval``) or a YAML
-flow list (``[adam, sgd]``), and bounds are numbers. A string value that is Python code (a call
-such as ``"__import__('os')"``) or arithmetic is refused (see :func:`recbole_cstwa.values.check_recbole_string`).
+flow list (``[adam, sgd]``), and bounds are numbers. Values are data (:mod:`recbole_cstwa.values`):
+text that looks like code (``1/0``) is a string, never evaluated.
 
 Two routes run the same search:
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from recbole.utils import init_seed
 
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, check_parameters_fit, read_model_checkpoint
+from recbole_cstwa.checkpoint_checks import checked_settings
 from recbole_cstwa.config import Config
 from recbole_cstwa.errors import CheckpointError, InputError
 from recbole_cstwa.registry import get_model, is_multitask_model
@@ -54,13 +55,7 @@ def read_trained_checkpoint(model_file):
         raise CheckpointError(
             f"Checkpoint file [{model_file}] does not exist. Fix: --model_file=<a .pth file in checkpoint_dir>."
         )
-    checkpoint = load_checkpoint(model_file, map_location="cpu", mmap=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"Checkpoint [{model_file}] holds no model parameters (no state_dict): it was not "
-            "written by recbole-cstwa's trainers. Fix: train with run_recbole_cstwa.py and use "
-            "the checkpoint it names."
-        )
+    checkpoint = read_model_checkpoint(model_file, mmap=True)  # refuses pickles and foreign files
     if (
         checkpoint.get("format", 1) < CHECKPOINT_FORMAT
         or "settings" not in checkpoint
@@ -87,7 +82,7 @@ def load_trained(model_file, config_dict=None, device="cpu"):
     """
     model_file = str(model_file)
     checkpoint = read_trained_checkpoint(model_file)
-    settings = dict(checkpoint["settings"])
+    settings = checked_settings(checkpoint, model_file, config_dict)
     settings.update(config_dict or {})
     if device is not None and torch.device(device).type == "cpu":
         settings["use_gpu"] = False
@@ -106,6 +101,7 @@ def build_model(config, dataset, checkpoint, model_file):
     :class:`TrainedDataset`) with the checkpoint's parameters (and CSTWA's graphs)."""
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, dataset)
+    check_parameters_fit(model, checkpoint, model_file, config)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

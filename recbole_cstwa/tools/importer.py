@@ -625,6 +625,7 @@ def import_dataset(
         }
         summary["elapsed_seconds"] = round(time.perf_counter() - started, 3)
         writer.write_meta(summary)
+    summary["kept"] = writer.carried_over  # the folder's other entries (a user's own), kept as they were
     if problems:
         summary["warnings"] = [
             f"{p}: its AUC is undefined (the run will refuse it as valid)" for p in problems
@@ -649,5 +650,7 @@ def format_summary(summary):
         lines.append(f"ignored columns: {_preview(columns['ignored'])}")
     for warning in summary.get("warnings", []):
         lines.append(f"warning: {warning}")
+    if summary.get("kept"):
+        lines.append(f"kept in the folder, as they were (not the importer's): {', '.join(summary['kept'])}")
     lines.append(f"wrote {summary['output_dir']} in {summary['elapsed_seconds']:.1f} s")
     return "\n".join(lines)

@@ -6,7 +6,9 @@ dataset's YAML (``<name>.yaml``, loaded by convention when a run names the datas
 ``<name>.meta.json`` summary. The files are written into a new folder beside ``<name>/`` (created
 exclusively, under an unpredictable name) and, when the whole conversion succeeds, that folder
 replaces ``<name>/`` in one rename: a reader, or a kill at any moment, sees the whole old dataset
-or the whole new one, never a mix. Other files of the old folder are carried over (hard links).
+or the whole new one, never a mix. What else the old folder holds (a user's own files, subfolders
+and symbolic links) is carried over as it was (files as hard links, links not followed) and
+listed in :attr:`AtomicDatasetWriter.carried_over`.
 A failed conversion (a full disk included, whose error names the folder) removes the new folder.
 
 Rows are buffered and written in chunks (:class:`TableWriter`): memory stays bounded by the
@@ -43,6 +45,14 @@ def check_dataset_name(name):
     if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
         raise ValueError(f"dataset name must be a plain file name, got {name!r}")
     return name
+
+
+def _link_or_copy(source, target):
+    """``target`` as a hard link to ``source`` (no bytes copied), or a copy where links fail."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def header_line(fields):
@@ -136,6 +146,8 @@ class AtomicDatasetWriter:
         os.chmod(self.staging, 0o755)  # as a folder made by os.makedirs (mkdtemp makes it private)
         self._parts = []
         self._tables = []
+        #: What the old folder held besides this writer's files, kept in the new one (see commit).
+        self.carried_over = []
 
     def path(self, suffix):
         """Where ``<name>.<suffix>`` is written until the commit."""
@@ -181,19 +193,28 @@ class AtomicDatasetWriter:
         self._parts, self._tables = [], []
 
     def _carry_over_old_files(self):
-        """Files of the old folder this writer does not write (a user's own) stay in the dataset."""
+        """What the old folder holds that this writer does not write (a user's own files,
+        subfolders and symbolic links) is carried into the new one as it was: files hard-linked
+        (copied where links fail), folders rebuilt the same way, links re-created with the same
+        target (never followed). Their names go to :attr:`carried_over`."""
+        self.carried_over = []
         if os.path.islink(self.directory) or not os.path.isdir(self.directory):
             return
         written = set(os.listdir(self.staging))
-        for entry in os.scandir(self.directory):
+        for entry in sorted(os.scandir(self.directory), key=lambda entry: entry.name):
             left_by_old_versions = entry.name.endswith(".part")
-            if entry.name in written or left_by_old_versions or not entry.is_file(follow_symlinks=False):
+            if entry.name in written or left_by_old_versions:
                 continue
             target = os.path.join(self.staging, entry.name)
-            try:
-                os.link(entry.path, target)
-            except OSError:
-                shutil.copy2(entry.path, target, follow_symlinks=False)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+                self.carried_over.append(f"{entry.name} -> {os.readlink(entry.path)}")
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.copytree(entry.path, target, symlinks=True, copy_function=_link_or_copy)
+                self.carried_over.append(entry.name + "/")
+            elif entry.is_file(follow_symlinks=False):
+                _link_or_copy(entry.path, target)
+                self.carried_over.append(entry.name)
 
     def abort(self):
         for table in self._tables:
