@@ -207,6 +207,7 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, run.train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.task_evaluator.count_training_rows(run.train_data._dataset)  # the cold-start slice
     show = config["show_progress"]
     valid_result = trainer.evaluate(
         run.valid_data, load_best_model=True, model_file=model_file, show_progress=show
@@ -286,6 +287,7 @@ def _run(model=None, dataset=None, config_file_list=None, config_dict=None, save
         "model": config["model"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
+        "valid_metric": config["valid_metric"],  # the metric that chose the kept epoch
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "epochs_trained": len(trainer.train_loss_dict),  # fewer than `epochs` after early stopping

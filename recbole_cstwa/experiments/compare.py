@@ -44,6 +44,7 @@ from recbole_cstwa.digest import file_digest
 from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
+    OPTIONAL_METRICS,
     TESTED_METRICS,
     table_lines,
     write_csv,
@@ -346,6 +347,7 @@ def execute(plan, output_dir, resume=True, runner=None, log=print):
             "test_result": _metrics(result.get("test_result")),
             "best_valid_result": _metrics(result.get("best_valid_result")),
             "best_valid_score": float(result["best_valid_score"]),
+            "valid_metric": result.get("valid_metric"),  # what chose the kept epoch
             "wall_seconds": time.perf_counter() - start,
             "fit_seconds": result.get("fit_seconds"),
             "epochs_trained": result.get("epochs_trained"),
@@ -402,7 +404,7 @@ def summarize(plan, records):
             "overrides": entry.overrides,
             "n_seeds": len(seeds),
         }
-        for metric in (*METRICS, "seconds", "epoch_seconds"):
+        for metric in (*METRICS, *OPTIONAL_METRICS, "seconds", "epoch_seconds"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(
                 [v.get(metric, math.nan) for v in seeds.values()]
             )
@@ -483,7 +485,7 @@ def run_comparison(
     for record in records:
         label = code_label(record.get("code"))
         codes[label] = codes.get(label, 0) + 1
-    write_markdown(files["markdown"], plan, rows, oracle_values, codes)
+    write_markdown(files["markdown"], plan, rows, oracle_values, codes, records)
     write_csv(files["csv"], rows, oracle_values)
     plots = write_plot(os.path.join(output_dir, "summary.html"), plan, rows, joined, oracle_values, plotlyjs)
     files["html"] = plots[0]
