@@ -15,7 +15,6 @@ from logging import getLogger
 
 import yaml
 from recbole.config import Config as RecBoleConfig
-from recbole.evaluator import smaller_metrics
 
 from recbole_cstwa.compat import quiet_known_noise
 from recbole_cstwa.errors import ConfigError
@@ -23,7 +22,7 @@ from recbole_cstwa.keys import check_keys, extra_keys, known_keys
 from recbole_cstwa.registry import get_model, is_multitask_model
 from recbole_cstwa.setting_checks import check_settings, properties_dir
 from recbole_cstwa.settings import RULES, SETTINGS
-from recbole_cstwa.tasks import resolve_tasks
+from recbole_cstwa.tasks import metric_bigger, resolve_tasks
 from recbole_cstwa.values import YAML_MAX_NODES, SettingsYamlLoader, parse_literal
 
 #: Name of the dataset that ships with the plugin under ``dataset/``.
@@ -230,9 +229,7 @@ class Config(RecBoleConfig):
         self._check_paths_and_files()
         self._resolve_tasks()
         super()._set_default_parameters()
-        self.final_config_dict["valid_metric_bigger"] = (
-            self.final_config_dict["valid_metric"].split("_", 1)[1].lower() not in smaller_metrics
-        )
+        self.final_config_dict["valid_metric_bigger"] = metric_bigger(self.final_config_dict["valid_metric"])
 
     def _check_paths_and_files(self):
         """Folders and file names RecBole would read without a check: an empty checkpoint_dir

@@ -211,6 +211,7 @@ def evaluate_checkpoint(model_file, model=None, dataset=None, config_file_list=N
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, run.train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.task_evaluator.count_training_rows(run.train_data._dataset)  # the cold-start slice
     show = config["show_progress"]
     valid_result = trainer.evaluate(
         run.valid_data, load_best_model=True, model_file=model_file, show_progress=show

@@ -121,6 +121,11 @@ SETTINGS = (
         "wins over the default",
     ),
     Setting("invalid_purchase", "choice", models=(ANY_MODEL,), choices=("drop", "error")),
+    # ----- evaluation beyond RecBole's metrics (docs/evaluation.md) ----------------------------
+    Setting("truth_metrics", "bool", models=(ANY_MODEL,)),
+    Setting("calibration_metrics", "bool", models=(ANY_MODEL,)),
+    Setting("calibration_bins", "int", models=(ANY_MODEL,), low=1),
+    Setting("cold_start_count", "int", models=(ANY_MODEL,), low=0, note="0 reports no cold-start slice"),
     # ----- CSTWA (properties/model/CSTWA.yaml) -------------------------------------------------
     Setting("use_sm", "bool", models=CSTWA),
     Setting("use_cp", "bool", models=CSTWA),

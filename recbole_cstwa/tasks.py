@@ -21,6 +21,14 @@ Tasks (:data:`TASKS`), each scored with RecBole's metrics under the task's prefi
   the impression-level purchase probability (pCTR * pCVR for ESMM / ESCM2 / DCMT / DDPO / NISE). Every model here
   already scores ``purchase`` with that probability, so ``ctcvr`` equals ``purchase``: it is
   offered under the literature's name.
+- ``cvr_all``: the model's pCVR (its ``cvr`` head, else :data:`DIVISION`) over **every**
+  impression, against the purchase label: NISE's protocol (Huang et al., RecSys 2024). A model without
+  a pCVR (a RecBole model trained on one label) is not scored on it.
+
+Besides the metrics of ``metrics`` (RecBole's), every task gets the plugin's own
+(:data:`CALIBRATION_METRICS`, and :data:`TRUTH_METRICS` on a split with the generator's true
+probabilities, against the task's :data:`TRUTH_TARGETS`), and each metric a ``_cold`` twin on
+the cold-start slice (docs/evaluation.md).
 
 :func:`resolve_tasks` checks the label keys, ``eval_tasks``, ``metrics`` and ``valid_metric``
 once, when the config is built; the evaluator and the trainers then read them unchecked.
@@ -28,7 +36,7 @@ once, when the config is built; the evaluator and the trainers then read them un
 
 from collections import OrderedDict
 
-from recbole.evaluator import metric_types
+from recbole.evaluator import metric_types, smaller_metrics
 from recbole.utils import EvaluatorType
 
 from recbole_cstwa.errors import ConfigError
@@ -45,7 +53,38 @@ TASKS = OrderedDict(
     purchase=("purchase", ("purchase",), False),
     cvr=("purchase", ("cvr", DIVISION, "purchase"), True),
     ctcvr=("purchase", ("purchase",), False),
+    cvr_all=("purchase", ("cvr", DIVISION), False),
 )
+
+#: The truth columns a dataset adds to rows with a truth file (recbole_cstwa.data.truth): the
+#: true P(click | impression) and P(click and purchase | impression), never features.
+TRUTH_FIELDS = OrderedDict(click="truth_click", purchase="truth_purchase")
+#: What each task's truth metrics score against: ``click`` (p_click), ``purchase`` (p_purchase)
+#: or ``cvr`` (q = p_purchase / p_click, the true post-click conversion rate).
+TRUTH_TARGETS = {
+    "click": "click",
+    "purchase": "purchase",
+    "ctcvr": "purchase",
+    "cvr": "cvr",
+    "cvr_all": "cvr",
+}
+
+#: The plugin's metrics on any data (``calibration_metrics``): predicted over observed, and the
+#: expected calibration error over equal-count bins.
+CALIBRATION_METRICS = ("pcoc", "ece")
+#: The plugin's metrics against the truth (``truth_metrics``, a split with truth); ``truth_clipped``
+#: only for a score made by :data:`DIVISION`.
+TRUTH_METRICS = ("truth_kl", "truth_auc", "truth_ece", "truth_clipped")
+#: Metrics whose smaller value is better (valid_metric_bigger False).
+SMALLER_METRICS = ("kl", "ece")
+#: Metrics that describe a run but cannot select a model (valid_metric).
+UNSELECTABLE_METRICS = {
+    "pcoc": "PCOC is best at 1, neither bigger nor smaller",
+    "truth_clipped": "it counts clipped divisions, it does not score a model",
+}
+#: The suffix of a metric on the cold-start slice, and the key of that slice's row count.
+COLD_SUFFIX = "_cold"
+COLD_ROWS = "cold_rows"
 
 #: Tasks a RecBole built-in model trained on one label can be scored on.
 SINGLE_LABEL_TASKS = {"click": ("click",), "purchase": ("purchase", "cvr", "ctcvr")}
@@ -72,6 +111,25 @@ def metric_key(task, metric):
     return f"{task}_{metric.lower()}"
 
 
+def split_metric_key(key):
+    """``(task, metric)`` of a reported metric's name (``cvr_all_truth_kl`` -> ``("cvr_all",
+    "truth_kl")``); ``(None, key)`` when no task prefixes it (a RecBole-style ``AUC``)."""
+    key = str(key).lower()
+    for task in sorted(TASKS, key=len, reverse=True):  # cvr_all before cvr
+        if key.startswith(task + "_"):
+            return task, key[len(task) + 1 :]
+    return None, key
+
+
+def metric_bigger(key):
+    """True when a bigger value of the metric ``key`` is better (RecBole's ``smaller_metrics``
+    and the plugin's KL and ECE are smaller-is-better)."""
+    _, metric = split_metric_key(key)
+    metric = metric.removesuffix(COLD_SUFFIX)
+    last = metric.rsplit("_", 1)[-1]
+    return metric not in smaller_metrics and last not in SMALLER_METRICS
+
+
 def requested_tasks(value):
     """The ``eval_tasks`` setting as a list of task names (YAML list, ``[a,b]`` or ``a,b`` text
     from the command line, or an already resolved ``{task: label}`` dict)."""
@@ -82,7 +140,7 @@ def requested_tasks(value):
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(
             f"eval_tasks must list evaluation tasks from {list(TASKS)}, e.g. "
-            f"[click, purchase, cvr], got {value!r}."
+            f"[click, purchase, cvr, cvr_all], got {value!r}."
         )
     unknown = [task for task in value if task not in TASKS]
     if unknown:
@@ -102,6 +160,13 @@ def _check_labels(config):
             raise ConfigError(
                 f"Label [{field}] is listed in numerical_features: a label must never be a "
                 "feature. Remove it from numerical_features."
+            )
+    for key in ("numerical_features", "normalize_field", "discretization"):
+        named = [field for field in TRUTH_FIELDS.values() if field in (config.get(key) or [])]
+        if named:
+            raise ConfigError(
+                f"{key} names {named}, the true probabilities the evaluation scores against: "
+                f"they are never features nor transformed. Remove them from {key}."
             )
     if config.get("threshold"):
         raise ConfigError(
@@ -134,7 +199,9 @@ def resolve_tasks(config, model_name, multitask, label_field_set):
     dict, changed in place) and resolves them: ``eval_tasks`` becomes ``{task: label column}``
     for the tasks ``model_name`` is scored on (all listed for a two-task model; for a model
     trained on ``LABEL_FIELD``, that label's task and, trained on purchase, the listed ``cvr`` /
-    ``ctcvr``), ``valid_metric`` a task-prefixed key. ``LABEL_FIELD`` follows ``PURCHASE_FIELD``
+    ``ctcvr``; ``cvr_all`` needs a pCVR, which such a model has not), ``valid_metric`` a
+    task-prefixed key (one of ``metrics``, or of the plugin's calibration and truth metrics
+    that can rank models). ``LABEL_FIELD`` follows ``PURCHASE_FIELD``
     unless ``label_field_set`` (the user or the dataset's YAML set it).
 
     Returns:
@@ -168,10 +235,10 @@ def resolve_tasks(config, model_name, multitask, label_field_set):
     metrics = _value_metrics(config, model_name)
     metric_names = [metric.lower() for metric in metrics]
     valid_metric = str(config["valid_metric"]).lower()
-    task, _, metric = valid_metric.partition("_")
-    if task not in TASKS:
+    task, metric = split_metric_key(valid_metric)
+    if task is None:
         # A RecBole-style name ("AUC") means that metric on the main task scored.
-        task, metric = ("purchase" if "purchase" in tasks else next(iter(tasks))), valid_metric
+        task = "purchase" if "purchase" in tasks else next(iter(tasks))
     if task not in tasks:
         fallback = next(iter(tasks))
         notes.append(
@@ -179,11 +246,40 @@ def resolve_tasks(config, model_name, multitask, label_field_set):
             f"[{label_field}]: early stopping uses {metric_key(fallback, metric)} instead."
         )
         task = fallback
-    if metric not in metric_names:
-        raise ConfigError(
-            f"valid_metric [{config['valid_metric']}] needs metric [{metric}] in metrics "
-            f"{metrics}: add it to metrics or choose one of "
-            f"{[metric_key(t, m) for t in tasks for m in metric_names]}."
-        )
+    _check_selectable(config, metric, metric_names, tasks)
     config["valid_metric"] = metric_key(task, metric)
     return notes
+
+
+def _check_selectable(config, metric, metric_names, tasks):
+    """Stops when ``valid_metric``'s metric is not computed on every validation or cannot rank
+    models (see :data:`UNSELECTABLE_METRICS`)."""
+    given = config["valid_metric"]
+    if metric.endswith(COLD_SUFFIX):
+        raise ConfigError(
+            f"valid_metric [{given}] is a cold-start slice metric, computed only when the "
+            "validation split holds cold rows: it cannot select the model. Fix: "
+            f"--valid_metric={metric_key(next(iter(tasks)), metric.removesuffix(COLD_SUFFIX))}."
+        )
+    if metric in UNSELECTABLE_METRICS:
+        raise ConfigError(
+            f"valid_metric [{given}] cannot select a model ({UNSELECTABLE_METRICS[metric]}). Fix: "
+            "choose an AUC, a LogLoss, an ECE or a truth KL, e.g. --valid_metric=purchase_auc or "
+            "--valid_metric=cvr_all_truth_kl."
+        )
+    switches = {name: "calibration_metrics" for name in CALIBRATION_METRICS}
+    switches.update({name: "truth_metrics" for name in TRUTH_METRICS})
+    if metric in switches:
+        if config.get(switches[metric]) is False:
+            raise ConfigError(
+                f"valid_metric [{given}] needs {switches[metric]}: True (it is False). Fix: "
+                f"--{switches[metric]}=True, or another valid_metric."
+            )
+        return
+    if metric not in metric_names:
+        extra = [name for name in (*CALIBRATION_METRICS, *TRUTH_METRICS) if name not in UNSELECTABLE_METRICS]
+        raise ConfigError(
+            f"valid_metric [{given}] needs metric [{metric}] in metrics "
+            f"{config['metrics']}: add it to metrics or choose one of "
+            f"{[metric_key(t, m) for t in tasks for m in metric_names + extra]}."
+        )

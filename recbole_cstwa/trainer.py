@@ -62,6 +62,13 @@ class TaskTrainer(SafeCheckpointMixin, Trainer, distributed.DistributedTrainerMi
         probabilities; :class:`~recbole_cstwa.evaluator.TaskEvaluator` maps them to the tasks."""
         raise NotImplementedError
 
+    def fit(
+        self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None
+    ):
+        # The training split's rows of each user and item: the evaluation's cold-start slice.
+        self.task_evaluator.count_training_rows(train_data._dataset)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = time()
         loss = self._run_epoch(train_data, epoch_idx, loss_func, show_progress)

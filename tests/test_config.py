@@ -60,8 +60,9 @@ def test_label_field_errors(make_config):
 def test_eval_tasks_are_listed_and_applied_per_model(make_config):
     config = make_config("CSTWA", eval_tasks="[click,purchase,cvr,ctcvr]")  # command-line form
     assert list(config["eval_tasks"]) == ["click", "purchase", "cvr", "ctcvr"]
-    assert list(make_config("ESMM")["eval_tasks"]) == ["click", "purchase", "cvr"]  # the default
-    everything = ["click", "purchase", "cvr", "ctcvr"]
+    assert list(make_config("ESMM")["eval_tasks"]) == ["click", "purchase", "cvr", "cvr_all"]  # the default
+    everything = ["click", "purchase", "cvr", "ctcvr", "cvr_all"]
+    # cvr_all scores a pCVR, which a model trained on one label has not
     on_purchase = make_config("DeepFM", LABEL_FIELD="purchase", eval_tasks=everything)
     assert on_purchase["eval_tasks"] == {"purchase": "purchase", "cvr": "purchase", "ctcvr": "purchase"}
     on_click = make_config("DeepFM", LABEL_FIELD="click", eval_tasks=everything)

@@ -55,7 +55,12 @@ def test_dataset_yaml_is_found_by_convention_between_defaults_and_user_files(ali
     assert config["USER_ID_FIELD"] is None and config["ITEM_ID_FIELD"] is None
     assert config["benchmark_filename"] == ["train", "valid", "test"]
     assert len(config["numerical_features"]) == 63
-    assert config["eval_tasks"] == {"click": "click", "purchase": "conversion", "cvr": "conversion"}
+    assert config["eval_tasks"] == {
+        "click": "click",
+        "purchase": "conversion",
+        "cvr": "conversion",
+        "cvr_all": "conversion",
+    }
 
     # Priority: the dataset YAML beats the plugin's defaults, a user's config file beats it.
     yaml_path = tmp_path / "ds"
@@ -189,7 +194,12 @@ def test_cvr_valid_metric_on_a_split_where_every_click_is_bought_is_refused(tiny
         + "\n"
     )
     config = tiny_config(
-        str(tmp_path / "data"), tmp_path, eval_tasks=["cvr"], valid_metric="cvr_auc", cache_dataset=False
+        str(tmp_path / "data"),
+        tmp_path,
+        eval_tasks=["cvr"],
+        valid_metric="cvr_auc",
+        cache_dataset=False,
+        truth_metrics=False,  # the edited file no longer matches its truth file
     )
     with pytest.raises(
         DataFormatError,

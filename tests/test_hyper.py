@@ -193,20 +193,21 @@ def test_grid_of_a_continuous_space_and_a_nested_one():
         grid_size({"x": hp.choice("x", [hp.choice("y", [1, 2]), 3])})
 
 
-def _check_report(report, n_trials):
+def _check_report(report, n_trials, division=True):
+    """``division``: the model's pCVR is pCTCVR / pCTR (MLP), not a pCVR head (ESMM)."""
     assert report["valid_metric"] == "purchase_auc" and report["mode"] == "max"
     assert len(report["trials"]) == n_trials
     assert all(trial["status"] == "ok" for trial in report["trials"])
     for trial in report["trials"]:
         assert trial["valid_score"] == trial["valid_result"]["purchase_auc"]
-        assert set(trial["test_result"]) == {
-            "click_auc",
-            "click_logloss",
-            "purchase_auc",
-            "purchase_logloss",
-            "cvr_auc",
-            "cvr_logloss",
-        }
+        # the default tasks' RecBole metrics, calibration and truth metrics (the tiny dataset has
+        # truth files), and for a DIVISION pCVR the share of clipped divisions
+        tasks, metrics = ("click", "purchase", "cvr", "cvr_all"), ("auc", "logloss", "pcoc", "ece")
+        metrics += ("truth_kl", "truth_auc", "truth_ece")
+        keys = {f"{task}_{metric}" for task in tasks for metric in metrics}
+        if division:
+            keys |= {"cvr_truth_clipped", "cvr_all_truth_clipped"}
+        assert set(trial["test_result"]) == keys
     best = max(report["trials"], key=lambda trial: trial["valid_score"])
     assert report["best"] == best
 
@@ -244,7 +245,7 @@ def test_hypertuning_random_and_bayes(tiny_data_path, tmp_path, algo):
         max_evals=2,
         search_seed=3,
     )
-    _check_report(report, 2)
+    _check_report(report, 2, division=False)
     assert all(isinstance(t["params"]["embedding_size"], int) for t in report["trials"])
 
 

@@ -31,12 +31,16 @@ def format_results(result):
     """The valid and test metrics as an aligned table, then the best epoch, its checkpoint and
     the run's log file."""
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
-    metrics = list(test) or list(valid)
-    lines = [f"{'metric':<20}{'valid':>10}{'test':>10}"]
+    metrics = list(dict.fromkeys([*test, *valid]))  # a cold slice may be in one split only
+    width = max([20, *(len(metric) + 2 for metric in metrics)])
+
+    def cell(values, metric):
+        value = values.get(metric, float("nan"))
+        return f"{value:>10d}" if isinstance(value, int) else f"{value:>10.4f}"  # cold_rows: a count
+
+    lines = [f"{'metric':<{width}}{'valid':>10}{'test':>10}"]
     for metric in metrics:
-        lines.append(
-            f"{metric:<20}{valid.get(metric, float('nan')):>10.4f}{test.get(metric, float('nan')):>10.4f}"
-        )
+        lines.append(f"{metric:<{width}}{cell(valid, metric)}{cell(test, metric)}")
     log = f"log: {result['log_file']}" if result.get("log_file") else ""
     if result.get("model_file"):
         epoch = result.get("best_epoch")

@@ -12,9 +12,11 @@ Nothing in a cache folder is trusted: every name in the manifest must be a plain
 that folder, every array must match its checksum, and the labels pass the label checks again;
 anything else (a parse error included) means the cache is rebuilt, with a log line.
 
-The key hashes every byte of the atomic files the dataset reads (:func:`recbole_cstwa.digest.file_digest`,
-BLAKE2b streamed in 16 MiB blocks: seconds for Ali-CCP's files, and a changed cell anywhere
-in a file gives another key, which a size / modification-time check would not). A file that
+The key hashes every byte of the atomic files the dataset reads, and with ``truth_metrics`` of
+the truth files and meta.json it reads (:mod:`recbole_cstwa.data.truth`), with
+:func:`recbole_cstwa.digest.file_digest` (BLAKE2b streamed in 16 MiB blocks: seconds for
+Ali-CCP's files, and a changed cell anywhere in a file gives another key, which a size /
+modification-time check would not). A file that
 changes while it is read (its size, modification or status-change time, or inode differ after
 loading from before hashing) is not cached: its key would describe other bytes than those read.
 """
@@ -36,6 +38,7 @@ from recbole.utils import FeatureSource, FeatureType
 from recbole.utils.argument_list import dataset_arguments
 
 from recbole_cstwa.data.dataset import TokenIds
+from recbole_cstwa.data.truth import meta_file, truth_files
 from recbole_cstwa.digest import array_checksum, file_digest
 from recbole_cstwa.errors import CacheError
 from recbole_cstwa.file_writes import remove_stale_temporaries, replace_directory
@@ -60,12 +63,14 @@ RESULT_SETTINGS = sorted(
         "normalize_field",
         "normalize_all",
         "benchmark_filename",
+        "truth_metrics",
     }
 )
 
 
 def data_files(config):
-    """The atomic files a dataset reads, in a fixed order (those that exist)."""
+    """The files a dataset reads, in a fixed order (those that exist): the atomic files, and with
+    ``truth_metrics`` the truth files it reads and the meta.json vouching for them."""
     folder = config["data_path"]
     token = config["dataset"]
     if config["benchmark_filename"]:
@@ -74,7 +79,11 @@ def data_files(config):
         names = [f"{token}.inter"]
     names += [f"{token}.user", f"{token}.item"]
     names += [f"{token}.{suffix}" for suffix in config["additional_feat_suffix"] or []]
-    return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
+    paths = [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
+    truth = list(truth_files(config).values())
+    if truth and os.path.isfile(meta_file(config)):
+        truth.append(meta_file(config))
+    return paths + truth
 
 
 def file_identity(path):
@@ -88,20 +97,22 @@ def cache_key(config, dataset_class):
     """The content fingerprint: file bytes, result-affecting settings, class and format.
 
     ``description["identities"]`` holds each file's :func:`file_identity` taken before it was
-    hashed, for :func:`changed_files` after the dataset is read.
+    hashed, for :func:`changed_files` after the dataset is read; ``description["digests"]`` each
+    file's digest (the dataset's truth check reuses them), neither part of the key.
     """
     paths = data_files(config)
     identities = {path: file_identity(path) for path in paths}
+    digests = {path: file_digest(path) for path in paths}
     description = {
         "format": FORMAT_VERSION,
         "recbole": recbole.__version__,
         "class": f"{dataset_class.__module__}.{dataset_class.__qualname__}",
-        "files": [[os.path.basename(path), file_digest(path)] for path in paths],
+        "files": [[os.path.basename(path), digests[path]] for path in paths],
         "settings": {key: config[key] for key in RESULT_SETTINGS},
     }
     text = json.dumps(description, sort_keys=True, default=str)
     key = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-    return key, {**description, "identities": identities}
+    return key, {**description, "identities": identities, "digests": digests}
 
 
 def changed_files(description):
@@ -154,7 +165,9 @@ def _source(value):
 
 def save(dataset, directory, key, description):
     """Writes ``dataset`` (after ``_change_feat_format``) to ``directory`` atomically."""
-    description = {name: value for name, value in description.items() if name != "identities"}
+    description = {
+        name: value for name, value in description.items() if name not in ("identities", "digests")
+    }
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     # The process id in the name tells a live writer's folder from one a dead writer left.

@@ -17,7 +17,14 @@ import numpy as np
 
 from recbole_cstwa.data.atomic_files import read_header
 from recbole_cstwa.errors import ConfigError, DataFormatError
-from recbole_cstwa.tasks import label_fields, metric_key, task_label
+from recbole_cstwa.tasks import (
+    TRUTH_FIELDS,
+    TRUTH_METRICS,
+    label_fields,
+    metric_key,
+    split_metric_key,
+    task_label,
+)
 
 #: Metrics undefined on a split whose label takes a single value.
 RANKING_METRICS = ("auc", "gauc")
@@ -109,9 +116,29 @@ def _label_counts(split_data, field):
     return len(values), int((values == 1).sum())
 
 
+def _check_truth_to_select(config, valid_data):
+    """A truth metric selects the model only on a validation split whose rows all carry truth."""
+    dataset = getattr(valid_data, "_dataset", valid_data)
+    field = TRUTH_FIELDS["click"]
+    values = dataset.inter_feat[field] if field in dataset.inter_feat else None
+    if values is not None and not bool(np.isnan(np.asarray(values)).any()):
+        return
+    raise DataFormatError(
+        f"valid_metric [{config['valid_metric']}] needs the true probabilities of the validation "
+        f"split, but dataset [{config['dataset']}] has none there (no truth file beside its "
+        "validation file, e.g. <name>.valid.truth.gz with its meta.json, or its split is made by "
+        "eval_args from files without one). Fix: choose another valid_metric, e.g. "
+        "--valid_metric=purchase_auc."
+    )
+
+
 def check_evaluation_splits(config, valid_data, test_data):
-    """Refuses a validation split on which ``valid_metric`` is undefined; warns for the test split."""
-    task, _, metric = str(config["valid_metric"]).lower().partition("_")
+    """Refuses a validation split on which ``valid_metric`` is undefined (an AUC without both
+    labels, a truth metric without truth); warns for the test split."""
+    task, metric = split_metric_key(config["valid_metric"])
+    if metric in TRUTH_METRICS:
+        _check_truth_to_select(config, valid_data)
+        return
     if metric not in RANKING_METRICS:
         return
     tasks = config["eval_tasks"]

@@ -24,7 +24,9 @@ from recbole_cstwa.data.atomic_files import (
     read_header,
     sequence_cells,
 )
+from recbole_cstwa.data.truth import meta_file, read_truth, truth_files
 from recbole_cstwa.errors import DataFormatError
+from recbole_cstwa.tasks import TRUTH_FIELDS
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -103,7 +105,22 @@ class MultiTaskDataset(Dataset):
     cannot happen in the click -> purchase funnel: they are dropped with a logged count, or
     rejected when ``invalid_purchase: error``. Splits come from RecBole's ``eval_args`` ratios or
     from pre-split files through ``benchmark_filename``; an empty split is an error.
+
+    With ``truth_metrics`` on and a truth file beside an evaluation file (the generator's, see
+    :mod:`recbole_cstwa.data.truth`), every row gets its true probabilities as the float fields
+    :data:`~recbole_cstwa.tasks.TRUTH_FIELDS` (NaN where a file has none, as the training
+    file), added when the file is read, so every later drop, split or shuffle moves them with
+    their rows. They are never features (no model reads a float field outside
+    ``numerical_features``, where they may not be listed) and are left out of RecBole's
+    missing-value filling and normalisation.
+
+    ``file_digests`` (path -> BLAKE2b digest), when given, are the data files' digests already
+    computed (the dataset cache's key): the truth check then hashes no ``.inter`` file again.
     """
+
+    def __init__(self, config, file_digests=None):
+        self.file_digests = dict(file_digests or {})
+        super().__init__(config)
 
     def _get_field_from_config(self):
         super()._get_field_from_config()
@@ -111,6 +128,8 @@ class MultiTaskDataset(Dataset):
         self.purchase_field = self.config["PURCHASE_FIELD"]
         self.label_fields = (self.click_field, self.purchase_field)
         self.dropped_invalid_purchases = 0
+        self.truth_files = truth_files(self.config)
+        self.truth_fields = tuple(TRUTH_FIELDS.values()) if self.truth_files else ()
 
     def _load_data(self, token, dataset_path):
         if not os.path.isdir(dataset_path):
@@ -240,10 +259,46 @@ class MultiTaskDataset(Dataset):
                 f"{list(self.label_fields)} are declared float and hold 0 or 1."
             ) from None
         if source == FeatureSource.INTERACTION:
-            feat = self._check_labels(feat, filepath)
+            feat = self._check_labels(self._add_truth(feat, filepath), filepath)
         elif source in (FeatureSource.USER, FeatureSource.ITEM):
             feat = self._drop_duplicate_ids(feat, filepath, source)
         return feat
+
+    def _add_truth(self, feat, filepath):
+        """``feat`` (rows of ``filepath``) with the truth fields: the checked truth file's values,
+        or NaN for a file without one. Nothing is added when the dataset has no truth file."""
+        if not self.truth_fields or feat is None or len(feat) == 0:
+            return feat
+        clashing = [field for field in self.truth_fields if field in feat.columns]
+        if clashing:
+            raise DataFormatError(
+                f"[{filepath}] has columns {clashing}, the names of the true probabilities read "
+                "from the truth files beside it. Rename those columns, or set "
+                "--truth_metrics=False."
+            )
+        truth_path = self.truth_files.get(filepath)
+        if truth_path is None:
+            values = [np.full(len(feat), np.nan, dtype=np.float32) for _ in self.truth_fields]
+        else:
+            values = read_truth(
+                truth_path,
+                filepath,
+                meta_file(self.config),
+                len(feat),
+                inter_digest=self.file_digests.get(filepath),
+            )
+        for field, column in zip(self.truth_fields, values):
+            feat[field] = column
+            self.field2type[field] = FeatureType.FLOAT
+            self.field2source[field] = FeatureSource.INTERACTION
+            self.field2seqlen[field] = 1
+            self.field2bucketnum[field] = 2
+        return feat
+
+    @property
+    def float_like_fields(self):
+        """RecBole's float fields (``normalize_all`` normalises them), the truth fields aside."""
+        return [field for field in super().float_like_fields if field not in self.truth_fields]
 
     def _check_labels(self, feat, filepath):
         if feat is None or len(feat) == 0:
@@ -394,7 +449,12 @@ class MultiTaskDataset(Dataset):
         super()._user_item_feat_preparation()
 
     def _fill_nan(self):
+        # RecBole fills a float field's missing values with its mean: the training rows' NaN
+        # truth stays NaN (no truth there), so the truth columns sit this step out.
+        truth = {field: self.inter_feat.pop(field) for field in self.truth_fields if field in self.inter_feat}
         super()._fill_nan()
+        for field, column in truth.items():
+            self.inter_feat[field] = column
         # The left join of user / item features makes token columns float; back to ids.
         for feat_name in self.feat_name_list:
             feat = getattr(self, feat_name)

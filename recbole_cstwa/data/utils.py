@@ -51,7 +51,7 @@ def create_dataset(config):
             )
             return dataset
 
-    dataset = MultiTaskDataset(config)
+    dataset = MultiTaskDataset(config, file_digests=description["digests"])
     dataset._change_feat_format()
     changed = cache.changed_files(description)
     if changed:  # the key describes bytes other than those read

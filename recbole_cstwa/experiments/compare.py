@@ -52,6 +52,7 @@ from recbole_cstwa.digest import file_digest
 from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
+    OPTIONAL_METRICS,
     TESTED_METRICS,
     increment_lines,
     selection_line,
@@ -494,7 +495,7 @@ def summarize(plan, records):
             "overrides": entry.overrides,
             "n_seeds": len(seeds),
         }
-        for metric in (*METRICS, "seconds", "epoch_seconds"):
+        for metric in (*METRICS, *OPTIONAL_METRICS, "seconds", "epoch_seconds"):
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(
                 [v.get(metric, math.nan) for v in seeds.values()]
             )

@@ -9,6 +9,9 @@ from recbole_cstwa.file_writes import atomic_file, write_text
 
 #: The table's metrics, task-prefixed as the plugin's trainers report them.
 METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cvr_auc")
+#: Columns added when the runs report them: the truth metrics of a dataset with truth files and
+#: the calibration of the purchase head (docs/evaluation.md).
+OPTIONAL_METRICS = ("cvr_all_truth_kl", "purchase_truth_auc", "cvr_all_truth_auc", "purchase_pcoc")
 #: Metrics tested against the reference row.
 TESTED_METRICS = ("purchase_auc", "click_auc")
 METRIC_TITLES = {
@@ -17,7 +20,21 @@ METRIC_TITLES = {
     "purchase_auc": "purchase AUC",
     "purchase_logloss": "purchase LogLoss",
     "cvr_auc": "CVR AUC (clicked)",
+    "cvr_all_truth_kl": "CVR KL to truth (all rows, nats)",
+    "purchase_truth_auc": "purchase soft AUC (truth)",
+    "cvr_all_truth_auc": "CVR soft AUC (truth, all rows)",
+    "purchase_pcoc": "purchase PCOC",
 }
+
+
+def shown_metrics(rows):
+    """The table's metrics: :data:`METRICS`, then the :data:`OPTIONAL_METRICS` some row has."""
+    present = [
+        metric
+        for metric in OPTIONAL_METRICS
+        if any(math.isfinite(row.get(f"{metric}_mean", math.nan)) for row in rows)
+    ]
+    return (*METRICS, *present)
 
 
 def _cell(mean, std, digits=4):
@@ -41,7 +58,8 @@ def _signed(value):
 def table_lines(plan, rows, oracle=None):
     """The summary as a Markdown table (also what is printed)."""
     ref = plan.reference
-    header = ["model", *(METRIC_TITLES[m] for m in METRICS), "time (s)", "s / epoch", "seeds"]
+    metrics = shown_metrics(rows)
+    header = ["model", *(METRIC_TITLES[m] for m in metrics), "time (s)", "s / epoch", "seeds"]
     header += [f"Δ purchase AUC vs {ref}", "p (purchase AUC)", "Holm p (purchase AUC)"]
     header += [f"Δ click AUC vs {ref}", "p (click AUC)", "Holm p (click AUC)"]
     show_kept = any(row.get("kept_epochs") for row in rows)
@@ -53,7 +71,7 @@ def table_lines(plan, rows, oracle=None):
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [row["name"] + (" (ref)" if row["name"] == ref else "")]
-        cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"]) for m in METRICS]
+        cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
         cells += [
             _cell(row["seconds_mean"], row["seconds_std"], 1),
             _cell(row["epoch_seconds_mean"], None, 2),
@@ -68,7 +86,7 @@ def table_lines(plan, rows, oracle=None):
             cells.append(row.get("sm_used") or "–")
         lines.append("| " + " | ".join(cells) + " |")
     if oracle:
-        cells = ["oracle (true probabilities)"] + [_cell(oracle.get(m), None) for m in METRICS]
+        cells = ["oracle (true probabilities)"] + [_cell(oracle.get(m), None) for m in metrics]
         lines.append("| " + " | ".join(cells + ["–"] * (len(header) - len(cells))) + " |")
     return lines
 
@@ -196,7 +214,7 @@ def write_markdown(path, plan, rows, oracle=None, codes=None, increments=None, s
 
 def write_csv(path, rows, oracle=None):
     columns = ["name", "model", "kind", "n_seeds"]
-    for metric in (*METRICS, "seconds", "epoch_seconds"):
+    for metric in (*METRICS, *OPTIONAL_METRICS, "seconds", "epoch_seconds"):
         columns += [f"{metric}_mean", f"{metric}_std"]
     for metric in TESTED_METRICS:
         columns += [f"{metric}_delta", f"{metric}_p", f"{metric}_p_holm"]
