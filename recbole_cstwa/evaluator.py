@@ -97,11 +97,19 @@ class TaskEvaluator:
             scores_so_far.append(score.detach().clone())  # as RecBole's collector: no view kept
             labels_so_far.append(label)
 
-    def evaluate(self):
-        """Scores everything collected since the last call and starts afresh."""
+    def collected_rows(self):
+        """``{task: rows collected since the last evaluate}``."""
+        return {task: sum(len(score) for score in scores) for task, (scores, _) in self._batches.items()}
+
+    def evaluate(self, tasks=None):
+        """Scores everything collected since the last call and starts afresh; ``tasks``: only
+        these (default: every task; the others' rows are dropped)."""
         result = OrderedDict()
         for task, collector in self.collectors.items():
             scores, labels = self._batches[task]
+            if tasks is not None and task not in tasks:
+                self._batches[task] = ([], [])
+                continue
             if scores:
                 collector.eval_collect(torch.cat(scores), torch.cat(labels))
             self._batches[task] = ([], [])
