@@ -363,8 +363,13 @@ class TaskEvaluator:
     def _round(self, value):
         return round(float(value), self.decimal_place) if self.decimal_place is not None else float(value)
 
-    def evaluate(self):
-        """Scores everything collected since the last call and starts afresh."""
+    def collected_rows(self):
+        """``{task: rows collected since the last evaluate}``."""
+        return {task: sum(len(score) for score in batches[0]) for task, batches in self._batches.items()}
+
+    def evaluate(self, tasks=None):
+        """Scores everything collected since the last call and starts afresh; ``tasks``: only
+        these (default: every task; the others' rows are dropped)."""
         result, cold_result = OrderedDict(), OrderedDict()
         rows = self._gathered_rows()
         truth = None
@@ -377,6 +382,9 @@ class TaskEvaluator:
             cold_result[COLD_ROWS] = int(cold.sum())
         for task, collector in self.collectors.items():
             scores, labels, binds = self._batches[task]
+            if tasks is not None and task not in tasks:
+                self._batches[task] = ([], [], [])
+                continue
             if scores:
                 collector.eval_collect(torch.cat(scores), torch.cat(labels))
             struct = collector.get_data_struct()

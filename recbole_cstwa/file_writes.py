@@ -169,6 +169,37 @@ def _exchange(first, second):
     raise OSError(code, os.strerror(code), second)
 
 
+def write_directory(path, files):
+    """Writes the folder ``path`` as one unit: ``files`` (``{relative path: bytes}``, ``/``
+    between folders) go into a new folder beside it (created exclusively, under an unpredictable
+    name), which then replaces ``path`` in one rename (:func:`replace_directory`; a link at
+    ``path`` is replaced, not followed); the old folder is removed afterwards. A reader, or a
+    kill, sees the whole old folder or the whole new one; a failed write removes the new folder
+    (a full disk raises :class:`DiskFullError` naming the parent folder)."""
+    for relative in files:
+        parts = relative.split("/")
+        if os.path.isabs(relative) or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"{relative!r} is not a plain path inside the folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(parent)
+    staging = temporary_name(path)
+    os.mkdir(staging)  # fails on anything already there, a link included
+    try:
+        for relative, data in files.items():
+            target = os.path.join(staging, *relative.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            write_bytes(target, data)
+        old = replace_directory(staging, path)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(error):
+            needed = sum(len(data) for data in files.values())
+            raise disk_full_error(parent, needed=needed) from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def remove_stale_temporaries(folder, max_age_hours=6.0):
     """Removes temporary files and folders (``.<name>.<pid>-<random>.tmp``, and the dataset
     cache's ``.tmp-<pid>-*``) left in ``folder`` by writers that died: older than

@@ -9,7 +9,9 @@ order, other columns ignored, labels optional); the output (CSV or parquet) hold
 input row: the --keys columns, then p_click, p_purchase, p_cvr (a RecBole model: its label's
 probability). Unseen tokens score as absent fields and are counted; with label columns the
 run's metrics are printed. --export writes a TorchScript (torch only) or ONNX (onnxruntime; the
-onnx extra) model, its vocabularies and schema.json (docs/serving.md).
+onnx extra) model, its vocabularies and schema.json (docs/serving.md). The scores and the export
+are written whole or not at all; a file, cell or setting that cannot be used is one ``error:``
+line (exit status 2) naming it and the fix (docs/serving.md, "What scoring and export refuse").
 """
 
 import argparse
@@ -28,8 +30,12 @@ def main(argv=None):
     parser.add_argument("--input", help="impressions to score: .csv, .tsv, .parquet or .inter")
     parser.add_argument("--output", required=True, help="scores (.csv or .parquet), or the export folder")
     parser.add_argument("--keys", nargs="*", default=[], help="input columns copied to the output")
-    parser.add_argument("--batch_size", type=int, default=8192, help="rows a model call (default 8192)")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: torch's)")
+    parser.add_argument(
+        "--batch_size", type=int, default=8192, help="rows a model call, 1 or more (default 8192)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads, 1 to 4 times the CPUs (default: torch's)"
+    )
     parser.add_argument("--export", choices=list(EXPORT_FILES), help="write a model for serving instead")
     args = parser.parse_args(argv)
     with reported_errors():

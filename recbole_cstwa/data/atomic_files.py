@@ -19,9 +19,8 @@ import pyarrow.csv as pa_csv
 from recbole.utils import FeatureType
 
 from recbole_cstwa.errors import DataFormatError
+from recbole_cstwa.tables import MISSING_CELLS  # only an empty cell is missing (module docstring)
 
-# Only an empty cell is missing (see the module docstring).
-MISSING_CELLS = [""]
 _FIELD_TYPES = tuple(ftype.value for ftype in FeatureType)
 # Arrow's message for a float cell that is no number.
 _NOT_A_NUMBER = re.compile(
@@ -139,14 +138,17 @@ def header_problem(path, line, separator):
     return None
 
 
-def check_finite(path, field, array, first_row):
+def check_finite(path, field, array, first_row, by_line=True):
     """A float column's cells are numbers: ``nan`` / ``inf`` written in the file are refused (an
-    empty cell, Arrow's null, is the missing value)."""
+    empty cell, Arrow's null, is the missing value). ``first_row``: the data rows before
+    ``array``'s first; the bad cell is named by its line (a text file's header is line 1), or by
+    its row (from 1) when not ``by_line`` (a parquet file)."""
     written = pc.fill_null(pc.invert(pc.is_finite(array)), False).to_numpy(zero_copy_only=False)
     if written.any():
         at = int(np.flatnonzero(written)[0])
+        where = f"line {first_row + at + 2}" if by_line else f"row {first_row + at + 1}"
         raise DataFormatError(
-            f"[{path}] float column [{field}] holds {array[at].as_py()!r} at line {first_row + at + 2}: "
+            f"[{path}] float column [{field}] holds {array[at].as_py()!r} at {where}: "
             "a float column holds finite numbers, and only an empty cell is a missing value. Fix: "
             "write a number or leave the cell empty."
         )

@@ -18,7 +18,15 @@ other sizes than the traced one, and nothing is written when a probability diffe
 ``EXPORT_TOLERANCE``. The DIVISION ``p_cvr`` (``p_purchase / p_click``, of models without a pCVR
 head) carries the relative rounding of both heads: it is held to ``DIVISION_TOLERANCE`` of its
 value instead (measured: 1.0e-6 absolute at most on 4,096 test rows of the 4M-impression
-benchmark's MLP). Every file is written whole or not at all (:mod:`recbole_cstwa.file_writes`).
+benchmark's MLP). The folder is written as one unit (:func:`recbole_cstwa.file_writes.write_directory`):
+a new folder beside it, filled, then renamed onto it, so a kill or a full disk leaves the earlier
+export whole, no file of an earlier export stays beside a new one, and nothing is written through
+a link planted in the old folder. A folder holding other files than an export's is refused.
+
+A TorchScript ``model.pt`` is code: ``torch.jit.load`` runs TorchScript the file holds (a
+module's ``__setstate__`` runs as it loads, before any call), so load one only from a place you
+trust. ``model.onnx`` is data: onnxruntime runs its nodes with its own kernels, and runs no Python
+(a node of an operator it does not know is refused when the session is made).
 
 ONNX uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``), the
 same trace as the TorchScript export: torch's newer ``torch.export``-based exporter refuses
@@ -44,7 +52,7 @@ import torch
 import recbole_cstwa
 from recbole_cstwa.errors import InputError
 from recbole_cstwa.evaluator import DIVISION_CLIP
-from recbole_cstwa.file_writes import write_bytes, write_text
+from recbole_cstwa.file_writes import write_directory
 from recbole_cstwa.serving.module import ServingModule
 
 #: Largest difference to the eager model an export may show on its check batches.
@@ -54,6 +62,8 @@ DIVISION_TOLERANCE = 1e-5
 SCHEMA_FORMAT = "recbole-cstwa-serving/1"
 #: ``--export`` choices -> the artifact's file name.
 EXPORT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+#: What an export folder holds (of either format): a folder holding anything else is not replaced.
+EXPORT_ENTRIES = (*EXPORT_FILES.values(), "schema.json", "vocab")
 #: The serving module's inputs, in ``forward``'s order (also their names in the ONNX graph).
 INPUT_NAMES = ("tokens", "floats")
 #: Outputs' name in the ONNX graph (TorchScript's are positional).
@@ -193,7 +203,8 @@ def traced_artifact(serving, example, export_format):
 
 def export_model(trained, output_dir, export_format="torchscript", check_rows=(1, 7, 256)):
     """Writes the ``export_format`` artifact (:data:`EXPORT_FILES`), ``schema.json`` and
-    ``vocab/`` for ``trained`` into ``output_dir``.
+    ``vocab/`` for ``trained`` as the folder ``output_dir`` (new, or an earlier export, which it
+    replaces as one unit: module docstring).
 
     The exported model is checked in memory against the eager one on random batches of
     ``check_rows`` rows (batch sizes other than the traced one): a larger difference than the
@@ -207,6 +218,7 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
         raise InputError(
             f"--export={export_format} is not a format. Fix: --export={' or '.join(EXPORT_FILES)}."
         )
+    check_export_folder(output_dir)
     if export_format == "onnx":
         onnx_modules()  # before any work: a missing extra is the first thing said
     serving = ServingModule(trained).eval()
@@ -227,12 +239,11 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
                     f"absolute; {DIVISION_TOLERANCE} relative for the DIVISION p_cvr): it is not written. "
                     "Fix: score with run_predict.py instead of the export."
                 )
-    os.makedirs(os.path.join(output_dir, "vocab"), exist_ok=True)
-    write_bytes(os.path.join(output_dir, EXPORT_FILES[export_format]), data)
+    files = {EXPORT_FILES[export_format]: data}  # written together below
     vocabularies = {}
     for field in serving.token_fields:
         relative = f"vocab/{field}.txt"
-        write_text(os.path.join(output_dir, relative), "\n".join(trained.dataset.vocabulary(field)) + "\n")
+        files[relative] = ("\n".join(trained.dataset.vocabulary(field)) + "\n").encode("utf-8")
         vocabularies[field] = relative
     described = {
         "tokens": {
@@ -269,5 +280,41 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
             f"[{DIVISION_CLIP}, {1 - DIVISION_CLIP}] (the ESMM paper's DIVISION)."
         ),
     }
-    write_text(os.path.join(output_dir, "schema.json"), json.dumps(schema, indent=2) + "\n")
+    files["schema.json"] = (json.dumps(schema, indent=2) + "\n").encode("utf-8")
+    write_export(output_dir, files)
     return schema
+
+
+def check_export_folder(output_dir):
+    """Refuses an export folder that is a file, or a folder holding more than an export's files
+    (:data:`EXPORT_ENTRIES`): the export replaces the whole folder. A link there is replaced."""
+    if os.path.islink(output_dir) or not os.path.lexists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
+        raise InputError(
+            f"--output [{output_dir}] is a file: an export is a folder (the model, schema.json, "
+            "vocab/). Fix: name a new folder, or an earlier export's."
+        )
+    others = sorted(set(os.listdir(output_dir)) - set(EXPORT_ENTRIES))
+    if others:
+        raise InputError(
+            f"--output [{output_dir}] holds {others[:5]}, which no export writes: an export "
+            "replaces its whole folder, and these would be lost. Fix: name a new folder, or move "
+            "them out."
+        )
+
+
+def write_export(output_dir, files):
+    """Writes ``files`` as the folder ``output_dir`` in one unit
+    (:func:`~recbole_cstwa.file_writes.write_directory`): a kill or a full disk leaves the earlier
+    export whole, and no file of it stays beside the new one; a write error is one line."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output_dir)), exist_ok=True)
+        write_directory(output_dir, files)
+    except InputError:
+        raise  # a full disk: names the folder and the space needed
+    except OSError as error:
+        raise InputError(
+            f"Cannot write the export [{output_dir}]: {error.strerror or error}. Fix: name an "
+            "--output in a folder you can write to."
+        ) from None

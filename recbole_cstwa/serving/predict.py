@@ -17,8 +17,13 @@ trained label's probability for a RecBole model).
   (:class:`~recbole_cstwa.evaluator.TaskEvaluator`).
 - Memory is bounded by the block, the vocabularies and, with labels, one float a task a row for
   the metrics.
+- A file, cell or setting that cannot be used is a one-line :class:`PredictInputError` naming it
+  and the fix (a numerical cell by training's rule: a finite number or empty). The output is
+  written whole or not at all (:func:`recbole_cstwa.file_writes.atomic_file`), never over the
+  input.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -33,14 +38,22 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from recbole_cstwa.errors import PredictInputError
+from recbole_cstwa.data.atomic_files import check_finite
+from recbole_cstwa.errors import DataFormatError, DiskFullError, PredictInputError
 from recbole_cstwa.evaluator import TaskEvaluator, division_cvr
+from recbole_cstwa.file_writes import atomic_file, remove_stale_temporaries
 from recbole_cstwa.serving.module import ServingModule
-from recbole_cstwa.tables import COMPRESSIONS, KINDS, column_names, read_blocks, table_format
+from recbole_cstwa.tables import COMPRESSIONS, KINDS, column_names, read_blocks, read_problem, table_format
 
 #: The kinds of table (:data:`recbole_cstwa.tables.KINDS`) scored, and written.
 INPUT_KINDS = ("csv", "tsv", "parquet", "inter")
 OUTPUT_KINDS = ("csv", "parquet")
+#: ``threads`` may be at most this many times the CPUs the process may run on: scoring is
+#: CPU-bound, so more threads only take turns on the cores, and far more is a typo that would
+#: start that many threads.
+THREADS_PER_CPU = 4
+#: Labelled rows a task needs for its metrics (RecBole's AUC fails on fewer).
+METRIC_ROWS = 2
 
 
 class FieldVocabulary:
@@ -137,6 +150,7 @@ class PredictReport:
     metrics: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
     output_columns: list = field(default_factory=list)
+    too_few: dict = field(default_factory=dict)  # task -> its labelled rows, too few for metrics
 
     def lines(self):
         """The report as printed lines."""
@@ -161,8 +175,16 @@ class PredictReport:
                 + ": "
                 + ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
             )
-        else:
+        elif not self.too_few:
             lines.append("no label columns: scores only")
+        if self.too_few:
+            counts = ", ".join(
+                f"{task} ({rows} labelled row{'' if rows == 1 else 's'})"
+                for task, rows in self.too_few.items()
+            )
+            lines.append(
+                f"no metrics for {counts}: a task's metrics need {METRIC_ROWS} rows or more (cvr: clicked rows)"
+            )
         return lines
 
 
@@ -178,26 +200,143 @@ def _file_format(path, kinds, role, compressed):
     return table.kind
 
 
+def checked_settings(batch_size, threads):
+    """``(batch_size, threads)`` when usable: a batch of 1 row or more; threads None (torch's
+    setting) or 1 to :func:`max_threads`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise PredictInputError(
+            f"--batch_size={batch_size}: the rows a model call must be 1 or more. Fix: --batch_size=8192."
+        )
+    if threads is not None:
+        most = max_threads()
+        if (
+            isinstance(threads, bool)
+            or not isinstance(threads, (int, np.integer))
+            or not 1 <= threads <= most
+        ):
+            raise PredictInputError(
+                f"--threads={threads}: give 1 to {most} ({THREADS_PER_CPU} times the {most // THREADS_PER_CPU} "
+                "CPUs this process may use: more threads only take turns on the cores). Fix: leave "
+                "--threads out for torch's setting."
+            )
+    return int(batch_size), threads
+
+
+def max_threads():
+    """The most threads scoring may use (:data:`THREADS_PER_CPU` times the usable CPUs)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this system
+        cpus = os.cpu_count() or 1
+    return THREADS_PER_CPU * cpus
+
+
+def check_paths(input_path, output_path):
+    """Refuses an input that is not a file, an output that would replace the input or cannot be
+    written where it is named (a missing folder, a folder of the output's name)."""
+    if not os.path.isfile(input_path):
+        raise PredictInputError(f"Input file [{input_path}] does not exist.")
+    folder = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(folder):
+        raise PredictInputError(
+            f"Output [{output_path}]: its folder [{folder}] does not exist. Fix: create it, or name "
+            "another --output."
+        )
+    if os.path.isdir(output_path) and not os.path.islink(output_path):
+        raise PredictInputError(
+            f"Output [{output_path}] is a folder. Fix: name a file (.csv or .parquet) as --output."
+        )
+    same = os.path.realpath(input_path) == os.path.realpath(output_path)
+    if same or (os.path.exists(output_path) and os.path.samefile(input_path, output_path)):
+        raise PredictInputError(
+            f"--output [{output_path}] is the input file [{input_path}]: its scores would replace "
+            "the rows they score. Fix: name another --output."
+        )
+
+
 def _blocks(path, wanted, types, threads):
-    """Record batches of the ``wanted`` columns (names without ``:type``), and the file's names."""
+    """``(the file's column names, record batches of the wanted columns)``: ``wanted`` are names
+    without ``:type``; a read error is a one-line :class:`PredictInputError`."""
+    kind = table_format(path).kind
     try:
         names = column_names(path)
-        present = [name for name in wanted if name in names]
-        blocks = read_blocks(
-            path,
-            present,
-            column_types={name: types[name] for name in present if name in types},
-            use_threads=threads > 1,
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as error:
+        raise PredictInputError(f"Cannot read [{path}] as {kind}: {read_problem(path, error)}") from None
+    if not names:
+        raise PredictInputError(
+            f"[{path}] holds no rows: the file is empty (or its first line, the header naming the "
+            "columns, is). Fix: give the rows to score, after a header line."
         )
-    except (OSError, pa.ArrowException) as error:
-        raise PredictInputError(f"Cannot read [{path}] as {table_format(path).kind}: {error}.") from None
-    return names, blocks
-
-
-def _writer(path, kind, schema):
+    repeated = [name for name in dict.fromkeys(names) if name in wanted and names.count(name) > 1]
+    if repeated:
+        raise PredictInputError(
+            f"[{path}]: column [{repeated[0]}] appears {names.count(repeated[0])} times in the "
+            "header: rename the copies (which one to read cannot be told)."
+        )
+    present = [name for name in wanted if name in names]
     if kind == "parquet":
-        return pq.ParquetWriter(path, schema)
-    return pa_csv.CSVWriter(path, schema)
+        _check_parquet_types(path, present)
+    blocks = read_blocks(
+        path,
+        present,
+        column_types={name: types[name] for name in present if name in types},
+        use_threads=threads > 1,
+    )
+    return names, _read_checked(path, names, blocks)
+
+
+def _check_parquet_types(path, columns):
+    """A parquet column read holds one value a row: no list, struct or map."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        raise PredictInputError(f"Cannot read [{path}] as parquet: {read_problem(path, error)}") from None
+    for name in columns:
+        column_type = schema.field(name).type
+        if pa.types.is_nested(column_type):
+            raise PredictInputError(
+                f"[{path}] column [{name}] is {column_type}: a column read holds one value a row (a "
+                "string or a number). Fix: write one value a cell, or leave the column out."
+            )
+
+
+def _read_checked(path, names, blocks):
+    """Yields ``blocks``; a read error is a one-line :class:`PredictInputError` naming the line."""
+    rows = 0
+    iterator = iter(blocks)
+    while True:
+        try:
+            block = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, UnicodeDecodeError, pa.ArrowException) as error:
+            problem = read_problem(path, error, names, rows)
+            raise PredictInputError(f"Cannot read [{path}] as {table_format(path).kind}: {problem}") from None
+        rows += block.num_rows
+        yield block
+
+
+@contextlib.contextmanager
+def _scores_file(path):
+    """:func:`~recbole_cstwa.file_writes.atomic_file` for the scores (after removing what dead
+    writers left in the folder); an error writing it is one line naming it."""
+    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+    try:
+        with atomic_file(path, "wb") as sink:
+            yield sink
+    except DiskFullError:
+        raise  # names the folder and the space needed
+    except OSError as error:  # read errors are PredictInputErrors already
+        raise PredictInputError(
+            f"Cannot write [{path}]: {error.strerror or error}. Fix: name an --output in a folder "
+            "you can write to."
+        ) from None
+
+
+def _writer(sink, kind, schema):
+    if kind == "parquet":
+        return pq.ParquetWriter(sink, schema)
+    return pa_csv.CSVWriter(sink, schema)
 
 
 def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, threads=None, progress=None):
@@ -216,8 +355,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     input_path, output_path = str(input_path), str(output_path)
     _file_format(input_path, INPUT_KINDS, "Input", compressed=True)
     out_format = _file_format(output_path, OUTPUT_KINDS, "Output", compressed=False)
-    if not os.path.isfile(input_path):
-        raise PredictInputError(f"Input file [{input_path}] does not exist.")
+    batch_size, threads = checked_settings(batch_size, threads)
+    check_paths(input_path, output_path)
     if threads:
         torch.set_num_threads(int(threads))
         pa.set_cpu_count(int(threads))
@@ -234,6 +373,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     keys = list(dict.fromkeys(keys))
     wanted = list(dict.fromkeys(serving.token_fields + serving.float_fields + label_names + keys))
     names, blocks = _blocks(input_path, wanted, types, threads)
+    text_input = table_format(input_path).kind != "parquet"  # a bad cell is named by its line
     missing = [name for name in serving.token_fields + serving.float_fields if name not in names]
     if missing:
         raise PredictInputError(
@@ -254,11 +394,14 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
 
     report = PredictReport(unseen={name: 0 for name in serving.token_fields}, labels=labels)
     report.output_columns = keys + serving.output_names
+    # Entered here and left after the loop (the loop keeps its indentation): the new file under an
+    # unpredictable name that becomes the output only when every row is written.
+    output = contextlib.ExitStack()
+    sink = output.enter_context(_scores_file(output_path))
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(desc="scoring", unit=" rows", disable=not show, file=sys.stderr)
     writer = None
     start, cpu_start = time.perf_counter(), time.process_time()
-    partial_output = output_path + ".partial"
     try:
         for block in blocks:
             rows = block.num_rows
@@ -273,11 +416,13 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
                 report.unseen[name] += unseen
             floats = np.empty((rows, len(serving.float_fields)), dtype=np.float32)
             for position, name in enumerate(serving.float_fields):
-                values = block.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+                values = _float_values(block, name, input_path, report.rows, text_input)
                 floats[:, position] = np.nan_to_num(values, nan=0.0)
             probabilities = []
             token_tensor, float_tensor = torch.from_numpy(tokens), torch.from_numpy(floats)
-            label_tensors = {name: _label_tensor(block, name, input_path) for name in labels}
+            label_tensors = {
+                name: _label_tensor(block, name, input_path, report.rows, text_input) for name in labels
+            }
             with torch.inference_mode():
                 for low in range(0, rows, batch_size):
                     outputs = serving.task_outputs(
@@ -300,27 +445,31 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
             columns += [pa.array(scores[:, i]) for i in range(scores.shape[1])]
             table = pa.Table.from_arrays(columns, names=report.output_columns)
             if writer is None:
-                writer = _writer(partial_output, out_format, table.schema)
+                writer = _writer(sink, out_format, table.schema)
             writer.write_table(table)
             report.rows += rows
             bar.update(rows)
         if writer is None:
-            raise PredictInputError(f"[{input_path}] holds no rows to score.")
+            raise PredictInputError(
+                f"[{input_path}] holds no rows to score (a header line only). Fix: give the rows to score."
+            )
         writer.close()
         writer = None
-        os.replace(partial_output, output_path)
-    except pa.ArrowInvalid as error:
-        raise PredictInputError(f"Cannot read [{input_path}]: {str(error).splitlines()[0]}.") from None
+    except BaseException:
+        if writer is not None:  # the new file is removed below anyway
+            with contextlib.suppress(OSError, pa.ArrowException):
+                writer.close()
+        if not output.__exit__(*sys.exc_info()):  # removes the new file
+            raise
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-        if os.path.exists(partial_output):
-            os.remove(partial_output)
+    output.close()  # the new file becomes the output
     report.seconds = time.perf_counter() - start
     report.cpu_seconds = time.process_time() - cpu_start
     if evaluator is not None:
-        report.metrics = dict(evaluator.evaluate())
+        rows = evaluator.collected_rows()
+        report.too_few = {task: count for task, count in rows.items() if count < METRIC_ROWS}
+        report.metrics = dict(evaluator.evaluate(tasks=[task for task in rows if task not in report.too_few]))
     return report
 
 
@@ -331,8 +480,40 @@ def _vocabulary(dataset, name):
     return dataset.vocabulary(name)
 
 
-def _label_tensor(block, name, path):
-    values = block.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+def _float_values(block, name, path, first_row, by_line):
+    """A float column of a block as float64 numbers (NaN: an empty cell), finite as in training
+    (:func:`~recbole_cstwa.data.atomic_files.check_finite`); a cell that is no number is a
+    one-line error naming it (``first_row``: the data rows before the block; ``by_line``: a text
+    file, whose cells are named by their line, else by their row)."""
+    column = block.column(name)
+    try:
+        values = column.cast(pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a parquet column of other values
+        at, cell = next(
+            ((at, cell) for at, cell in enumerate(column.to_pylist()) if not _is_number(cell)), (0, None)
+        )
+        where = f"line {first_row + at + 2}" if by_line else f"row {first_row + at + 1}"
+        raise PredictInputError(
+            f"[{path}] column [{name}] ({column.type}) holds {cell!r} at {where}, not a number. "
+            "Fix: write a number there, or leave the cell empty."
+        ) from None
+    try:
+        check_finite(path, name, values, first_row, by_line=by_line)
+    except DataFormatError as error:  # training's rule and words, as this module's error
+        raise PredictInputError(str(error)) from None
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _is_number(cell):
+    try:
+        float(cell if cell is not None else 0.0)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _label_tensor(block, name, path, first_row, by_line):
+    values = _float_values(block, name, path, first_row, by_line).astype(np.float32)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         raise PredictInputError(
