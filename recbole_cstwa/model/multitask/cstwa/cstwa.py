@@ -214,7 +214,8 @@ class CSTWA(MultiTaskRecommender):
     choice): the Structure Migrator's timing (``sm_mode``, ``sm_first_epoch_refreshes``,
     ``sm_refresh_steps``), the graphs' self edge (``graph_self_loop``), direction
     (``graph_symmetric``) and padding entity, the Info Layer's size (``info_hidden_size``), the
-    Curse Escaper's weights (``ce_weight_form``) and prediction window, the calibration term in
+    Curse Escaper's weights (``ce_weight_form``), prediction window, click prediction
+    (``ce_eval_mode_ctr``) and warm-up (``ce_warmup_steps``), the calibration term in
     the ablations (``use_calibration``), the unnormalised weighted purchase BCE, the pre-trained
     CTR model's settings (``pretrain_epochs``, ``pretrain_learning_rate``).
 

@@ -55,8 +55,9 @@ class CSTWATrainer(MultiTaskTrainer):
       step: no step trains on a ``P`` of the randomly initialised embedding; until the first
       refresh the CVR input is the live rows. Evaluation uses the ``P`` the last training step
       used (it is saved with the model). Each epoch logs the Curse Escaper's re-weighted shares
-      and mean weights and the steps the Structure Migrator acted in; loading the kept model logs
-      whether it used the Structure Migrator.
+      and mean weights (and the share of the purchases weighted as false negatives; the first
+      epoch's first quarter also on its own) and the steps the Structure Migrator acted in;
+      loading the kept model logs whether it used the Structure Migrator.
 
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
