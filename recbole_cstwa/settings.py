@@ -187,6 +187,8 @@ SETTINGS = (
     Setting("ce_alpha", "number", models=CSTWA, low=0),
     Setting("ce_max_weight", "number", models=CSTWA, low=1),
     Setting("ce_weight_form", "choice", models=CSTWA, choices=("ratio", "margin")),
+    Setting("ce_eval_mode_ctr", "bool", models=CSTWA),
+    Setting("ce_warmup_steps", "int", models=CSTWA, low=0),
     # ----- MLP ---------------------------------------------------------------------------------
     Setting("purchase_on_clicked", "bool", models=("MLP",)),
     # ----- AITM --------------------------------------------------------------------------------

@@ -208,7 +208,11 @@ def test_curse_escaper_tally_counts_shares_and_mean_weights(build):
     assert tally["fp_share"] == pytest.approx(3 / 8) and tally["fn_share"] == pytest.approx(2 / 8)
     assert tally["fp_mean_weight"] == pytest.approx(np.mean(fp), rel=1e-5)
     assert tally["fn_mean_weight"] == pytest.approx(np.mean(fn), rel=1e-5)
-    assert model.ce_tally.summary()["rows"] == 0  # read once, then afresh
+    assert tally["purchases"] == 4 and tally["fn_purchase_share"] == pytest.approx(2 / 4)
+    assert model.ce_tally.summary(reset=False)["rows"] == 0  # read once, then afresh
+    model.sample_weights(p_ctr, purchase, tally=True)
+    assert model.ce_tally.summary(reset=False)["rows"] == 6  # a look leaves it as it is
+    assert model.ce_tally.summary()["rows"] == 6
 
 
 def test_prediction_window_keeps_the_last_n():
@@ -247,6 +251,65 @@ def test_model_weights_use_the_previous_window_only(build):
     model.eval()
     model.calculate_loss(batch)
     assert len(model.ctr_window) == 101 + len(batch)
+
+
+def test_curse_escaper_defaults_weigh_with_the_training_mode_prediction(build):
+    """The paper's reading by default: no warm-up, and the dropout-noised p_ctr of the training
+    forward is what the weights and the window see."""
+    model, train_data, config = build(use_sm=False)
+    assert config["ce_eval_mode_ctr"] is False and config["ce_warmup_steps"] == 0
+    batch = next(iter(train_data))
+    model.train()
+    output = model.forward(batch)
+    torch.testing.assert_close(model.curse_escaper_ctr(output), output["click"].detach())
+    model.ctr_window.push(torch.linspace(0, 1, 101))  # one step pushed: tau_low 0.1, tau_high 0.99
+    p_ctr, purchase = torch.tensor([0.995, 0.05]), torch.tensor([0.0, 1.0])
+    assert (model.sample_weights(p_ctr, purchase) > 1).all()  # re-weighted from the first step on
+
+
+def test_eval_mode_ctr_is_the_click_prediction_without_dropout(build):
+    model, train_data, _ = build(use_sm=False, ce_eval_mode_ctr=True, ce_window=100000)
+    batch = next(iter(train_data))
+    model.eval()
+    with torch.no_grad():
+        eval_p = model.forward(batch)["click"]
+    model.train()
+    torch.manual_seed(0)
+    output = model.forward(batch)
+    ce_ctr = model.curse_escaper_ctr(output)
+    assert model.click_tower.training  # back in training mode
+    assert not ce_ctr.requires_grad
+    torch.testing.assert_close(ce_ctr, eval_p)
+    assert not torch.allclose(output["click"], eval_p)  # dropout changes the training-mode p
+    # calculate_loss weighs with it and adds it to the window (here the window was empty).
+    torch.manual_seed(0)
+    model.calculate_loss(batch)
+    torch.testing.assert_close(model.ctr_window.held(), eval_p)
+
+
+def test_no_reweighting_during_the_warm_up(build):
+    model, train_data, _ = build(use_sm=False, ce_warmup_steps=2, ce_window=1000)
+    p_ctr, purchase = torch.tensor([0.995, 0.05, 0.5]), torch.tensor([0.0, 1.0, 0.0])
+    model.ctr_window.push(torch.linspace(0, 1, 101))  # tau_low 0.1, tau_high 0.99
+    assert (model.sample_weights(p_ctr, purchase, tally=True) == 1).all()  # step 1 of 2
+    assert model.ce_tally.summary()["fp_share"] == 0
+    model.ctr_window.push(torch.linspace(0, 1, 101))
+    weights = model.sample_weights(p_ctr, purchase)  # the warm-up is over
+    assert weights[0] > 1 and weights[1] > 1 and weights[2] == 1
+    # In training: the first ce_warmup_steps steps weigh nothing, the window fills meanwhile.
+    model, train_data, _ = build(use_sm=False, ce_warmup_steps=2, ce_window=1000)
+    model.train()
+    batches = iter(train_data)
+    for step in range(2):
+        batch = next(batches)
+        torch.manual_seed(step)
+        output = model.forward(batch)
+        unweighted = model.bce(output["purchase"], model.labels(batch)[1])
+        torch.manual_seed(step)
+        torch.testing.assert_close(model.calculate_loss(batch)[1], unweighted)
+    assert len(model.ctr_window) == 2 * len(batch) and model.ctr_window.batches == 2
+    tally = model.ce_tally.summary()
+    assert tally["fp_share"] == 0 and tally["fn_share"] == 0 and tally["rows"] > 0
 
 
 def test_curse_escaper_off_gives_unit_weights(build):
@@ -465,6 +528,8 @@ def test_model_kept_after_its_first_epoch_trained_and_is_scored_with_the_structu
         assert trainer.evaluate(valid_data, load_best_model=False)["purchase_auc"] != result["purchase_auc"]
     assert len(trainer.curse_escaper_epochs) == 1
     assert trainer.curse_escaper_epochs[0]["rows"] == len(train_data.dataset)
+    quarter = trainer.curse_escaper_first_quarter  # the first steps // 4 steps, logged apart
+    assert quarter["rows"] == (steps // 4) * config["train_batch_size"] > 0
 
 
 def test_a_checkpoint_written_before_steps_were_counted_loads_without_them(build):

@@ -87,6 +87,25 @@ class DCMT(MultiTaskRecommender):
       concatenated embeddings. Here they are the common MLP towers of every model of the
       comparison (``tower_hidden_size`` / ``tower_dropout``), so that only the objective
       differs from ESMM / ESCM2.
+    - Training settings: the shared ones of every model here (embedding 5 drawn N(0, 0.01),
+      Xavier-uniform linear weights with zero biases, towers [128, 64, 32] without BatchNorm and
+      with dropout [0.1, 0.3, 0.3], Adam lr 1e-3 with weight decay 1e-6, batch 2000), not NISE's:
+      its ``baselines/mlp_model.py`` (module settings and ``train``) trains DCMT with 16-dim
+      embeddings drawn N(0, std 1e-4) (torch-rechub's ``SparseFeature`` default,
+      ``basic/features.py``), PyTorch's default linear init, towers [160, 80] of Linear +
+      BatchNorm + ReLU with no dropout (``basic/layers.py``, ``MLP``), Adam lr 1e-3 with weight
+      decay 1e-5 and batch 2048. EVI's ``configs/model/dcmt_model.yaml`` (embedding 5, towers
+      [128, 64, 32] with dropout, weight decay 1e-6) is close to the shared settings.
+    - Early stopping: on the validation split's ``valid_metric`` (``purchase_auc``, the AUC of
+      pCTCVR) with ``stopping_step`` patience, as every model here. NISE's ``MTLTrainer.fit``
+      (``trainers/mtl_trainer.py``, with ``EarlyStopper`` of ``basic/callback.py``) stops after 3
+      epochs (at most 10) in which the factual pCVR's AUC against the purchase label over all
+      impressions did not rise, and keeps that best epoch; the script gives it the test split as
+      its validation data.
+    - Input: the common input (user field vectors, item field vectors, the **mean** of the
+      context field vectors); NISE's (``models/multi_task/dcmt.py``, ``DCMT.forward``) and EVI's
+      (``src/models/common.py``, ``AlldataEmbeddingLayer``) concatenate every field's vector,
+      which ``context_pooling: concat`` gives.
     - Counterfactual target: the paper's label of the counterfactual space is ``1 - r`` (1 on
       the non-clicked impressions), as NISE's ``1 - ys[:, 0]``. EVI scores its counterfactual
       tower against ``r`` itself (0 there); not followed.

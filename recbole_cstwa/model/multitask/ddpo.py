@@ -99,6 +99,9 @@ class DDPO(MultiTaskRecommender):
       is implemented with a single fully connected layer"). The official code encodes with
       MTReclib MLPs (Linear + BatchNorm + ReLU + Dropout 0.2) of (128, 64), transfers at 64 and
       predicts with another such MLP of (64, 32) and a linear layer.
+    - Input: the common input takes the **mean** of the context field vectors; the official code
+      (``models/ddpo_ccp.py``, ``DDPO.forward``) concatenates every field's vector, which
+      ``context_pooling: concat`` gives.
     - Initialisation: Xavier-uniform linear weights and zero biases, N(0, 0.01) embeddings, as
       every model here; the official code keeps PyTorch's default linear init and draws its
       embeddings Xavier-uniform.

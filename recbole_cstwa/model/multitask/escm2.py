@@ -107,6 +107,15 @@ class ESCM2(MultiTaskRecommender):
       [1e-15, 1 - 1e-15], class 1's probability (:class:`TwoClassSoftmaxHead`); no dropout;
       Xavier-uniform weights and every bias 0.1, as PaddleRec. Its input is the common input of
       every model here (PaddleRec: 23 fields of up to 3 ids, sum-pooled, embedding 12).
+    - Training settings (both backbones): the shared ones of every model here, not PaddleRec's
+      (``models/multitask/escm2``): its embedding table is drawn Uniform(-1, 1) (``net.py``,
+      ``ESCMLayer.__init__``: Paddle's ``Uniform()`` default; only the embedding, its linear
+      layers are the Xavier-uniform / 0.1 above), here N(0, 0.01); its Adam (lr 1e-3) has no
+      weight decay (``dygraph_model.py``, ``create_optimizer``), here the shared 1e-6; its batch
+      is 1024 (``config_bigdata.yaml``), here 2000.
+    - Input: the common input takes the **mean** of the context field vectors; PaddleRec sums the
+      ids inside each field and concatenates the 23 fields (``net.py``, ``ESCMLayer.forward``),
+      which ``context_pooling: concat`` gives for one-id fields.
     - BCE: PyTorch's exact BCE (log clamped at -100), as every other model here, not Paddle's
       ``log_loss`` with eps 1e-4, which caps each per-impression loss near 9.2 and shifts it
       by about ``1e-4 / p``; the two differ only on near-saturated predictions.

@@ -18,6 +18,10 @@ class ESMM(MultiTaskRecommender):
     label is pCTCVR, the impression-level purchase probability; ``forward`` also returns ``cvr``.
     Towers follow the CSTWA paper's common settings (``tower_hidden_size``, ``tower_dropout``)
     instead of the ESMM paper's, so that every model of the comparison has the same MLP.
+    Difference: the common input takes the **mean** of the context field vectors; torch-rechub's
+    ESMM (``models/multi_task/esmm.py``, ``ESMM.forward``) concatenates every field's vector (its
+    Ali-CCP example counts the context fields among the user features), which
+    ``context_pooling: concat`` gives.
     """
 
     def __init__(self, config, dataset):

@@ -31,7 +31,9 @@ class MMoE(MultiTaskRecommender):
     (``examples/ranking/run_ali_ccp_multi_task.py``: experts [16], towers [8], no dropout) is
     ``--expert_hidden_size=[16] --expert_dropout=0 --task_tower_hidden_size=[8]
     --task_tower_dropout=0``; its MLP layers also carry BatchNorm, ours are the plain
-    Linear-ReLU-Dropout layers every model here uses.
+    Linear-ReLU-Dropout layers every model here uses. The common input takes the **mean** of the
+    context field vectors; torch-rechub (``models/multi_task/mmoe.py``, ``MMOE.forward``) and
+    MTReclib concatenate every field's vector, which ``context_pooling: concat`` gives.
     """
 
     #: One gate per task; OMoE sets 1 (a single gate shared by the tasks).

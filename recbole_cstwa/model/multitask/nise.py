@@ -109,6 +109,19 @@ class NISE(ESMM):
     - Tower sizes, embedding, optimiser and batch are the comparison's shared settings (the code:
       16-dimensional embeddings concatenated, towers [160, 80] with BatchNorm and no dropout,
       Adam lr 1e-3 with weight decay 1e-5, batch 2048).
+    - Initialisation: the shared one (Xavier-uniform linear weights with zero biases, embeddings
+      N(0, 0.01)); the code draws its embeddings N(0, std 1e-4) (torch-rechub's
+      ``SparseFeature`` default, ``basic/features.py``) and keeps PyTorch's default init for its
+      linear layers (``basic/layers.py``, ``MLP``, sets none).
+    - Early stopping: on the validation split's ``valid_metric`` (``purchase_auc``, the AUC of
+      pCTCVR) with ``stopping_step`` patience, as every model here. The code
+      (``baselines/mlp_model.py``, ``train``; ``trainers/mtl_trainer.py``, ``MTLTrainer.fit``;
+      ``basic/callback.py``, ``EarlyStopper``) trains at most 10 epochs and stops after 3 in
+      which the AUC of pCVR (the CVR tower) against the purchase label over all impressions did
+      not rise, keeping the best epoch; it passes the test split as the validation data.
+    - Input: the common input takes the **mean** of the context field vectors; the code
+      (``models/multi_task/ucvrlc.py``, ``UCVRLC.forward``) concatenates every field's vector,
+      which ``context_pooling: concat`` gives.
     - The paper applies NISE to other backbones too (the code: DeepFM, DCNv2, MMoE); only this
       shared two-tower backbone is built here.
     - Under DDP each process weighs its own shard of the batch (the code is single-process).

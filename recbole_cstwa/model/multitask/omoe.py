@@ -17,7 +17,9 @@ class OMoE(MMoE):
     the common tower, each task's Linear + sigmoid on the mixture. With torch-rechub's small
     experts and an 8-unit ReLU task tower without dropout, OMoE's click tower died on some seeds
     (every ReLU silent, a constant click probability); the default has no ReLU between the
-    mixture and the heads.
+    mixture and the heads. The common input takes the **mean** of the context field vectors;
+    MTReclib (``models/omoe.py``, ``OMoEModel.forward``) concatenates every field's vector, which
+    ``context_pooling: concat`` gives.
     """
 
     num_gates = 1

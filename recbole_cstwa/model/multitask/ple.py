@@ -31,7 +31,10 @@ class PLE(MultiTaskRecommender):
     ``--expert_hidden_size=[16] --expert_dropout=0 --task_tower_hidden_size=[8]
     --task_tower_dropout=0``); MTReclib uses 2 levels (one layer of its bottom MLP each) with
     ``expert_num / 2`` shared and specific experts; torch-rechub's MLP layers carry BatchNorm,
-    ours are the plain Linear-ReLU-Dropout layers every model here uses.
+    ours are the plain Linear-ReLU-Dropout layers every model here uses. The common input takes
+    the **mean** of the context field vectors; torch-rechub (``models/multi_task/ple.py``,
+    ``PLE.forward``) and MTReclib concatenate every field's vector, which
+    ``context_pooling: concat`` gives.
     """
 
     num_tasks = 2

@@ -27,6 +27,8 @@ class PredictionWindow(nn.Module):
 
     Percentiles are taken over the values it holds, so their order does not matter; a push of
     more than ``size`` values keeps the last ``size``. The buffer is not saved in checkpoints.
+    ``batches`` counts the pushes (the training steps of this run): the Curse Escaper's warm-up
+    clock (``ce_warmup_steps``), which starts again with the window when a run resumes.
     """
 
     def __init__(self, size):
@@ -34,6 +36,7 @@ class PredictionWindow(nn.Module):
         self.size = int(size)
         self.register_buffer("values", torch.zeros(self.size), persistent=False)
         self.pushed = 0  # predictions pushed so far (a Python int: no device sync to read it)
+        self.batches = 0  # pushes so far
 
     def __len__(self):
         return min(self.pushed, self.size)
@@ -44,6 +47,7 @@ class PredictionWindow(nn.Module):
 
     def push(self, predictions):
         predictions = predictions.detach().reshape(-1).to(self.values.dtype)
+        self.batches += 1
         count = len(predictions)
         if count == 0:
             return
@@ -112,28 +116,33 @@ def curse_escaper_weights(
 
 class CurseEscaperTally:
     """What the Curse Escaper did over training steps: rows seen, and for false positives and
-    false negatives their count and weight sum (device tensors, read once when reported)."""
+    false negatives their count and weight sum, and the purchases seen (device tensors, read once
+    when reported)."""
 
     def __init__(self):
         self.rows = 0
-        self.sums = None  # [fp count, fp weight sum, fn count, fn weight sum]
+        self.sums = None  # [fp count, fp weight sum, fn count, fn weight sum, purchases]
 
-    def add(self, weights, false_positive, false_negative):
+    def add(self, weights, false_positive, false_negative, purchase):
         step = torch.stack(
             [
                 false_positive.sum(),
                 weights[false_positive].sum(),
                 false_negative.sum(),
                 weights[false_negative].sum(),
+                (purchase == 1).sum(),
             ]
         ).double()
         self.sums = step if self.sums is None else self.sums + step
         self.rows += len(weights)
 
-    def summary(self):
-        """``{"rows", "fp_share", "fp_mean_weight", "fn_share", "fn_mean_weight"}`` (shares of
-        the rows; a mean weight is NaN without such rows), then starts afresh."""
-        fp, fp_sum, fn, fn_sum = self.sums.tolist() if self.sums is not None else (0.0,) * 4
+    def summary(self, reset=True):
+        """``{"rows", "fp_share", "fp_mean_weight", "fn_share", "fn_mean_weight", "purchases",
+        "fn_purchase_share"}`` (shares of the rows; ``fn_purchase_share``: false negatives per
+        purchase, the share of the purchases weighted as false negatives; a mean weight or
+        ``fn_purchase_share`` is NaN without such rows), then starts afresh unless ``reset`` is
+        False."""
+        fp, fp_sum, fn, fn_sum, purchases = self.sums.tolist() if self.sums is not None else (0.0,) * 5
         rows = max(self.rows, 1)
         result = {
             "rows": self.rows,
@@ -141,8 +150,11 @@ class CurseEscaperTally:
             "fp_mean_weight": fp_sum / fp if fp else float("nan"),
             "fn_share": fn / rows,
             "fn_mean_weight": fn_sum / fn if fn else float("nan"),
+            "purchases": int(purchases),
+            "fn_purchase_share": fn / purchases if purchases else float("nan"),
         }
-        self.rows, self.sums = 0, None
+        if reset:
+            self.rows, self.sums = 0, None
         return result
 
 
@@ -202,7 +214,8 @@ class CSTWA(MultiTaskRecommender):
     choice): the Structure Migrator's timing (``sm_mode``, ``sm_first_epoch_refreshes``,
     ``sm_refresh_steps``), the graphs' self edge (``graph_self_loop``), direction
     (``graph_symmetric``) and padding entity, the Info Layer's size (``info_hidden_size``), the
-    Curse Escaper's weights (``ce_weight_form``) and prediction window, the calibration term in
+    Curse Escaper's weights (``ce_weight_form``), prediction window, click prediction
+    (``ce_eval_mode_ctr``) and warm-up (``ce_warmup_steps``), the calibration term in
     the ablations (``use_calibration``), the unnormalised weighted purchase BCE, the pre-trained
     CTR model's settings (``pretrain_epochs``, ``pretrain_learning_rate``).
 
@@ -227,6 +240,8 @@ class CSTWA(MultiTaskRecommender):
         self.ce_high_percentile = config["ce_high_percentile"]
         self.ce_alpha, self.ce_max_weight = config["ce_alpha"], config["ce_max_weight"]
         self.ce_weight_form = config["ce_weight_form"]
+        self.ce_eval_mode_ctr = config["ce_eval_mode_ctr"]
+        self.ce_warmup_steps = config["ce_warmup_steps"]
         self.ce_tally = CurseEscaperTally()  # read and reset by the trainer once an epoch
         self.loss_weights = [float(weight) for weight in config["loss_weights"]]
         self.info_hidden_size = list(config["info_hidden_size"] or [])
@@ -395,17 +410,35 @@ class CSTWA(MultiTaskRecommender):
         return {
             "click": self.click_head(h_ctr),  # Eq. 16, p_ctr
             "purchase": self.purchase_head(h_cvr),  # Eq. 16, p_cvr
+            "click_input": x_ctr,
             "purchase_input": x_cvr,
             "purchase_tower_input": h_tilde,
             "info": info,
         }
 
+    def curse_escaper_ctr(self, output):
+        """The CTR prediction the Curse Escaper weighs with and adds to its window, detached: the
+        training-mode ``p_ctr`` (dropout on), or with ``ce_eval_mode_ctr`` in training the Click
+        Tower and Click Layer run once more on the same ``x_ctr`` in eval mode (no dropout), without
+        gradient: the click prediction the model will score with, not a dropout-noised one."""
+        if not (self.ce_eval_mode_ctr and self.training):
+            return output["click"].detach()
+        with torch.no_grad():
+            self.click_tower.eval()
+            try:
+                return self.click_head(self.click_tower(output["click_input"]))
+            finally:
+                self.click_tower.train()
+
     def sample_weights(self, p_ctr, purchase, tally=False):
-        """The Curse Escaper's weights for a batch (all ones when it is off or has no history);
-        ``tally``: count them in :attr:`ce_tally`."""
+        """The Curse Escaper's weights for a batch (all ones when it is off, has no history or is
+        in its first ``ce_warmup_steps`` training steps); ``tally``: count them in
+        :attr:`ce_tally`."""
         if not self.use_ce:
             return torch.ones_like(p_ctr)
-        thresholds = self.ctr_window.percentiles(self.ce_low_percentile, self.ce_high_percentile)
+        thresholds = None
+        if self.ctr_window.batches >= self.ce_warmup_steps:  # the warm-up is over
+            thresholds = self.ctr_window.percentiles(self.ce_low_percentile, self.ce_high_percentile)
         if thresholds is None:
             weights = torch.ones_like(p_ctr)
             no_row = torch.zeros_like(p_ctr, dtype=torch.bool)
@@ -421,7 +454,7 @@ class CSTWA(MultiTaskRecommender):
                 return_masks=True,
             )
         if tally:
-            self.ce_tally.add(weights, *masks)
+            self.ce_tally.add(weights, *masks, purchase)
         return weights
 
     def calculate_loss(self, interaction):
@@ -432,9 +465,10 @@ class CSTWA(MultiTaskRecommender):
         output = self.forward(interaction)
         click, purchase = self.labels(interaction)
         p_ctr, p_cvr = output["click"], output["purchase"]
-        weights = self.sample_weights(p_ctr.detach(), purchase, tally=self.training)
+        ce_ctr = self.curse_escaper_ctr(output) if self.use_ce else p_ctr.detach()
+        weights = self.sample_weights(ce_ctr, purchase, tally=self.training)
         if self.use_ce and self.training:
-            self.ctr_window.push(p_ctr)  # after the weights: thresholds use the previous predictions
+            self.ctr_window.push(ce_ctr)  # after the weights: thresholds use the previous predictions
         w_ctr, w_cvr, w_cal = self.loss_weights
         losses = (
             w_ctr * self.bce(p_ctr, click),

@@ -55,8 +55,9 @@ class CSTWATrainer(MultiTaskTrainer):
       step: no step trains on a ``P`` of the randomly initialised embedding; until the first
       refresh the CVR input is the live rows. Evaluation uses the ``P`` the last training step
       used (it is saved with the model). Each epoch logs the Curse Escaper's re-weighted shares
-      and mean weights and the steps the Structure Migrator acted in; loading the kept model logs
-      whether it used the Structure Migrator.
+      and mean weights (and the share of the purchases weighted as false negatives; the first
+      epoch's first quarter also on its own) and the steps the Structure Migrator acted in;
+      loading the kept model logs whether it used the Structure Migrator.
 
     Both artifacts are cached under ``checkpoint_dir`` (``cstwa_cache: False`` disables it),
     keyed by a content fingerprint of the training data and user / item features and by the
@@ -82,6 +83,7 @@ class CSTWATrainer(MultiTaskTrainer):
         self.sm_refresh_steps = config["sm_refresh_steps"]
         self.sm_first_epoch_refreshes = config["sm_first_epoch_refreshes"]
         self.curse_escaper_epochs = []  # each epoch's CurseEscaperTally summary (logs, tests)
+        self.curse_escaper_first_quarter = None  # the first epoch's first quarter's summary
 
     # ----- the Structure Migrator's schedule --------------------------------------------------
     def _schedules_structure(self):
@@ -97,7 +99,30 @@ class CSTWATrainer(MultiTaskTrainer):
         count = self.sm_first_epoch_refreshes
         return sorted({step * steps // (count + 1) for step in range(1, count + 1)} - {0})
 
+    def _with_first_quarter_tally(self, loss_func, steps, epoch_idx):
+        """``loss_func`` (None: the model's ``calculate_loss``), logging once the first epoch's
+        first ``steps // 4`` steps are done what the Curse Escaper re-weighted in them: the steps
+        whose window lags the falling click head most (results/cstwa-candidates.md). The epoch's
+        own tally goes on."""
+        quarter = steps // 4
+        if not self.model.use_ce or epoch_idx != 0 or quarter == 0:
+            return loss_func
+        step_loss = loss_func or self.model.calculate_loss
+        done = 0
+
+        def tallied_loss(interaction):
+            nonlocal done
+            if done == quarter:
+                tally = self.model.ce_tally.summary(reset=False)
+                self.curse_escaper_first_quarter = tally
+                self.logger.info(f"epoch 0, first {quarter} steps: " + self._curse_escaper_text(tally))
+            done += 1
+            return step_loss(interaction)
+
+        return tallied_loss
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss_func = self._with_first_quarter_tally(loss_func, len(train_data), epoch_idx)
         if not self._schedules_structure():
             loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
             self._log_components(epoch_idx)
@@ -132,12 +157,7 @@ class CSTWATrainer(MultiTaskTrainer):
         parts = []
         if model.use_ce:
             tally = model.ce_tally.summary()
-            parts.append(
-                f"Curse Escaper ({model.ce_weight_form}) re-weighted {tally['fp_share']:.4%} of "
-                f"{tally['rows']} impressions as false positives (mean weight "
-                f"{tally['fp_mean_weight']:.3f}) and {tally['fn_share']:.4%} as false negatives "
-                f"(mean weight {tally['fn_mean_weight']:.3f})"
-            )
+            parts.append(self._curse_escaper_text(tally))
             self.curse_escaper_epochs.append(tally)
         if model.use_sm:
             parts.append(
@@ -146,6 +166,15 @@ class CSTWATrainer(MultiTaskTrainer):
             )
         if parts:
             self.logger.info(f"epoch {epoch_idx}: " + "; ".join(parts))
+
+    def _curse_escaper_text(self, tally):
+        return (
+            f"Curse Escaper ({self.model.ce_weight_form}) re-weighted {tally['fp_share']:.4%} of "
+            f"{tally['rows']} impressions as false positives (mean weight "
+            f"{tally['fp_mean_weight']:.3f}) and {tally['fn_share']:.4%} as false negatives "
+            f"(mean weight {tally['fn_mean_weight']:.3f}; {tally['fn_purchase_share']:.2%} of "
+            f"the {tally['purchases']} purchases)"
+        )
 
     def load_best_model(self, model_file=None):
         super().load_best_model(model_file)
