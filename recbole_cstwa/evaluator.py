@@ -45,6 +45,11 @@ from recbole_cstwa.tasks import (
 DIVISION_CLIP = 1e-7
 #: Both sides of the truth KL are clipped to [KL_CLIP, 1 - KL_CLIP] (a finite log).
 KL_CLIP = 1e-7
+#: The bounds as a float32 prediction holds them: 1 - 1e-7 is no float32, and a probability
+#: clipped there in float32 (the DIVISION pCVR) sits at 1 - 1.19e-7. Read at these values, a
+#: prediction counts as the bound itself, so the KL of a clipped row is the one the definition
+#: gives (with 1 - p = 1e-7, not 1.19e-7: 0.17 nats more a fully clipped row).
+_KL_BOUNDS_IN_FLOAT32 = (float(np.float32(KL_CLIP)), float(np.float32(1 - KL_CLIP)))
 #: Rows a vectorised step handles at once: temporaries stay bounded on 43M-row splits.
 CHUNK_ROWS = 1 << 22
 
@@ -82,13 +87,16 @@ def pcoc(p, y):
 
 def truth_kl(p, q):
     """Mean over rows of KL(q || p) = q log(q/p) + (1-q) log((1-q)/(1-p)), both clipped to
-    [:data:`KL_CLIP`, 1 - :data:`KL_CLIP`], in nats a row: the excess log loss over the truth."""
+    [:data:`KL_CLIP`, 1 - :data:`KL_CLIP`], in nats a row: the excess log loss over the truth. A
+    prediction at a bound's float32 value counts as the bound (:data:`_KL_BOUNDS_IN_FLOAT32`)."""
     if len(p) == 0:
         return float("nan")
+    low, high = _KL_BOUNDS_IN_FLOAT32
     total = 0.0
     for start in range(0, len(p), CHUNK_ROWS):
         rows = slice(start, start + CHUNK_ROWS)
-        p_part = np.clip(np.asarray(p[rows], dtype=np.float64), KL_CLIP, 1 - KL_CLIP)
+        p_part = np.asarray(p[rows], dtype=np.float64)
+        p_part = np.where(p_part >= high, 1 - KL_CLIP, np.where(p_part <= low, KL_CLIP, p_part))
         q_part = np.clip(np.asarray(q[rows], dtype=np.float64), KL_CLIP, 1 - KL_CLIP)
         total += float(
             np.sum(q_part * np.log(q_part / p_part) + (1 - q_part) * np.log((1 - q_part) / (1 - p_part)))

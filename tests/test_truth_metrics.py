@@ -110,6 +110,21 @@ def test_truth_kl_is_zero_for_the_truth_and_known_for_a_constant():
     assert truth_kl(constant, truth) == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_prediction_clipped_in_float32_counts_as_the_bound():
+    """The DIVISION pCVR is clipped in float32, where 1 - 1e-7 rounds to 1 - 1.19e-7: its KL must
+    be the definition's, with 1 - p = 1e-7 (as a hand computation from the written scores gives)."""
+    import torch
+
+    from recbole_cstwa.evaluator import division_cvr
+
+    q = np.array([0.3, 0.6], dtype=np.float64)
+    clipped = division_cvr(torch.tensor([0.2, 1e-12]), torch.tensor([0.1, 0.5])).numpy()
+    assert clipped[0] != 1 - 1e-7  # float32 cannot hold the bound
+    p = np.array([1 - 1e-7, 1e-7])
+    expected = np.mean(q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p)))
+    assert truth_kl(clipped, q) == pytest.approx(expected, rel=1e-12)
+
+
 # ----- the evaluator on crafted batches ----------------------------------------------------------
 
 
