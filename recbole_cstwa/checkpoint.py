@@ -264,6 +264,8 @@ def check_parameters_fit(model, checkpoint, path, config=None):
     the model (``--model_file=X --embedding_size=16``), else saying the parameters belong to
     another model (an edited model name)."""
     stored, built = checkpoint["state_dict"], model.state_dict()
+    if hasattr(model, "completed_state"):  # what an earlier version's checkpoint does not hold yet
+        stored = model.completed_state(dict(stored))
     missing = [name for name in built if name not in stored]
     unexpected = [name for name in stored if name not in built]
     reshaped = [

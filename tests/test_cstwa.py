@@ -11,6 +11,7 @@ from recbole.utils import init_seed
 from recbole_cstwa.checkpoint import load_checkpoint
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
+from recbole_cstwa.errors import CheckpointError
 from recbole_cstwa.model.abstract_recommender import MultiTaskRecommender
 from recbole_cstwa.model.multitask.cstwa.artifact_cache import ArtifactCache
 from recbole_cstwa.model.multitask.cstwa.cstwa import (
@@ -536,8 +537,14 @@ def test_a_checkpoint_written_before_steps_were_counted_loads_without_them(build
     model, _, _ = build()
     state = model.state_dict()
     del state["trained_steps"]
+    from recbole_cstwa.checkpoint import check_parameters_fit
+
+    check_parameters_fit(model, {"state_dict": state}, "old.pth")  # the check every reader makes
     model.load_state_dict(state)  # strict, as the trainers load
     assert model.kept_model_facts() == {"sm_used": False, "sm_steps": 0, "trained_steps": None}
+    del state["structure_steps"]  # what no earlier version lacked is still a mismatch
+    with pytest.raises(CheckpointError, match="structure_steps"):
+        check_parameters_fit(model, {"state_dict": state}, "edited.pth")
 
 
 def test_update_mode_writes_eq_10_into_the_id_rows_only(build):

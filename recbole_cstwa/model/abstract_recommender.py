@@ -176,3 +176,15 @@ class MultiTaskRecommender(AbstractRecommender):
         """Facts about this (kept) model for the run's result dict; CSTWA says whether it used
         its Structure Migrator (``sm_used``)."""
         return {}
+
+    def completed_state(self, state_dict):
+        """``state_dict`` of a checkpoint written by an earlier version, with the entries this
+        version's model added since (a counter, say) at the values that mean "not recorded";
+        used before a checkpoint's parameters are checked and loaded."""
+        return state_dict
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not prefix:  # the model itself (its sub-modules load their own entries)
+            completed = self.completed_state(dict(state_dict))
+            state_dict.update({name: value for name, value in completed.items() if name not in state_dict})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -365,10 +365,10 @@ class CSTWA(MultiTaskRecommender):
             facts.update(sm_steps=int(self.structure_steps), trained_steps=trained if trained >= 0 else None)
         return facts
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.use_sm:  # a checkpoint written before training steps were counted
-            state_dict.setdefault(prefix + "trained_steps", torch.tensor(-1, dtype=torch.long))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def completed_state(self, state_dict):
+        if self.use_sm:  # a checkpoint written before training steps were counted: -1, unknown
+            state_dict.setdefault("trained_steps", torch.tensor(-1, dtype=torch.long))
+        return state_dict
 
     def migrated_rows(self, interaction, group, live=None):
         """Eq. 10: ``(1 - lambda) * live row + lambda * P[row]`` for the batch's users (items),
