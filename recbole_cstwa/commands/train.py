@@ -25,22 +25,49 @@ import argparse
 
 from recbole_cstwa.commands.cli import reported_errors
 from recbole_cstwa.quick_start import evaluate_checkpoint, run_recbole_cstwa
+from recbole_cstwa.tasks import COLD_ROWS, COLD_SUFFIX, split_metric_key
+
+
+def metric_grid(values, title):
+    """One split's metrics as a grid: a line a task, a column a metric (``click_auc`` under
+    ``auc``); ``-`` where a task has no such metric."""
+    grid = {}
+    for key, value in values.items():
+        task, metric = split_metric_key(key)
+        grid.setdefault(task or "", {})[metric] = value
+    columns = list(dict.fromkeys(metric for metrics in grid.values() for metric in metrics))
+    widths = [max(8, len(column)) + 1 for column in columns]
+    name_width = max(10, *(len(task) + 1 for task in grid))
+    lines = [f"{title:<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
+    for task, metrics in grid.items():
+        cells = [
+            f"{metrics[column]:>{width}.4f}" if column in metrics else f"{'-':>{width}}"
+            for column, width in zip(columns, widths)
+        ]
+        lines.append(f"{task:<{name_width}}" + "".join(cells))
+    return lines
 
 
 def format_results(result):
-    """The valid and test metrics as an aligned table, then the best epoch, its checkpoint and
-    the run's log file."""
-    valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
-    metrics = list(dict.fromkeys([*test, *valid]))  # a cold slice may be in one split only
-    width = max([20, *(len(metric) + 2 for metric in metrics)])
-
-    def cell(values, metric):
-        value = values.get(metric, float("nan"))
-        return f"{value:>10d}" if isinstance(value, int) else f"{value:>10.4f}"  # cold_rows: a count
-
-    lines = [f"{'metric':<{width}}{'valid':>10}{'test':>10}"]
-    for metric in metrics:
-        lines.append(f"{metric:<{width}}{cell(valid, metric)}{cell(test, metric)}")
+    """The test and valid metrics as grids (a line a task, a column a metric), the cold-start
+    slice's apart, then the best epoch, its checkpoint and the run's log file."""
+    splits = [("test", result["test_result"] or {}), ("valid", result["best_valid_result"] or {})]
+    lines, cold = [], []
+    for split, values in splits:
+        whole = {k: v for k, v in values.items() if k != COLD_ROWS and not k.endswith(COLD_SUFFIX)}
+        sliced = {k.removesuffix(COLD_SUFFIX): v for k, v in values.items() if k.endswith(COLD_SUFFIX)}
+        if whole:
+            lines += metric_grid(whole, split)
+        if sliced:
+            cold.append((split, values.get(COLD_ROWS), sliced))
+    if cold:
+        counts = ", ".join(f"{split} {rows} rows" for split, rows, _ in cold)
+        lines.append(
+            f"cold start ({counts}: those whose user or item was seen fewer than cold_start_count "
+            "times in training):"
+        )
+        for split, _, sliced in cold:
+            lines += metric_grid(sliced, split)
     log = f"log: {result['log_file']}" if result.get("log_file") else ""
     if result.get("model_file"):
         epoch = result.get("best_epoch")
