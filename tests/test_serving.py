@@ -565,9 +565,20 @@ def test_model_file_evaluation_equals_the_training_runs_test_result(
     script.main()
     printed = capsys.readouterr().out
     assert f"best epoch: {result['best_epoch']}; checkpoint: {result['model_file']}" in printed
-    for metric, value in result["test_result"].items():
-        row = next(line for line in printed.splitlines() if line.startswith(metric + " "))
-        assert float(row.split()[-1]) == pytest.approx(value, abs=5e-5)
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["test"])
+    columns = lines[start].split()[1:]
+    grid = {}
+    for line in lines[start + 1 :]:
+        if line.split()[:1] == ["valid"]:
+            break
+        task, *cells = line.split()
+        grid[task] = dict(zip(columns, cells))
+    from recbole_cstwa.tasks import split_metric_key
+
+    for key, value in result["test_result"].items():
+        task, metric = split_metric_key(key)
+        assert float(grid[task][metric]) == pytest.approx(value, abs=5e-5), key
     from recbole_cstwa.quick_start import evaluate_checkpoint
 
     assert evaluate_checkpoint(result["model_file"])["test_result"] == result["test_result"]
