@@ -29,8 +29,31 @@ from recbole_cstwa.optim import SplitOptimizer
 from recbole_cstwa.random_state import random_state, restore_random_state
 from recbole_cstwa.schema import describe_dataset, stored_settings
 
-#: Version of what a checkpoint holds; 1: parameters and training state only.
-CHECKPOINT_FORMAT = 2
+#: Version of what a checkpoint holds; 1: parameters and training state only; 2: also what it
+#: takes to use the model alone (settings, data description); 3: settings added since 2 stored.
+CHECKPOINT_FORMAT = 3
+#: The first format that holds settings and a data description (loads without its data).
+SELF_CONTAINED_FORMAT = 2
+#: Settings added after a format, with the value every checkpoint of that format (which stores
+#: no such key) was trained with: its model is rebuilt as it was trained.
+SETTINGS_BEFORE_FORMAT = {3: {"min_count": 0}}
+
+
+def settings_before(checkpoint):
+    """Settings ``checkpoint``'s format predates, with the values it was trained with (``{}`` for
+    the current format)."""
+    written = checkpoint.get("format", 1)
+    added = {}
+    for version, settings in SETTINGS_BEFORE_FORMAT.items():
+        if written < version:
+            added.update(settings)
+    return added
+
+
+def checkpoint_settings_of(checkpoint):
+    """A checkpoint's stored settings, completed by :func:`settings_before`."""
+    return {**settings_before(checkpoint), **checkpoint["settings"]}
+
 
 #: Keys of a checkpoint written by :class:`SafeCheckpointMixin` (CSTWA's add ``graphs``).
 CHECKPOINT_KEYS = (

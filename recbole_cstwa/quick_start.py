@@ -15,7 +15,12 @@ import torch
 from recbole.utils import init_seed, set_color
 
 from recbole_cstwa import distributed
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from recbole_cstwa.checkpoint import (
+    SELF_CONTAINED_FORMAT,
+    checkpoint_settings_of,
+    load_checkpoint,
+    settings_before,
+)
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
 from recbole_cstwa.data.checks import check_dataset_settings, check_evaluation_splits
@@ -161,14 +166,14 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
     ``config_dict`` overrides); an earlier one (parameters only) needs them given, as in the run
     that trained it."""
     checkpoint = load_checkpoint(model_file, map_location="cpu")  # refuses pickles
-    if checkpoint.get("format", 1) < CHECKPOINT_FORMAT or "settings" not in checkpoint:
+    if checkpoint.get("format", 1) < SELF_CONTAINED_FORMAT or "settings" not in checkpoint:
         if model is None:
             raise CheckpointError(
                 f"Checkpoint [{model_file}] was written by an earlier recbole-cstwa and holds no "
                 f"settings. Fix: give --model={checkpoint.get('model', '<model>')} and the settings "
                 "it was trained with."
             )
-        return model, dataset, config_dict
+        return model, dataset, {**settings_before(checkpoint), **(config_dict or {})}
     for given, stored, key in (
         (model, checkpoint["model"], "model"),
         (dataset, checkpoint["dataset"], "dataset"),
@@ -183,7 +188,7 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None):
 
 def _run_settings(checkpoint, config_dict):
     """A checkpoint's stored settings for a new run, ``config_dict`` over them."""
-    settings = dict(checkpoint["settings"])
+    settings = checkpoint_settings_of(checkpoint)
     for key in ("show_progress", "threads"):  # this run's terminal and machine decide
         settings.pop(key, None)
     settings.update(config_dict or {})

@@ -178,3 +178,26 @@ def test_scale(tmp_path):
             rf"^{model}\s+big\s+{NUMBER}\s+\d+\s+.*{NUMBER}\s+{NUMBER}  1 threads, cpu", done.stdout, re.M
         )
     assert "CSTWA epoch extrapolated" in done.stdout
+
+
+@pytest.mark.slow
+def test_unseen_ids(tmp_path):
+    done = run_benchmark(
+        "bench_unseen_ids.py",
+        *("--data-path", tmp_path / "data", "--dataset", "cold", "--n-impressions", 4000),
+        *("--n-users", 300, "--n-items", 300, "--models", "MLP", "--min-counts", 0, 2),
+        *("--seeds", 2020, "--epochs", 1, "--json", tmp_path / "unseen.jsonl"),
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "data" / "cold" / "cold.test.inter").is_file()  # generated, as asked
+    with open(tmp_path / "unseen.jsonl", encoding="utf-8") as file:
+        results = [json.loads(line) for line in file]
+    assert [(r["model"], r["min_count"]) for r in results] == [("MLP", 0), ("MLP", 2)]
+    for result in results:
+        groups = result["groups"]
+        assert set(groups) == {"known", "new user", "new item", "both new"}
+        assert groups["new user"]["rows"] > 0 and groups["new item"]["rows"] > 0
+        assert 0 < groups["known"]["mean_p_purchase"] < 1
+    for min_count in (0, 2):
+        assert re.search(rf"^MLP\s+{min_count}\s+{NUMBER}\s+{NUMBER} \| ", done.stdout, re.M)
+    assert "groups (test rows, purchases): known" in done.stdout

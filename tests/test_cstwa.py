@@ -462,7 +462,8 @@ def test_model_kept_after_its_first_epoch_trained_and_is_scored_with_the_structu
 
 
 def test_update_mode_writes_eq_10_into_the_id_rows_only(build):
-    model, train_data, _ = build(sm_mode="update", sm_lambda=0.3)
+    # one row an id (min_count 0), so that the id rows are a slice of the table
+    model, train_data, _ = build(sm_mode="update", sm_lambda=0.3, min_count=0)
     user_graph, _ = _give_graphs(model)
     embedding = model.purchase_embedding
     table_before = embedding.token_table.weight.detach().clone()
@@ -606,6 +607,7 @@ def test_cache_keys_hold_the_settings_that_apply(make_config):
         "embedding_update",
         "embedding_size",
         "embedding_init_std",
+        "min_count",
         "context_pooling",
         "tower_hidden_size",
         "tower_dropout",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY, load_script, tiny_config
 
-from recbole_cstwa.checkpoint import load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from recbole_cstwa.errors import CheckpointError
 
 PLUGIN_MODELS = ("MLP", "ESMM", "OMoE", "MMoE", "PLE", "AITM", "ESCM2", "DCMT", "DDPO", "NISE", "CSTWA")
@@ -38,12 +38,12 @@ def model_predictions(model, data, multitask=True):
 class Trained:
     """One model trained for one epoch on the tiny dataset, with its trainer's test predictions."""
 
-    def __init__(self, name, data_path, folder):
+    def __init__(self, name, data_path, folder, **settings):
         from recbole_cstwa.config import Config
         from recbole_cstwa.data import create_dataset, data_preparation
         from recbole_cstwa.registry import get_model, get_trainer, is_multitask_model
 
-        overrides = dict(SETTINGS.get(name, {}))
+        overrides = {**SETTINGS.get(name, {}), **settings}
         self.config = Config(model=name, config_dict=tiny_config(data_path, folder, **overrides))
         train_data, valid_data, self.test_data = data_preparation(self.config, create_dataset(self.config))
         model = get_model(name)(self.config, train_data._dataset)
@@ -58,21 +58,22 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_path, tmp_path_factory):
-    """``trained(name)``: the model trained once a module (cached), in its own folder."""
+    """``trained(name, **settings)``: the model trained once a module (cached), in its own folder."""
     cache = {}
     root = tmp_path_factory.mktemp("serving")
 
-    def get(name):
-        if name not in cache:
-            folder = root / name
+    def get(name, **settings):
+        key = (name, *sorted(settings.items()))
+        if key not in cache:
+            folder = root / "-".join(f"{part}" for part in key)
             folder.mkdir()
             previous = os.getcwd()
             os.chdir(folder)  # RecBole writes log/ into the working directory
             try:
-                cache[name] = Trained(name, tiny_data_path, folder)
+                cache[key] = Trained(name, tiny_data_path, folder, **settings)
             finally:
                 os.chdir(previous)
-        return cache[name]
+        return cache[key]
 
     return get
 
@@ -86,7 +87,8 @@ def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name, 
 
     run = trained(name)
     state = torch.load(run.model_file, weights_only=True)  # still plain data only
-    assert state["format"] == 2 and state["settings"]["embedding_size"] == run.config["embedding_size"]
+    assert state["format"] == CHECKPOINT_FORMAT == 3
+    assert state["settings"]["embedding_size"] == run.config["embedding_size"]
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
     monkeypatch.setattr(root, "level", root.level)
@@ -115,12 +117,15 @@ def _scored_inputs(run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("min_count", [0, 2])
 @pytest.mark.parametrize("name", ["MLP", "CSTWA"])
-def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(trained, name, tmp_path):
+def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(
+    trained, name, min_count, tmp_path
+):
     from recbole_cstwa.serving.predict import predict_file
     from recbole_cstwa.serving.trained import load_trained
 
-    run = trained(name)
+    run = trained(name, min_count=min_count)
     frame = _scored_inputs(run)
     unseen_rows = np.arange(0, len(frame), 7)
     frame.loc[unseen_rows, "user_id"] = "a-user-never-seen"
@@ -145,23 +150,32 @@ def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(tra
     for column, output in (("p_click", "click"), ("p_purchase", "purchase")):
         expected = run.predictions[output].numpy()[known]
         np.testing.assert_allclose(scores[column].to_numpy()[known], expected, rtol=0, atol=1e-6)
-    # An unseen user scores as the padding user (index 0), as an empty cell would.
+    # Without min_count an unseen user scores as the padding user (index 0), as an empty cell
+    # would; with it, as the user id's unseen index (its out-of-vocabulary row, no features).
     from recbole_cstwa.serving.module import ServingModule
 
     serving = ServingModule(model)
+    unseen_index = serving.unseen_index["user_id"]
+    assert unseen_index == (0 if min_count == 0 else model.dataset.num("user_id"))
     row = frame.iloc[unseen_rows[-1]]
-    tokens = torch.tensor(
-        [
+
+    def score_as(user_index):
+        tokens = torch.tensor(
             [
-                0 if field == "user_id" else model.dataset.vocabulary(field).tolist().index(row[field])
-                for field in serving.token_fields
+                [
+                    user_index
+                    if field == "user_id"
+                    else model.dataset.vocabulary(field).tolist().index(row[field])
+                    for field in serving.token_fields
+                ]
             ]
-        ]
-    )
-    expected = serving(tokens, torch.zeros(1, 0))[0].detach().numpy()
-    np.testing.assert_allclose(
-        scores.iloc[unseen_rows[-1]][["p_click", "p_purchase", "p_cvr"]].to_numpy(float), expected, atol=1e-6
-    )
+        )
+        return serving(tokens, torch.zeros(1, 0))[0].detach().numpy()
+
+    written = scores.iloc[unseen_rows[-1]][["p_click", "p_purchase", "p_cvr"]].to_numpy(float)
+    np.testing.assert_allclose(written, score_as(unseen_index), atol=1e-6)
+    if min_count:
+        assert np.abs(written - score_as(0)).max() > 1e-4  # not the absent user's score
 
     # With the labels (and the file's own column order), the run's metrics are printed.
     labelled = tmp_path / "labelled.inter"
@@ -534,7 +548,7 @@ def test_an_earlier_format_checkpoint_evaluates_with_its_settings_given(trained,
     from recbole_cstwa.quick_start import evaluate_checkpoint
     from recbole_cstwa.serving.trained import load_trained
 
-    run = trained("MLP")
+    run = trained("MLP", min_count=0)  # as the models of that format (it predates min_count)
     state = torch.load(run.model_file, weights_only=True)
     for key in ("format", "plugin_version", "settings", "data", "random_state"):
         del state[key]

@@ -9,9 +9,10 @@ trained label's probability for a RecBole model).
 
 - Columns are found by name: their order does not matter and other columns are ignored. Every
   feature column the model reads must be there (a cell may be empty: the field is then absent).
-- A token the training data never had (an unseen user, item or value) gets index 0, RecBole's
-  padding: the field counts as absent, as an empty cell. Unseen tokens are counted a field and
-  reported.
+- A token the training data never had (an unseen user, item or value) gets the field's
+  ``unseen_index`` (:class:`~recbole_cstwa.serving.module.ServingModule`): with ``min_count`` the
+  field's trained out-of-vocabulary row scores it; otherwise index 0, RecBole's padding: the
+  field counts as absent, as an empty cell. Unseen tokens are counted a field and reported.
 - Labels are optional: when the click / purchase columns (``CLICK_FIELD``, ``PURCHASE_FIELD``)
   are there, the rows are also scored with the run's metrics, per task as in training
   (:class:`~recbole_cstwa.evaluator.TaskEvaluator`).
@@ -44,7 +45,8 @@ OUTPUT_KINDS = ("csv", "parquet")
 
 
 class FieldVocabulary:
-    """Raw token -> the model's index for one token field; 0 for a missing or unseen token.
+    """Raw token -> the model's index for one token field; 0 for a missing token,
+    ``unseen_index`` for a token not in the vocabulary.
 
     The look-up tables are built once. A vocabulary whose tokens are all integers written plainly
     (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (a
@@ -53,8 +55,9 @@ class FieldVocabulary:
     strings of a block.
     """
 
-    def __init__(self, tokens):
+    def __init__(self, tokens, unseen_index=0):
         """``tokens``: index -> token (an Arrow string array or a sequence of strings)."""
+        self.unseen_index = int(unseen_index)
         if not isinstance(tokens, pa.Array):
             tokens = pa.array(np.asarray(tokens, dtype=object), type=pa.string())
         # Index 0 is [PAD]: not a token a file can hold (a cell reading "[PAD]" is unseen).
@@ -82,8 +85,10 @@ class FieldVocabulary:
         numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
         indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
         indices[~(present & _plainly_written(column, numbers))] = 0
-        unseen = int(np.count_nonzero(present & (indices == 0)))
-        return indices.astype(np.int64, copy=False), unseen
+        unseen_cells = present & (indices == 0)
+        if self.unseen_index:
+            indices[unseen_cells] = self.unseen_index
+        return indices.astype(np.int64, copy=False), int(np.count_nonzero(unseen_cells))
 
     def _string_indices(self, column):
         if self._strings is None:
@@ -94,8 +99,10 @@ class FieldVocabulary:
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         lookup = np.append(found, 0).astype(np.int64)  # code -1 (a missing cell) -> 0
         indices = lookup[codes]
-        unseen = int(np.count_nonzero((codes >= 0) & (indices == 0)))
-        return indices, unseen
+        unseen_cells = (codes >= 0) & (indices == 0)
+        if self.unseen_index:
+            indices[unseen_cells] = self.unseen_index
+        return indices, int(np.count_nonzero(unseen_cells))
 
 
 #: 10, 100, ... 10**18: a non-negative int64 ``n`` has ``searchsorted(POWERS_OF_TEN, n, "right") + 1`` digits.
@@ -137,6 +144,7 @@ class PredictReport:
     metrics: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
     output_columns: list = field(default_factory=list)
+    unseen_scored_as: str = "as absent, index 0"
 
     def lines(self):
         """The report as printed lines."""
@@ -151,7 +159,7 @@ class PredictReport:
             parts = ", ".join(
                 f"{name} {count} ({count / max(self.rows, 1):.2%})" for name, count in unseen.items()
             )
-            lines.append(f"unseen tokens (scored as absent, index 0): {parts}")
+            lines.append(f"unseen tokens (scored {self.unseen_scored_as}): {parts}")
         else:
             lines.append("unseen tokens: none")
         if self.metrics:
@@ -226,7 +234,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     config = trained.config
     serving = ServingModule(trained).eval()
     vocabularies = {
-        name: FieldVocabulary(_vocabulary(trained.dataset, name)) for name in serving.token_fields
+        name: FieldVocabulary(_vocabulary(trained.dataset, name), serving.unseen_index[name])
+        for name in serving.token_fields
     }
     label_names = [config["CLICK_FIELD"], config["PURCHASE_FIELD"]]
     types = {name: pa.string() for name in serving.token_fields}
@@ -253,6 +262,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
         evaluator = TaskEvaluator(config, tasks) if tasks else None
 
     report = PredictReport(unseen={name: 0 for name in serving.token_fields}, labels=labels)
+    if any(serving.unseen_index.values()):
+        report.unseen_scored_as = "with the field's out-of-vocabulary row"
     report.output_columns = keys + serving.output_names
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(desc="scoring", unit=" rows", disable=not show, file=sys.stderr)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from recbole.utils import init_seed
 
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from recbole_cstwa.checkpoint import SELF_CONTAINED_FORMAT, checkpoint_settings_of, load_checkpoint
 from recbole_cstwa.config import Config
 from recbole_cstwa.errors import CheckpointError, InputError
 from recbole_cstwa.registry import get_model, is_multitask_model
@@ -62,7 +62,7 @@ def read_trained_checkpoint(model_file):
             "the checkpoint it names."
         )
     if (
-        checkpoint.get("format", 1) < CHECKPOINT_FORMAT
+        checkpoint.get("format", 1) < SELF_CONTAINED_FORMAT
         or "settings" not in checkpoint
         or "data" not in checkpoint
     ):
@@ -87,7 +87,7 @@ def load_trained(model_file, config_dict=None, device="cpu"):
     """
     model_file = str(model_file)
     checkpoint = read_trained_checkpoint(model_file)
-    settings = dict(checkpoint["settings"])
+    settings = checkpoint_settings_of(checkpoint)
     settings.update(config_dict or {})
     if device is not None and torch.device(device).type == "cpu":
         settings["use_gpu"] = False

@@ -326,6 +326,15 @@ class CSTWA(MultiTaskRecommender):
             else:
                 graph.refresh(self.purchase_embedding)
 
+    def hold_unseen_entities(self):
+        """For scoring ids one past the vocabulary (a user or item unseen in training, the
+        embedding's unseen index under ``min_count``): the held ``P`` of each graph gets that
+        entity's row, its own representation (an entity without edges propagates to itself), so
+        the Structure Migrator leaves its CVR input its live rows. For a scoring copy of the
+        model: ``P`` is then one row longer than a checkpoint's."""
+        for group, graph in self.structure.items():
+            graph.hold_unseen_entity(self.purchase_embedding, self.id_fields[group])
+
     def structure_acts(self):
         """Whether the Structure Migrator changes the CVR input now: always in ``batch`` mode,
         once ``P`` is held (``epoch``) or the rows were updated once (``update``)."""
