@@ -3,16 +3,26 @@
 For each model, ``min_count`` and seed, a training run (``run_recbole_cstwa``, the given settings)
 on a generated dataset whose validation and test splits hold users and items held out of
 training (``--new-user-share``, ``--new-item-share``; generated when its folder is missing), then
-its kept checkpoint, rebuilt alone (``load_trained``), scores the test split. The test rows are
-grouped by whether their user and their item occur in the training split (``known``: both;
-``new user``; ``new item``; ``both new``); for each group: rows, purchases, the mean predicted
-``p_purchase`` and ``p_click`` against the observed purchase and click rates, and the purchase
-and click AUC (scikit-learn's ``roc_auc_score``; ``-`` for a group with one class). Also the
-run's own test purchase and click AUC (RecBole's evaluator, every row). Means over the seeds.
+its kept checkpoint, rebuilt alone (``load_trained``), scores the test split twice:
+
+- ``evaluation``: as the trainer's evaluation does, every id in the vocabulary (RecBole numbers
+  the tokens of every split; an id seen only in valid / test has a row of its own, never trained,
+  with ``min_count: 0``, the field's out-of-vocabulary row otherwise), the user's and item's
+  features joined;
+- ``predict``: as ``run_predict.py`` scores a file whose users / items were never seen (a new
+  user in production is in no vocabulary): each user (item) absent from the training split gets
+  the field's unseen index (``ServingModule.unseen_index``: ``[PAD]``, an absent field, with
+  ``min_count: 0``; the out-of-vocabulary row otherwise), and no features.
+
+The test rows are grouped by whether their user and their item occur in the training split
+(``known``: both; ``new user``; ``new item``; ``both new``); for each group: rows, purchases, the
+mean predicted ``p_purchase`` and ``p_click`` against the observed rates, and the purchase and
+click AUC (scikit-learn's ``roc_auc_score``). Also the run's own test purchase and click AUC
+(RecBole's evaluator, every row). Means over the seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_unseen_ids.py --data-path <data> --dataset cold-600k \\
         --n-impressions 600000 --n-users 40000 --n-items 100000 --models MLP ESMM CSTWA \\
-        --min-counts 0 1 2 5 10 --seeds 2020 2021 2022 --json unseen.json
+        --min-counts 0 1 2 5 10 --seeds 2020 2021 2022 --json unseen.jsonl
 """
 
 import argparse
@@ -99,6 +109,37 @@ def test_rows(settings):
     return batches, np.concatenate(groups), {task: np.concatenate(values) for task, values in labels.items()}
 
 
+def predictions_of(trained, batches, groups):
+    """``{view: {task: (N,) probabilities}}`` of the two views of the module doc."""
+    import torch
+
+    from recbole_cstwa.serving.module import ServingModule
+
+    serving = ServingModule(trained).eval()
+    uid, iid = trained.dataset.uid_field, trained.dataset.iid_field
+    views = {view: {"click": [], "purchase": []} for view in ("evaluation", "predict")}
+    start = 0
+    with torch.no_grad():
+        for interaction in batches:
+            rows = len(interaction)
+            outputs = trained.model.predict_tasks(interaction)
+            tokens = torch.stack([interaction[field].long() for field in serving.token_fields], dim=1)
+            group = torch.from_numpy(groups[start : start + rows])
+            for field, new in ((uid, group % 2 == 1), (iid, group >= 2)):
+                column = serving.token_fields.index(field)
+                tokens[new, column] = serving.unseen_index[field]
+            floats = torch.zeros(rows, len(serving.float_fields))  # the dataset has none
+            scored = serving.task_outputs(tokens, floats)
+            for task in ("click", "purchase"):
+                views["evaluation"][task].append(outputs[task].numpy())
+                views["predict"][task].append(scored[task].numpy())
+            start += rows
+    return {
+        view: {task: np.concatenate(values) for task, values in tasks.items()}
+        for view, tasks in views.items()
+    }
+
+
 def group_figures(groups, labels, predictions):
     """Per group: rows, purchases, observed and mean predicted rates, AUCs."""
     from sklearn.metrics import roc_auc_score
@@ -118,8 +159,6 @@ def group_figures(groups, labels, predictions):
 
 
 def run_one(settings, model_name, min_count, seed, batches, groups, labels):
-    import torch
-
     from recbole_cstwa.quick_start import run_recbole_cstwa
     from recbole_cstwa.serving.trained import load_trained
 
@@ -127,13 +166,7 @@ def run_one(settings, model_name, min_count, seed, batches, groups, labels):
         model=model_name, config_dict={**settings, "min_count": min_count, "seed": seed}
     )
     trained = load_trained(result["model_file"])
-    predictions = {"click": [], "purchase": []}
-    with torch.no_grad():
-        for interaction in batches:
-            outputs = trained.model.predict_tasks(interaction)
-            for task in predictions:
-                predictions[task].append(outputs[task].numpy())
-    predictions = {task: np.concatenate(values) for task, values in predictions.items()}
+    views = predictions_of(trained, batches, groups)
     test = result["test_result"]
     return {
         "model": model_name,
@@ -144,7 +177,7 @@ def run_one(settings, model_name, min_count, seed, batches, groups, labels):
         "best_epoch": result["best_epoch"],
         "epochs_trained": result["epochs_trained"],
         "fit_seconds": round(result["fit_seconds"], 1),
-        "groups": group_figures(groups, labels, predictions),
+        "views": {view: group_figures(groups, labels, predictions) for view, predictions in views.items()},
     }
 
 
@@ -155,7 +188,7 @@ def _mean(values):
 
 def print_table(results, args):
     print(f"means over seeds {args.seeds}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    first = results[0]["groups"]
+    first = results[0]["views"]["evaluation"]
     print(
         "groups (test rows, purchases): "
         + ", ".join(f"{name} {first[name]['rows']:,} / {first[name]['purchases']:,}" for name in GROUPS)
@@ -166,26 +199,28 @@ def print_table(results, args):
         + "; click rate: "
         + ", ".join(f"{name} {first[name]['click_rate']:.4f}" for name in GROUPS)
     )
-    header = f"{'model':<7}{'min_count':>10}{'purchase AUC':>13}{'click AUC':>10}"
-    for name in GROUPS:
-        header += f" | {name + ': p_purchase, p_click, purchase AUC, click AUC':<44}"
-    print(header)
-    for model_name in args.models:
-        for min_count in args.min_counts:
-            runs = [r for r in results if r["model"] == model_name and r["min_count"] == min_count]
-            if not runs:
-                continue
-            line = (
-                f"{model_name:<7}{min_count:>10}{_mean([r['purchase_auc'] for r in runs]):>13.4f}"
-                f"{_mean([r['click_auc'] for r in runs]):>10.4f}"
-            )
-            for name in GROUPS:
-                figures = [r["groups"][name] for r in runs]
-                line += " | " + " ".join(
-                    f"{_mean([f[key] for f in figures]):.4f}"
-                    for key in ("mean_p_purchase", "mean_p_click", "purchase_auc", "click_auc")
-                ).ljust(44)
-            print(line, flush=True)
+    for view in ("evaluation", "predict"):
+        print(f"{view}: per group mean p_purchase, mean p_click, purchase AUC, click AUC")
+        header = f"{'model':<7}{'min_count':>10}{'purchase AUC':>13}{'click AUC':>10}"
+        for name in GROUPS:
+            header += f" | {name:<27}"
+        print(header)
+        for model_name in args.models:
+            for min_count in args.min_counts:
+                runs = [r for r in results if r["model"] == model_name and r["min_count"] == min_count]
+                if not runs:
+                    continue
+                line = (
+                    f"{model_name:<7}{min_count:>10}{_mean([r['purchase_auc'] for r in runs]):>13.4f}"
+                    f"{_mean([r['click_auc'] for r in runs]):>10.4f}"
+                )
+                for name in GROUPS:
+                    figures = [r["views"][view][name] for r in runs]
+                    line += " | " + " ".join(
+                        f"{_mean([f[key] for f in figures]):.4f}"
+                        for key in ("mean_p_purchase", "mean_p_click", "purchase_auc", "click_auc")
+                    )
+                print(line, flush=True)
 
 
 def main():

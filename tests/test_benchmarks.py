@@ -194,10 +194,17 @@ def test_unseen_ids(tmp_path):
         results = [json.loads(line) for line in file]
     assert [(r["model"], r["min_count"]) for r in results] == [("MLP", 0), ("MLP", 2)]
     for result in results:
-        groups = result["groups"]
-        assert set(groups) == {"known", "new user", "new item", "both new"}
-        assert groups["new user"]["rows"] > 0 and groups["new item"]["rows"] > 0
-        assert 0 < groups["known"]["mean_p_purchase"] < 1
+        assert set(result["views"]) == {"evaluation", "predict"}
+        for groups in result["views"].values():
+            assert set(groups) == {"known", "new user", "new item", "both new"}
+            assert groups["new user"]["rows"] > 0 and groups["new item"]["rows"] > 0
+            assert 0 < groups["known"]["mean_p_purchase"] < 1
+        # known rows score alike in both views; new users are scored otherwise at predict time
+        evaluation, predict = result["views"]["evaluation"], result["views"]["predict"]
+        assert evaluation["known"]["mean_p_click"] == pytest.approx(
+            predict["known"]["mean_p_click"], rel=1e-5
+        )
+        assert evaluation["new user"]["mean_p_click"] != predict["new user"]["mean_p_click"]
     for min_count in (0, 2):
-        assert re.search(rf"^MLP\s+{min_count}\s+{NUMBER}\s+{NUMBER} \| ", done.stdout, re.M)
+        assert len(re.findall(rf"^MLP\s+{min_count}\s+{NUMBER}\s+{NUMBER} \| ", done.stdout, re.M)) == 2
     assert "groups (test rows, purchases): known" in done.stdout

@@ -191,6 +191,7 @@ def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(
     "tokens",
     [
         ["[PAD]", "5", "0", "-3", "12", "100000000000000000"],  # integers: mapped by value
+        ["[PAD]", "5", "0", "-3", "12", "7"],  # integers filling their range: through an array
         ["[PAD]", "5", "0", "-3", "12", "x7"],  # not all integers: mapped by string
         ["[PAD]", "5", "007", "12"],  # "007" is not written plainly: by string
         ["[PAD]", "5", "1000000000000000000"],  # 19 digits: by string
@@ -205,14 +206,16 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
 
     encoded = encode_tokens(tokens)
     assert decode_tokens_arrow(encoded).to_pylist() == list(decode_tokens(encoded)) == tokens
-    cells = ["5", "05", "+5", None, "0", "-3", "-0", "12", "13", "007", "x7", "[PAD]", ""]
+    cells = ["5", "05", "+5", None, "0", "-3", "-0", "12", "13", "007", "x7", "[PAD]", "", "-4", "0x0c"]
     cells += ["100000000000000000", "1000000000000000000", "9223372036854775807", "-9223372036854775808"]
     # all the cells, and only those that cast to integers (the integer look-up then does it all)
     integer_like = [cell for cell in cells if cell is None or cell.lstrip("-").isdigit()]
+    integer_like.append("0x0c")  # hexadecimal, which the integer cast reads too
 
-    def expected(cells):
+    def expected(cells, unseen_index=0):
         indices = [tokens.index(cell) if cell in tokens[1:] else 0 for cell in cells]
-        return indices, sum(1 for cell, index in zip(cells, indices) if cell is not None and index == 0)
+        unseen = [cell is not None and index == 0 for cell, index in zip(cells, indices)]
+        return [unseen_index if new else index for index, new in zip(indices, unseen)], sum(unseen)
 
     for vocabulary in (FieldVocabulary(tokens), FieldVocabulary(decode_tokens_arrow(encoded))):
         for subset in (cells, integer_like):
@@ -222,7 +225,14 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
         assert (indices.tolist(), unseen) == expected(cells)
         indices, unseen = vocabulary.indices(pa.array(cells, pa.string()).dictionary_encode())
         assert (indices.tolist(), unseen) == expected(cells)
-    assert (FieldVocabulary(tokens)._integers is not None) == (tokens[-1] == "100000000000000000")
+    for subset in (cells, integer_like):  # a model with out-of-vocabulary rows: the unseen index
+        indices, unseen = FieldVocabulary(tokens, unseen_index=len(tokens)).indices(
+            pa.array(subset, pa.string())
+        )
+        assert (indices.tolist(), unseen) == expected(subset, unseen_index=len(tokens))
+    integers = tokens[-1] in ("100000000000000000", "7")
+    assert (FieldVocabulary(tokens)._integers is not None) == integers
+    assert (FieldVocabulary(tokens)._dense is not None) == (tokens[-1] == "7")
 
 
 def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stub):

@@ -118,6 +118,11 @@ class MultiTaskRecommender(AbstractRecommender):
                 of looking up again (CSTWA's Structure Migrator replaces the user and item rows
                 in it).
         """
+        if lookups is None and embedding.joint is not None:  # scoring: every layer's at once
+            joint, slot = embedding.joint
+            joint_input = joint.inputs(interaction, slot, self.context_pooling)
+            if joint_input is not None:
+                return joint_input
         lookups = embedding.lookup(interaction) if lookups is None else lookups
         user = lookups["user"][0].flatten(1)
         item = lookups["item"][0].flatten(1)

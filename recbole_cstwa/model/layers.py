@@ -395,16 +395,22 @@ class JointLookup(nn.Module):
     table, so a batch gathers ``k * d``-wide rows once instead of ``d``-wide rows ``k`` times (a
     random row of a large table costs about one cache miss whatever its width) and computes the
     rows once. The table is a copy (no gradient reaches the layers): built for a model in eval
-    mode. Each layer's :meth:`FieldEmbedding.lookup` of all groups reads its slice; the last
-    batch's rows are kept until the next batch.
+    mode. Each layer's :meth:`FieldEmbedding.lookup` of all groups reads its part, and
+    :meth:`inputs` gives every layer's Eq. 7 input at once (fewer, larger operations); the last
+    batch's look-up is kept until the next batch.
     """
 
     def __init__(self, layers):
         super().__init__()
         self.layer = layers[0]  # whose index tables compute the rows (every layer's are equal)
         self.width = layers[0].embedding_size
+        self.slots = len(layers)
         self.register_buffer(
             "table", torch.cat([layer.token_table.weight.detach() for layer in layers], dim=1)
+        )
+        # Eq. 7's input from the token vectors alone: no sequence or numerical field.
+        self.tokens_only = all(
+            kind == FeatureType.TOKEN for fields in layers[0].groups.values() for _, kind in fields
         )
         self._last = (None, None)
         for slot, layer in enumerate(layers):
@@ -429,8 +435,9 @@ class JointLookup(nn.Module):
             and first._entity_field == other._entity_field
         )
 
-    def lookup(self, interaction, slot):
-        """``(token_vectors, present)`` of all groups for layer ``slot``."""
+    def _looked_up(self, interaction):
+        """``(found, vectors, cache)`` of ``interaction``: group -> ``(rows, present)``, the
+        ``(B, n, k, d)`` vectors of every layer, and a dict for what is derived from them."""
         batch, computed = self._last
         if batch is not interaction:
             found = {}
@@ -438,23 +445,60 @@ class JointLookup(nn.Module):
                 rows = self.layer.token_rows_of(interaction, group)
                 if rows is not None:
                     found[group] = rows
-            looked_up = None
+            vectors = None
             if found:
                 rows = [rows for rows, _ in found.values()]
                 rows = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
-                # (B, n, k * d) -> (k, B, n, d): each layer's vectors contiguous (a strided slice
-                # of d of every k * d floats would slow every later operation on them)
-                looked_up = nn.functional.embedding(rows, self.table).unflatten(-1, (-1, self.width))
-                looked_up = looked_up.permute(2, 0, 1, 3).contiguous()
-            computed = (found, looked_up)
+                vectors = nn.functional.embedding(rows, self.table).unflatten(-1, (self.slots, self.width))
+            computed = (found, vectors, {})
             self._last = (interaction, computed)
-        found, looked_up = computed
-        if looked_up is None:
+        return computed
+
+    def lookup(self, interaction, slot):
+        """``(token_vectors, present)`` of all groups for layer ``slot``, contiguous."""
+        found, vectors, _ = self._looked_up(interaction)
+        if vectors is None:
             return {}, {}
-        own = looked_up[slot]
-        widths = [rows.shape[1] for rows, _ in found.values()]
-        vectors = dict(zip(found, own.split(widths, dim=1)))
-        return vectors, {group: mask for group, (_, mask) in found.items()}
+        parts, start = {}, 0
+        for group, (rows, _) in found.items():
+            parts[group] = vectors[:, start : start + rows.shape[1], slot].contiguous()
+            start += rows.shape[1]
+        return parts, {group: mask for group, (_, mask) in found.items()}
+
+    def inputs(self, interaction, slot, context_pooling):
+        """Layer ``slot``'s :meth:`~recbole_cstwa.model.abstract_recommender.MultiTaskRecommender.embed_input`
+        (the user and item vectors, then the context term), computed for every layer at once, or
+        ``None`` where the layers have other fields than tokens."""
+        if not self.tokens_only:
+            return None
+        found, vectors, cache = self._looked_up(interaction)
+        if context_pooling not in cache:
+            cache[context_pooling] = self._inputs(found, vectors, context_pooling)
+        inputs = cache[context_pooling]
+        return None if inputs is None else inputs[slot]
+
+    def _inputs(self, found, vectors, context_pooling):
+        """``(k, B, width)``: every layer's Eq. 7 input (no in-place writes: the ONNX export
+        traces this too)."""
+        widths = {group: rows.shape[1] for group, (rows, _) in found.items()}
+        entities = widths.get("user", 0) + widths.get("item", 0)
+        n_context = widths.get("context", 0)
+        parts = []
+        if entities:  # (B, n, k, d) -> (k, B, n * d)
+            parts.append(vectors[:, :entities].permute(2, 0, 1, 3).flatten(2))
+        if n_context:
+            context = vectors[:, entities:]
+            if context_pooling == "mean":  # mean_of_present of every layer, a field at a time
+                weights = found["context"][1].to(vectors.dtype)
+                total = context[:, 0] * weights[:, :1, None]
+                for field in range(1, n_context):
+                    total = total + context[:, field] * weights[:, field : field + 1, None]
+                parts.append((total / weights.sum(dim=1).clamp(min=1)[:, None, None]).transpose(0, 1))
+            else:
+                parts.append(context.permute(2, 0, 1, 3).flatten(2))
+        if not parts:
+            return None
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].contiguous()
 
 
 class _GatherUniqueRows(torch.autograd.Function):

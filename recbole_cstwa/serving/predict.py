@@ -49,8 +49,9 @@ class FieldVocabulary:
     ``unseen_index`` for a token not in the vocabulary.
 
     The look-up tables are built once. A vocabulary whose tokens are all integers written plainly
-    (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (a
-    hash of int64, no Python string a cell); a cell that is not such an integer (``007``,
+    (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (an
+    array indexed by the value where the tokens fill their range densely, as numbered ids do,
+    else a hash of int64; no Python string a cell); a cell that is not such an integer (``007``,
     ``x``) cannot be one of its tokens and counts as unseen. Other vocabularies map the distinct
     strings of a block.
     """
@@ -64,6 +65,7 @@ class FieldVocabulary:
         self._tokens = tokens.slice(1)
         self._strings = None  # pandas Index of the tokens, built on first use
         self._integers = _integer_index(self._tokens)
+        self._dense = None if self._integers is None else _dense_table(self._integers.to_numpy())
 
     def indices(self, column):
         """``(int64 indices, unseen count)`` of an Arrow string column."""
@@ -83,8 +85,12 @@ class FieldVocabulary:
     def _integer_indices(self, column, values):
         present = column.is_valid().to_numpy(zero_copy_only=False)
         numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
-        indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
-        indices[~(present & _plainly_written(column, numbers))] = 0
+        if self._dense is not None:
+            below, table = self._dense  # numbers out of the range read the table's end rows, 0
+            indices = table[np.clip(numbers, below, below + len(table) - 1) - below]
+        else:
+            indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
+        indices[~(present & _plainly_written(column))] = 0
         unseen_cells = present & (indices == 0)
         if self.unseen_index:
             indices[unseen_cells] = self.unseen_index
@@ -105,16 +111,45 @@ class FieldVocabulary:
         return indices, int(np.count_nonzero(unseen_cells))
 
 
-#: 10, 100, ... 10**18: a non-negative int64 ``n`` has ``searchsorted(POWERS_OF_TEN, n, "right") + 1`` digits.
+#: 10, 100, ... 10**18: integers of at most 18 digits lie strictly between -10**18 and 10**18.
 POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], dtype=np.int64)
+#: A vocabulary of integers is mapped through an array over its range when the range holds at
+#: most this many values a token (or at most DENSE_MIN_SPAN values).
+DENSE_SPAN_PER_TOKEN, DENSE_MIN_SPAN = 4, 1 << 16
 
 
-def _plainly_written(strings, numbers):
-    """Whether each string is its int64 ``number`` written plainly: as many characters as the
-    number's digits and sign (``007``, ``+7``, ``-0`` cast to integers too, but are other tokens)."""
-    digits = np.searchsorted(POWERS_OF_TEN, np.abs(numbers), side="right") + 1 + (numbers < 0)
-    lengths = pc.binary_length(strings).fill_null(0).to_numpy(zero_copy_only=False)
-    return lengths == digits
+def _plainly_written(strings):
+    """Whether each string (an Arrow string array) is the integer Arrow's cast reads in it,
+    written plainly: the cast also reads leading zeros (``007``, ``0x1f`` as hexadecimal) and
+    ``-0``, and some versions ``+7``, which are other tokens than the number's plain form. Read
+    from the array's bytes: its first two characters and its length (a missing cell: any)."""
+    wide = pa.types.is_large_string(strings.type) or pa.types.is_large_binary(strings.type)
+    _, offsets, data = strings.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)
+    offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    first = data[np.minimum(starts, len(data) - 1)]
+    second = data[np.minimum(starts + 1, len(data) - 1)]
+    zero_led = (first == ord("0")) & (lengths > 1)
+    signed = (lengths > 0) & (
+        (first == ord("+")) | ((first == ord("-")) & (second == ord("0")) & (lengths > 1))
+    )
+    return ~(zero_led | signed)
+
+
+def _dense_table(numbers):
+    """``(below, table)`` for distinct int64 tokens ``numbers`` whose range is dense enough:
+    ``table[n - below]`` is 1 + the index of token ``n`` (0: no token), for ``n`` clipped into
+    ``[below, below + len(table) - 1]``, whose end rows (just outside the tokens' range) hold 0.
+    ``None`` for a sparse range."""
+    low, high = int(numbers.min()), int(numbers.max())
+    if high - low + 1 > max(DENSE_SPAN_PER_TOKEN * len(numbers), DENSE_MIN_SPAN):
+        return None
+    below = low - 1
+    table = np.zeros(high - low + 3, dtype=np.int64)
+    table[numbers - below] = np.arange(1, len(numbers) + 1)
+    return below, table
 
 
 def _integer_index(tokens):
@@ -128,7 +163,7 @@ def _integer_index(tokens):
         return None
     if tokens.null_count or ((numbers >= POWERS_OF_TEN[-1]) | (numbers <= -POWERS_OF_TEN[-1])).any():
         return None  # 19 digits and more: kept as strings (the digit count stays simple)
-    if not _plainly_written(tokens, numbers).all():
+    if not _plainly_written(tokens).all():
         return None
     return pd.Index(numbers)
 
@@ -202,9 +237,9 @@ def _blocks(path, wanted, types, threads):
     return names, blocks
 
 
-def _writer(path, kind, schema):
-    if kind == "parquet":
-        return pq.ParquetWriter(path, schema)
+def _writer(path, kind, schema, scores=()):
+    if kind == "parquet":  # probabilities are not dictionary-encoded: 7x the cost, a larger file
+        return pq.ParquetWriter(path, schema, use_dictionary=[n for n in schema.names if n not in scores])
     return pa_csv.CSVWriter(path, schema)
 
 
@@ -311,7 +346,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
             columns += [pa.array(scores[:, i]) for i in range(scores.shape[1])]
             table = pa.Table.from_arrays(columns, names=report.output_columns)
             if writer is None:
-                writer = _writer(partial_output, out_format, table.schema)
+                writer = _writer(partial_output, out_format, table.schema, serving.output_names)
             writer.write_table(table)
             report.rows += rows
             bar.update(rows)
