@@ -157,7 +157,7 @@ def test_scale(tmp_path):
         "bench_scale.py",
         *("--data-path", tmp_path / "data", "--dataset", "big", "--n-impressions", 4000),
         *("--n-users", 200, "--n-items", 300, "--small-vocabulary", 100),
-        *("--models", "MLP", "CSTWA", "DeepFM", "--one-process", "--compare-dense"),
+        *("--models", "MLP", "CSTWA", "DeepFM", "--one-process", "--compare-dense", "--compare-columns"),
         *("--max-train-rows", 1000, "--max-eval-rows", 1000, "--bare-batches", 2, "--repeats", 1),
         *("--recall-queries", 50, "--json", tmp_path / "scale.json"),
         cwd=tmp_path,
@@ -173,6 +173,12 @@ def test_scale(tmp_path):
     cstwa = results[("CSTWA", "big")]
     assert cstwa["pretrain_s"] > 0 and cstwa["graph_s"] > 0 and set(cstwa["recall"]) == {"user", "item"}
     assert results[("MLP", "big")]["dense_train_rows_s"] > 0
+    for model in ("MLP", "CSTWA"):
+        for key in ("index_tables", "columns"):
+            assert results[(model, "big")][f"{key}_prebuilt_rows_s"] > 0
+            assert results[(model, "big")][f"{key}_eval_rows_s"] > 0
+    assert "columns_prebuilt_rows_s" not in results[("DeepFM", "big")]  # RecBole's: no such layers
+    assert "index tables" in done.stdout
     for model in ("MLP", "CSTWA", "DeepFM"):
         assert re.search(
             rf"^{model}\s+big\s+{NUMBER}\s+\d+\s+.*{NUMBER}\s+{NUMBER}  1 threads, cpu", done.stdout, re.M
