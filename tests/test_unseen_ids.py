@@ -92,6 +92,15 @@ def test_rare_and_held_out_ids_share_the_fields_out_of_vocabulary_row(cold_data_
     oov_vector = embedding.token_table.weight[embedding.oov_row("user_id")]
     assert torch.equal(vectors[:, user_column], oov_vector.expand(len(batch), -1))
     assert present[:, user_column].all()  # an out-of-vocabulary user is present, not [PAD]
+    # ... and, as a user unseen at predict time, it has no features: [PAD] rows, absent
+    features = [column for column in range(present.shape[1]) if column != user_column]
+    assert not present[:, features].any()
+    pad_rows = embedding.token_table.weight[embedding._user_pad_rows.long()]
+    assert torch.equal(vectors[:, features], pad_rows[features].expand(len(batch), -1, -1))
+    # a frequent training user keeps its own row and its features
+    frequent = torch.nonzero(training_counts(train_data, "user_id") >= 3).flatten()[:5]
+    rows = embedding._user_rows[frequent].long()
+    assert (rows != embedding._user_pad_rows.long()).all()
 
 
 def test_a_user_feature_counts_the_training_impressions_of_its_users(cold_data_path, tmp_path):
@@ -104,6 +113,14 @@ def test_a_user_feature_counts_the_training_impressions_of_its_users(cold_data_p
     genders = dataset.user_feat["gender"].long()[users]
     assert torch.equal(counts["gender"], torch.bincount(genders, minlength=dataset.num("gender")))
     assert int(counts["user_id"].sum()) == len(dataset)
+    # with min_count, over the users seen that often (the others are embedded without features)
+    seen = torch.bincount(users, minlength=dataset.num("user_id"))
+    frequent = seen[users] >= 20
+    assert (~frequent).any() and frequent.any()
+    counted = token_counts(dataset, ["gender", "user_id"], min_count=20)
+    assert torch.equal(counted["gender"], torch.bincount(genders[frequent], minlength=dataset.num("gender")))
+    assert torch.equal(counted["user_id"], counts["user_id"])
+    assert torch.equal(token_counts(dataset, ["gender"], min_count=20)["gender"], counts["gender"])
 
 
 def test_the_out_of_vocabulary_row_is_trained(cold_data_path, tmp_path):
@@ -156,8 +173,9 @@ def test_the_index_tables_give_the_joined_columns_look_up(cold_data_path, tmp_pa
 @pytest.mark.slow
 def test_checkpoints_keep_the_map_and_score_unseen_tokens_with_it(cold_data_path, tmp_path):
     """A model rebuilt from its checkpoint alone maps ids as in training; the predictor and the
-    TorchScript export score a token unseen in training as a held-out test user (both the OOV
-    row), and an old (format 2) checkpoint, which stores no min_count, loads as min_count 0."""
+    TorchScript export score a token unseen in training as a held-out test user (both unknown
+    users: the OOV row, no features), and an old (format 2) checkpoint, which stores no
+    min_count, loads as min_count 0."""
     from recbole_cstwa.quick_start import run_recbole_cstwa
     from recbole_cstwa.serving.export import export_model
     from recbole_cstwa.serving.module import ServingModule
@@ -225,8 +243,12 @@ def test_checkpoints_keep_the_map_and_score_unseen_tokens_with_it(cold_data_path
         eager.numpy(),
         atol=1e-6,
     )
-    # a held-out user known by id keeps its .user features; an unseen token has none
-    assert np.abs(known_scores.loc[cold].to_numpy() - unseen_scores.loc[cold].to_numpy()).max() > 0
+    # a held-out user, counted 0 times in training, is an unknown user: its .user features are
+    # not read, and it scores as a token never seen
+    np.testing.assert_allclose(
+        known_scores.loc[cold].to_numpy(), unseen_scores.loc[cold].to_numpy(), atol=1e-6
+    )
+    assert (known_scores.loc[~cold].to_numpy() != unseen_scores.loc[cold].to_numpy()[:1]).any()
 
     # A format-2 checkpoint of a min_count 0 model, without the key: loaded as min_count 0, it
     # scores as the checkpoint it was made from.

@@ -42,13 +42,14 @@ def group_fields(dataset, config, exclude=()):
     return groups
 
 
-def token_counts(dataset, fields):
+def token_counts(dataset, fields, min_count=0):
     """How often each id of each token field occurs in ``dataset``'s impressions.
 
     A field of the impressions (``.inter``, the user and item ids) counts its rows; a field of
-    the ``.user`` (``.item``) file counts the impressions of the users (items) holding each value.
-    A model is built on the training split's dataset (RecBole's ``build``), so these are training
-    counts.
+    the ``.user`` (``.item``) file counts the impressions of the users (items) holding each value,
+    among the users (items) seen at least ``min_count`` times when the user (item) id is one of
+    ``fields`` (the others are embedded without their features: :class:`FieldEmbedding`). A model
+    is built on the training split's dataset (RecBole's ``build``), so these are training counts.
 
     Returns:
         dict: field -> ``(dataset.num(field),)`` int64 counts; ``None`` when ``dataset`` holds no
@@ -63,8 +64,10 @@ def token_counts(dataset, fields):
         (FeatureSource.ITEM, dataset.iid_field, getattr(dataset, "item_feat", None)),
     ):
         if feat is not None and id_field is not None and id_field in impressions:
-            ids = _column(impressions, id_field)
-            per_entity[source] = (feat, torch.bincount(ids, minlength=len(feat)).double())
+            impressions_of = torch.bincount(_column(impressions, id_field), minlength=len(feat)).double()
+            if id_field in fields:
+                impressions_of[impressions_of < min_count] = 0
+            per_entity[source] = (feat, impressions_of)
     counts = {}
     for field in fields:
         size = dataset.num(field)
@@ -132,7 +135,11 @@ class FieldEmbedding(nn.Module):
     times: they are scored with the out-of-vocabulary row. Each field also has an id past its
     vocabulary, its size, for a token unseen in training (the predictor's and the exports'
     ``unseen_index``), mapped to the same row; ``[PAD]`` (id 0, a missing cell) stays the absent
-    field. ``min_count: 0`` keeps one row an id, no buffer.
+    field. A user or item itself seen fewer than ``min_count`` times is embedded as an unknown
+    one: its id's out-of-vocabulary row and no features (``[PAD]``), as a user or item unseen at
+    predict time, which has no features to join: so the ``[PAD]`` rows of the feature fields are
+    trained, and a new user is scored as the rare users were trained (its features are counted
+    over the frequent users only). ``min_count: 0`` keeps one row an id, no buffer.
 
     The user's (item's) token fields are looked up by the user (item) id: an index table holds,
     for each user, the table rows of all its token fields (its ``.user`` features joined by id,
@@ -176,7 +183,7 @@ class FieldEmbedding(nn.Module):
         if self.min_count:
             key = ("token_rows", self.min_count)
             if key not in self._shared:
-                counts = token_counts(dataset, token_fields)
+                counts = token_counts(dataset, token_fields, self.min_count)
                 listed = None if counts is None else [counts[field] for field in token_fields]
                 self._shared[key] = frequent_id_rows(token_sizes, listed, self.min_count)
                 if counts is not None:
@@ -206,7 +213,7 @@ class FieldEmbedding(nn.Module):
                 persistent=False,
             )
         self._entity_features = self._entity_feature_columns(dataset)
-        self._entity_field = {}
+        self._entity_field, self._entity_position = {}, {}
         self._set_entity_rows()
         for table in [self.token_table, self.float_table, *self.seq_tables.values()]:
             nn.init.normal_(table.weight, std=init_std)
@@ -260,19 +267,25 @@ class FieldEmbedding(nn.Module):
             if key not in self._shared:
                 ids = torch.stack([values.long() for _, values in columns], dim=1)
                 pads = torch.zeros(1, len(columns), dtype=torch.long)
+                position = [field for field, _ in columns].index(id_field)
                 if self.token_rows is not None:  # one more entity: the unseen id, no features
                     unseen = pads.clone()
-                    unseen[0, [field for field, _ in columns].index(id_field)] = self.token_size[id_field]
+                    unseen[0, position] = self.token_size[id_field]
                     ids = torch.cat([ids, unseen])
                 offsets = getattr(self, f"_{group}_offsets")
                 rows, pad_rows = ids + offsets, pads[0] + offsets
+                unknown_row = None
                 if self.token_rows is not None:
                     rows, pad_rows = self.token_rows[rows], self.token_rows[pad_rows]
-                self._shared[key] = (rows.int(), pad_rows.int())
-            rows, pad_rows = self._shared[key]
+                    unknown_row = rows[-1].clone()
+                    rows[rows[:, position] == unknown_row[position]] = unknown_row  # rare: unknown
+                self._shared[key] = (rows.int(), pad_rows.int(), position, unknown_row)
+            rows, pad_rows, position, unknown_row = self._shared[key]
             self.register_buffer(f"_{group}_rows", rows, persistent=False)
             self.register_buffer(f"_{group}_pad_rows", pad_rows, persistent=False)
+            self.register_buffer(f"_{group}_unknown_row", unknown_row, persistent=False)
             self._entity_field[group] = id_field
+            self._entity_position[group] = position
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The id -> row map is part of the trained state: a stored map other than this layer's
@@ -316,7 +329,15 @@ class FieldEmbedding(nn.Module):
             return rows, rows != getattr(self, f"_{group}_pad_rows")
         tokens = torch.stack([interaction[f].long() for f in fields], dim=1)
         ids = tokens + getattr(self, f"_{group}_offsets")
-        rows = self.token_rows[ids] if self.token_rows is not None else ids
+        if self.token_rows is None:
+            return ids, tokens != 0
+        rows = self.token_rows[ids]
+        unknown_row = getattr(self, f"_{group}_unknown_row", None)
+        if unknown_row is not None:  # a rare user (item): unknown, as in its index table
+            position = self._entity_position[group]
+            unknown = rows[:, position] == unknown_row[position]
+            rows = torch.where(unknown[:, None], unknown_row, rows)
+            return rows, rows != getattr(self, f"_{group}_pad_rows")
         return rows, tokens != 0
 
     def gather(self, rows):
