@@ -83,18 +83,26 @@ class FieldVocabulary:
         return self._string_indices(column)
 
     def _integer_indices(self, column, values):
-        present = column.is_valid().to_numpy(zero_copy_only=False)
-        numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
+        # Missing cells and cells not plainly written are rare: most columns have neither, and
+        # skip the masks.
+        present = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+        numbers = (values.fill_null(0) if values.null_count else values).to_numpy(zero_copy_only=False)
         if self._dense is not None:
             below, table = self._dense  # numbers out of the range read the table's end rows, 0
             indices = table[np.clip(numbers, below, below + len(table) - 1) - below]
         else:
             indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
-        indices[~(present & _plainly_written(column))] = 0
-        unseen_cells = present & (indices == 0)
-        if self.unseen_index:
+        plain = _plainly_written(column)
+        valid = plain if present is None else (present if plain is None else present & plain)
+        if valid is not None:
+            indices[~valid] = 0
+        unseen_cells = indices == 0
+        if present is not None:
+            unseen_cells &= present
+        unseen = int(np.count_nonzero(unseen_cells))
+        if unseen and self.unseen_index:
             indices[unseen_cells] = self.unseen_index
-        return indices.astype(np.int64, copy=False), int(np.count_nonzero(unseen_cells))
+        return indices.astype(np.int64, copy=False), unseen
 
     def _string_indices(self, column):
         if self._strings is None:
@@ -122,14 +130,18 @@ def _plainly_written(strings):
     """Whether each string (an Arrow string array) is the integer Arrow's cast reads in it,
     written plainly: the cast also reads leading zeros (``007``, ``0x1f`` as hexadecimal) and
     ``-0``, and some versions ``+7``, which are other tokens than the number's plain form. Read
-    from the array's bytes: its first two characters and its length (a missing cell: any)."""
+    from the array's bytes: its first two characters and its length (a missing cell: any).
+    ``None`` when every string is (none starts with ``0``, ``+`` or ``-``: ids, mostly)."""
     wide = pa.types.is_large_string(strings.type) or pa.types.is_large_binary(strings.type)
     _, offsets, data = strings.buffers()
     offsets = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)
     offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
+    starts = offsets[:-1]
     first = data[np.minimum(starts, len(data) - 1)]
+    if not ((first == ord("0")) | (first == ord("+")) | (first == ord("-"))).any():
+        return None
+    lengths = np.diff(offsets)
     second = data[np.minimum(starts + 1, len(data) - 1)]
     zero_led = (first == ord("0")) & (lengths > 1)
     signed = (lengths > 0) & (
@@ -163,7 +175,8 @@ def _integer_index(tokens):
         return None
     if tokens.null_count or ((numbers >= POWERS_OF_TEN[-1]) | (numbers <= -POWERS_OF_TEN[-1])).any():
         return None  # 19 digits and more: kept as strings (the digit count stays simple)
-    if not _plainly_written(tokens).all():
+    plain = _plainly_written(tokens)
+    if plain is not None and not plain.all():
         return None
     return pd.Index(numbers)
 
