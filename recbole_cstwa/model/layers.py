@@ -212,7 +212,7 @@ class FieldEmbedding(nn.Module):
                 torch.tensor([self.token_offset[f] for f in self._token_fields[group]], dtype=torch.long),
                 persistent=False,
             )
-        self._entity_features = self._entity_feature_columns(dataset)
+        self._entity_ids = self._entity_id_tables(dataset)
         self._entity_field, self._entity_position = {}, {}
         self._set_entity_rows()
         for table in [self.token_table, self.float_table, *self.seq_tables.values()]:
@@ -242,11 +242,13 @@ class FieldEmbedding(nn.Module):
             return None
         return int(self.token_rows[self.token_offset[field] + self.token_size[field]])
 
-    def _entity_feature_columns(self, dataset):
-        """group -> ``(id field, [(field, (N,) ids)])``: the user's (item's) token fields as
-        columns of its feature table, row i the entity with id i; groups whose token fields are
-        not all there are left out (they are read from the interaction)."""
-        found = {}
+    def _entity_id_tables(self, dataset):
+        """group -> ``(id field, its column, ids)``: ``ids`` holds, row i for the user (item)
+        with id i, the ids of the group's token fields (its features joined by id) plus their
+        offsets, int32; with ``min_count`` one row more, the unseen entity (the id field's unseen
+        index, no features). Groups whose token fields are not all in the feature table are left
+        out (they are read from the interaction). Held once for a model's layers (``shared``)."""
+        tables = {}
         for group, id_field, read in (
             ("user", dataset.uid_field, dataset.get_user_feature),
             ("item", dataset.iid_field, dataset.get_item_feature),
@@ -254,36 +256,41 @@ class FieldEmbedding(nn.Module):
             fields = self._token_fields[group]
             if id_field is None or id_field not in fields:
                 continue
-            feat = read()
-            if feat is None or any(field not in feat for field in fields):
-                continue
-            found[group] = (id_field, [(field, feat[field]) for field in fields])
-        return found
+            key = ("entity ids", group, self.min_count)
+            if key not in self._shared:
+                feat = read()
+                if feat is None or any(field not in feat for field in fields):
+                    self._shared[key] = None
+                else:
+                    position = fields.index(id_field)
+                    ids = torch.stack([feat[field].long() for field in fields], dim=1)
+                    if self.min_count:
+                        unseen = torch.zeros(1, len(fields), dtype=torch.long)
+                        unseen[0, position] = self.token_size[id_field]
+                        ids = torch.cat([ids, unseen])
+                    self._shared[key] = (position, (ids + getattr(self, f"_{group}_offsets")).int())
+            if self._shared[key] is not None:
+                tables[group] = (id_field, *self._shared[key])
+        return tables
 
     def _set_entity_rows(self):
-        """Builds (or takes from ``shared``) the per-user and per-item index tables."""
-        for group, (id_field, columns) in self._entity_features.items():
+        """Builds (or takes from ``shared``) the per-user and per-item index tables of rows."""
+        for group, (id_field, position, ids) in self._entity_ids.items():
             key = (group, self.min_count, id(self.token_rows))
             if key not in self._shared:
-                ids = torch.stack([values.long() for _, values in columns], dim=1)
-                pads = torch.zeros(1, len(columns), dtype=torch.long)
-                position = [field for field, _ in columns].index(id_field)
-                if self.token_rows is not None:  # one more entity: the unseen id, no features
-                    unseen = pads.clone()
-                    unseen[0, position] = self.token_size[id_field]
-                    ids = torch.cat([ids, unseen])
-                offsets = getattr(self, f"_{group}_offsets")
-                rows, pad_rows = ids + offsets, pads[0] + offsets
-                unknown_row = None
+                pad_rows, unknown_row = getattr(self, f"_{group}_offsets").int(), None
+                rows = ids  # one row an id: the ids are the rows
                 if self.token_rows is not None:
-                    rows, pad_rows = self.token_rows[rows], self.token_rows[pad_rows]
-                    unknown_row = rows[-1].clone()
+                    rows, pad_rows = self.token_rows[ids.long()], self.token_rows[pad_rows.long()]
+                    unknown_row = rows[-1].clone()  # the unseen entity's
                     rows[rows[:, position] == unknown_row[position]] = unknown_row  # rare: unknown
-                self._shared[key] = (rows.int(), pad_rows.int(), position, unknown_row)
-            rows, pad_rows, position, unknown_row = self._shared[key]
+                self._shared[key] = (rows, pad_rows, unknown_row)
+            rows, pad_rows, unknown_row = self._shared[key]
             self.register_buffer(f"_{group}_rows", rows, persistent=False)
             self.register_buffer(f"_{group}_pad_rows", pad_rows, persistent=False)
             self.register_buffer(f"_{group}_unknown_row", unknown_row, persistent=False)
+            if self.token_rows is not None:  # to map them again when a state dict brings its map
+                self.register_buffer(f"_{group}_ids", ids, persistent=False)
             self._entity_field[group] = id_field
             self._entity_position[group] = position
 
@@ -304,7 +311,9 @@ class FieldEmbedding(nn.Module):
         key = ("stored token_rows", self.min_count)
         if key not in self._shared or not torch.equal(self._shared[key], stored):
             self._shared[key] = stored.clone()  # one copy for the model's layers
-        self.token_rows = self._shared[key]
+        replaced, self.token_rows = self.token_rows, self._shared[key]
+        for stale in [k for k, v in self._shared.items() if v is replaced or k[-1] == id(replaced)]:
+            del self._shared[stale]  # the replaced map's tables: held by no layer once all adopt
         table = self.token_table.weight
         if table.shape[0] != table_rows:
             self.token_table.weight = nn.Parameter(
@@ -325,13 +334,14 @@ class FieldEmbedding(nn.Module):
             return None
         id_field = self._entity_field.get(group)
         if id_field is not None and id_field in interaction:
-            rows = getattr(self, f"_{group}_rows")[interaction[id_field].long()]
+            # index_select: a row gather three times as fast as indexing with a tensor
+            rows = getattr(self, f"_{group}_rows").index_select(0, interaction[id_field].long().reshape(-1))
             return rows, rows != getattr(self, f"_{group}_pad_rows")
         tokens = torch.stack([interaction[f].long() for f in fields], dim=1)
         ids = tokens + getattr(self, f"_{group}_offsets")
         if self.token_rows is None:
             return ids, tokens != 0
-        rows = self.token_rows[ids]
+        rows = self.token_rows.index_select(0, ids.reshape(-1)).view(ids.shape)
         unknown_row = getattr(self, f"_{group}_unknown_row", None)
         if unknown_row is not None:  # a rare user (item): unknown, as in its index table
             position = self._entity_position[group]

@@ -153,7 +153,7 @@ class ServingModule(nn.Module):
         for id_field, tables in self.joins:
             ids = columns[id_field]
             for field, name in tables:
-                columns[field] = getattr(self, name)[ids]
+                columns[field] = getattr(self, name).index_select(0, ids)
         return Interaction(columns)
 
     def task_outputs(self, tokens, floats):

@@ -154,7 +154,8 @@ class EntityGraph(nn.Module):
         """Rows ``ids`` of the held ``P`` (no gradient), or ``None`` while it is unset."""
         if not bool(self.ready):
             return None
-        return self.propagated[ids]
+        rows = self.propagated.index_select(0, ids.reshape(-1).long())  # a row gather: faster than [ids]
+        return rows.view(*ids.shape, rows.shape[-1])
 
     def live_rows(self, ids, embedding):
         """Rows ``ids`` of ``A_hat^L E`` propagated from the live embedding rows (differentiable;
