@@ -42,14 +42,13 @@ def group_fields(dataset, config, exclude=()):
     return groups
 
 
-def token_counts(dataset, fields, min_count=0):
+def token_counts(dataset, fields):
     """How often each id of each token field occurs in ``dataset``'s impressions.
 
     A field of the impressions (``.inter``, the user and item ids) counts its rows; a field of
-    the ``.user`` (``.item``) file counts the impressions of the users (items) holding each value,
-    among the users (items) seen at least ``min_count`` times when the user (item) id is one of
-    ``fields`` (the others are embedded without their features: :class:`FieldEmbedding`). A model
-    is built on the training split's dataset (RecBole's ``build``), so these are training counts.
+    the ``.user`` (``.item``) file counts the impressions of the users (items) holding each value.
+    A model is built on the training split's dataset (RecBole's ``build``), so these are training
+    counts.
 
     Returns:
         dict: field -> ``(dataset.num(field),)`` int64 counts; ``None`` when ``dataset`` holds no
@@ -65,8 +64,6 @@ def token_counts(dataset, fields, min_count=0):
     ):
         if feat is not None and id_field is not None and id_field in impressions:
             impressions_of = torch.bincount(_column(impressions, id_field), minlength=len(feat)).double()
-            if id_field in fields:
-                impressions_of[impressions_of < min_count] = 0
             per_entity[source] = (feat, impressions_of)
     counts = {}
     for field in fields:
@@ -117,6 +114,12 @@ def frequent_id_rows(sizes, counts, min_count):
     return torch.cat(parts).int() if parts else torch.zeros(0, dtype=torch.int32)
 
 
+#: In training, the share of a rare user's (item's) impressions in which it is shown as an
+#: unknown user (its id's out-of-vocabulary row, no features), drawn each step
+#: (:class:`FieldEmbedding`): half, so that both cases train alike (results/unseen-ids.md).
+UNKNOWN_SHARE = 0.5
+
+
 class FieldEmbedding(nn.Module):
     """Embeds each feature field into a ``d``-vector, grouped as user / item / context.
 
@@ -135,11 +138,13 @@ class FieldEmbedding(nn.Module):
     times: they are scored with the out-of-vocabulary row. Each field also has an id past its
     vocabulary, its size, for a token unseen in training (the predictor's and the exports'
     ``unseen_index``), mapped to the same row; ``[PAD]`` (id 0, a missing cell) stays the absent
-    field. A user or item itself seen fewer than ``min_count`` times is embedded as an unknown
-    one: its id's out-of-vocabulary row and no features (``[PAD]``), as a user or item unseen at
-    predict time, which has no features to join: so the ``[PAD]`` rows of the feature fields are
-    trained, and a new user is scored as the rare users were trained (its features are counted
-    over the frequent users only). ``min_count: 0`` keeps one row an id, no buffer.
+    field. A user or item unseen at predict time has no features to join: it is an unknown
+    user (item), its id's out-of-vocabulary row and ``[PAD]`` features. In training, a user or
+    item seen fewer than ``min_count`` times is shown as an unknown one in a share
+    (:data:`UNKNOWN_SHARE`) of its impressions, drawn each step, and with its features in the
+    others: the model learns the rare users with their features (as a user of the validation or
+    test split, in the vocabulary with its features, is scored) and users without any (as a new
+    one at predict time). ``min_count: 0`` keeps one row an id, no buffer, no draw.
 
     The user's (item's) token fields are looked up by the user (item) id: an index table holds,
     for each user, the table rows of all its token fields (its ``.user`` features joined by id,
@@ -183,7 +188,7 @@ class FieldEmbedding(nn.Module):
         if self.min_count:
             key = ("token_rows", self.min_count)
             if key not in self._shared:
-                counts = token_counts(dataset, token_fields, self.min_count)
+                counts = token_counts(dataset, token_fields)
                 listed = None if counts is None else [counts[field] for field in token_fields]
                 self._shared[key] = frequent_id_rows(token_sizes, listed, self.min_count)
                 if counts is not None:
@@ -282,8 +287,7 @@ class FieldEmbedding(nn.Module):
                 rows = ids  # one row an id: the ids are the rows
                 if self.token_rows is not None:
                     rows, pad_rows = self.token_rows[ids.long()], self.token_rows[pad_rows.long()]
-                    unknown_row = rows[-1].clone()  # the unseen entity's
-                    rows[rows[:, position] == unknown_row[position]] = unknown_row  # rare: unknown
+                    unknown_row = rows[-1].clone()  # the unseen entity's: OOV id, no features
                 self._shared[key] = (rows, pad_rows, unknown_row)
             rows, pad_rows, unknown_row = self._shared[key]
             self.register_buffer(f"_{group}_rows", rows, persistent=False)
@@ -336,19 +340,28 @@ class FieldEmbedding(nn.Module):
         if id_field is not None and id_field in interaction:
             # index_select: a row gather three times as fast as indexing with a tensor
             rows = getattr(self, f"_{group}_rows").index_select(0, interaction[id_field].long().reshape(-1))
+            rows = self._unknown_in_training(rows, group)
             return rows, rows != getattr(self, f"_{group}_pad_rows")
         tokens = torch.stack([interaction[f].long() for f in fields], dim=1)
         ids = tokens + getattr(self, f"_{group}_offsets")
         if self.token_rows is None:
             return ids, tokens != 0
         rows = self.token_rows.index_select(0, ids.reshape(-1)).view(ids.shape)
-        unknown_row = getattr(self, f"_{group}_unknown_row", None)
-        if unknown_row is not None:  # a rare user (item): unknown, as in its index table
-            position = self._entity_position[group]
-            unknown = rows[:, position] == unknown_row[position]
-            rows = torch.where(unknown[:, None], unknown_row, rows)
+        if group in self._entity_field:  # a rare user (item) as in its index table
+            rows = self._unknown_in_training(rows, group)
             return rows, rows != getattr(self, f"_{group}_pad_rows")
         return rows, tokens != 0
+
+    def _unknown_in_training(self, rows, group):
+        """``rows`` of users (items), with the rare ones shown as unknown (:data:`UNKNOWN_SHARE`)
+        while training (with gradients: not in the graph stage or a refresh of CSTWA's P)."""
+        unknown_row = getattr(self, f"_{group}_unknown_row", None)
+        if unknown_row is None or not (self.training and torch.is_grad_enabled()):
+            return rows
+        position = self._entity_position[group]
+        rare = rows[:, position] == unknown_row[position]
+        shown_unknown = rare & (torch.rand(len(rows), device=rows.device) < UNKNOWN_SHARE)
+        return torch.where(shown_unknown[:, None], unknown_row.to(rows.dtype), rows)
 
     def gather(self, rows):
         """Token-table rows ``rows`` (any shape): ``(..., d)``."""
