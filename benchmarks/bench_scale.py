@@ -234,8 +234,9 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
         result["refresh_s"] = time.perf_counter() - start
 
     def train_epoch(loader, trainer=trainer):
-        if model_name == "CSTWA":
-            trainer.training_steps = 0  # steady state: P held, no refresh inside the timed steps
+        if model_name == "CSTWA":  # steady state: P held, no refresh inside the timed steps
+            trainer.training_steps = 0
+            trainer.sm_first_epoch_refreshes = 0  # nor the first epoch's spread refreshes
         trainer._train_epoch(loader, 0)
 
     max_batches = max(1, args.max_train_rows // batch_size)
