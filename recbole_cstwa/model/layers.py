@@ -522,14 +522,15 @@ class JointLookup(nn.Module):
         return None if inputs is None else inputs[slot]
 
     def _inputs(self, found, vectors, context_pooling):
-        """``(k, B, width)``: every layer's Eq. 7 input (no in-place writes: the ONNX export
+        """``(k, B, width)``: every layer's Eq. 7 input, written by one concatenation of the
+        ``(B, n, k, d)`` vectors seen as ``(k, B, n, d)`` (no in-place writes: the ONNX export
         traces this too)."""
         widths = {group: rows.shape[1] for group, (rows, _) in found.items()}
         entities = widths.get("user", 0) + widths.get("item", 0)
         n_context = widths.get("context", 0)
         parts = []
-        if entities:  # (B, n, k, d) -> (k, B, n * d)
-            parts.append(vectors[:, :entities].permute(2, 0, 1, 3).flatten(2))
+        if entities:
+            parts.append(vectors[:, :entities].permute(2, 0, 1, 3))
         if n_context:
             context = vectors[:, entities:]
             if context_pooling == "mean":  # mean_of_present of every layer, a field at a time
@@ -537,12 +538,13 @@ class JointLookup(nn.Module):
                 total = context[:, 0] * weights[:, :1, None]
                 for field in range(1, n_context):
                     total = total + context[:, field] * weights[:, field : field + 1, None]
-                parts.append((total / weights.sum(dim=1).clamp(min=1)[:, None, None]).transpose(0, 1))
+                pooled = total / weights.sum(dim=1).clamp(min=1)[:, None, None]  # (B, k, d)
+                parts.append(pooled.transpose(0, 1).unsqueeze(2))
             else:
-                parts.append(context.permute(2, 0, 1, 3).flatten(2))
+                parts.append(context.permute(2, 0, 1, 3))
         if not parts:
             return None
-        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].contiguous()
+        return (torch.cat(parts, dim=2) if len(parts) > 1 else parts[0].contiguous()).flatten(2)
 
 
 class _GatherUniqueRows(torch.autograd.Function):
