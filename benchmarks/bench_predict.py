@@ -11,6 +11,14 @@ exported TorchScript and ONNX models against eager torch.
    times: its scoring loop's rows/s over wall and CPU time (as it reports them), the whole
    process's (start-up, loading the checkpoint and the vocabularies included) over wall and CPU
    time (user + system: rows/s a core), peak RSS; min and median over the runs.
+   Before each run, in this process, the bare arithmetic of the model's shape is timed on the
+   same rows: ONE gather of the tower input's fields (the user's and the item's fields and one
+   context field: ``input width / embedding_size`` of them) from one table as large as the
+   model's token table, then the model's two towers (``tower_hidden_size``, ReLU, a sigmoid
+   head each), ``--batch-size`` rows a call, one thread; printed as rows a CPU second, and the
+   scoring loop's rows a CPU second over it (``loop / bare``: the share of the arithmetic's
+   rate the whole loop reaches, reading, mapping and writing included). Timed in the same run,
+   so that both see the same machine.
 5. Exported vs eager: ``--repeats`` calls of the TorchScript model, of the ONNX model in
    onnxruntime (one thread; left out when the onnx extra is not installed) and of the eager
    module (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows (fewer when the
@@ -89,10 +97,72 @@ def test_split_as_csv(folder, dataset, path):
     return rows
 
 
-def score_file(model_file, source, output):
+def bare_two_towers(model_file, folder, dataset, batch_size):
+    """``run()``: the bare arithmetic of the model's shape over the test split's rows (module doc),
+    returning its rows a CPU second."""
+    import torch
+    import torch.nn as nn
+
+    from recbole_cstwa.serving.module import input_fields
+    from recbole_cstwa.serving.predict import FieldVocabulary
+    from recbole_cstwa.serving.trained import load_trained
+
+    torch.set_num_threads(1)
+    trained = load_trained(model_file)
+    config, data = trained.config, trained.dataset
+    size = config["embedding_size"]
+    width = trained.model.input_size()
+    token_fields, _ = input_fields(data, config)
+    table = pa_csv.read_csv(
+        os.path.join(folder, f"{dataset}.test.inter"), parse_options=pa_csv.ParseOptions(delimiter="\t")
+    )
+    names = {name.split(":")[0]: name for name in table.column_names}
+    ids = {
+        field: torch.from_numpy(
+            FieldVocabulary(data.vocabulary(field)).indices(table.column(names[field]).cast(pa.string()))[0]
+        )
+        for field in token_fields
+    }
+    columns = {}  # the user's fields, the item's, then the context fields, as joined by id
+    for id_field, feat in (
+        (data.uid_field, data.get_user_feature()),
+        (data.iid_field, data.get_item_feature()),
+    ):
+        columns[id_field] = ids[id_field]
+        if feat is not None:
+            columns.update({field: feat[field][ids[id_field]] for field in feat.columns if field != id_field})
+    columns.update({field: ids[field] for field in token_fields if field not in columns})
+    taken = list(columns)[: width // size]
+    offsets = torch.tensor([0] + [data.num(field) for field in taken[:-1]]).cumsum(0)
+    rows = torch.stack([columns[field] for field in taken], dim=1) + offsets
+    every_token = sum(data.num(f) for f, kind in data.field2type.items() if kind.value == "token")
+    embeddings = torch.randn(every_token, size) * 0.01  # as large as the model's token table
+
+    def tower():
+        layers, previous = [], width
+        for hidden in config["tower_hidden_size"]:
+            layers += [nn.Linear(previous, hidden), nn.ReLU()]
+            previous = hidden
+        return nn.Sequential(*layers, nn.Linear(previous, 1))
+
+    click, purchase = tower().eval(), tower().eval()
+
+    def run():
+        start = time.process_time()
+        with torch.inference_mode():
+            for low in range(0, len(rows), batch_size):
+                x = nn.functional.embedding(rows[low : low + batch_size], embeddings).flatten(1)
+                torch.stack([torch.sigmoid(click(x)), torch.sigmoid(purchase(x))], dim=1)
+        return len(rows) / (time.process_time() - start)
+
+    run()  # warm-up
+    return run
+
+
+def score_file(model_file, source, output, batch_size):
     command = [
         "/usr/bin/time", "-v", sys.executable, os.path.join(ROOT, "run_predict.py"), f"--model_file={model_file}",
-        f"--input={source}", f"--output={output}", "--threads=1",
+        f"--input={source}", f"--output={output}", "--threads=1", f"--batch_size={batch_size}",
     ]  # fmt: skip
     print("scoring:", " ".join(command), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
@@ -137,10 +207,14 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
         parse_options=pa_csv.ParseOptions(delimiter="\t"),
     ).slice(0, 4096)
     names = {name.split(":")[0]: name for name in table.column_names}
+
+    def unseen(field):  # the field's index for an unseen token, where the code has one
+        return (serving.unseen_index[field],) if hasattr(serving, "unseen_index") else ()
+
     tokens = torch.stack(
         [
             torch.from_numpy(
-                FieldVocabulary(trained.dataset.vocabulary(f)).indices(
+                FieldVocabulary(trained.dataset.vocabulary(f), *unseen(f)).indices(
                     table.column(names[f]).cast(pa.string())
                 )[0]
             )
@@ -197,6 +271,9 @@ def main():
     parser.add_argument("--work", default=None, help="folder for the checkpoint, CSV and scores")
     parser.add_argument("--repeats", type=int, default=50, help="calls timed a round")
     parser.add_argument("--runs", type=int, default=3, help="scoring runs, and rounds of the model timings")
+    parser.add_argument(
+        "--batch-size", type=int, default=8192, help="rows a call of the loop and the bare net"
+    )
     args = parser.parse_args()
     folder = ensure_dataset(args)
     work = os.path.abspath(args.work or os.path.join(args.data_path, "bench-predict"))
@@ -209,11 +286,24 @@ def main():
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     print(f"commit {commit or 'unknown'}; model file {os.path.basename(model_file)}")
-    runs = [score_file(model_file, source, os.path.join(work, "scores.parquet")) for _ in range(args.runs)]
-    print(f"run_predict.py, 1 thread, {args.runs} runs ({rows} rows): min / median / max")
+    bare = bare_two_towers(model_file, folder, args.dataset, args.batch_size)
+    runs = []
+    for _ in range(args.runs):  # alternated: a busy spell hits both
+        bare_rate = bare()
+        runs.append(score_file(model_file, source, os.path.join(work, "scores.parquet"), args.batch_size))
+        runs[-1]["bare rows/CPU-s"] = bare_rate
+        runs[-1]["loop / bare"] = runs[-1]["loop rows/CPU-s"] / bare_rate
+    print(
+        f"run_predict.py, 1 thread, {args.runs} runs ({rows} rows, {args.batch_size} a call): min / median / max"
+    )
     for name in runs[0]:
         values = [run[name] for run in runs]
-        print(f"  {name:<20} {min(values):>12,.1f} {statistics.median(values):>12,.1f} {max(values):>12,.1f}")
+        digits = 3 if name == "loop / bare" else 1
+        print(
+            f"  {name:<20} {min(values):>12,.{digits}f} {statistics.median(values):>12,.{digits}f} "
+            f"{max(values):>12,.{digits}f}"
+        )
+    print(f"  load average {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     print("exported vs eager, 1 thread: the median call of each round; min / median over rounds")
     print(f"{'batch':>6} {'model':<11} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
     timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs)

@@ -23,6 +23,11 @@ model in a fresh process:
   loop's (``zero_grad``; ``sum(calculate_loss)``; ``backward``; ``step``) of the same model
   object and optimizer, best of ``--repeats`` alternated runs each;
 - ``large/small``: train rows/s on ``--dataset`` over that on ``--small-dataset``.
+- with ``--compare-columns`` (the plugin's models): the same model's training and evaluation
+  rows/s with its embedding layers reading the user's and item's token features from the
+  columns the data loader joins (the look-up before the per-user / per-item index tables:
+  ``FieldEmbedding`` without them), alternated with the index tables, best of ``--repeats``
+  each, on the same pre-built batches and the same validation rows.
 
     python benchmarks/bench_scale.py --data-path ../data --dataset s4m \\
         --n-impressions 4000000 --n-users 200000 --n-items 500000 --max-train-rows 200000
@@ -229,8 +234,9 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
         result["refresh_s"] = time.perf_counter() - start
 
     def train_epoch(loader, trainer=trainer):
-        if model_name == "CSTWA":
-            trainer.training_steps = 0  # steady state: P held, no refresh inside the timed steps
+        if model_name == "CSTWA":  # steady state: P held, no refresh inside the timed steps
+            trainer.training_steps = 0
+            trainer.sm_first_epoch_refreshes = 0  # nor the first epoch's spread refreshes
         trainer._train_epoch(loader, 0)
 
     max_batches = max(1, args.max_train_rows // batch_size)
@@ -297,8 +303,36 @@ def bench_model(args, model_name, dataset, measure_graph, loaded=None):
             for _ in range(args.repeats)
         )
         result["sparse_prebuilt_rows_s"] = result["recbole_rows_s"]
+    if args.compare_columns and hasattr(model, "make_embedding"):
+        evaluate = lambda: trainer.evaluate(  # noqa: E731
+            LimitedLoader(valid_data, eval_batches), load_best_model=False
+        )
+        compare_columns(model, lambda: train_epoch(batches), bare_rows, evaluate, eval_rows, result, args)
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def compare_columns(model, train, rows, evaluate, eval_rows, result, args):
+    """Training (``train``: an epoch over pre-built batches) and evaluation rows/s with the
+    embedding layers' per-user / per-item index tables and without them (reading the joined
+    columns), alternated."""
+    from recbole_cstwa.model.layers import FieldEmbedding
+
+    layers = [layer for layer in model.modules() if isinstance(layer, FieldEmbedding)]
+    by_id = [layer._entity_field for layer in layers]
+    timings = {"index tables": ([], []), "joined columns": ([], [])}
+    for _ in range(args.repeats):
+        for name in timings:
+            for layer, fields in zip(layers, by_id):
+                layer._entity_field = fields if name == "index tables" else {}
+            timings[name][0].append(_rows_per_second(train, rows))
+            timings[name][1].append(_rows_per_second(evaluate, eval_rows))
+    for layer, fields in zip(layers, by_id):
+        layer._entity_field = fields
+    result["index_tables_prebuilt_rows_s"] = max(timings["index tables"][0])
+    result["columns_prebuilt_rows_s"] = max(timings["joined columns"][0])
+    result["index_tables_eval_rows_s"] = max(timings["index tables"][1])
+    result["columns_eval_rows_s"] = max(timings["joined columns"][1])
 
 
 def _worker(args, model_names, dataset, measure_graph, queue):
@@ -373,6 +407,11 @@ def main():
         help="also time each plugin model with embedding_update: dense, back to back",
     )
     parser.add_argument(
+        "--compare-columns",
+        action="store_true",
+        help="also time the plugin's models reading user / item features from the joined columns",
+    )
+    parser.add_argument(
         "--one-process",
         action="store_true",
         help="load each dataset once for all models (faster; load figures and peak RSS then shared)",
@@ -427,6 +466,12 @@ def main():
             notes.append(
                 f"dense updates: {r['dense_train_rows_s']:,.0f} rows/s, pre-built batches "
                 f"{r['dense_prebuilt_rows_s']:,.0f} vs sparse {r['sparse_prebuilt_rows_s']:,.0f}"
+            )
+        if r.get("columns_prebuilt_rows_s"):
+            notes.append(
+                f"pre-built batches, index tables {r['index_tables_prebuilt_rows_s']:,.0f} vs joined columns "
+                f"{r['columns_prebuilt_rows_s']:,.0f} rows/s; eval {r['index_tables_eval_rows_s']:,.0f} vs "
+                f"{r['columns_eval_rows_s']:,.0f}"
             )
         if r.get("load_shared"):
             notes.append("load shared with the model above")

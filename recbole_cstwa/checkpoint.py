@@ -39,8 +39,26 @@ from recbole_cstwa.random_state import random_state, restore_random_state
 from recbole_cstwa.schema import describe_dataset, stored_settings
 from recbole_cstwa.settings import SETTINGS
 
-#: Version of what a checkpoint holds; 1: parameters and training state only.
-CHECKPOINT_FORMAT = 2
+#: Version of what a checkpoint holds; 1: parameters and training state only; 2: also what it
+#: takes to use the model alone (settings, data description); 3: settings added since 2 stored.
+CHECKPOINT_FORMAT = 3
+#: The first format that holds settings and a data description (loads without its data).
+SELF_CONTAINED_FORMAT = 2
+#: Settings added after a format, with the value every checkpoint of that format (which stores
+#: no such key) was trained with: its model is rebuilt as it was trained.
+SETTINGS_BEFORE_FORMAT = {3: {"min_count": 0}}
+
+
+def settings_before(checkpoint):
+    """Settings ``checkpoint``'s format predates, with the values it was trained with (``{}`` for
+    the current format)."""
+    written = checkpoint.get("format", 1)
+    added = {}
+    for version, settings in SETTINGS_BEFORE_FORMAT.items():
+        if written < version:
+            added.update(settings)
+    return added
+
 
 #: Keys of a checkpoint written by :class:`SafeCheckpointMixin` (CSTWA's add ``graphs``).
 CHECKPOINT_KEYS = (
@@ -274,6 +292,7 @@ def check_parameters_fit(model, checkpoint, path, config=None):
         if name in stored
         and hasattr(stored[name], "shape")
         and tuple(stored[name].shape) != tuple(built[name].shape)
+        and not _sized_by_stored_rows(name, stored, built)
     ]
     if not (missing or unexpected or reshaped):
         return
@@ -297,6 +316,21 @@ def check_parameters_fit(model, checkpoint, path, config=None):
         f"({detail}): the file was edited, or its parameters belong to another model. Fix: use the "
         "checkpoint a training run wrote, or retrain."
     )
+
+
+def _sized_by_stored_rows(name, stored, built):
+    """Whether ``name`` is a token table whose size its stored id -> row map decides
+    (``min_count`` > 0: a model rebuilt from its checkpoint alone has no training counts, so a
+    stand-in map, and adopts the stored one with its size as it loads)."""
+    if not name.endswith("token_table.weight"):
+        return False
+    rows_name = name.removesuffix("token_table.weight") + "token_rows"
+    rows, built_rows = stored.get(rows_name), built.get(rows_name)
+    if rows is None or built_rows is None or tuple(rows.shape) != tuple(built_rows.shape):
+        return False
+    table, built_table = stored[name], built[name]
+    table_rows = int(rows.max()) + 1 if len(rows) else 1
+    return table.shape[1:] == built_table.shape[1:] and table.shape[0] == table_rows
 
 
 def _changed_shaping_settings(stored, config):

@@ -129,6 +129,10 @@ def _run_rank(local_rank, run, model, dataset, config_file_list, config_dict, sa
         )
         if dist.get_rank() == 0:
             queue.put(result)
+        # Every rank past its last collective before any tears down: a rank leaving while gloo's
+        # threads still serve another's request ended in a rare SIGABRT ("terminate called
+        # without an active exception") of the second of two back-to-back runs.
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -15,7 +15,12 @@ import torch
 from recbole.utils import init_seed, set_color
 
 from recbole_cstwa import distributed
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_model_checkpoint
+from recbole_cstwa.checkpoint import (
+    SELF_CONTAINED_FORMAT,
+    load_checkpoint,
+    read_model_checkpoint,
+    settings_before,
+)
 from recbole_cstwa.checkpoint_checks import checked_settings
 from recbole_cstwa.config import Config
 from recbole_cstwa.data import create_dataset, data_preparation
@@ -165,14 +170,14 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None, 
     must match, ``config_dict`` overrides); an earlier one (parameters only) needs them given, as
     in the run that trained it."""
     checkpoint = read_model_checkpoint(model_file, option)  # refuses pickles and foreign files
-    if checkpoint.get("format", 1) < CHECKPOINT_FORMAT or "settings" not in checkpoint:
+    if checkpoint.get("format", 1) < SELF_CONTAINED_FORMAT or "settings" not in checkpoint:
         if model is None:
             raise CheckpointError(
                 f"Checkpoint [{model_file}] was written by an earlier recbole-cstwa and holds no "
                 f"settings. Fix: give --model={checkpoint.get('model', '<model>')} and the settings "
                 "it was trained with."
             )
-        return model, dataset, config_dict
+        return model, dataset, {**settings_before(checkpoint), **(config_dict or {})}
     for given, stored, key in (
         (model, checkpoint["model"], "model"),
         (dataset, checkpoint["dataset"], "dataset"),
@@ -186,8 +191,9 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None, 
 
 
 def _run_settings(checkpoint, config_dict, model_file):
-    """A checkpoint's stored settings, checked, for a new run, ``config_dict`` over them."""
-    settings = checked_settings(checkpoint, model_file, config_dict)
+    """A checkpoint's stored settings, checked, for a new run, ``config_dict`` over them (a
+    setting its format predates at the value it was trained with: :func:`settings_before`)."""
+    settings = {**settings_before(checkpoint), **checked_settings(checkpoint, model_file, config_dict)}
     for key in ("show_progress", "threads"):  # this run's terminal and machine decide
         settings.pop(key, None)
     settings.update(config_dict or {})

@@ -69,6 +69,7 @@ SETTINGS = (
     Setting("embedding_update", "choice", choices=("sparse", "dense"), shapes=PRETRAIN),
     Setting("cache_dataset", "bool", models=(ANY_MODEL,)),
     Setting("embedding_init_std", "number", low=0, low_open=True, shapes=PRETRAIN),
+    Setting("min_count", "int", low=0, shapes=PRETRAIN),
     Setting("context_pooling", "choice", choices=("mean", "concat"), shapes=PRETRAIN),
     Setting("tower_hidden_size", "int_list", low=1, high=MAX_LAYER, note=LAYER_NOTE, shapes=PRETRAIN),
     dropout_setting("tower_dropout", shapes=PRETRAIN),

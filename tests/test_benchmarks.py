@@ -157,7 +157,7 @@ def test_scale(tmp_path):
         "bench_scale.py",
         *("--data-path", tmp_path / "data", "--dataset", "big", "--n-impressions", 4000),
         *("--n-users", 200, "--n-items", 300, "--small-vocabulary", 100),
-        *("--models", "MLP", "CSTWA", "DeepFM", "--one-process", "--compare-dense"),
+        *("--models", "MLP", "CSTWA", "DeepFM", "--one-process", "--compare-dense", "--compare-columns"),
         *("--max-train-rows", 1000, "--max-eval-rows", 1000, "--bare-batches", 2, "--repeats", 1),
         *("--recall-queries", 50, "--json", tmp_path / "scale.json"),
         cwd=tmp_path,
@@ -173,8 +173,44 @@ def test_scale(tmp_path):
     cstwa = results[("CSTWA", "big")]
     assert cstwa["pretrain_s"] > 0 and cstwa["graph_s"] > 0 and set(cstwa["recall"]) == {"user", "item"}
     assert results[("MLP", "big")]["dense_train_rows_s"] > 0
+    for model in ("MLP", "CSTWA"):
+        for key in ("index_tables", "columns"):
+            assert results[(model, "big")][f"{key}_prebuilt_rows_s"] > 0
+            assert results[(model, "big")][f"{key}_eval_rows_s"] > 0
+    assert "columns_prebuilt_rows_s" not in results[("DeepFM", "big")]  # RecBole's: no such layers
+    assert "index tables" in done.stdout
     for model in ("MLP", "CSTWA", "DeepFM"):
         assert re.search(
             rf"^{model}\s+big\s+{NUMBER}\s+\d+\s+.*{NUMBER}\s+{NUMBER}  1 threads, cpu", done.stdout, re.M
         )
     assert "CSTWA epoch extrapolated" in done.stdout
+
+
+@pytest.mark.slow
+def test_unseen_ids(tmp_path):
+    done = run_benchmark(
+        "bench_unseen_ids.py",
+        *("--data-path", tmp_path / "data", "--dataset", "cold", "--n-impressions", 4000),
+        *("--n-users", 300, "--n-items", 300, "--models", "MLP", "--min-counts", 0, 2),
+        *("--seeds", 2020, "--epochs", 1, "--json", tmp_path / "unseen.jsonl"),
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "data" / "cold" / "cold.test.inter").is_file()  # generated, as asked
+    with open(tmp_path / "unseen.jsonl", encoding="utf-8") as file:
+        results = [json.loads(line) for line in file]
+    assert [(r["model"], r["min_count"]) for r in results] == [("MLP", 0), ("MLP", 2)]
+    for result in results:
+        assert set(result["views"]) == {"evaluation", "predict"}
+        for groups in result["views"].values():
+            assert set(groups) == {"known", "new user", "new item", "both new"}
+            assert groups["new user"]["rows"] > 0 and groups["new item"]["rows"] > 0
+            assert 0 < groups["known"]["mean_p_purchase"] < 1
+        # known rows score alike in both views; new users are scored otherwise at predict time
+        evaluation, predict = result["views"]["evaluation"], result["views"]["predict"]
+        assert evaluation["known"]["mean_p_click"] == pytest.approx(
+            predict["known"]["mean_p_click"], rel=1e-5
+        )
+        assert evaluation["new user"]["mean_p_click"] != predict["new user"]["mean_p_click"]
+    for min_count in (0, 2):
+        assert len(re.findall(rf"^MLP\s+{min_count}\s+{NUMBER}\s+{NUMBER} \| ", done.stdout, re.M)) == 2
+    assert "groups (test rows, purchases): known" in done.stdout

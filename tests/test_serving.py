@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY, load_script, tiny_config
 
-from recbole_cstwa.checkpoint import load_checkpoint
+from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from recbole_cstwa.errors import CheckpointError
 
 PLUGIN_MODELS = ("MLP", "ESMM", "OMoE", "MMoE", "PLE", "AITM", "ESCM2", "DCMT", "DDPO", "NISE", "CSTWA")
@@ -38,12 +38,12 @@ def model_predictions(model, data, multitask=True):
 class Trained:
     """One model trained for one epoch on the tiny dataset, with its trainer's test predictions."""
 
-    def __init__(self, name, data_path, folder):
+    def __init__(self, name, data_path, folder, **settings):
         from recbole_cstwa.config import Config
         from recbole_cstwa.data import create_dataset, data_preparation
         from recbole_cstwa.registry import get_model, get_trainer, is_multitask_model
 
-        overrides = dict(SETTINGS.get(name, {}))
+        overrides = {**SETTINGS.get(name, {}), **settings}
         self.config = Config(model=name, config_dict=tiny_config(data_path, folder, **overrides))
         train_data, valid_data, self.test_data = data_preparation(self.config, create_dataset(self.config))
         model = get_model(name)(self.config, train_data._dataset)
@@ -58,21 +58,22 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_path, tmp_path_factory):
-    """``trained(name)``: the model trained once a module (cached), in its own folder."""
+    """``trained(name, **settings)``: the model trained once a module (cached), in its own folder."""
     cache = {}
     root = tmp_path_factory.mktemp("serving")
 
-    def get(name):
-        if name not in cache:
-            folder = root / name
+    def get(name, **settings):
+        key = (name, *sorted(settings.items()))
+        if key not in cache:
+            folder = root / "-".join(f"{part}" for part in key)
             folder.mkdir()
             previous = os.getcwd()
             os.chdir(folder)  # RecBole writes log/ into the working directory
             try:
-                cache[name] = Trained(name, tiny_data_path, folder)
+                cache[key] = Trained(name, tiny_data_path, folder, **settings)
             finally:
                 os.chdir(previous)
-        return cache[name]
+        return cache[key]
 
     return get
 
@@ -86,7 +87,8 @@ def test_load_data_and_model_gives_the_trainers_test_predictions(trained, name, 
 
     run = trained(name)
     state = torch.load(run.model_file, weights_only=True)  # still plain data only
-    assert state["format"] == 2 and state["settings"]["embedding_size"] == run.config["embedding_size"]
+    assert state["format"] == CHECKPOINT_FORMAT == 3
+    assert state["settings"]["embedding_size"] == run.config["embedding_size"]
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])  # as in a fresh process: RecBole's handlers are the root's
     monkeypatch.setattr(root, "level", root.level)
@@ -115,12 +117,15 @@ def _scored_inputs(run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("min_count", [0, 2])
 @pytest.mark.parametrize("name", ["MLP", "CSTWA"])
-def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(trained, name, tmp_path):
+def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(
+    trained, name, min_count, tmp_path
+):
     from recbole_cstwa.serving.predict import predict_file
     from recbole_cstwa.serving.trained import load_trained
 
-    run = trained(name)
+    run = trained(name, min_count=min_count)
     frame = _scored_inputs(run)
     unseen_rows = np.arange(0, len(frame), 7)
     frame.loc[unseen_rows, "user_id"] = "a-user-never-seen"
@@ -145,23 +150,32 @@ def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(tra
     for column, output in (("p_click", "click"), ("p_purchase", "purchase")):
         expected = run.predictions[output].numpy()[known]
         np.testing.assert_allclose(scores[column].to_numpy()[known], expected, rtol=0, atol=1e-6)
-    # An unseen user scores as the padding user (index 0), as an empty cell would.
+    # Without min_count an unseen user scores as the padding user (index 0), as an empty cell
+    # would; with it, as the user id's unseen index (its out-of-vocabulary row, no features).
     from recbole_cstwa.serving.module import ServingModule
 
     serving = ServingModule(model)
+    unseen_index = serving.unseen_index["user_id"]
+    assert unseen_index == (0 if min_count == 0 else model.dataset.num("user_id"))
     row = frame.iloc[unseen_rows[-1]]
-    tokens = torch.tensor(
-        [
+
+    def score_as(user_index):
+        tokens = torch.tensor(
             [
-                0 if field == "user_id" else model.dataset.vocabulary(field).tolist().index(row[field])
-                for field in serving.token_fields
+                [
+                    user_index
+                    if field == "user_id"
+                    else model.dataset.vocabulary(field).tolist().index(row[field])
+                    for field in serving.token_fields
+                ]
             ]
-        ]
-    )
-    expected = serving(tokens, torch.zeros(1, 0))[0].detach().numpy()
-    np.testing.assert_allclose(
-        scores.iloc[unseen_rows[-1]][["p_click", "p_purchase", "p_cvr"]].to_numpy(float), expected, atol=1e-6
-    )
+        )
+        return serving(tokens, torch.zeros(1, 0))[0].detach().numpy()
+
+    written = scores.iloc[unseen_rows[-1]][["p_click", "p_purchase", "p_cvr"]].to_numpy(float)
+    np.testing.assert_allclose(written, score_as(unseen_index), atol=1e-6)
+    if min_count:
+        assert np.abs(written - score_as(0)).max() > 1e-4  # not the absent user's score
 
     # With the labels (and the file's own column order), the run's metrics are printed.
     labelled = tmp_path / "labelled.inter"
@@ -180,6 +194,7 @@ def test_predict_a_file_with_unseen_ids_no_labels_extra_and_shuffled_columns(tra
     "tokens",
     [
         ["[PAD]", "5", "0", "-3", "12", "100000000000000000"],  # integers: mapped by value
+        ["[PAD]", "5", "0", "-3", "12", "7"],  # integers filling their range: through an array
         ["[PAD]", "5", "0", "-3", "12", "x7"],  # not all integers: mapped by string
         ["[PAD]", "5", "007", "12"],  # "007" is not written plainly: by string
         ["[PAD]", "5", "1000000000000000000"],  # 19 digits: by string
@@ -194,14 +209,16 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
 
     encoded = encode_tokens(tokens)
     assert decode_tokens_arrow(encoded).to_pylist() == list(decode_tokens(encoded)) == tokens
-    cells = ["5", "05", "+5", None, "0", "-3", "-0", "12", "13", "007", "x7", "[PAD]", ""]
+    cells = ["5", "05", "+5", None, "0", "-3", "-0", "12", "13", "007", "x7", "[PAD]", "", "-4", "0x0c"]
     cells += ["100000000000000000", "1000000000000000000", "9223372036854775807", "-9223372036854775808"]
     # all the cells, and only those that cast to integers (the integer look-up then does it all)
     integer_like = [cell for cell in cells if cell is None or cell.lstrip("-").isdigit()]
+    integer_like.append("0x0c")  # hexadecimal, which the integer cast reads too
 
-    def expected(cells):
+    def expected(cells, unseen_index=0):
         indices = [tokens.index(cell) if cell in tokens[1:] else 0 for cell in cells]
-        return indices, sum(1 for cell, index in zip(cells, indices) if cell is not None and index == 0)
+        unseen = [cell is not None and index == 0 for cell, index in zip(cells, indices)]
+        return [unseen_index if new else index for index, new in zip(indices, unseen)], sum(unseen)
 
     for vocabulary in (FieldVocabulary(tokens), FieldVocabulary(decode_tokens_arrow(encoded))):
         for subset in (cells, integer_like):
@@ -211,7 +228,14 @@ def test_field_vocabulary_maps_as_the_strings_do(tokens):
         assert (indices.tolist(), unseen) == expected(cells)
         indices, unseen = vocabulary.indices(pa.array(cells, pa.string()).dictionary_encode())
         assert (indices.tolist(), unseen) == expected(cells)
-    assert (FieldVocabulary(tokens)._integers is not None) == (tokens[-1] == "100000000000000000")
+    for subset in (cells, integer_like):  # a model with out-of-vocabulary rows: the unseen index
+        indices, unseen = FieldVocabulary(tokens, unseen_index=len(tokens)).indices(
+            pa.array(subset, pa.string())
+        )
+        assert (indices.tolist(), unseen) == expected(subset, unseen_index=len(tokens))
+    integers = tokens[-1] in ("100000000000000000", "7")
+    assert (FieldVocabulary(tokens)._integers is not None) == integers
+    assert (FieldVocabulary(tokens)._dense is not None) == (tokens[-1] == "7")
 
 
 def test_predictor_refuses_a_file_without_a_feature_column(tmp_path, trained_stub):
@@ -537,7 +561,7 @@ def test_an_earlier_format_checkpoint_evaluates_with_its_settings_given(trained,
     from recbole_cstwa.quick_start import evaluate_checkpoint
     from recbole_cstwa.serving.trained import load_trained
 
-    run = trained("MLP")
+    run = trained("MLP", min_count=0)  # as the models of that format (it predates min_count)
     state = torch.load(run.model_file, weights_only=True)
     for key in ("format", "plugin_version", "settings", "data", "random_state"):
         del state[key]

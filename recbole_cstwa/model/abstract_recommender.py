@@ -59,6 +59,9 @@ class MultiTaskRecommender(AbstractRecommender):
         self.dropouts = config["tower_dropout"]
         self.context_pooling = config["context_pooling"]  # settings are checked by the Config
         self.field_groups = group_fields(dataset, config)
+        # What this model's embedding layers derive alike from the data (the id -> row map, the
+        # user / item index tables): held once (FieldEmbedding's ``shared``).
+        self._embedding_indexes = {}
         self._log_input_layout()
 
     def _log_input_layout(self):
@@ -85,13 +88,16 @@ class MultiTaskRecommender(AbstractRecommender):
         """A new embedding layer over every feature field (models may own several); its tables
         give sparse gradients under ``embedding_update: sparse`` (see :class:`FieldEmbedding`),
         except where :func:`~recbole_cstwa.optim.sparse_updates` says sparse updates give way
-        (DDP, mixed precision, a learner other than Adam: docs/training-at-scale.md)."""
+        (DDP, mixed precision, a learner other than Adam: docs/training-at-scale.md); ids seen
+        fewer than ``min_count`` times in ``dataset`` share their field's out-of-vocabulary row."""
         return FieldEmbedding(
             dataset,
             self.field_groups,
             self.embedding_size,
             self.config["embedding_init_std"],
             sparse=sparse_updates(self.config)[0],
+            min_count=self.config["min_count"] or 0,
+            shared=self._embedding_indexes,
         )
 
     def input_size(self):
@@ -112,6 +118,11 @@ class MultiTaskRecommender(AbstractRecommender):
                 of looking up again (CSTWA's Structure Migrator replaces the user and item rows
                 in it).
         """
+        if lookups is None and embedding.joint is not None:  # scoring: every layer's at once
+            joint, slot = embedding.joint
+            joint_input = joint.inputs(interaction, slot, self.context_pooling)
+            if joint_input is not None:
+                return joint_input
         lookups = embedding.lookup(interaction) if lookups is None else lookups
         user = lookups["user"][0].flatten(1)
         item = lookups["item"][0].flatten(1)

@@ -5,10 +5,13 @@ checkpoint into ``model.pt`` (TorchScript, ``torch.jit.trace``; ``torch.jit.load
 torch alone) or ``model.onnx`` (ONNX; ``onnxruntime`` runs it without torch), and writes beside it:
 
 - ``vocab/<field>.txt``: a token field's vocabulary, one token a line, line ``i`` (from 0) is
-  index ``i``; line 0 is ``[PAD]``, the index of a missing or unseen token;
+  index ``i``; line 0 is ``[PAD]``, the index of a missing token;
 - ``schema.json``: the inputs (``tokens``: int64 ``(B, T)`` in the order of ``token_fields``;
   ``floats``: float32 ``(B, F)`` in the order of ``float_fields``), the output columns of the
-  float32 ``(B, K)`` result, and where each vocabulary is.
+  float32 ``(B, K)`` result, where each vocabulary is, and ``unseen_token_index``: each field's
+  index for a token not in its vocabulary (the vocabulary's line count, one past its last line,
+  for a model with out-of-vocabulary rows, ``min_count`` > 0: scored with the field's trained
+  out-of-vocabulary row; otherwise 0, an absent field).
 
 Both formats record one trace of the module: the settings a trained model fixes (a gate count,
 whether CSTWA holds a ``P``) become constants, the batch size stays free. TorchScript runs the same
@@ -59,7 +62,8 @@ from recbole_cstwa.serving.module import ServingModule
 EXPORT_TOLERANCE = 1e-6
 #: Largest relative difference of a DIVISION p_cvr (module docstring).
 DIVISION_TOLERANCE = 1e-5
-SCHEMA_FORMAT = "recbole-cstwa-serving/1"
+#: 2: ``unseen_token_index`` is a field -> index map (1: the number 0 for every field).
+SCHEMA_FORMAT = "recbole-cstwa-serving/2"
 #: ``--export`` choices -> the artifact's file name.
 EXPORT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 #: What an export folder holds (of either format): a folder holding anything else is not replaced.
@@ -87,12 +91,15 @@ def export_difference(exported, eager, serving):
 
 
 def example_inputs(serving, dataset, rows, seed=0):
-    """``rows`` random in-vocabulary index rows (and unit-normal floats) for tracing and checks."""
+    """``rows`` random index rows (and unit-normal floats) for tracing and checks: in-vocabulary
+    indices, and the unseen index where a field has one past its vocabulary (``min_count``)."""
     generator = torch.Generator().manual_seed(seed)
     tokens = (
         torch.stack(
             [
-                torch.randint(0, dataset.num(field), (rows,), generator=generator)
+                torch.randint(
+                    0, dataset.num(field) + bool(serving.unseen_index[field]), (rows,), generator=generator
+                )
                 for field in serving.token_fields
             ],
             dim=1,
@@ -272,10 +279,12 @@ def export_model(trained, output_dir, export_format="torchscript", check_rows=(1
             "columns": serving.output_names,
         },
         "vocabularies": vocabularies,
-        "unseen_token_index": 0,
+        "unseen_token_index": dict(serving.unseen_index),
         "notes": (
-            "tokens: index = line number of the token in vocab/<field>.txt; a missing or unseen "
-            "token is 0 ([PAD], the field counts as absent). floats: the raw value. p_cvr of a "
+            "tokens: index = line number of the token in vocab/<field>.txt; a missing token is 0 "
+            "([PAD], the field counts as absent); a token not in vocab/<field>.txt is "
+            "unseen_token_index[<field>] (its line count, one past its last line: the field's "
+            "trained out-of-vocabulary row; or 0: absent). floats: the raw value. p_cvr of a "
             "model without a pCVR head is p_purchase / p_click clipped to "
             f"[{DIVISION_CLIP}, {1 - DIVISION_CLIP}] (the ESMM paper's DIVISION)."
         ),

@@ -4,8 +4,12 @@
 (:func:`recbole_cstwa.serving.trained.load_trained`). It takes, for a batch of impressions,
 
 - ``tokens``: ``(B, T)`` int64, the index of each token field of the impression (the user id,
-  the item id, the context fields; :func:`input_fields` gives the order), 0 for a missing or
-  unseen token (RecBole's ``[PAD]``: the field counts as absent);
+  the item id, the context fields; :func:`input_fields` gives the order), 0 for a missing token
+  (RecBole's ``[PAD]``: the field counts as absent) and the field's
+  :attr:`ServingModule.unseen_index` for a token the training data never had: for a model with
+  out-of-vocabulary rows (``min_count`` > 0) the field's vocabulary size, one past its last
+  index, scored with the field's trained out-of-vocabulary row (an unseen user or item has no
+  features: they count as absent); otherwise 0, as a missing token;
 - ``floats``: ``(B, F)`` float32, the value of each numerical field (``numerical_features``);
 
 looks up the user's and item's feature fields in the tables the training data held (as RecBole's
@@ -29,7 +33,7 @@ from recbole.utils import FeatureSource, FeatureType
 
 from recbole_cstwa.errors import InputError
 from recbole_cstwa.evaluator import division_cvr
-from recbole_cstwa.model.layers import FieldEmbedding
+from recbole_cstwa.model.layers import FieldEmbedding, JointLookup
 from recbole_cstwa.tasks import trained_label
 
 #: Output columns: model output -> column name.
@@ -100,10 +104,17 @@ class ServingModule(nn.Module):
             # row by row: computed once, the module holds no graph.
             model.update_structure()
             model.sm_mode = "epoch"
+        layers = [layer for layer in model.modules() if isinstance(layer, FieldEmbedding)]
+        with_oov = any(layer.token_rows is not None for layer in layers)
+        if with_oov and getattr(model, "use_sm", False):
+            model.hold_unseen_entities()
         self.model = model
         self.multitask = trained.is_multitask
         self.outputs = ["click", "purchase", "cvr"] if self.multitask else [trained_label(config)]
         self.output_names = [OUTPUT_COLUMNS[name] for name in self.outputs]
+        #: field -> the index a token unseen in training gets (module doc).
+        self.unseen_index = {field: dataset.num(field) if with_oov else 0 for field in self.token_fields}
+        self.joint_lookups = nn.ModuleList(_joint_lookups(layers))
         self.joins = []  # (id field, [(feature field, buffer name)])
         for group, feat, id_field in (
             ("user", dataset.get_user_feature(), dataset.uid_field),
@@ -111,10 +122,18 @@ class ServingModule(nn.Module):
         ):
             if feat is None or id_field not in self.token_fields:
                 continue
+            # A plugin model's embedding layers look the token features up by id themselves
+            # (FieldEmbedding's index tables): only the other features are joined here.
+            by_id = self.multitask and layers and all(group in layer._entity_field for layer in layers)
             columns = []
             for position, field in enumerate(f for f in feat.columns if f != id_field):
+                if by_id and dataset.field2type[field] == FeatureType.TOKEN:
+                    continue
                 name = f"{group}_table_{position}"
-                self.register_buffer(name, feat[field].clone())
+                table = feat[field].clone()
+                if with_oov:  # the unseen id (one past the last) has no features
+                    table = torch.cat([table, torch.zeros_like(table[:1])])
+                self.register_buffer(name, table)
                 columns.append((field, name))
             self.joins.append((id_field, columns))
         with torch.no_grad():  # one all-padding row: which outputs the model gives itself
@@ -134,7 +153,7 @@ class ServingModule(nn.Module):
         for id_field, tables in self.joins:
             ids = columns[id_field]
             for field, name in tables:
-                columns[field] = getattr(self, name)[ids]
+                columns[field] = getattr(self, name).index_select(0, ids)
         return Interaction(columns)
 
     def task_outputs(self, tokens, floats):
@@ -149,3 +168,16 @@ class ServingModule(nn.Module):
         if self.multitask and "cvr" not in outputs:
             outputs["cvr"] = division_cvr(outputs["purchase"], outputs["click"])
         return torch.stack([outputs[name].float() for name in self.outputs], dim=1)
+
+
+def _joint_lookups(layers):
+    """:class:`JointLookup` s for the embedding layers that map ids to rows alike (a model's
+    click and purchase embeddings): one gather a batch for them all."""
+    joint, left = [], list(layers)
+    while left:
+        first = left.pop(0)
+        alike = [layer for layer in left if JointLookup.joinable(first, layer)]
+        if alike:
+            joint.append(JointLookup([first, *alike]))
+            left = [layer for layer in left if layer not in alike]
+    return joint

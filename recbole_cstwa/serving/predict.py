@@ -9,9 +9,10 @@ trained label's probability for a RecBole model).
 
 - Columns are found by name: their order does not matter and other columns are ignored. Every
   feature column the model reads must be there (a cell may be empty: the field is then absent).
-- A token the training data never had (an unseen user, item or value) gets index 0, RecBole's
-  padding: the field counts as absent, as an empty cell. Unseen tokens are counted a field and
-  reported.
+- A token the training data never had (an unseen user, item or value) gets the field's
+  ``unseen_index`` (:class:`~recbole_cstwa.serving.module.ServingModule`): with ``min_count`` the
+  field's trained out-of-vocabulary row scores it; otherwise index 0, RecBole's padding: the
+  field counts as absent, as an empty cell. Unseen tokens are counted a field and reported.
 - Labels are optional: when the click / purchase columns (``CLICK_FIELD``, ``PURCHASE_FIELD``)
   are there, the rows are also scored with the run's metrics, per task as in training
   (:class:`~recbole_cstwa.evaluator.TaskEvaluator`).
@@ -57,23 +58,27 @@ METRIC_ROWS = 2
 
 
 class FieldVocabulary:
-    """Raw token -> the model's index for one token field; 0 for a missing or unseen token.
+    """Raw token -> the model's index for one token field; 0 for a missing token,
+    ``unseen_index`` for a token not in the vocabulary.
 
     The look-up tables are built once. A vocabulary whose tokens are all integers written plainly
-    (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (a
-    hash of int64, no Python string a cell); a cell that is not such an integer (``007``,
+    (``0``, ``-3``, ``1234``: ids, as most CTR data hold) maps a column by its integer values (an
+    array indexed by the value where the tokens fill their range densely, as numbered ids do,
+    else a hash of int64; no Python string a cell); a cell that is not such an integer (``007``,
     ``x``) cannot be one of its tokens and counts as unseen. Other vocabularies map the distinct
     strings of a block.
     """
 
-    def __init__(self, tokens):
+    def __init__(self, tokens, unseen_index=0):
         """``tokens``: index -> token (an Arrow string array or a sequence of strings)."""
+        self.unseen_index = int(unseen_index)
         if not isinstance(tokens, pa.Array):
             tokens = pa.array(np.asarray(tokens, dtype=object), type=pa.string())
         # Index 0 is [PAD]: not a token a file can hold (a cell reading "[PAD]" is unseen).
         self._tokens = tokens.slice(1)
         self._strings = None  # pandas Index of the tokens, built on first use
         self._integers = _integer_index(self._tokens)
+        self._dense = None if self._integers is None else _dense_table(self._integers.to_numpy())
 
     def indices(self, column):
         """``(int64 indices, unseen count)`` of an Arrow string column."""
@@ -91,11 +96,25 @@ class FieldVocabulary:
         return self._string_indices(column)
 
     def _integer_indices(self, column, values):
-        present = column.is_valid().to_numpy(zero_copy_only=False)
-        numbers = values.fill_null(0).to_numpy(zero_copy_only=False)
-        indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
-        indices[~(present & _plainly_written(column, numbers))] = 0
-        unseen = int(np.count_nonzero(present & (indices == 0)))
+        # Missing cells and cells not plainly written are rare: most columns have neither, and
+        # skip the masks.
+        present = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+        numbers = (values.fill_null(0) if values.null_count else values).to_numpy(zero_copy_only=False)
+        if self._dense is not None:
+            below, table = self._dense  # numbers out of the range read the table's end rows, 0
+            indices = table[np.clip(numbers, below, below + len(table) - 1) - below]
+        else:
+            indices = self._integers.get_indexer(numbers) + 1  # 0: not a token
+        plain = _plainly_written(column)
+        valid = plain if present is None else (present if plain is None else present & plain)
+        if valid is not None:
+            indices[~valid] = 0
+        unseen_cells = indices == 0
+        if present is not None:
+            unseen_cells &= present
+        unseen = int(np.count_nonzero(unseen_cells))
+        if unseen and self.unseen_index:
+            indices[unseen_cells] = self.unseen_index
         return indices.astype(np.int64, copy=False), unseen
 
     def _string_indices(self, column):
@@ -107,20 +126,55 @@ class FieldVocabulary:
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         lookup = np.append(found, 0).astype(np.int64)  # code -1 (a missing cell) -> 0
         indices = lookup[codes]
-        unseen = int(np.count_nonzero((codes >= 0) & (indices == 0)))
-        return indices, unseen
+        unseen_cells = (codes >= 0) & (indices == 0)
+        if self.unseen_index:
+            indices[unseen_cells] = self.unseen_index
+        return indices, int(np.count_nonzero(unseen_cells))
 
 
-#: 10, 100, ... 10**18: a non-negative int64 ``n`` has ``searchsorted(POWERS_OF_TEN, n, "right") + 1`` digits.
+#: 10, 100, ... 10**18: integers of at most 18 digits lie strictly between -10**18 and 10**18.
 POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], dtype=np.int64)
+#: A vocabulary of integers is mapped through an array over its range when the range holds at
+#: most this many values a token (or at most DENSE_MIN_SPAN values).
+DENSE_SPAN_PER_TOKEN, DENSE_MIN_SPAN = 4, 1 << 16
 
 
-def _plainly_written(strings, numbers):
-    """Whether each string is its int64 ``number`` written plainly: as many characters as the
-    number's digits and sign (``007``, ``+7``, ``-0`` cast to integers too, but are other tokens)."""
-    digits = np.searchsorted(POWERS_OF_TEN, np.abs(numbers), side="right") + 1 + (numbers < 0)
-    lengths = pc.binary_length(strings).fill_null(0).to_numpy(zero_copy_only=False)
-    return lengths == digits
+def _plainly_written(strings):
+    """Whether each string (an Arrow string array) is the integer Arrow's cast reads in it,
+    written plainly: the cast also reads leading zeros (``007``, ``0x1f`` as hexadecimal) and
+    ``-0``, and some versions ``+7``, which are other tokens than the number's plain form. Read
+    from the array's bytes: its first two characters and its length (a missing cell: any).
+    ``None`` when every string is (none starts with ``0``, ``+`` or ``-``: ids, mostly)."""
+    wide = pa.types.is_large_string(strings.type) or pa.types.is_large_binary(strings.type)
+    _, offsets, data = strings.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)
+    offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    starts = offsets[:-1]
+    first = data[np.minimum(starts, len(data) - 1)]
+    if not ((first == ord("0")) | (first == ord("+")) | (first == ord("-"))).any():
+        return None
+    lengths = np.diff(offsets)
+    second = data[np.minimum(starts + 1, len(data) - 1)]
+    zero_led = (first == ord("0")) & (lengths > 1)
+    signed = (lengths > 0) & (
+        (first == ord("+")) | ((first == ord("-")) & (second == ord("0")) & (lengths > 1))
+    )
+    return ~(zero_led | signed)
+
+
+def _dense_table(numbers):
+    """``(below, table)`` for distinct int64 tokens ``numbers`` whose range is dense enough:
+    ``table[n - below]`` is 1 + the index of token ``n`` (0: no token), for ``n`` clipped into
+    ``[below, below + len(table) - 1]``, whose end rows (just outside the tokens' range) hold 0.
+    ``None`` for a sparse range."""
+    low, high = int(numbers.min()), int(numbers.max())
+    if high - low + 1 > max(DENSE_SPAN_PER_TOKEN * len(numbers), DENSE_MIN_SPAN):
+        return None
+    below = low - 1
+    table = np.zeros(high - low + 3, dtype=np.int64)
+    table[numbers - below] = np.arange(1, len(numbers) + 1)
+    return below, table
 
 
 def _integer_index(tokens):
@@ -134,7 +188,8 @@ def _integer_index(tokens):
         return None
     if tokens.null_count or ((numbers >= POWERS_OF_TEN[-1]) | (numbers <= -POWERS_OF_TEN[-1])).any():
         return None  # 19 digits and more: kept as strings (the digit count stays simple)
-    if not _plainly_written(tokens, numbers).all():
+    plain = _plainly_written(tokens)
+    if plain is not None and not plain.all():
         return None
     return pd.Index(numbers)
 
@@ -151,6 +206,7 @@ class PredictReport:
     labels: list = field(default_factory=list)
     output_columns: list = field(default_factory=list)
     too_few: dict = field(default_factory=dict)  # task -> its labelled rows, too few for metrics
+    unseen_scored_as: str = "as absent, index 0"
 
     def lines(self):
         """The report as printed lines."""
@@ -165,7 +221,7 @@ class PredictReport:
             parts = ", ".join(
                 f"{name} {count} ({count / max(self.rows, 1):.2%})" for name, count in unseen.items()
             )
-            lines.append(f"unseen tokens (scored as absent, index 0): {parts}")
+            lines.append(f"unseen tokens (scored {self.unseen_scored_as}): {parts}")
         else:
             lines.append("unseen tokens: none")
         if self.metrics:
@@ -333,9 +389,9 @@ def _scores_file(path):
         ) from None
 
 
-def _writer(sink, kind, schema):
-    if kind == "parquet":
-        return pq.ParquetWriter(sink, schema)
+def _writer(sink, kind, schema, scores=()):
+    if kind == "parquet":  # probabilities are not dictionary-encoded: 7x the cost, a larger file
+        return pq.ParquetWriter(sink, schema, use_dictionary=[n for n in schema.names if n not in scores])
     return pa_csv.CSVWriter(sink, schema)
 
 
@@ -365,7 +421,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     config = trained.config
     serving = ServingModule(trained).eval()
     vocabularies = {
-        name: FieldVocabulary(_vocabulary(trained.dataset, name)) for name in serving.token_fields
+        name: FieldVocabulary(_vocabulary(trained.dataset, name), serving.unseen_index[name])
+        for name in serving.token_fields
     }
     label_names = [config["CLICK_FIELD"], config["PURCHASE_FIELD"]]
     types = {name: pa.string() for name in serving.token_fields}
@@ -393,6 +450,8 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
         evaluator = TaskEvaluator(config, tasks) if tasks else None
 
     report = PredictReport(unseen={name: 0 for name in serving.token_fields}, labels=labels)
+    if any(serving.unseen_index.values()):
+        report.unseen_scored_as = "with the field's out-of-vocabulary row"
     report.output_columns = keys + serving.output_names
     # Entered here and left after the loop (the loop keeps its indentation): the new file under an
     # unpredictable name that becomes the output only when every row is written.
@@ -445,7 +504,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
             columns += [pa.array(scores[:, i]) for i in range(scores.shape[1])]
             table = pa.Table.from_arrays(columns, names=report.output_columns)
             if writer is None:
-                writer = _writer(sink, out_format, table.schema)
+                writer = _writer(sink, out_format, table.schema, serving.output_names)
             writer.write_table(table)
             report.rows += rows
             bar.update(rows)

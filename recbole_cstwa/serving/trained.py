@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import torch
 from recbole.utils import init_seed
 
-from recbole_cstwa.checkpoint import CHECKPOINT_FORMAT, check_parameters_fit, read_model_checkpoint
+from recbole_cstwa.checkpoint import (
+    SELF_CONTAINED_FORMAT,
+    check_parameters_fit,
+    read_model_checkpoint,
+    settings_before,
+)
 from recbole_cstwa.checkpoint_checks import checked_settings
 from recbole_cstwa.config import Config
 from recbole_cstwa.errors import CheckpointError, InputError
@@ -57,7 +62,7 @@ def read_trained_checkpoint(model_file):
         )
     checkpoint = read_model_checkpoint(model_file, mmap=True)  # refuses pickles and foreign files
     if (
-        checkpoint.get("format", 1) < CHECKPOINT_FORMAT
+        checkpoint.get("format", 1) < SELF_CONTAINED_FORMAT
         or "settings" not in checkpoint
         or "data" not in checkpoint
     ):
@@ -82,7 +87,7 @@ def load_trained(model_file, config_dict=None, device="cpu"):
     """
     model_file = str(model_file)
     checkpoint = read_trained_checkpoint(model_file)
-    settings = checked_settings(checkpoint, model_file, config_dict)
+    settings = {**settings_before(checkpoint), **checked_settings(checkpoint, model_file, config_dict)}
     settings.update(config_dict or {})
     if device is not None and torch.device(device).type == "cpu":
         settings["use_gpu"] = False

@@ -344,6 +344,15 @@ class CSTWA(MultiTaskRecommender):
             else:
                 graph.refresh(self.purchase_embedding)
 
+    def hold_unseen_entities(self):
+        """For scoring ids one past the vocabulary (a user or item unseen in training, the
+        embedding's unseen index under ``min_count``): the held ``P`` of each graph gets that
+        entity's row, its own representation (an entity without edges propagates to itself), so
+        the Structure Migrator leaves its CVR input its live rows. For a scoring copy of the
+        model: ``P`` is then one row longer than a checkpoint's."""
+        for group, graph in self.structure.items():
+            graph.hold_unseen_entity(self.purchase_embedding, self.id_fields[group])
+
     def structure_acts(self):
         """Whether the Structure Migrator changes the CVR input now: always in ``batch`` mode,
         once ``P`` is held (``epoch``) or the rows were updated once (``update``)."""
@@ -390,14 +399,17 @@ class CSTWA(MultiTaskRecommender):
         return (1 - self.sm_lambda) * live + self.sm_lambda * propagated.to(live.dtype)
 
     def purchase_input(self, interaction):
-        """``x_cvr`` (Eq. 11; Eq. 7 on the CVR embedding when the Structure Migrator is off)."""
-        lookups = self.purchase_embedding.lookup(interaction)
-        if self.use_sm:
-            for group in SM_GROUPS:
-                vectors, present = lookups[group]
-                mixed = self.migrated_rows(interaction, group, vectors.flatten(1))
-                lookups[group] = (mixed.view_as(vectors), present)
-        return self.embed_input(interaction, self.purchase_embedding, lookups)
+        """``x_cvr`` (Eq. 11; Eq. 7 on the CVR embedding when the Structure Migrator is off): Eq. 7's
+        ``[user rows || item rows || context term]`` with the user and item rows migrated."""
+        x = self.embed_input(interaction, self.purchase_embedding)
+        if not self.use_sm:
+            return x
+        d = self.embedding_size
+        widths = [len(self.field_groups["user"]) * d, len(self.field_groups["item"]) * d]
+        user, item, context = x.split([*widths, x.shape[1] - sum(widths)], dim=1)
+        user = self.migrated_rows(interaction, "user", user)
+        item = self.migrated_rows(interaction, "item", item)
+        return torch.cat([user, item, context], dim=1)
 
     # ----- RecBole interface ---------------------------------------------------------------
     def forward(self, interaction):

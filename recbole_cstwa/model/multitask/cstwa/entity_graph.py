@@ -121,18 +121,41 @@ class EntityGraph(nn.Module):
             raise ValueError(
                 f"sm_mode: update writes the {self.group} id rows, but {id_field} is not a token field."
             )
-        start = embedding.token_offset[id_field]
         table = embedding.token_table.weight
-        rows = table[start : start + self.num_entities]
-        propagated = propagate_all(self.row_graph(), rows, self.layers)
-        rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
+        if embedding.token_rows is None:  # one row an id, in id order
+            start = embedding.token_offset[id_field]
+            rows = table[start : start + self.num_entities]
+            propagated = propagate_all(self.row_graph(), rows, self.layers)
+            rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
+        else:  # with min_count: rare entities share the out-of-vocabulary row, which is left as it is
+            positions = embedding.rows_of(id_field, torch.arange(self.num_entities, device=table.device))
+            rows = table[positions]
+            propagated = propagate_all(self.row_graph(), rows, self.layers)
+            rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
+            own = positions != embedding.oov_row(id_field)
+            table[positions[own]] = rows[own]
         self.ready.fill_(True)
+
+    @torch.no_grad()
+    def hold_unseen_entity(self, embedding, id_field):
+        """Appends to the held ``P`` the row of the entity past the last (``embedding``'s unseen
+        index of ``id_field``): its own representation, so mixing leaves it as it is (see
+        :meth:`~recbole_cstwa.model.multitask.cstwa.cstwa.CSTWA.hold_unseen_entities`)."""
+        if not bool(self.ready) or len(self.propagated) != self.num_entities:
+            return
+        unseen = {
+            field: torch.zeros(1, dtype=torch.long, device=self.propagated.device) for field in self.fields
+        }
+        unseen[id_field] += embedding.token_size[id_field]
+        row = group_representations(embedding, unseen, self.group)
+        self.propagated = torch.cat([self.propagated, row.to(self.propagated.dtype)])
 
     def held_rows(self, ids):
         """Rows ``ids`` of the held ``P`` (no gradient), or ``None`` while it is unset."""
         if not bool(self.ready):
             return None
-        return self.propagated[ids]
+        rows = self.propagated.index_select(0, ids.reshape(-1).long())  # a row gather: faster than [ids]
+        return rows.view(*ids.shape, rows.shape[-1])
 
     def live_rows(self, ids, embedding):
         """Rows ``ids`` of ``A_hat^L E`` propagated from the live embedding rows (differentiable;
