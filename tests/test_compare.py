@@ -574,3 +574,26 @@ def test_increments_from_the_command_line(comparison, tiny_data_path, monkeypatc
     assert [row["name"] for row in result["increments"]] == ["ESMM_small - ESMM", "DeepFM - MLP"]
     printed = capsys.readouterr().out
     assert "| ESMM_small - ESMM | 2 |" in printed and "| DeepFM - MLP | 2 |" in printed
+
+
+@pytest.mark.slow
+def test_the_seeds_needed_are_those_of_the_measured_paired_differences(comparison):
+    from recbole_cstwa.experiments.statistics import seeds_needed
+
+    reference = _per_seed_values(comparison, "MLP", "purchase_auc")
+    by_name = {row["name"]: row["metrics"] for row in comparison["power"]}
+    assert "MLP" not in by_name and set(by_name) == {"ESMM", "ESMM_small", "DeepFM"}
+    for name, metrics in by_name.items():
+        assert set(metrics) == {"purchase_auc"}  # no truth metrics in these runs
+        values = _per_seed_values(comparison, name, "purchase_auc")
+        differences = [values[seed] - reference[seed] for seed in SEEDS]
+        cells = metrics["purchase_auc"]
+        assert cells["mean"] == pytest.approx(statistics.mean(differences))
+        assert cells["std"] == pytest.approx(statistics.stdev(differences))
+        assert cells["n"] == 2 and cells["seeds_needed"] == seeds_needed(differences)
+        expected = stats.ttest_rel([values[s] for s in SEEDS], [reference[s] for s in SEEDS]).pvalue
+        assert cells["p"] == pytest.approx(expected, nan_ok=True)
+    summary = (comparison["folder"] / "out" / "summary.md").read_text()
+    assert "## Seeds needed" in summary
+    esmm = by_name["ESMM"]["purchase_auc"]
+    assert f"| ESMM | purchase AUC | {esmm['mean']:+.4f} ± {esmm['std']:.4f} |" in summary

@@ -53,6 +53,7 @@ from recbole_cstwa.errors import CompareError, ConfigError, UnknownSettingError
 from recbole_cstwa.experiments.report import (
     METRICS,
     OPTIONAL_METRICS,
+    POWER_METRICS,
     TESTED_METRICS,
     increment_lines,
     selection_line,
@@ -63,7 +64,13 @@ from recbole_cstwa.experiments.report import (
     write_plot,
 )
 from recbole_cstwa.experiments.run_records import RUNS_FILE, read_runs
-from recbole_cstwa.experiments.statistics import holm_adjusted, mean_std, paired_differences, paired_test
+from recbole_cstwa.experiments.statistics import (
+    holm_adjusted,
+    mean_std,
+    paired_differences,
+    paired_test,
+    seeds_needed,
+)
 from recbole_cstwa.experiments.workers import (
     InProcess,
     RayTasks,
@@ -556,6 +563,42 @@ def summarize_increments(plan, joined):
     return rows
 
 
+def summarize_power(plan, joined):
+    """For every row against the reference and every metric of
+    :data:`~recbole_cstwa.experiments.report.POWER_METRICS` both report on two seeds or more: the
+    per-seed differences' mean and sample std, the paired t-test's p and the seeds a paired t-test
+    needs to separate them (:func:`~recbole_cstwa.experiments.statistics.seeds_needed`, 80% power
+    at level 0.05)."""
+    reference = joined[plan.reference]
+    rows = []
+    for entry in plan.entries:
+        if entry.name == plan.reference:
+            continue
+        metrics = {}
+        for metric in POWER_METRICS:
+            values = {s: v[metric] for s, v in joined[entry.name].items() if _finite(v.get(metric))}
+            base = {s: v[metric] for s, v in reference.items() if _finite(v.get(metric))}
+            differences = paired_differences(values, base)
+            if len(differences) < 2:
+                continue
+            mean, std = mean_std(differences.values())
+            _, p_value, n = paired_test(values, base)
+            metrics[metric] = {
+                "mean": mean,
+                "std": std,
+                "p": p_value,
+                "n": n,
+                "seeds_needed": seeds_needed(differences.values()),
+            }
+        if metrics:
+            rows.append({"name": entry.name, "metrics": metrics})
+    return rows
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def selection_metrics(plan, records):
     """``{valid_metric: [run kinds]}``: the metric that picked each run's kept epoch (the
     record's, else the plan's resolved one), e.g. ``{"purchase_auc": ["MLP", "DeepFM purchase
@@ -621,8 +664,9 @@ def run_comparison(
         jobs, tool, ray_options, poll_seconds: where the runs are trained (:func:`execute`).
 
     Returns:
-        dict: ``rows`` (the summary), ``increments``, ``selection`` (:func:`selection_metrics`),
-        ``per_seed``, ``records``, ``oracle``, ``files``, ``table`` (what the command prints).
+        dict: ``rows`` (the summary), ``increments``, ``power`` (:func:`summarize_power`),
+        ``selection`` (:func:`selection_metrics`), ``per_seed``, ``records``, ``oracle``,
+        ``files``, ``table`` (what the command prints).
     """
     plan = make_plan(models, seeds, dataset, config_file_list, overrides, variants, reference, increments)
     records = execute(
@@ -639,6 +683,7 @@ def run_comparison(
     rows = summarize(plan, records)
     joined = per_seed(plan, records)
     increment_rows = summarize_increments(plan, joined)
+    power = summarize_power(plan, joined)
     selection = selection_metrics(plan, records)
     oracle_values = oracle_row(plan) if oracle else None
     files = {
@@ -651,7 +696,14 @@ def run_comparison(
         label = code_label(record.get("code"))
         codes[label] = codes.get(label, 0) + 1
     write_markdown(
-        files["markdown"], plan, rows, oracle_values, codes, increments=increment_rows, selection=selection
+        files["markdown"],
+        plan,
+        rows,
+        oracle_values,
+        codes,
+        increments=increment_rows,
+        selection=selection,
+        power=power,
     )
     write_csv(files["csv"], rows, oracle_values)
     if increment_rows:
@@ -665,6 +717,7 @@ def run_comparison(
         "plan": plan,
         "rows": rows,
         "increments": increment_rows,
+        "power": power,
         "selection": selection,
         "per_seed": joined,
         "records": records,

@@ -14,6 +14,9 @@ METRICS = ("click_auc", "click_logloss", "purchase_auc", "purchase_logloss", "cv
 OPTIONAL_METRICS = ("cvr_all_truth_kl", "purchase_truth_auc", "cvr_all_truth_auc", "purchase_pcoc")
 #: Metrics tested against the reference row.
 TESTED_METRICS = ("purchase_auc", "click_auc")
+#: Metrics whose statistical power against the reference is reported (the seeds needed): the
+#: sampled purchase labels' AUC beside the truth metrics, where the runs report them.
+POWER_METRICS = ("purchase_auc", "purchase_truth_auc", "cvr_all_truth_kl", "cvr_all_truth_auc")
 METRIC_TITLES = {
     "click_auc": "click AUC",
     "click_logloss": "click LogLoss",
@@ -123,6 +126,24 @@ def increment_lines(increments):
     return lines
 
 
+def power_lines(power, reference, level=0.8, alpha=0.05):
+    """The seeds-needed table: a line a row and metric (:func:`~recbole_cstwa.experiments.compare.summarize_power`)."""
+    lines = [
+        f"| row | metric | Δ vs {reference} (mean ± sd over seeds) | p | seeds | seeds for {level:.0%} power |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in power:
+        for metric, cells in row["metrics"].items():
+            needed = cells["seeds_needed"]
+            needed = "–" if needed != needed else ("> 1000" if math.isinf(needed) else str(needed))
+            delta = f"{cells['mean']:+.4f} ± {cells['std']:.4f}"
+            lines.append(
+                f"| {row['name']} | {METRIC_TITLES.get(metric, metric)} | {delta} | "
+                f"{_p_cell(cells['p'])} | {cells['n']} | {needed} |"
+            )
+    return lines
+
+
 def write_increments_csv(path, increments):
     columns = ["name", "minuend", "subtrahend"]
     for metric in TESTED_METRICS:
@@ -148,7 +169,7 @@ def code_lines(codes):
     ]
 
 
-def write_markdown(path, plan, rows, oracle=None, codes=None, increments=None, selection=None):
+def write_markdown(path, plan, rows, oracle=None, codes=None, increments=None, selection=None, power=None):
     split = (
         f"the dataset's pre-split files (test: `{plan.test_split}`), the same in every run"
         if plan.test_split
@@ -206,6 +227,21 @@ def write_markdown(path, plan, rows, oracle=None, codes=None, increments=None, s
             "deviation of the per-seed differences, the paired t-test's p, and Holm's p over the "
             "listed increments (one family a metric), as the paper's Table 3 reads each component's "
             "gain.",
+        ]
+    if power:
+        text += [
+            "",
+            "## Seeds needed",
+            "",
+            *power_lines(power, plan.reference),
+            "",
+            "For each row against the reference: the per-seed differences (row minus reference; for "
+            "the KL, lower is better), the paired t-test's p, and the fewest seeds with which a "
+            "two-sided paired t-test at level 0.05 separates the two with probability 0.8 if the "
+            "differences keep the mean / sd measured here (the noncentral t distribution; "
+            "`statistics.seeds_needed`). A metric whose differences vary less over seeds than "
+            "their mean needs fewer seeds: compare the sampled labels' purchase AUC with the truth "
+            "metrics of a generated dataset.",
         ]
     if variants:
         text += ["", "Variants:", *variants]
