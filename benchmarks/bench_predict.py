@@ -187,7 +187,7 @@ def score_file(model_file, source, output, batch_size):
     }
 
 
-def exported_vs_eager(model_file, folder, dataset, repeats, runs):
+def exported_vs_eager(model_file, folder, dataset, repeats, runs, work):
     import torch
 
     from recbole_cstwa.errors import InputError
@@ -198,7 +198,7 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
 
     torch.set_num_threads(1)
     trained = load_trained(model_file)
-    export_dir = os.path.join(os.path.dirname(model_file), "exported")
+    export_dir = os.path.join(work, "exported")  # the benchmark's folder, not the checkpoint's
     export_model(trained, export_dir)
     serving = ServingModule(trained).eval()
     table = pa_csv.read_csv(
@@ -229,8 +229,9 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs):
     except InputError as missing:
         print(f"ONNX left out: {missing}")
     else:
-        export_model(trained, os.path.join(export_dir, "onnx"), "onnx")
-        models["onnx"] = onnx_runner(os.path.join(export_dir, "onnx", "model.onnx"))[0]  # one thread
+        onnx_dir = export_dir + "-onnx"  # beside: an export's folder holds only what it writes
+        export_model(trained, onnx_dir, "onnx")
+        models["onnx"] = onnx_runner(os.path.join(onnx_dir, "model.onnx"))[0]  # one thread
     models["eager"] = serving
     medians = {}  # (batch, model) -> (wall, CPU) median latency of each round
     with torch.inference_mode():
@@ -268,7 +269,7 @@ def main():
     parser.add_argument("--n-items", type=int, default=500_000)
     parser.add_argument("--model", default="MLP")
     parser.add_argument("--model_file", default=None, help="a checkpoint of a model trained on --dataset")
-    parser.add_argument("--work", default=None, help="folder for the checkpoint, CSV and scores")
+    parser.add_argument("--work", default=None, help="folder for the checkpoint, CSV, scores and exports")
     parser.add_argument("--repeats", type=int, default=50, help="calls timed a round")
     parser.add_argument("--runs", type=int, default=3, help="scoring runs, and rounds of the model timings")
     parser.add_argument(
@@ -306,7 +307,7 @@ def main():
     print(f"  load average {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     print("exported vs eager, 1 thread: the median call of each round; min / median over rounds")
     print(f"{'batch':>6} {'model':<11} {'wall ms a call':>18} {'CPU ms a call':>18} {'rows a CPU-s':>14}")
-    timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs)
+    timings = exported_vs_eager(model_file, folder, args.dataset, args.repeats, args.runs, work)
     for (batch, name), medians in timings.items():
         walls, cpus = [m[0] * 1000 for m in medians], [m[1] * 1000 for m in medians]
         print(

@@ -149,6 +149,15 @@ def test_predict(tmp_path):
             )
         for name in set(exported) - {"eager"}:
             assert f"batch {batch}: max |{name} - eager|: p_click" in done.stdout
+    # Run again in the same folders: its exports replace the first run's (an export's folder
+    # holds only what that export writes, so the ONNX one is not inside the TorchScript one).
+    again = run_benchmark(
+        "bench_predict.py",
+        *("--data-path", tmp_path / "data", "--dataset", "bench", "--n-impressions", 4000),
+        *("--n-users", 200, "--n-items", 200, "--repeats", 2, "--runs", 1),
+        cwd=tmp_path,
+    )
+    assert "batch 1: max |torchscript - eager|: p_click" in again.stdout
 
 
 @pytest.mark.slow
