@@ -126,12 +126,11 @@ def test_ddp(tiny_data_path, tmp_path):
 
 @pytest.mark.slow
 def test_predict(tmp_path):
-    done = run_benchmark(
-        "bench_predict.py",
+    arguments = (
         *("--data-path", tmp_path / "data", "--dataset", "bench", "--n-impressions", 4000),
         *("--n-users", 200, "--n-items", 200, "--repeats", 2, "--runs", 1),
-        cwd=tmp_path,
     )
+    done = run_benchmark("bench_predict.py", *arguments, cwd=tmp_path)
     assert (tmp_path / "data" / "bench" / "bench.test.inter").is_file()  # generated, as asked
     for figure in ("loop rows/s", "process rows/CPU-s", "process wall s", "peak RSS MiB"):
         assert re.search(rf"^  {re.escape(figure)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", done.stdout, re.M)
@@ -151,12 +150,7 @@ def test_predict(tmp_path):
             assert f"batch {batch}: max |{name} - eager|: p_click" in done.stdout
     # Run again in the same folders: its exports replace the first run's (an export's folder
     # holds only what that export writes, so the ONNX one is not inside the TorchScript one).
-    again = run_benchmark(
-        "bench_predict.py",
-        *("--data-path", tmp_path / "data", "--dataset", "bench", "--n-impressions", 4000),
-        *("--n-users", 200, "--n-items", 200, "--repeats", 2, "--runs", 1),
-        cwd=tmp_path,
-    )
+    again = run_benchmark("bench_predict.py", *arguments, cwd=tmp_path)
     assert "batch 1: max |torchscript - eager|: p_click" in again.stdout
 
 
