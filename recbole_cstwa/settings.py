@@ -38,10 +38,32 @@ def _index_reads(*indexes):
     return when
 
 
-def dropout_setting(key, models=(MULTITASK,), shapes=()):
+def dropout_setting(key, models=(MULTITASK,), shapes=(), optional=False):
     """A dropout list: one probability in [0, 1) a layer, or one number for every layer."""
     return Setting(
-        key, "number_list", models=models, low=0, high=1, high_open=True, scalar_ok=True, shapes=shapes
+        key,
+        "number_list",
+        models=models,
+        low=0,
+        high=1,
+        high_open=True,
+        scalar_ok=True,
+        shapes=shapes,
+        optional=optional,
+    )
+
+
+def layer_sizes_setting(key, models=(MULTITASK,), shapes=(), optional=False):
+    """A list of hidden layer widths, each 1 to :data:`MAX_LAYER`."""
+    return Setting(
+        key,
+        "int_list",
+        models=models,
+        low=1,
+        high=MAX_LAYER,
+        note=LAYER_NOTE,
+        shapes=shapes,
+        optional=optional,
     )
 
 
@@ -71,7 +93,7 @@ SETTINGS = (
     Setting("embedding_init_std", "number", low=0, low_open=True, shapes=PRETRAIN),
     Setting("min_count", "int", low=0, shapes=PRETRAIN),
     Setting("context_pooling", "choice", choices=("mean", "concat"), shapes=PRETRAIN),
-    Setting("tower_hidden_size", "int_list", low=1, high=MAX_LAYER, note=LAYER_NOTE, shapes=PRETRAIN),
+    layer_sizes_setting("tower_hidden_size", shapes=PRETRAIN),
     dropout_setting("tower_dropout", shapes=PRETRAIN),
     Setting(
         "learner",
@@ -172,9 +194,7 @@ SETTINGS = (
         shapes=PRETRAIN,
     ),
     Setting("cstwa_cache", "bool", models=CSTWA, when=_use_sm),
-    Setting(
-        "info_hidden_size", "int_list", models=CSTWA, low=1, high=MAX_LAYER, note=LAYER_NOTE, optional=True
-    ),
+    layer_sizes_setting("info_hidden_size", models=CSTWA, optional=True),
     Setting(
         "ce_window",
         "int",
@@ -201,10 +221,8 @@ SETTINGS = (
     Setting("escm2_counterfactual_weight", "number", models=("ESCM2",), low=0),
     Setting("escm2_global_weight", "number", models=("ESCM2",), low=0),
     Setting("escm2_max_weight", "number", models=("ESCM2",), low=0, low_open=True),
-    Setting(
-        "escm2_expert_hidden_size", "int_list", models=("ESCM2",), low=1, high=MAX_LAYER, note=LAYER_NOTE
-    ),
-    Setting("escm2_tower_hidden_size", "int_list", models=("ESCM2",), low=1, high=MAX_LAYER, note=LAYER_NOTE),
+    layer_sizes_setting("escm2_expert_hidden_size", models=("ESCM2",)),
+    layer_sizes_setting("escm2_tower_hidden_size", models=("ESCM2",)),
     # ----- NISE --------------------------------------------------------------------------------
     Setting("nise_weight_cap", "number", models=("NISE",), low=0, low_open=True),
     Setting("nise_weight_scale", "number", models=("NISE",), low=0, note="0 leaves the CTR loss alone"),
@@ -240,34 +258,9 @@ SETTINGS = (
     Setting("ple_num_levels", "int", models=("PLE",), low=1, high=MAX_DEPTH, note=DEPTH_NOTE),
     Setting("ple_shared_experts", "int", models=("PLE",), low=0, high=MAX_EXPERTS, note=EXPERTS_NOTE),
     Setting("ple_specific_experts", "int", models=("PLE",), low=0, high=MAX_EXPERTS, note=EXPERTS_NOTE),
-    Setting(
-        "expert_hidden_size",
-        "int_list",
-        models=EXPERT_MODELS,
-        low=1,
-        high=MAX_LAYER,
-        note=LAYER_NOTE,
-        optional=True,
-    ),
-    Setting(
-        "expert_dropout",
-        "number_list",
-        models=EXPERT_MODELS,
-        low=0,
-        high=1,
-        high_open=True,
-        scalar_ok=True,
-        optional=True,
-    ),
-    Setting(
-        "task_tower_hidden_size",
-        "int_list",
-        models=EXPERT_MODELS,
-        low=1,
-        high=MAX_LAYER,
-        note=LAYER_NOTE,
-        optional=True,
-    ),
+    layer_sizes_setting("expert_hidden_size", models=EXPERT_MODELS, optional=True),
+    dropout_setting("expert_dropout", models=EXPERT_MODELS, optional=True),
+    layer_sizes_setting("task_tower_hidden_size", models=EXPERT_MODELS, optional=True),
     dropout_setting("task_tower_dropout", models=EXPERT_MODELS),
     # ----- resuming (overall.yaml) -------------------------------------------------------------
     Setting("resume_in_place", "bool", models=(ANY_MODEL,)),
