@@ -67,7 +67,7 @@ from recbole_cstwa.experiments.run_records import RUNS_FILE, read_runs
 from recbole_cstwa.experiments.statistics import (
     holm_adjusted,
     mean_std,
-    paired_differences,
+    paired_summary,
     paired_test,
     seeds_needed,
 )
@@ -552,9 +552,9 @@ def summarize_increments(plan, joined):
         for metric in TESTED_METRICS:
             values = {seed: v[metric] for seed, v in minuend.items() if metric in v}
             reference = {seed: v[metric] for seed, v in subtrahend.items() if metric in v}
-            differences = paired_differences(values, reference)
-            row[f"{metric}_delta_mean"], row[f"{metric}_delta_std"] = mean_std(differences.values())
-            _, row[f"{metric}_p"], row[f"{metric}_n"] = paired_test(values, reference)
+            paired = paired_summary(values, reference)
+            row[f"{metric}_delta_mean"], row[f"{metric}_delta_std"] = paired["mean"], paired["std"]
+            row[f"{metric}_p"], row[f"{metric}_n"] = paired["p"], paired["n"]
         rows.append(row)
     for metric in TESTED_METRICS:
         adjusted = holm_adjusted({index: row[f"{metric}_p"] for index, row in enumerate(rows)})
@@ -578,18 +578,11 @@ def summarize_power(plan, joined):
         for metric in POWER_METRICS:
             values = {s: v[metric] for s, v in joined[entry.name].items() if _finite(v.get(metric))}
             base = {s: v[metric] for s, v in reference.items() if _finite(v.get(metric))}
-            differences = paired_differences(values, base)
-            if len(differences) < 2:
+            paired = paired_summary(values, base)
+            if paired["n"] < 2:
                 continue
-            mean, std = mean_std(differences.values())
-            _, p_value, n = paired_test(values, base)
-            metrics[metric] = {
-                "mean": mean,
-                "std": std,
-                "p": p_value,
-                "n": n,
-                "seeds_needed": seeds_needed(differences.values()),
-            }
+            differences = paired.pop("differences")
+            metrics[metric] = {**paired, "seeds_needed": seeds_needed(differences.values())}
         if metrics:
             rows.append({"name": entry.name, "metrics": metrics})
     return rows

@@ -45,6 +45,15 @@ def paired_test(values, reference_values):
     return float(np.mean(a - b)), p_value, len(seeds)
 
 
+def paired_summary(values, reference_values):
+    """``{seed: value}`` against ``reference_values`` over the seeds both have: the per-seed
+    ``differences``, their ``mean`` and sample ``std``, the paired t-test's ``p`` and ``n``."""
+    differences = paired_differences(values, reference_values)
+    mean, std = mean_std(differences.values())
+    _, p_value, n = paired_test(values, reference_values)
+    return {"differences": differences, "mean": mean, "std": std, "p": p_value, "n": n}
+
+
 def holm_adjusted(p_values):
     """Holm's step-down adjustment of ``{name: p}`` for testing them together (NaN stays NaN).
 
