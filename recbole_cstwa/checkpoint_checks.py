@@ -14,6 +14,7 @@ import os
 
 import yaml
 
+from recbole_cstwa.checkpoint import settings_before
 from recbole_cstwa.config import dataset_yaml_path
 from recbole_cstwa.errors import CheckpointError, ConfigError, UnknownModelError
 from recbole_cstwa.keys import check_keys, extra_keys, known_keys
@@ -31,7 +32,8 @@ FOLDER_KEYS = ("data_path", "checkpoint_dir", "dataset_cache_dir")
 
 def checked_settings(checkpoint, path, overrides=None):
     """The stored settings of ``checkpoint`` (read from ``path``), checked, without the
-    integration keys; ``overrides`` (the run's own settings, which replace stored ones) are not
+    integration keys, completed by the settings its format predates at the values it was trained
+    with (:func:`~recbole_cstwa.checkpoint.settings_before`); ``overrides`` (the run's own settings, which replace stored ones) are not
     checked here: the run's config checks them as given.
 
     Raises:
@@ -70,7 +72,7 @@ def checked_settings(checkpoint, path, overrides=None):
         check_settings(checked, model_class.__name__, is_multitask_model(model_class), SETTINGS, RULES)
     except ConfigError as error:
         raise CheckpointError(f"{where}'s stored settings: {error}") from None
-    return stored
+    return {**settings_before(checkpoint), **stored}  # what its format predates, as trained
 
 
 def _registered_model(name, where):

@@ -191,9 +191,8 @@ def checkpoint_settings(model_file, model=None, dataset=None, config_dict=None, 
 
 
 def _run_settings(checkpoint, config_dict, model_file):
-    """A checkpoint's stored settings, checked, for a new run, ``config_dict`` over them (a
-    setting its format predates at the value it was trained with: :func:`settings_before`)."""
-    settings = {**settings_before(checkpoint), **checked_settings(checkpoint, model_file, config_dict)}
+    """A checkpoint's stored settings, checked, for a new run, ``config_dict`` over them."""
+    settings = checked_settings(checkpoint, model_file, config_dict)
     for key in ("show_progress", "threads"):  # this run's terminal and machine decide
         settings.pop(key, None)
     settings.update(config_dict or {})

@@ -16,7 +16,6 @@ from recbole_cstwa.checkpoint import (
     SELF_CONTAINED_FORMAT,
     check_parameters_fit,
     read_model_checkpoint,
-    settings_before,
 )
 from recbole_cstwa.checkpoint_checks import checked_settings
 from recbole_cstwa.config import Config
@@ -87,7 +86,7 @@ def load_trained(model_file, config_dict=None, device="cpu"):
     """
     model_file = str(model_file)
     checkpoint = read_trained_checkpoint(model_file)
-    settings = {**settings_before(checkpoint), **checked_settings(checkpoint, model_file, config_dict)}
+    settings = checked_settings(checkpoint, model_file, config_dict)
     settings.update(config_dict or {})
     if device is not None and torch.device(device).type == "cpu":
         settings["use_gpu"] = False
