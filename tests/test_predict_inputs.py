@@ -307,10 +307,10 @@ def test_bad_settings_and_outputs_are_one_line(priced, arguments, pattern, tmp_p
 
 
 def test_thread_and_batch_settings_are_checked_before_any_work():
-    from recbole_cstwa.serving.predict import checked_settings, max_threads
+    from recbole_cstwa.serving.predict import checked_batch_and_threads, max_threads
 
-    assert checked_settings(1, None) == (1, None)
-    assert checked_settings(8192, max_threads()) == (8192, max_threads())
+    assert checked_batch_and_threads(1, None) == (1, None)
+    assert checked_batch_and_threads(8192, max_threads()) == (8192, max_threads())
     for batch_size, threads in (
         (0, None),
         (-5, None),
@@ -320,7 +320,7 @@ def test_thread_and_batch_settings_are_checked_before_any_work():
         (1, max_threads() + 1),
     ):
         with pytest.raises(PredictInputError, match=r"^--(batch_size|threads)="):
-            checked_settings(batch_size, threads)
+            checked_batch_and_threads(batch_size, threads)
 
 
 @pytest.mark.slow

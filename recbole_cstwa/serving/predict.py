@@ -256,7 +256,7 @@ def _file_format(path, kinds, role, compressed):
     return table.kind
 
 
-def checked_settings(batch_size, threads):
+def checked_batch_and_threads(batch_size, threads):
     """``(batch_size, threads)`` when usable: a batch of 1 row or more; threads None (torch's
     setting) or 1 to :func:`max_threads`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -411,7 +411,7 @@ def predict_file(trained, input_path, output_path, keys=(), batch_size=8192, thr
     input_path, output_path = str(input_path), str(output_path)
     _file_format(input_path, INPUT_KINDS, "Input", compressed=True)
     out_format = _file_format(output_path, OUTPUT_KINDS, "Output", compressed=False)
-    batch_size, threads = checked_settings(batch_size, threads)
+    batch_size, threads = checked_batch_and_threads(batch_size, threads)
     check_paths(input_path, output_path)
     if threads:
         torch.set_num_threads(int(threads))
