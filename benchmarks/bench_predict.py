@@ -21,7 +21,8 @@ exported TorchScript and ONNX models against eager torch.
    so that both see the same machine.
 5. Exported vs eager: ``--repeats`` calls of the TorchScript model, of the ONNX model in
    onnxruntime (one thread; left out when the onnx extra is not installed) and of the eager
-   module (``torch.inference_mode``) on batches of 1, 256 and 4096 test rows (fewer when the
+   module as exported (the compact tables; ``run_predict.py`` holds a row a user and an item,
+   ``ServingModule(entity_vectors=True)``; ``torch.inference_mode``) on batches of 1, 256 and 4096 test rows (fewer when the
    test split is smaller), one thread, in
    ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
    median over rounds, and rows a CPU second at the median.

@@ -341,6 +341,10 @@ def test_export_equals_eager_for_every_plugin_model_and_runs_without_the_plugin(
             for rows in (1, 256, len(tokens)):
                 difference = (exported(tokens[:rows], floats[:rows]) - eager[:rows]).abs().max().item()
                 assert difference <= 1e-6, (name, rows, difference)
+            # the predictor's module (each user's and item's vectors in one row) scores the same
+            fast = ServingModule(model, entity_vectors=True)
+            assert fast.joint_lookups and all(joint.entity_vectors for joint in fast.joint_lookups), name
+            assert torch.equal(fast(tokens, floats), eager), name
         # and the eager module is the trainer's model
         np.testing.assert_allclose(eager[:, 1].numpy(), run.predictions["purchase"].numpy(), atol=1e-6)
         torch.save({"tokens": tokens, "floats": floats, "expected": eager}, folder / "check.pt")

@@ -16,7 +16,9 @@ looks up the user's and item's feature fields in the tables the training data he
 ``Dataset.join``) and returns ``(B, K)`` float32 probabilities, one column a name of
 :attr:`ServingModule.output_names`: ``p_click``, ``p_purchase`` (impression level) and
 ``p_cvr`` (post-click) for the plugin's models; the trained label's probability for a RecBole
-model. The predictor runs it eagerly and the exporter traces it, so both score alike.
+model. The predictor runs it eagerly (with ``entity_vectors``: each user's and item's vectors held
+in one row, :class:`~recbole_cstwa.model.layers.JointLookup`; the same numbers) and the exporter
+traces it with the compact tables, so both score alike.
 
 ``p_cvr`` of a model without a pCVR head (all but ESMM, ESCM2, DCMT, DDPO and NISE) is the ESMM paper's DIVISION
 baseline, ``p_purchase / p_click`` clipped into (0, 1): the post-click probability implied by the
@@ -79,9 +81,14 @@ def _tensors(model, parameters_only=False):
 
 
 class ServingModule(nn.Module):
-    """``forward(tokens, floats) -> (B, K) probabilities`` of a trained model (module doc)."""
+    """``forward(tokens, floats) -> (B, K) probabilities`` of a trained model (module doc).
 
-    def __init__(self, trained):
+    ``entity_vectors``: hold each user's and item's vectors of every embedding layer in one row
+    (:class:`~recbole_cstwa.model.layers.JointLookup`): the same numbers, a quarter less time, the
+    user and item vectors held twice. The predictor's choice; the exports keep the compact tables.
+    """
+
+    def __init__(self, trained, entity_vectors=False):
         super().__init__()
         config, dataset = trained.config, trained.dataset
         if config["discretization"]:
@@ -114,7 +121,7 @@ class ServingModule(nn.Module):
         self.output_names = [OUTPUT_COLUMNS[name] for name in self.outputs]
         #: field -> the index a token unseen in training gets (module doc).
         self.unseen_index = {field: dataset.num(field) if with_oov else 0 for field in self.token_fields}
-        self.joint_lookups = nn.ModuleList(_joint_lookups(layers))
+        self.joint_lookups = nn.ModuleList(_joint_lookups(layers, entity_vectors))
         self.joins = []  # (id field, [(feature field, buffer name)])
         for group, feat, id_field in (
             ("user", dataset.get_user_feature(), dataset.uid_field),
@@ -170,14 +177,15 @@ class ServingModule(nn.Module):
         return torch.stack([outputs[name].float() for name in self.outputs], dim=1)
 
 
-def _joint_lookups(layers):
+def _joint_lookups(layers, entity_vectors):
     """:class:`JointLookup` s for the embedding layers that map ids to rows alike (a model's
-    click and purchase embeddings): one gather a batch for them all."""
+    click and purchase embeddings): one gather a batch for them all; with ``entity_vectors``
+    every layer, alone or not, reads one row a user and an item."""
     joint, left = [], list(layers)
     while left:
         first = left.pop(0)
         alike = [layer for layer in left if JointLookup.joinable(first, layer)]
-        if alike:
-            joint.append(JointLookup([first, *alike]))
+        if alike or entity_vectors:  # a layer alone gains from the entity rows, not the join
+            joint.append(JointLookup([first, *alike], entity_vectors))
             left = [layer for layer in left if layer not in alike]
     return joint
