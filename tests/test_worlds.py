@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from recbole_cstwa.commands.worlds import draw_worlds, main
@@ -168,3 +169,25 @@ def test_seeds_needed_follows_the_noncentral_t():
     assert abs(paired_power(1.0, 10) - 0.8031) < 2e-3
     assert seeds_needed(differences) == 10
     assert seeds_needed([0.5, 0.5, 0.5]) == 2 and seeds_needed([0.0, 0.0]) == math.inf
+
+
+def test_the_power_is_a_number_for_a_large_effect_and_the_seeds_are_the_fewest():
+    from scipy import stats
+
+    from recbole_cstwa.experiments.statistics import paired_power, seeds_needed
+
+    # scipy's noncentral t returns NaN here (noncentrality 15 with 1 degree of freedom); the
+    # seeds needed for a difference of 10.6 of its sd were once counted as 7, not 3
+    effect = 10.6
+    assert 0.75 < paired_power(effect, 2) < 0.77 and paired_power(effect, 3) > 0.999
+    assert seeds_needed([effect - 1, effect, effect + 1]) == 3
+    rng = np.random.default_rng(0)
+    for effect, n in ((10.6, 2), (14.0, 2)):  # against a simulated paired t-test
+        differences = rng.normal(effect, 1.0, size=(200_000, n))
+        t = differences.mean(1) / (differences.std(1, ddof=1) / n**0.5)
+        simulated = float((np.abs(t) > stats.t.ppf(0.975, n - 1)).mean())
+        assert abs(paired_power(effect, n) - simulated) < 0.005, (effect, n)
+    for effect in (0.4, 0.7, 1.2, 2.5, 6.0):  # bisection finds what a scan finds
+        scan = next(n for n in range(2, 1001) if paired_power(effect, n) >= 0.8)
+        assert seeds_needed([effect - 1, effect, effect + 1]) == scan
+    assert seeds_needed([0.01 - 1, 0.01, 0.01 + 1]) == math.inf  # beyond 1,000 seeds

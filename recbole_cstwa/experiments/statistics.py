@@ -71,16 +71,36 @@ def holm_adjusted(p_values):
 
 def paired_power(effect, n, alpha=0.05):
     """The power of a two-sided paired t-test at level ``alpha`` with ``n`` pairs when the paired
-    differences have mean / standard deviation ``effect`` (the noncentral t distribution with
-    ``n - 1`` degrees of freedom and noncentrality ``effect * sqrt(n)``)."""
-    from scipy import stats
+    differences have mean / standard deviation ``effect``: ``P(|T| > t_crit)`` for the noncentral
+    t with ``n - 1`` degrees of freedom and noncentrality ``effect * sqrt(n)``, integrated over
+    its chi-distributed scale where scipy's ``nct`` gives NaN (a large noncentrality: the NaN made
+    a clear separation look as if it needed more seeds)."""
+    from scipy import integrate, stats
 
     if n < 2 or not math.isfinite(effect):
         return math.nan
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     noncentrality = abs(effect) * math.sqrt(n)
-    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+    power = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
+    if math.isfinite(power):  # fast, and the integral below agrees with it to 1e-10
+        return float(power)
+
+    def rejected(scale):  # P(|Z + noncentrality| > critical * scale), scale = chi / sqrt(df)
+        bound = critical * scale
+        return stats.norm.sf(bound - noncentrality) + stats.norm.cdf(-bound - noncentrality)
+
+    # over the chi distribution's mass (quad over (0, inf) misses its narrow peak at large df)
+    low, high = stats.chi.ppf(1e-15, df), stats.chi.isf(1e-15, df)
+    power, _ = integrate.quad(
+        lambda x: rejected(x / math.sqrt(df)) * stats.chi.pdf(x, df),
+        low,
+        high,
+        points=[math.sqrt(max(df - 1, 0))],
+        epsabs=1e-10,
+        limit=200,
+    )
+    return float(min(max(power, 0.0), 1.0))
 
 
 def seeds_needed(differences, alpha=0.05, power=0.8, most=1000):
@@ -96,7 +116,13 @@ def seeds_needed(differences, alpha=0.05, power=0.8, most=1000):
     if spread == 0:
         return 2 if mean != 0 else math.inf
     effect = mean / spread
-    for n in range(2, most + 1):
-        if paired_power(effect, n, alpha) >= power:
-            return n
-    return math.inf
+    if paired_power(effect, most, alpha) < power:
+        return math.inf
+    low, high = 1, most  # the power grows with n: the fewest seeds by bisection
+    while high - low > 1:
+        middle = (low + high) // 2
+        if paired_power(effect, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
