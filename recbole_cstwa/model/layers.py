@@ -439,16 +439,16 @@ class JointLookup(nn.Module):
     table, so a batch gathers ``k * d``-wide rows once instead of ``d``-wide rows ``k`` times (a
     random row of a large table costs about one cache miss whatever its width) and computes the
     rows once. The table is a copy (no gradient reaches the layers; a layer alone shares its
-    own): built for a model in eval mode. Each layer's :meth:`FieldEmbedding.lookup` of all groups reads its part, and
-    :meth:`inputs` gives every layer's Eq. 7 input at once (fewer, larger operations); the last
-    batch's look-ups are kept until the next batch.
+    own): built for a model in eval mode. Each layer's :meth:`FieldEmbedding.lookup` of all
+    groups reads its part, and :meth:`inputs` gives every layer's Eq. 7 input at once (fewer,
+    larger operations); the last batch's look-ups are kept until the next batch.
 
     With ``entity_vectors`` each user (item) looked up by id has its token fields' vectors of
     every layer in one row of a table of its own, ``(users, k, n * d)``, laid out as Eq. 7 reads
     them: a batch then takes one contiguous row a user instead of its index-table row and ``n``
-    random rows of the token table (15-20% more rows a second for a model with 8 user and 4 item
-    fields, ``results/serving.md``). The same numbers, more memory (a user's ``n`` vectors stored again for each
-    user): the predictor uses it, the exports keep the compact tables.
+    random rows of the token table (15-20% more rows a second for a model with 8 user and 4
+    item fields, ``results/serving.md``). The same numbers, more memory (each user's ``n``
+    vectors stored again): the predictor uses it, the exports keep the compact tables.
     """
 
     def __init__(self, layers, entity_vectors=False):
