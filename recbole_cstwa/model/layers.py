@@ -352,6 +352,20 @@ class FieldEmbedding(nn.Module):
             return rows, rows != getattr(self, f"_{group}_pad_rows")
         return rows, tokens != 0
 
+    def found_rows(self, interaction, groups=GROUPS):
+        """``(found, rows)``: group -> :meth:`token_rows_of` for the ``groups`` with token fields,
+        and their rows side by side, ``(B, n)`` (``None`` when no group has any): one gather
+        serves them all."""
+        found = {}
+        for group in groups:
+            group_rows = self.token_rows_of(interaction, group)
+            if group_rows is not None:
+                found[group] = group_rows
+        if not found:
+            return found, None
+        rows = [group_rows for group_rows, _ in found.values()]
+        return found, torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+
     def _unknown_in_training(self, rows, group):
         """``rows`` of users (items), with the rare ones shown as unknown (:data:`UNKNOWN_SHARE`)
         while training (with gradients: not in the graph stage or a refresh of CSTWA's P)."""
@@ -388,17 +402,11 @@ class FieldEmbedding(nn.Module):
             joint, slot = self.joint
             token_vectors, present = joint.lookup(interaction, slot)
         else:
-            found = {}
-            for group in groups:
-                rows = self.token_rows_of(interaction, group)
-                if rows is not None:
-                    found[group] = rows
+            found, rows = self.found_rows(interaction, groups)
             token_vectors, present = {}, {group: mask for group, (_, mask) in found.items()}
-            if found:
-                widths = [rows.shape[1] for rows, _ in found.values()]
-                rows = [rows for rows, _ in found.values()]
-                looked_up = self.gather(torch.cat(rows, dim=1) if len(rows) > 1 else rows[0])
-                token_vectors = dict(zip(found, looked_up.split(widths, dim=1)))
+            if rows is not None:
+                widths = [group_rows.shape[1] for group_rows, _ in found.values()]
+                token_vectors = dict(zip(found, self.gather(rows).split(widths, dim=1)))
         return {group: self._group_vectors(interaction, group, present, token_vectors) for group in groups}
 
     def _group_vectors(self, interaction, group, token_present, token_vectors):
@@ -512,15 +520,9 @@ class JointLookup(nn.Module):
         ``(B, n, k, d)`` vectors of every layer (``None`` without token fields)."""
         computed = self._computed(interaction)
         if "looked up" not in computed:
-            found = {}
-            for group in GROUPS:
-                rows = self.layer.token_rows_of(interaction, group)
-                if rows is not None:
-                    found[group] = rows
+            found, rows = self.layer.found_rows(interaction)
             vectors = None
-            if found:
-                rows = [rows for rows, _ in found.values()]
-                rows = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+            if rows is not None:
                 vectors = nn.functional.embedding(rows, self.table).unflatten(-1, (self.slots, self.width))
             computed["looked up"] = (found, vectors)
         return computed["looked up"]
