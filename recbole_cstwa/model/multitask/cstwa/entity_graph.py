@@ -122,18 +122,14 @@ class EntityGraph(nn.Module):
                 f"sm_mode: update writes the {self.group} id rows, but {id_field} is not a token field."
             )
         table = embedding.token_table.weight
-        if embedding.token_rows is None:  # one row an id, in id order
-            start = embedding.token_offset[id_field]
-            rows = table[start : start + self.num_entities]
-            propagated = propagate_all(self.row_graph(), rows, self.layers)
-            rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
-        else:  # with min_count: rare entities share the out-of-vocabulary row, which is left as it is
-            positions = embedding.rows_of(id_field, torch.arange(self.num_entities, device=table.device))
-            rows = table[positions]
-            propagated = propagate_all(self.row_graph(), rows, self.layers)
-            rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
-            own = positions != embedding.oov_row(id_field)
-            table[positions[own]] = rows[own]
+        positions = embedding.rows_of(id_field, torch.arange(self.num_entities, device=table.device))
+        rows = table[positions]
+        propagated = propagate_all(self.row_graph(), rows, self.layers)
+        rows.mul_(1 - sm_lambda).add_(propagated.to(rows.dtype), alpha=sm_lambda)
+        # with min_count, rare entities share their field's out-of-vocabulary row: left as it is
+        oov = embedding.oov_row(id_field)
+        own = slice(None) if oov is None else positions != oov
+        table[positions[own]] = rows[own]
         self.ready.fill_(True)
 
     @torch.no_grad()
