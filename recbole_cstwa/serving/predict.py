@@ -92,10 +92,19 @@ class FieldVocabulary:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass  # a cell that is no integer (an unseen token): by the distinct strings
             else:
-                return self._integer_indices(column, values)
-        return self._string_indices(column)
+                return self._with_unseen(*self._integer_indices(column, values))
+        return self._with_unseen(*self._string_indices(column))
+
+    def _with_unseen(self, indices, unseen_cells):
+        """``(int64 indices, unseen count)``: ``unseen_cells`` (tokens not in the vocabulary)
+        given :attr:`unseen_index`."""
+        unseen = int(np.count_nonzero(unseen_cells))
+        if unseen and self.unseen_index:
+            indices[unseen_cells] = self.unseen_index
+        return indices.astype(np.int64, copy=False), unseen
 
     def _integer_indices(self, column, values):
+        """``(indices, unseen cells)`` of a column read as integers."""
         # Missing cells and cells not plainly written are rare: most columns have neither, and
         # skip the masks.
         present = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
@@ -112,12 +121,10 @@ class FieldVocabulary:
         unseen_cells = indices == 0
         if present is not None:
             unseen_cells &= present
-        unseen = int(np.count_nonzero(unseen_cells))
-        if unseen and self.unseen_index:
-            indices[unseen_cells] = self.unseen_index
-        return indices.astype(np.int64, copy=False), unseen
+        return indices, unseen_cells
 
     def _string_indices(self, column):
+        """``(indices, unseen cells)`` of a column by its distinct strings."""
         if self._strings is None:
             self._strings = pd.Index(self._tokens.to_numpy(zero_copy_only=False))
         encoded = column.dictionary_encode()
@@ -126,10 +133,7 @@ class FieldVocabulary:
         codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         lookup = np.append(found, 0).astype(np.int64)  # code -1 (a missing cell) -> 0
         indices = lookup[codes]
-        unseen_cells = (codes >= 0) & (indices == 0)
-        if self.unseen_index:
-            indices[unseen_cells] = self.unseen_index
-        return indices, int(np.count_nonzero(unseen_cells))
+        return indices, (codes >= 0) & (indices == 0)
 
 
 #: 10, 100, ... 10**18: integers of at most 18 digits lie strictly between -10**18 and 10**18.
