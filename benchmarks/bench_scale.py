@@ -95,14 +95,9 @@ class PrebuiltBatches(list):
     shuffle = False
 
 
-def _parse_value(text):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _config_dict(args, dataset):
+    from recbole_cstwa.values import parse_assignments
+
     settings = {
         "dataset": dataset,
         "data_path": args.data_path,
@@ -112,9 +107,7 @@ def _config_dict(args, dataset):
         "checkpoint_dir": args.cache_dir,
         "eval_batch_size": 20000,
     }
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = _parse_value(value)
+    settings.update(parse_assignments(args.set, "--set"))  # read as data, as on a command line
     return settings
 
 

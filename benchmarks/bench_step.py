@@ -14,7 +14,6 @@ The device comes from the config (``--set device=cuda`` / ``use_gpu``); ``--thre
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -62,6 +61,7 @@ def bench_compile(args):
     from recbole_cstwa.config import Config
     from recbole_cstwa.data import create_dataset, data_preparation
     from recbole_cstwa.registry import get_model, get_trainer
+    from recbole_cstwa.values import parse_assignments
 
     os.chdir(tempfile.mkdtemp(prefix="bench_step_"))
     settings = {
@@ -72,12 +72,7 @@ def bench_compile(args):
         "state": "ERROR",
         "use_sm": False,  # the towers' cost; CSTWA's graphs do not change it
     }
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
+    settings.update(parse_assignments(args.set, "--set"))  # read as data, as on a command line
     config = Config(model=args.model, config_dict=settings)
     train_data, _, _ = data_preparation(config, create_dataset(config))
     batches = []

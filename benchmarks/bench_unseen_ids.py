@@ -58,14 +58,9 @@ def ensure_dataset(args):
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def _parse_value(text):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def base_settings(args, work):
+    from recbole_cstwa.values import parse_assignments
+
     settings = {
         "data_path": args.data_path,
         "dataset": args.dataset,
@@ -76,9 +71,7 @@ def base_settings(args, work):
         "epochs": args.epochs,
         "stopping_step": args.stopping_step,
     }
-    for item in args.set:
-        key, _, value = item.partition("=")
-        settings[key] = _parse_value(value)
+    settings.update(parse_assignments(args.set, "--set"))  # read as data, as on a command line
     return settings
 
 

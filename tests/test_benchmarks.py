@@ -217,3 +217,28 @@ def test_unseen_ids(tmp_path):
     for min_count in (0, 2):
         assert len(re.findall(rf"^MLP\s+{min_count}\s+{NUMBER}\s+{NUMBER} \| ", done.stdout, re.M)) == 2
     assert "groups (test rows, purchases): known" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "function", "call"),
+    [
+        ("bench_unseen_ids.py", "base_settings", lambda f, args: f(args, "work")),
+        ("bench_scale.py", "_config_dict", lambda f, args: f(args, "data")),
+    ],
+)
+def test_a_benchmarks_set_reads_values_as_the_command_line_does(script, function, call):
+    """``--set KEY=VALUE`` is read by the command line's rule (values.parse_assignments): a folder
+    named by digits stays text, ``True`` is a bool, a path is its text."""
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(REPOSITORY, "benchmarks", script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = SimpleNamespace(
+        data_path="data", dataset="d", epochs=1, stopping_step=1, cache_dir="cache",
+        set=["checkpoint_dir=2024", "use_sm=True", "min_count=2", "model_file=saved/best.pth", "tower_dropout=[0.1,0.3]"],
+    )  # fmt: skip
+    settings = call(getattr(module, function), args)
+    assert settings["checkpoint_dir"] == "2024" and settings["use_sm"] is True
+    assert settings["min_count"] == 2 and settings["model_file"] == "saved/best.pth"
+    assert settings["tower_dropout"] == [0.1, 0.3]
