@@ -22,9 +22,9 @@ exported TorchScript and ONNX models against eager torch.
 5. Exported vs eager: ``--repeats`` calls of the TorchScript model, of the ONNX model in
    onnxruntime (one thread; left out when the onnx extra is not installed) and of the eager
    module as exported (the compact tables; ``run_predict.py`` holds a row a user and an item,
-   ``ServingModule(entity_vectors=True)``; ``torch.inference_mode``) on batches of 1, 256 and 4096 test rows (fewer when the
-   test split is smaller), one thread, in
-   ``--runs`` alternating rounds: the median wall and CPU time of a call in each round, min and
+   ``ServingModule(entity_vectors=True)``; ``torch.inference_mode``) on batches of 1, 256 and
+   4096 test rows (fewer when the test split is smaller), one thread, in ``--runs`` alternating
+   rounds: the median wall and CPU time of a call in each round, min and
    median over rounds, and rows a CPU second at the median.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py --data-path ../data --dataset s4m \\
@@ -209,13 +209,10 @@ def exported_vs_eager(model_file, folder, dataset, repeats, runs, work):
     ).slice(0, 4096)
     names = {name.split(":")[0]: name for name in table.column_names}
 
-    def unseen(field):  # the field's index for an unseen token, where the code has one
-        return (serving.unseen_index[field],) if hasattr(serving, "unseen_index") else ()
-
     tokens = torch.stack(
         [
             torch.from_numpy(
-                FieldVocabulary(trained.dataset.vocabulary(f), *unseen(f)).indices(
+                FieldVocabulary(trained.dataset.vocabulary(f), serving.unseen_index[f]).indices(
                     table.column(names[f]).cast(pa.string())
                 )[0]
             )

@@ -33,8 +33,9 @@ FOLDER_KEYS = ("data_path", "checkpoint_dir", "dataset_cache_dir")
 def checked_settings(checkpoint, path, overrides=None):
     """The stored settings of ``checkpoint`` (read from ``path``), checked, without the
     integration keys, completed by the settings its format predates at the values it was trained
-    with (:func:`~recbole_cstwa.checkpoint.settings_before`); ``overrides`` (the run's own settings, which replace stored ones) are not
-    checked here: the run's config checks them as given.
+    with (:func:`~recbole_cstwa.checkpoint.settings_before`); ``overrides`` (the run's own
+    settings, which replace stored ones) are not checked here: the run's config checks them as
+    given.
 
     Raises:
         CheckpointError: one line naming the checkpoint, the stored value and the fix.

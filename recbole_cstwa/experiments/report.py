@@ -135,7 +135,7 @@ def power_lines(power, reference, level=0.8, alpha=0.05):
     for row in power:
         for metric, cells in row["metrics"].items():
             needed = cells["seeds_needed"]
-            needed = "–" if needed != needed else ("> 1000" if math.isinf(needed) else str(needed))
+            needed = "–" if math.isnan(needed) else ("> 1000" if math.isinf(needed) else str(needed))
             delta = f"{cells['mean']:+.4f} ± {cells['std']:.4f}"
             lines.append(
                 f"| {row['name']} | {METRIC_TITLES.get(metric, metric)} | {delta} | "

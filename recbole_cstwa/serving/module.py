@@ -85,7 +85,8 @@ class ServingModule(nn.Module):
 
     ``entity_vectors``: hold each user's and item's vectors of every embedding layer in one row
     (:class:`~recbole_cstwa.model.layers.JointLookup`): the same numbers, 15-20% more rows a
-    second, the user and item vectors held twice. The predictor's choice; the exports keep the compact tables.
+    second, the user and item vectors held twice. The predictor's choice; the exports keep the
+    compact tables.
     """
 
     def __init__(self, trained, entity_vectors=False):
